@@ -1,0 +1,176 @@
+//! Wiring: the one function that starts a Sluice node, subsystem by subsystem.
+//! Reading [`run`] top to bottom is the table of contents of the process.
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::ca::{Ca, LeafResolver};
+use crate::config::Config;
+use crate::original_dst::{LoopGuard, StaticDst};
+use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
+use crate::sink::{self, JsonlSink, Recorder};
+use crate::{metrics, tls};
+
+/// Start a node and serve until SIGINT/SIGTERM, then flush records.
+///
+/// # Errors
+/// Anything that prevents start-up (CA missing, a port taken, state dir unwritable),
+/// with what to do about it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    // Metrics exist (at zero) before the first scrape.
+    metrics::init();
+
+    // Organisation CA and the leaf resolver; pre-mint configured exact hosts.
+    let ca = Arc::new(
+        Ca::load(&config.ca_cert_path(), &config.ca_key_path())
+            .context("loading the organisation CA")?,
+    );
+    let resolver = Arc::new(LeafResolver::new(
+        ca,
+        Duration::from_secs(u64::from(config.ca.leaf_validity_hours) * 3600),
+        config.ca.leaf_cache_size,
+    ));
+    for p in config
+        .providers
+        .iter()
+        .filter(|p| p.tls && !p.host.starts_with('*'))
+    {
+        resolver
+            .leaf_for(&p.host)
+            .with_context(|| format!("minting a leaf certificate for {}", p.host))?;
+    }
+
+    // Upstream trust: system roots plus configured extras, as one bundle for Pingora.
+    let bundle = config.state_dir.join("upstream-roots.pem");
+    let roots = tls::write_trust_bundle(config.upstream.ca_file.as_deref(), &bundle)?;
+    tracing::info!(roots, bundle = %bundle.display(), "upstream trust bundle written");
+
+    // Record writer thread, fed through a bounded channel.
+    let records_path = config.records_path();
+    let jsonl = JsonlSink::open(&records_path)?;
+    let (recorder, writer) = sink::spawn_writer(Box::new(jsonl), config.records.channel_capacity)
+        .context("starting the record writer")?;
+
+    // Bind the metrics port now, so a taken port fails start-up instead of a log line.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let l = StdListener::bind(addr)
+                .with_context(|| format!("binding metrics_listen {addr} (is the port in use?)"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+
+    // The Pingora server: our listeners, our threads, our trust bundle.
+    let mut conf = ServerConf {
+        threads: config.threads,
+        ca_file: Some(bundle.display().to_string()),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(30),
+        pid_file: config.state_dir.join("sluice.pid").display().to_string(),
+        upgrade_sock: config.state_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 256;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    // Shared data-plane state: provider table, original destinations, loop guard.
+    let shared = Arc::new(Shared {
+        providers: ProviderTable::from_config(&config),
+        original_dst: Box::new(StaticDst::from_config(&config.original_dst)),
+        loop_guard: LoopGuard::new(config.listen.clone()),
+        recorder: recorder.clone(),
+        conns: Arc::new(ConnTable::default()),
+        max_inspect_bytes: config.max_inspect_bytes,
+        connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+        read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
+        upstream_h2: config.upstream.http2,
+    });
+
+    // The data plane: sniff → relay | refuse | terminate TLS → HTTP interceptor.
+    let http = Arc::new(pingora::proxy::http_proxy(
+        &server.configuration,
+        Interceptor::new(shared.clone()),
+    ));
+    let app = InterceptApp::new(shared, tls::acceptor(resolver), http);
+    let mut data = Service::new("sluice data plane".to_string(), app);
+    for addr in &config.listen {
+        // Fail early with a clear message; Pingora would panic on a taken port.
+        StdListener::bind(addr)
+            .with_context(|| format!("binding listen address {addr} (is the port in use?)"))?;
+        data.add_tcp(&addr.to_string());
+    }
+    server.add_service(data);
+
+    // Metrics endpoint.
+    if let Some(l) = metrics_listener {
+        server.add_service(background_service(
+            "metrics",
+            MetricsService(l.try_clone()?),
+        ));
+    }
+
+    tracing::info!(
+        listen = ?config.listen,
+        metrics = ?config.metrics_listen,
+        records = %records_path.display(),
+        "sluice is running"
+    );
+    server.run(RunArgs::default());
+
+    // Shutdown: everything accepted is written before the process exits.
+    flush(&recorder);
+    drop(recorder);
+    drop(writer);
+    Ok(())
+}
+
+fn flush(recorder: &Recorder) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            if tokio::time::timeout(Duration::from_secs(30), recorder.flush())
+                .await
+                .is_err()
+            {
+                tracing::error!("records were still being written after 30 s at shutdown");
+            }
+        }),
+        Err(e) => tracing::error!(error = %e, "cannot flush records at shutdown"),
+    }
+}
+
+struct MetricsService(StdListener);
+
+#[async_trait]
+impl BackgroundService for MetricsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match self
+            .0
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "metrics listener unusable");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = metrics::serve(listener) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

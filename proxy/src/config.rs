@@ -1,0 +1,539 @@
+//! The one typed configuration of a Sluice node, read from a single YAML file.
+//!
+//! Every field has a default, so an empty file is a valid configuration that listens on
+//! loopback and inspects the well-known providers. [`Config::from_yaml`] parses *and*
+//! validates; nothing else in the process re-checks what is checked here. Errors carry
+//! the file line where YAML gives one, and name the key, the value and why it is wrong.
+//!
+//! This module does not open sockets or files other than the config itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key or a wrong type.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed but unusable values; one entry per problem.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One semantic problem in a configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// `file:line` when the key could be located in the source text.
+    pub location: String,
+    /// Dotted key path, e.g. `providers[2].host`.
+    pub key: String,
+    /// What is wrong and what to do instead.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.location, self.key, self.message)
+    }
+}
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data-plane listeners. Each accepts TLS and plain HTTP (told apart by the first byte).
+    /// Default: `["127.0.0.1:15443"]`.
+    pub listen: Vec<SocketAddr>,
+    /// Prometheus `/metrics` listener; `null` disables it. Default: `127.0.0.1:15090`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory for the CA, records and other state. Default: `$SLUICE_STATE_DIR`, else
+    /// `/var/lib/sluice` for root and `~/.local/state/sluice` for other users.
+    pub state_dir: PathBuf,
+    /// The organisation CA used to mint per-host leaf certificates.
+    pub ca: CaConfig,
+    /// Destinations whose traffic is inspected. Default: the well-known LLM API hosts on 443.
+    pub providers: Vec<ProviderConfig>,
+    /// How the real destination of an accepted connection is found.
+    pub original_dst: OriginalDstConfig,
+    /// Connections to the providers.
+    pub upstream: UpstreamConfig,
+    /// Where interaction and connection records go.
+    pub records: RecordsConfig,
+    /// Bytes of each request and response body kept for inspection and records.
+    /// Beyond it the record says `truncated: true`; the request itself is not affected.
+    /// Default: 8 MiB.
+    pub max_inspect_bytes: usize,
+    /// Worker threads of the data plane. Default: the number of CPUs.
+    pub threads: usize,
+}
+
+/// Where the organisation CA lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// CA certificate (PEM). Default: `<state_dir>/ca/ca.crt`.
+    pub cert: Option<PathBuf>,
+    /// CA private key (PEM, mode 0600). Default: `<state_dir>/ca/ca.key`.
+    pub key: Option<PathBuf>,
+    /// Validity of minted leaf certificates, in hours. Default: 24.
+    pub leaf_validity_hours: u32,
+    /// Leaf certificates kept in memory (LRU). Default: 1024.
+    pub leaf_cache_size: usize,
+}
+
+/// One inspected destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Host name as sent in SNI / `Host` (exact, or `*.suffix` for a wildcard).
+    pub host: String,
+    /// Whether the destination speaks TLS. Default: true.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// Adapter name (`openai`, `anthropic`, `gemini`, `openai_compatible`, …).
+    /// Default: chosen from the built-in host table.
+    #[serde(default)]
+    pub adapter: Option<String>,
+}
+
+/// Sources of original destinations, in the order they are asked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginalDstConfig {
+    /// Host name → upstream address, used by tests and by gateways that resolve names
+    /// themselves. Keyed by SNI (TLS) or `Host` (plain HTTP). A host listed here that is
+    /// not a provider is passed through untouched.
+    #[serde(rename = "static")]
+    pub static_map: BTreeMap<String, String>,
+    /// Use the accepted socket's local address as the destination when no other source
+    /// knows it (appliance mode: traffic routed or steered to this host). Default: false.
+    pub local_addr: bool,
+}
+
+/// Upstream (provider-facing) connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Extra trusted roots (PEM bundle), added to the system store. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// TCP + TLS connect timeout, milliseconds. Default: 10000.
+    pub connect_timeout_ms: u64,
+    /// Longest silence while reading a response, milliseconds. Long enough for slow
+    /// reasoning models that pause inside a stream. Default: 600000.
+    pub read_timeout_ms: u64,
+    /// Offer HTTP/2 upstream (ALPN h2, falling back to http/1.1). Default: true.
+    pub http2: bool,
+}
+
+/// The record sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// JSON Lines file. Default: `<state_dir>/records.jsonl`.
+    pub path: Option<PathBuf>,
+    /// Records buffered between the request path and the writer. When full, requests wait
+    /// for room rather than drop a record. Default: 8192.
+    pub channel_capacity: usize,
+}
+
+/// The state directory used when the config names none (see [`Config::state_dir`]).
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/sluice");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/sluice"),
+        None => PathBuf::from(".sluice"),
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The built-in inspected hosts: the providers the adapters know.
+pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "*.openai.azure.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.deepseek.com",
+    "api.x.ai",
+    "openrouter.ai",
+    "api.together.xyz",
+    "api.fireworks.ai",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 15443))],
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15090))),
+            state_dir: default_state_dir(),
+            ca: CaConfig::default(),
+            providers: DEFAULT_PROVIDER_HOSTS
+                .iter()
+                .map(|h| ProviderConfig {
+                    host: (*h).to_string(),
+                    tls: true,
+                    adapter: None,
+                })
+                .collect(),
+            original_dst: OriginalDstConfig::default(),
+            upstream: UpstreamConfig::default(),
+            records: RecordsConfig::default(),
+            max_inspect_bytes: 8 << 20,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            cert: None,
+            key: None,
+            leaf_validity_hours: 24,
+            leaf_cache_size: 1024,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            ca_file: None,
+            connect_timeout_ms: 10_000,
+            read_timeout_ms: 600_000,
+            http2: true,
+        }
+    }
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            path: None,
+            channel_capacity: 8192,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line, key and reason.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate YAML text; `file` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] for YAML, unknown keys and types, with line and column;
+    /// [`ConfigError::Invalid`] listing every semantic problem found.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // An empty document is a valid, all-defaults config.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                ConfigError::Syntax {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
+            })?
+        };
+        let problems = config.problems(text, file);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn problems(&self, text: &str, file: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: String, needle: &str, message: String| {
+            out.push(Problem {
+                location: locate(text, file, needle),
+                key,
+                message,
+            })
+        };
+        if self.listen.is_empty() {
+            bad(
+                "listen".into(),
+                "listen",
+                "at least one listener address is needed, e.g. [\"127.0.0.1:15443\"]".into(),
+            );
+        }
+        if self.max_inspect_bytes < 1024 {
+            bad(
+                "max_inspect_bytes".into(),
+                "max_inspect_bytes",
+                format!(
+                    "{} is too small to hold a request; use at least 1024 (default 8388608)",
+                    self.max_inspect_bytes
+                ),
+            );
+        }
+        if self.threads == 0 {
+            bad("threads".into(), "threads", "must be at least 1".into());
+        }
+        if self.records.channel_capacity == 0 {
+            bad(
+                "records.channel_capacity".into(),
+                "channel_capacity",
+                "must be at least 1".into(),
+            );
+        }
+        if self.ca.leaf_validity_hours == 0 || self.ca.leaf_validity_hours > 24 * 30 {
+            bad(
+                "ca.leaf_validity_hours".into(),
+                "leaf_validity_hours",
+                format!(
+                    "{} is out of range; leaf certificates should live between 1 hour and 30 days",
+                    self.ca.leaf_validity_hours
+                ),
+            );
+        }
+        if self.ca.leaf_cache_size == 0 {
+            bad(
+                "ca.leaf_cache_size".into(),
+                "leaf_cache_size",
+                "must be at least 1".into(),
+            );
+        }
+        if self.upstream.connect_timeout_ms == 0 || self.upstream.read_timeout_ms == 0 {
+            bad(
+                "upstream".into(),
+                "timeout_ms",
+                "timeouts must be above 0 milliseconds".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            if let Err(why) = validate_host_pattern(&p.host) {
+                bad(format!("providers[{i}].host"), &p.host, why);
+            }
+            if !seen.insert(p.host.to_ascii_lowercase()) {
+                bad(
+                    format!("providers[{i}].host"),
+                    &p.host,
+                    format!("{} is listed twice; keep one entry", p.host),
+                );
+            }
+            if let Some(name) = &p.adapter {
+                if crate::providers::adapter_by_name(name).is_none() {
+                    bad(
+                        format!("providers[{i}].adapter"),
+                        name,
+                        format!(
+                            "unknown adapter {name:?}; known: openai, anthropic, gemini, azure_openai, openai_compatible"
+                        ),
+                    );
+                }
+            } else if crate::providers::adapter_for_host(&p.host).is_none() {
+                bad(
+                    format!("providers[{i}].adapter"),
+                    &p.host,
+                    format!(
+                        "{} is not in the built-in host table; name its API format with `adapter:` (e.g. openai_compatible)",
+                        p.host
+                    ),
+                );
+            }
+        }
+        for (host, addr) in &self.original_dst.static_map {
+            if let Err(why) = validate_host_pattern(host) {
+                bad(format!("original_dst.static.{host}"), host, why);
+            }
+            if host.starts_with("*.") {
+                bad(
+                    format!("original_dst.static.{host}"),
+                    host,
+                    "static destinations need an exact host name, not a wildcard".into(),
+                );
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                bad(
+                    format!("original_dst.static.{host}"),
+                    addr,
+                    format!("{addr:?} is not an ip:port address (e.g. \"198.18.0.2:443\" or \"[2001:db8::2]:443\")"),
+                );
+            }
+        }
+        out
+    }
+
+    /// Path of the CA certificate.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.ca
+            .cert
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca").join("ca.crt"))
+    }
+
+    /// Path of the CA private key.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca
+            .key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca").join("ca.key"))
+    }
+
+    /// Path of the JSONL record file.
+    pub fn records_path(&self) -> PathBuf {
+        self.records
+            .path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("records.jsonl"))
+    }
+}
+
+fn validate_host_pattern(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name; use e.g. \"api.openai.com\" or \"*.openai.azure.com\""
+        ))
+    }
+}
+
+/// `file:line` of the first line mentioning `needle`, or `file` alone.
+fn locate(text: &str, file: &str, needle: &str) -> String {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| format!("{file}:{}", i + 1))
+        .unwrap_or_else(|| file.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_yaml("", "x.yaml").unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:15443".parse().unwrap()]);
+        assert_eq!(c.max_inspect_bytes, 8 << 20);
+        assert!(c.providers.iter().any(|p| p.host == "api.anthropic.com"));
+        assert_eq!(c.records_path(), default_state_dir().join("records.jsonl"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let err =
+            Config::from_yaml("listen: [\"127.0.0.1:1\"]\nlisten_typo: 3\n", "c.yaml").unwrap_err();
+        match err {
+            ConfigError::Syntax { line, message, .. } => {
+                assert_eq!(line, 2);
+                assert!(message.contains("listen_typo"), "{message}");
+            }
+            other => panic!("expected a syntax error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let err =
+            Config::from_yaml("state_dir: /tmp\nmax_inspect_bytes: lots\n", "c.yaml").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_listed_with_lines() {
+        let text = "providers:\n  - host: vllm.internal\n    tls: false\n  - host: \"bad host\"\n    adapter: openai\noriginal_dst:\n  static:\n    api.openai.com: nowhere\n";
+        let err = Config::from_yaml(text, "c.yaml").unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected semantic problems");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "providers[0].adapter",
+                "providers[1].host",
+                "original_dst.static.api.openai.com"
+            ]
+        );
+        assert_eq!(problems[0].location, "c.yaml:2");
+        assert_eq!(problems[1].location, "c.yaml:4");
+        assert_eq!(problems[2].location, "c.yaml:8");
+    }
+
+    #[test]
+    fn plain_http_provider_with_an_adapter() {
+        let c = Config::from_yaml(
+            "providers:\n  - host: ollama.local\n    tls: false\n    adapter: openai_compatible\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(!c.providers[0].tls);
+        assert_eq!(c.providers[0].adapter.as_deref(), Some("openai_compatible"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    /// The shipped example must always be a valid configuration.
+    #[test]
+    fn example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sluice.yaml");
+        let c = super::Config::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(c.providers.len(), 6);
+        assert!(!c.providers[5].tls);
+        assert_eq!(
+            c.original_dst
+                .static_map
+                .get("vllm.internal")
+                .map(String::as_str),
+            Some("10.20.0.15:8000")
+        );
+    }
+}

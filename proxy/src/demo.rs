@@ -1,0 +1,393 @@
+//! `sluice demo`: the whole main job, hermetically, on one machine.
+//!
+//! It starts a mock LLM provider (OpenAI, Anthropic and Gemini formats, TLS with its own
+//! test CA) on loopback, runs the real `sluice run` binary in front of it with the static
+//! original-destination source, sends real requests with curl — to
+//! `https://api.openai.com/…` and friends, pinned to the proxy with `--connect-to`, the
+//! proxy trusted through the organisation CA — and prints what was captured.
+//!
+//! No traffic leaves loopback. The eBPF redirect is not used here.
+
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+use crate::mock::{self, MockOptions, MockProvider};
+
+/// The provider hosts the demo and the mock serve.
+pub const DEMO_HOSTS: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+];
+
+/// A throw-away PKI for a mock provider: the CA's PEM and a server config whose leaf
+/// covers `hosts`.
+///
+/// # Errors
+/// Certificate generation errors.
+pub fn provider_pki(hosts: &[String]) -> anyhow::Result<(String, Arc<rustls::ServerConfig>)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Sluice mock provider test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(hosts.to_vec())?.signed_by(&leaf_key, &issuer)?;
+    pingora::tls::install_default_crypto_provider();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        leaf_key.serialize_der(),
+    ));
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)?;
+    config.alpn_protocols = mock::alpn_protocols();
+    Ok((ca_cert.pem(), Arc::new(config)))
+}
+
+/// Serve the mock provider until interrupted (`sluice mock-provider`).
+///
+/// # Errors
+/// Bind and certificate errors.
+pub fn serve_mock(
+    listen: SocketAddr,
+    tls_hosts: &[String],
+    ca_out: Option<&Path>,
+    chunk_delay_ms: u64,
+) -> anyhow::Result<()> {
+    let tls = if tls_hosts.is_empty() {
+        None
+    } else {
+        let (ca_pem, config) = provider_pki(tls_hosts)?;
+        if let Some(path) = ca_out {
+            std::fs::write(path, ca_pem)
+                .with_context(|| format!("writing the mock CA to {}", path.display()))?;
+        }
+        Some(config)
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let opts = MockOptions {
+            chunk_delay: Duration::from_millis(chunk_delay_ms),
+            ..MockOptions::default()
+        };
+        let handle = MockProvider::start(listener, tls, opts)?;
+        println!("mock provider listening on {}", handle.local_addr());
+        std::io::stdout().flush()?;
+        tokio::signal::ctrl_c().await?;
+        handle.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// One request the demo sends.
+struct DemoCall {
+    label: &'static str,
+    host: &'static str,
+    path: &'static str,
+    body: &'static str,
+    headers: &'static [&'static str],
+}
+
+const CALLS: &[DemoCall] = &[
+    DemoCall {
+        label: "OpenAI chat completion",
+        host: "api.openai.com",
+        path: "/v1/chat/completions",
+        body: r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Name three rivers in Europe."}],"temperature":0.2}"#,
+        headers: &["authorization: Bearer sk-demo-not-a-real-key"],
+    },
+    DemoCall {
+        label: "OpenAI chat completion, streamed",
+        host: "api.openai.com",
+        path: "/v1/chat/completions",
+        body: r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Write a haiku about sluice gates."}]}"#,
+        headers: &["authorization: Bearer sk-demo-not-a-real-key"],
+    },
+    DemoCall {
+        label: "OpenAI responses API",
+        host: "api.openai.com",
+        path: "/v1/responses",
+        body: r#"{"model":"gpt-4.1-mini","input":"Summarise the GDPR in one sentence."}"#,
+        headers: &["authorization: Bearer sk-demo-not-a-real-key"],
+    },
+    DemoCall {
+        label: "Anthropic message",
+        host: "api.anthropic.com",
+        path: "/v1/messages",
+        body: r#"{"model":"claude-sonnet-4-5","max_tokens":256,"system":"Answer briefly.","messages":[{"role":"user","content":"What is a hash chain?"}]}"#,
+        headers: &["x-api-key: sk-ant-demo", "anthropic-version: 2023-06-01"],
+    },
+    DemoCall {
+        label: "Anthropic message, streamed",
+        host: "api.anthropic.com",
+        path: "/v1/messages",
+        body: r#"{"model":"claude-haiku-4-5","max_tokens":256,"stream":true,"messages":[{"role":"user","content":"Explain eBPF to a manager."}]}"#,
+        headers: &["x-api-key: sk-ant-demo", "anthropic-version: 2023-06-01"],
+    },
+    DemoCall {
+        label: "Gemini generateContent, streamed (SSE)",
+        host: "generativelanguage.googleapis.com",
+        path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        body: r#"{"contents":[{"role":"user","parts":[{"text":"List two uses of a proxy."}]}]}"#,
+        headers: &["x-goog-api-key: demo-key"],
+    },
+];
+
+/// Kills the proxy child if the demo stops early.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run the demo; state goes to `dir` (default `<state dir>/demo`).
+///
+/// # Errors
+/// What failed and how to fix it (curl missing, a port taken, the proxy exiting).
+pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = dir.unwrap_or_else(|| crate::config::default_state_dir().join("demo"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if Command::new("curl").arg("--version").output().is_err() {
+        bail!("the demo sends its requests with curl; install it (apt-get install curl) or run `cargo xtask demo`");
+    }
+    println!(
+        "Sluice demo — everything stays on this machine (state in {})\n",
+        dir.display()
+    );
+
+    // 1. The organisation CA clients trust.
+    let ca_cert = dir.join("ca/ca.crt");
+    let ca_key = dir.join("ca/ca.key");
+    if !ca_cert.exists() {
+        crate::ca::init(&ca_cert, &ca_key, "Sluice Demo Organisation CA")?;
+        println!("• created the organisation CA       {}", ca_cert.display());
+    } else {
+        println!("• using the organisation CA         {}", ca_cert.display());
+    }
+
+    // 2. A mock provider on loopback with its own test CA.
+    let hosts: Vec<String> = DEMO_HOSTS.iter().map(|h| h.to_string()).collect();
+    let (provider_ca, server_config) = provider_pki(&hosts)?;
+    let provider_ca_path = dir.join("provider-ca.pem");
+    std::fs::write(&provider_ca_path, provider_ca)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mock = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        MockProvider::start(listener, Some(server_config), MockOptions::default())
+    })?;
+    let mock_addr = mock.local_addr();
+    println!("• mock provider (TLS) listening on  {mock_addr}");
+
+    // 3. The proxy, as a real `sluice run` process.
+    let proxy_addr = free_addr()?;
+    let metrics_addr = free_addr()?;
+    let records = dir.join("records.jsonl");
+    if records.exists() {
+        std::fs::rename(&records, dir.join("records.prev.jsonl"))?;
+    }
+    let config_path = dir.join("sluice.yaml");
+    let mut yaml = format!(
+        "# Written by `sluice demo`.\nlisten: [\"{proxy_addr}\"]\nmetrics_listen: \"{metrics_addr}\"\nstate_dir: \"{}\"\nupstream:\n  ca_file: \"{}\"\nrecords:\n  path: \"{}\"\noriginal_dst:\n  static:\n",
+        dir.display(),
+        provider_ca_path.display(),
+        records.display()
+    );
+    for h in DEMO_HOSTS {
+        yaml.push_str(&format!("    {h}: \"{mock_addr}\"\n"));
+    }
+    std::fs::write(&config_path, yaml)?;
+    let exe = std::env::current_exe().context("locating the sluice binary")?;
+    let log = std::fs::File::create(dir.join("proxy.log"))?;
+    let child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting `sluice run`")?;
+    let mut guard = ChildGuard(Some(child));
+    wait_for(proxy_addr, &mut guard, &dir)?;
+    println!(
+        "• sluice proxy listening on         {proxy_addr}  (metrics http://{metrics_addr}/metrics)"
+    );
+    println!(
+        "• config                            {}\n",
+        config_path.display()
+    );
+
+    // 4. Real requests, as a client on this host would send them.
+    println!("Sending requests (curl → https://<provider>/… → sluice → mock provider):");
+    for call in CALLS {
+        let out = curl(call, proxy_addr, &ca_cert)?;
+        println!("  {:<40} HTTP {}", call.label, out);
+    }
+
+    // 5. What Sluice recorded.
+    let rows = wait_for_records(&records, CALLS.len())?;
+    println!("\nCaptured interactions ({}):", records.display());
+    println!(
+        "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}",
+        "provider", "model", "endpoint", "stream", "in", "out", "cost USD", "latency", "ttft"
+    );
+    for r in &rows {
+        let num = |v: &serde_json::Value| v.as_u64().map(|n| n.to_string()).unwrap_or("-".into());
+        let ms = |v: &serde_json::Value| {
+            v.as_f64()
+                .map(|n| format!("{n:.1}ms"))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}",
+            r["provider"].as_str().unwrap_or("?"),
+            r["model"].as_str().unwrap_or("?"),
+            r["endpoint"].as_str().unwrap_or("?"),
+            r["stream"].as_bool().unwrap_or(false),
+            num(&r["usage"]["input_tokens"]),
+            num(&r["usage"]["output_tokens"]),
+            r["cost_usd"]
+                .as_f64()
+                .map(|c| format!("{c:.8}"))
+                .unwrap_or("unpriced".into()),
+            ms(&r["latency_ms"]),
+            ms(&r["ttft_ms"]),
+        );
+    }
+    if let Some(first) = rows.first() {
+        println!(
+            "\n  e.g. the first prompt: {:?}\n       its answer:       {:?}",
+            first["request"]["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or(""),
+            first["response"]["output"].as_str().unwrap_or("")
+        );
+    }
+
+    // 6. Stop the proxy cleanly (SIGINT flushes records) and the mock.
+    if let Some(child) = guard.0.take() {
+        stop(child)?;
+    }
+    rt.block_on(mock.shutdown());
+    println!("\nRecords: {}\nDone.", records.display());
+    Ok(())
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_for(addr: SocketAddr, guard: &mut ChildGuard, dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(c) = guard.0.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "the proxy exited ({status}); its log is {}",
+                    dir.join("proxy.log").display()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the proxy did not start listening on {addr} within 30 s")
+}
+
+fn curl(call: &DemoCall, proxy: SocketAddr, ca: &Path) -> anyhow::Result<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--no-buffer",
+        "--max-time",
+        "30",
+    ])
+    .arg("--connect-to")
+    .arg(format!("{}:443:{}:{}", call.host, proxy.ip(), proxy.port()))
+    .arg("--cacert")
+    .arg(ca)
+    .args(["-o", "/dev/null", "-w", "%{http_code} (%{http_version})"])
+    .args(["-H", "content-type: application/json"]);
+    for h in call.headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(["--data-binary", call.body])
+        .arg(format!("https://{}{}", call.host, call.path));
+    let out = cmd.output().context("running curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl to {} failed: {}",
+            call.host,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn wait_for_records(path: &Path, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Vec<serde_json::Value> = match std::fs::File::open(path) {
+            Ok(f) => std::io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| serde_json::from_str(&l).ok())
+                .filter(|v: &serde_json::Value| v["kind"] == "interaction")
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if rows.len() >= n || Instant::now() > deadline {
+            if rows.len() < n {
+                bail!(
+                    "expected {n} interaction records in {}, found {}",
+                    path.display(),
+                    rows.len()
+                );
+            }
+            return Ok(rows);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    let _ = kill(pid, Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}

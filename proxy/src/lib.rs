@@ -1,0 +1,35 @@
+//! Sluice: a transparent, governed and audited path for every LLM API call that leaves a
+//! host, a Kubernetes node or a VPC, with no change to the clients.
+//!
+//! This crate is the proxy and everything the `sluice` binary does; the binary itself
+//! only parses the command line. Modules, one concern each:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`app`] | wiring: starts the subsystems of a node in order |
+//! | [`config`] | the one typed YAML configuration, validated once |
+//! | [`ca`] | organisation CA and per-host leaf certificates |
+//! | [`tls`] | ClientHello sniffing, downstream acceptor, upstream trust |
+//! | [`original_dst`] | where an accepted connection was going; loop guard |
+//! | [`proxy`] | connection routing (inspect, relay, refuse) and the HTTP interceptor |
+//! | [`providers`] | provider API formats behind one adapter trait |
+//! | [`pricing`] | the price table and cost of an interaction |
+//! | [`record`] | the record types (the audit contract) |
+//! | [`sink`] | handing records off the request path to a sink |
+//! | [`metrics`] | every `sluice_*` Prometheus series |
+//! | [`mock`] | a mock LLM provider for the demo, tests and benchmarks |
+//! | [`demo`] | the hermetic end-to-end demo |
+
+pub mod app;
+pub mod ca;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod mock;
+pub mod original_dst;
+pub mod pricing;
+pub mod providers;
+pub mod proxy;
+pub mod record;
+pub mod sink;
+pub mod tls;

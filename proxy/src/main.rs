@@ -1,0 +1,173 @@
+//! The `sluice` binary: parses the command line and calls into the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Transparent, governed, audited path for every LLM API call"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGINT/SIGTERM.
+    Run {
+        /// Config file (YAML). Without it, the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the organisation CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Validate configuration and policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Run the hermetic demo: mock providers, the proxy and real requests through it.
+    Demo {
+        /// Directory for the demo's CA, config and records.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Serve the mock LLM provider (tests and benchmarks).
+    #[command(hide = true)]
+    MockProvider {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Serve TLS for these host names (comma-separated); plain HTTP when absent.
+        #[arg(long, value_delimiter = ',')]
+        tls_hosts: Vec<String>,
+        /// Where to write the PEM of the CA that signed the mock's certificate.
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+        /// Delay between SSE chunks, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA certificate and a 0600 key; refuses to overwrite.
+    Init {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Common name of the CA certificate.
+        #[arg(long, default_value = "Sluice Organisation CA")]
+        name: String,
+    },
+    /// Print the CA certificate (PEM) to distribute to clients.
+    Show {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a config file: line-numbered errors, non-zero exit when invalid.
+    Lint {
+        /// The file to check.
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            sluice::app::run(load(config.as_deref())?)?;
+        }
+        Command::Ca { command } => match command {
+            CaCommand::Init { config, name } => {
+                let c = load(config.as_deref())?;
+                sluice::ca::init(&c.ca_cert_path(), &c.ca_key_path(), &name)?;
+                println!("CA certificate: {}", c.ca_cert_path().display());
+                println!("CA key (0600):  {}", c.ca_key_path().display());
+                println!("Distribute the certificate to clients (`sluice ca show`).");
+            }
+            CaCommand::Show { config } => {
+                let c = load(config.as_deref())?;
+                let ca = sluice::ca::Ca::load(&c.ca_cert_path(), &c.ca_key_path())?;
+                print!("{}", ca.cert_pem());
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Lint { file },
+        } => {
+            return Ok(match Config::load(&file) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e @ ConfigError::Read { .. }) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        Command::Demo { dir } => {
+            sluice::demo::run(dir)?;
+        }
+        Command::MockProvider {
+            listen,
+            tls_hosts,
+            ca_out,
+            chunk_delay_ms,
+        } => {
+            sluice::demo::serve_mock(listen, &tls_hosts, ca_out.as_deref(), chunk_delay_ms)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Config::load(p).with_context(|| format!("invalid config {}", p.display())),
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

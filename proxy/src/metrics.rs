@@ -1,0 +1,285 @@
+//! Every Prometheus metric Sluice exports, in one place, all named `sluice_*`.
+//!
+//! Metrics live in a private [`Registry`] (not the process-global default) so tests and
+//! embedders see only Sluice's series. [`serve`] answers `GET /metrics` on its own port.
+//! Label values come from small closed sets (provider names, outcomes, reasons), never
+//! from client input, so cardinality stays bounded.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The registry holding all Sluice series.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const ADDED_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// Intercepted requests by provider, endpoint and outcome.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_requests_total",
+        "Intercepted LLM API requests",
+        &["provider", "endpoint", "outcome"],
+    )
+});
+/// Requests that ended in an error (upstream error status, connect/TLS failure, cancel).
+pub static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_errors_total",
+        "Intercepted requests that did not complete successfully",
+        &["provider", "kind"],
+    )
+});
+/// Tokens by provider, model class and direction.
+pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_tokens_total",
+        "Tokens seen in intercepted interactions",
+        &["provider", "direction"],
+    )
+});
+/// Cost in micro-USD (integer counter to avoid float drift).
+pub static COST_MICRO_USD: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_cost_micro_usd_total",
+        "Estimated spend in millionths of a US dollar",
+        &["provider"],
+    )
+});
+/// Interactions whose model has no price in the table.
+pub static UNPRICED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_unpriced_interactions_total",
+        "Interactions whose model is not in the price table (cost_usd is null)",
+        &["provider"],
+    )
+});
+/// Upstream latency: request sent to response complete.
+pub static UPSTREAM_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sluice_upstream_latency_seconds",
+        "Time from forwarding a request to the end of the provider's response",
+        &["provider"],
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+/// Time spent inside Sluice for one request (parsing, decisions, record hand-off).
+pub static ADDED_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sluice_added_latency_seconds",
+        "Time a request spent in Sluice itself, excluding the upstream",
+        ADDED_BUCKETS.to_vec(),
+    )
+});
+/// Downstream TLS handshakes by result.
+pub static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_tls_handshakes_total",
+        "Downstream TLS handshakes terminated with the organisation CA",
+        &["result"],
+    )
+});
+/// Leaf certificate cache lookups.
+pub static CERT_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_cert_cache_total",
+        "Leaf certificate cache lookups (hit, miss = minted)",
+        &["result"],
+    )
+});
+/// Connections relayed untouched (SNI not inspected).
+pub static PASSTHROUGH: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_passthrough_connections_total",
+        "Connections relayed byte for byte without inspection",
+    )
+});
+/// Bytes relayed on passthrough connections.
+pub static PASSTHROUGH_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_passthrough_bytes_total",
+        "Bytes relayed on passthrough connections",
+        &["direction"],
+    )
+});
+/// Connections refused (no known destination, loop, not a provider).
+pub static REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_connections_refused_total",
+        "Accepted connections refused instead of being forwarded",
+        &["reason"],
+    )
+});
+/// Records written by the sink.
+pub static RECORDS_WRITTEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_records_written_total",
+        "Records durably handed to the record sink",
+        &["kind"],
+    )
+});
+/// Record sink write failures.
+pub static RECORD_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_record_write_errors_total",
+        "Failed record writes (the writer retries; see the log)",
+    )
+});
+/// Records waiting between the request path and the writer.
+pub static RECORD_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::new(
+        "sluice_record_queue_depth",
+        "Records accepted but not yet written",
+    )
+    .expect("static metric definition");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+});
+/// Bodies cut at `max_inspect_bytes`.
+pub static TRUNCATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_inspect_truncated_total",
+        "Bodies larger than max_inspect_bytes (forwarded whole, inspected in part)",
+        &["direction"],
+    )
+});
+
+/// Text exposition of every Sluice metric.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    // Encoding into a Vec cannot fail on I/O; an encoding error would be a bug in a
+    // metric definition, which the unit tests exercise.
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
+    buf
+}
+
+/// Touch every metric so each appears (at zero) from the first scrape on.
+pub fn init() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&ERRORS);
+    LazyLock::force(&TOKENS);
+    LazyLock::force(&COST_MICRO_USD);
+    LazyLock::force(&UNPRICED);
+    LazyLock::force(&UPSTREAM_LATENCY);
+    LazyLock::force(&ADDED_LATENCY);
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&CERT_CACHE);
+    LazyLock::force(&PASSTHROUGH);
+    LazyLock::force(&PASSTHROUGH_BYTES);
+    LazyLock::force(&REFUSED);
+    LazyLock::force(&RECORDS_WRITTEN);
+    LazyLock::force(&RECORD_ERRORS);
+    LazyLock::force(&RECORD_QUEUE);
+    LazyLock::force(&TRUNCATED);
+}
+
+/// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.
+///
+/// A deliberately tiny server: one request per connection, no keep-alive. Scrapers
+/// are few and infrequent, and this keeps the metrics port free of the data-plane stack.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut n = 0;
+            // Read until the end of the request head (or the buffer is full).
+            while n < buf.len() {
+                match sock.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(m) => n += m,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body, ctype) = match path {
+                "/metrics" => ("200 OK", render(), "text/plain; version=0.0.4"),
+                "/healthz" | "/readyz" => ("200 OK", b"ok\n".to_vec(), "text/plain"),
+                _ => ("404 Not Found", b"not found\n".to_vec(), "text/plain"),
+            };
+            let header = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(header.as_bytes()).await;
+            let _ = sock.write_all(&body).await;
+        });
+    }
+}
+
+/// Bind the metrics listener.
+///
+/// # Errors
+/// The bind error, e.g. the port is taken.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_renders_under_the_sluice_prefix() {
+        super::init();
+        super::REQUESTS
+            .with_label_values(&["openai", "chat.completions", "success"])
+            .inc();
+        let text = String::from_utf8(super::render()).unwrap();
+        assert!(text.contains(
+            "sluice_requests_total{endpoint=\"chat.completions\",outcome=\"success\",provider=\"openai\"}"
+        ));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("sluice_"), "{line}");
+        }
+    }
+}

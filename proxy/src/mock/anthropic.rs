@@ -1,0 +1,155 @@
+//! Anthropic-shaped answers: messages (plain and streamed), token counting, models and
+//! errors.
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::body::{self, MockBody};
+use super::reply::{model_of, random_id, wants_stream, Controls, Prompt, Reply};
+use super::JsonBody;
+
+/// An Anthropic error: `{"type": "error", "error": {"type", "message"}, "request_id"}`.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<MockBody> {
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ if status.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    };
+    let request_id = request_id();
+    let body = json!({
+        "type": "error",
+        "error": {"type": kind, "message": message},
+        "request_id": request_id
+    });
+    let response = body::with_header(body::json(status, &body), "request-id", &request_id);
+    // Tell the SDKs not to retry, so that one call is one request.
+    body::with_header(response, "x-should-retry", "false")
+}
+
+fn request_id() -> String {
+    format!("req_011C{}", random_id(20))
+}
+
+/// The system prompt and messages of a request.
+fn prompt(body: &JsonBody) -> Prompt {
+    let mut prompt = Prompt::default();
+    if let Some(system) = body.value.get("system") {
+        prompt.message(system, false);
+    }
+    for message in body
+        .value
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let from_user = message.get("role").and_then(Value::as_str) == Some("user");
+        prompt.message(message.get("content").unwrap_or(&Value::Null), from_user);
+    }
+    prompt
+}
+
+/// `POST /v1/messages`.
+pub(crate) fn messages(body: &JsonBody, controls: &Controls) -> Response<MockBody> {
+    let reply = Reply::new(model_of(body, None), &prompt(body), body, controls);
+    let id = format!("msg_01{}", random_id(22));
+    let usage = |output_tokens: u64| {
+        json!({
+            "input_tokens": reply.input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard"
+        })
+    };
+    let message = |content: Value, stop_reason: Value, output_tokens: u64| {
+        let mut message = json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": reply.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": null
+        });
+        if reply.usage {
+            message["usage"] = usage(output_tokens);
+        }
+        message
+    };
+
+    let response = if !wants_stream(body) {
+        let answer = message(
+            json!([{"type": "text", "text": reply.text}]),
+            Value::from("end_turn"),
+            reply.output_tokens,
+        );
+        body::json(StatusCode::OK, &answer)
+    } else {
+        let mut frames = Vec::with_capacity(reply.chunks.len() + 6);
+        // Like the real API, `message_start` counts one output token so far and
+        // `message_delta` carries the cumulative total.
+        frames.push(body::sse_event(
+            "message_start",
+            &json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+        ));
+        frames.push(body::sse_event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ));
+        frames.push(body::sse_event("ping", &json!({"type": "ping"})));
+        for text in &reply.chunks {
+            frames.push(body::sse_event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            ));
+        }
+        frames.push(body::sse_event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+        let mut delta = json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null}
+        });
+        if reply.usage {
+            delta["usage"] = json!({"output_tokens": reply.output_tokens});
+        }
+        frames.push(body::sse_event("message_delta", &delta));
+        frames.push(body::sse_event(
+            "message_stop",
+            &json!({"type": "message_stop"}),
+        ));
+        body::stream("text/event-stream", frames, reply.delay)
+    };
+    body::with_header(response, "request-id", &request_id())
+}
+
+/// `POST /v1/messages/count_tokens`.
+pub(crate) fn count_tokens(body: &JsonBody) -> Response<MockBody> {
+    let tokens = body.estimated_tokens.unwrap_or(prompt(body).words).max(1);
+    body::json(StatusCode::OK, &json!({"input_tokens": tokens}))
+}
+
+/// `GET /v1/models` with an `anthropic-version` header.
+pub(crate) fn models() -> Response<MockBody> {
+    let data: Vec<Value> = [
+        ("claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-22T00:00:00Z"),
+        ("claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z"),
+    ]
+    .iter()
+    .map(|(id, name, created)| json!({"type": "model", "id": id, "display_name": name, "created_at": created}))
+    .collect();
+    let answer = json!({
+        "data": data,
+        "has_more": false,
+        "first_id": "claude-sonnet-4-20250514",
+        "last_id": "claude-3-5-haiku-20241022"
+    });
+    body::json(StatusCode::OK, &answer)
+}

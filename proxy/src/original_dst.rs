@@ -1,0 +1,152 @@
+//! Where an accepted connection was really going.
+//!
+//! A transparent proxy only sees a connection to itself; an [`OriginalDst`] source says
+//! which provider address the client dialled. This module holds the trait and the
+//! static source used by tests and gateways (a host → address table, plus "the accepted
+//! socket's local address" for routed appliance traffic). The eBPF probe is another
+//! source behind the same trait.
+//!
+//! It also holds the loop guard: a destination that is one of Sluice's own listeners is
+//! never forwarded to, whatever a source says.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::config::OriginalDstConfig;
+
+/// The two ends of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Accepted {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: SocketAddr,
+}
+
+/// A source of original destinations.
+pub trait OriginalDst: Send + Sync {
+    /// The destination the client meant for `conn`. `host` is the SNI (TLS) or `Host`
+    /// header (plain HTTP) when the connection carried one.
+    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<SocketAddr>;
+}
+
+/// Static table plus, optionally, the accepted socket's local address.
+#[derive(Debug, Default)]
+pub struct StaticDst {
+    by_host: HashMap<String, SocketAddr>,
+    local_addr: bool,
+}
+
+impl StaticDst {
+    /// Build from the (already validated) config section.
+    pub fn from_config(c: &OriginalDstConfig) -> StaticDst {
+        StaticDst {
+            by_host: c
+                .static_map
+                .iter()
+                .filter_map(|(h, a)| Some((normalize_host(h), a.parse().ok()?)))
+                .collect(),
+            local_addr: c.local_addr,
+        }
+    }
+}
+
+impl OriginalDst for StaticDst {
+    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<SocketAddr> {
+        if let Some(addr) = host.and_then(|h| self.by_host.get(&normalize_host(h))) {
+            return Some(*addr);
+        }
+        self.local_addr.then_some(conn.local)
+    }
+}
+
+/// Lower-case, without a trailing dot or a `:port`.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    // Strip a port, but leave bracketed IPv6 literals intact.
+    let host = match host.rfind(':') {
+        Some(i) if !host.ends_with(']') && host[..i].find(':').is_none() => &host[..i],
+        _ => host,
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Refuses destinations that would loop back into Sluice.
+#[derive(Debug, Clone)]
+pub struct LoopGuard {
+    listeners: Vec<SocketAddr>,
+}
+
+impl LoopGuard {
+    /// Guard against the given listener addresses.
+    pub fn new(listeners: Vec<SocketAddr>) -> LoopGuard {
+        LoopGuard { listeners }
+    }
+
+    /// Whether forwarding to `dst` could reach one of our own listeners.
+    pub fn is_self(&self, dst: SocketAddr, accepted_on: SocketAddr) -> bool {
+        if dst == accepted_on {
+            return true;
+        }
+        self.listeners.iter().any(|l| {
+            l.port() == dst.port()
+                && (l.ip() == dst.ip()
+                    || (l.ip().is_unspecified()
+                        && (dst.ip().is_loopback() || dst.ip() == accepted_on.ip()))
+                    || (dst.ip().is_unspecified()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted() -> Accepted {
+        Accepted {
+            peer: "198.18.0.2:40000".parse().unwrap(),
+            local: "198.18.0.1:443".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn static_table_is_keyed_by_normalized_host() {
+        let mut c = OriginalDstConfig::default();
+        c.static_map
+            .insert("api.openai.com".into(), "198.19.0.2:443".into());
+        let s = StaticDst::from_config(&c);
+        let want = Some("198.19.0.2:443".parse().unwrap());
+        assert_eq!(s.lookup(&accepted(), Some("API.OpenAI.com.")), want);
+        assert_eq!(s.lookup(&accepted(), Some("api.openai.com:443")), want);
+        assert_eq!(s.lookup(&accepted(), Some("example.com")), None);
+        assert_eq!(s.lookup(&accepted(), None), None);
+    }
+
+    #[test]
+    fn local_addr_mode_falls_back_to_the_accepted_address() {
+        let c = OriginalDstConfig {
+            local_addr: true,
+            ..Default::default()
+        };
+        let s = StaticDst::from_config(&c);
+        assert_eq!(s.lookup(&accepted(), Some("x")), Some(accepted().local));
+    }
+
+    #[test]
+    fn loop_guard() {
+        let g = LoopGuard::new(vec!["0.0.0.0:15443".parse().unwrap()]);
+        let on: SocketAddr = "10.0.0.5:15443".parse().unwrap();
+        assert!(g.is_self(on, on));
+        assert!(g.is_self("127.0.0.1:15443".parse().unwrap(), on));
+        assert!(g.is_self("10.0.0.5:15443".parse().unwrap(), on));
+        assert!(!g.is_self("198.19.0.2:443".parse().unwrap(), on));
+        assert!(!g.is_self("127.0.0.1:443".parse().unwrap(), on));
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("Api.X.ai.:8443"), "api.x.ai");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("::1"), "::1");
+    }
+}

@@ -1,0 +1,753 @@
+//! Provider API formats behind one [`Adapter`] trait.
+//!
+//! An adapter turns the bytes of one LLM API exchange into the normalised pieces an
+//! interaction record needs: which endpoint was called ([`Endpoint`]), what was asked
+//! ([`ParsedRequest`]: model, parameters, messages) and what came back
+//! ([`ParsedResponse`]: text, tool calls, finish reason, token [`Usage`]), for plain
+//! JSON bodies and for streams fed chunk by chunk through a [`StreamParser`].
+//!
+//! Three wire formats are understood: OpenAI's (chat completions, responses, legacy
+//! completions, embeddings; also spoken by Azure OpenAI, Mistral, Groq, DeepSeek, xAI,
+//! OpenRouter, Together, Fireworks and self-hosted servers), Anthropic's messages API
+//! and Gemini's `generateContent`/`streamGenerateContent`. [`adapter_for_host`] maps
+//! the built-in provider hosts to adapters; [`adapter_by_name`] serves configuration
+//! overrides.
+//!
+//! What this module is not: it does no I/O, holds no connection state, makes no
+//! policy decision and never alters traffic. Parsing is lenient by design (JSON is
+//! navigated as [`serde_json::Value`], unknown fields are ignored) and total: any
+//! input, including truncated or binary garbage, yields a best-effort result with
+//! `error` describing what could not be understood, never a panic.
+//!
+//! Conventions shared by every adapter:
+//! - `Message::role` is normalised to `system`, `user`, `assistant` or `tool`
+//!   (Gemini's `model` becomes `assistant`); other roles pass through as sent.
+//! - `finish_reason` is the provider's own value (`stop`, `end_turn`, `STOP`, …).
+//! - A tool call is `{"id", "name", "arguments"}` with `arguments` always a string
+//!   (the JSON text the model produced, as OpenAI sends it).
+//! - [`Usage`] token conventions are documented on the type.
+
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+
+mod anthropic;
+mod gemini;
+mod openai;
+mod sse;
+#[cfg(test)]
+mod tests;
+
+use sse::{JsonArrayDecoder, Problems, SseDecoder};
+
+/// The API endpoint a request addressed, as far as the adapter understands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Endpoint label used in records: `chat.completions`, `responses`,
+    /// `completions`, `embeddings`, `messages`, `generateContent`,
+    /// `streamGenerateContent`.
+    pub name: &'static str,
+    /// The path itself says the response streams (Gemini `streamGenerateContent`),
+    /// whatever the body or the response content type say.
+    pub streaming_hint: bool,
+    /// A model named by the path rather than the body: Gemini
+    /// `/v1beta/models/{model}:generateContent` (without the `models/` prefix) or the
+    /// Azure OpenAI deployment in `/openai/deployments/{deployment}/…`.
+    pub model_from_path: Option<String>,
+}
+
+/// Token counts of one interaction.
+///
+/// - `input_tokens`: prompt tokens as the provider bills them. For OpenAI-format
+///   providers and Gemini this *includes* `cached_tokens`; for Anthropic it is
+///   `input_tokens + cache_creation_input_tokens` and does *not* include
+///   `cached_tokens` (cache reads), because that is how Anthropic reports them.
+/// - `output_tokens`: generated tokens, reasoning included (Gemini's
+///   `thoughtsTokenCount` is added to `candidatesTokenCount` to match OpenAI).
+/// - `cached_tokens`: prompt tokens served from the provider's prompt cache.
+/// - `reasoning_tokens`: the part of `output_tokens` spent on hidden reasoning.
+/// - `estimated`: some count was computed locally with a tokenizer
+///   ([`estimate_tokens`]) because the provider reported none.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct Usage {
+    /// Prompt tokens (see the type's documentation for cache conventions).
+    pub input_tokens: Option<u64>,
+    /// Generated tokens, reasoning included.
+    pub output_tokens: Option<u64>,
+    /// Prompt tokens read from the provider's cache.
+    pub cached_tokens: Option<u64>,
+    /// Hidden reasoning tokens, a part of `output_tokens`.
+    pub reasoning_tokens: Option<u64>,
+    /// A count was estimated locally rather than reported by the provider.
+    pub estimated: bool,
+}
+
+/// What a request asked for.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ParsedRequest {
+    /// The model named in the body, if any.
+    pub model: Option<String>,
+    /// The client asked for a streamed response.
+    pub stream: bool,
+    /// Every other top-level field of the body (temperature, max tokens, tools,
+    /// tool choice, stop, response format, …) as sent; for Gemini the fields of
+    /// `generationConfig` are lifted to the top level.
+    pub params: Map<String, Value>,
+    /// The conversation sent, system prompt first when there is one.
+    pub messages: Vec<Message>,
+    /// Why the body could not be (fully) understood, if it could not.
+    pub error: Option<String>,
+}
+
+/// One message of a conversation, flattened to text.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`, or the provider's own role.
+    pub role: String,
+    /// Text parts joined with `\n`; non-text parts summarised as `[image]`,
+    /// `[audio]`, `[file]`, tool calls as `[tool_call name(arguments)]`.
+    pub content: String,
+}
+
+/// What a response said.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ParsedResponse {
+    /// The model the provider says answered (may be a dated version).
+    pub model: Option<String>,
+    /// Assistant text; several choices/candidates are joined with `\n`.
+    pub output: String,
+    /// Tool calls, each `{"id", "name", "arguments"}` (`arguments` a JSON string).
+    pub tool_calls: Vec<Value>,
+    /// The provider's finish/stop reason.
+    pub finish_reason: Option<String>,
+    /// Token counts reported by the provider.
+    pub usage: Usage,
+    /// Why the body could not be (fully) understood, or the provider's own error
+    /// message when the body is an error.
+    pub error: Option<String>,
+    /// Stream events seen (SSE events or JSON array elements); 0 for plain bodies.
+    pub events: u64,
+}
+
+/// Incremental parser of one streamed response body.
+pub trait StreamParser: Send + Sync {
+    /// Feeds raw bytes exactly as they arrive off the wire; chunk boundaries are
+    /// arbitrary (mid-line, mid-UTF-8, mid-event). Never panics.
+    fn feed(&mut self, chunk: &[u8]);
+    /// Finishes (the stream ended or was cut) and returns what was seen so far.
+    fn finish(&mut self) -> ParsedResponse;
+}
+
+/// One provider API format.
+pub trait Adapter: Send + Sync {
+    /// Provider label in records: `openai`, `anthropic`, `gemini`, `azure_openai`,
+    /// `mistral`, `groq`, `deepseek`, `xai`, `openrouter`, `together`, `fireworks`,
+    /// `openai_compatible`.
+    fn name(&self) -> &'static str;
+    /// The endpoint a request addresses; `path` may carry a query string. `None`
+    /// means not an LLM endpoint this adapter parses (the caller still records it).
+    fn endpoint(&self, method: &str, path: &str) -> Option<Endpoint>;
+    /// Parses a request body.
+    fn parse_request(&self, ep: &Endpoint, body: &[u8]) -> ParsedRequest;
+    /// Parses a non-streamed response body (which may be an error body).
+    fn parse_response(&self, ep: &Endpoint, body: &[u8]) -> ParsedResponse;
+    /// A parser for a streamed response body (SSE, or Gemini's chunked JSON array).
+    fn stream_parser(&self, ep: &Endpoint) -> Box<dyn StreamParser>;
+}
+
+static HOSTS: &[(&str, &dyn Adapter)] = &[
+    ("api.openai.com", &openai::OPENAI),
+    ("api.anthropic.com", &anthropic::ANTHROPIC),
+    ("generativelanguage.googleapis.com", &gemini::GEMINI),
+    ("*.openai.azure.com", &openai::AZURE_OPENAI),
+    ("api.mistral.ai", &openai::MISTRAL),
+    ("api.groq.com", &openai::GROQ),
+    ("api.deepseek.com", &openai::DEEPSEEK),
+    ("api.x.ai", &openai::XAI),
+    ("openrouter.ai", &openai::OPENROUTER),
+    ("api.together.xyz", &openai::TOGETHER),
+    ("api.fireworks.ai", &openai::FIREWORKS),
+];
+
+static BY_NAME: &[&dyn Adapter] = &[
+    &openai::OPENAI,
+    &anthropic::ANTHROPIC,
+    &gemini::GEMINI,
+    &openai::AZURE_OPENAI,
+    &openai::MISTRAL,
+    &openai::GROQ,
+    &openai::DEEPSEEK,
+    &openai::XAI,
+    &openai::OPENROUTER,
+    &openai::TOGETHER,
+    &openai::FIREWORKS,
+    &openai::OPENAI_COMPATIBLE,
+];
+
+/// The adapter for a built-in provider host.
+///
+/// Matching is ASCII case-insensitive and ignores a `:port` and a trailing dot;
+/// `*.openai.azure.com` matches any Azure OpenAI resource host (and the wildcard
+/// pattern itself, as written in configuration).
+pub fn adapter_for_host(host: &str) -> Option<&'static dyn Adapter> {
+    let host = normalize_host(host)?;
+    HOSTS.iter().find_map(|&(pattern, adapter)| {
+        let hit = match pattern.strip_prefix('*') {
+            Some(suffix) => host.len() > suffix.len() && ends_with_ignore_case(host, suffix),
+            None => host.eq_ignore_ascii_case(pattern),
+        };
+        hit.then_some(adapter)
+    })
+}
+
+/// The adapter with this label (ASCII case-insensitive), for configuration
+/// overrides; `openai_compatible` is the OpenAI format on any path prefix (vLLM,
+/// Ollama, LiteLLM and other self-hosted servers).
+pub fn adapter_by_name(name: &str) -> Option<&'static dyn Adapter> {
+    let name = name.trim();
+    BY_NAME
+        .iter()
+        .copied()
+        .find(|a| a.name().eq_ignore_ascii_case(name))
+}
+
+/// Whether a provider label speaks the OpenAI wire format (used by pricing to fall
+/// back to OpenAI's price for a model of the same name).
+pub(crate) fn is_openai_format(provider: &str) -> bool {
+    let provider = provider.trim();
+    openai::ALL
+        .iter()
+        .any(|a| a.name().eq_ignore_ascii_case(provider))
+}
+
+/// Counts the tokens of `text` with the o200k_base tokenizer (GPT-4o and later).
+///
+/// Used when a response carries no usage; the caller marks the usage `estimated`.
+/// The tokenizer is built once, on first use. BPE merging is quadratic in the
+/// length of a run of letters (or of whitespace), so text is encoded in slices cut
+/// at whitespace every few KiB and inside any run longer than 256 bytes (base64,
+/// hashes): work stays linear and a cut changes the count by at most one token.
+pub fn estimate_tokens(text: &str) -> u64 {
+    static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
+    let Some(bpe) = BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()) else {
+        // The vocabulary is compiled in, so this cannot really happen; be safe.
+        return text.len().div_ceil(4) as u64;
+    };
+    const SLICE: usize = 8 * 1024;
+    const RUN: usize = 256;
+    let count = |s: &str| bpe.encode_ordinary(s).len() as u64;
+    let mut total = 0;
+    let mut start = 0; // of the slice being gathered
+    let mut run_start = 0; // of the current run of whitespace or non-whitespace
+    let mut run_is_space = false;
+    for (i, c) in text.char_indices() {
+        let space = c.is_whitespace();
+        if space != run_is_space {
+            run_is_space = space;
+            run_start = i;
+            if space && i - start >= SLICE {
+                total += count(&text[start..i]);
+                start = i;
+            }
+        } else if i - run_start >= RUN {
+            total += count(&text[start..i]);
+            start = i;
+            run_start = i;
+        }
+    }
+    total + count(&text[start..])
+}
+
+/// Whether a `Content-Type` value is `text/event-stream` (parameters ignored).
+pub fn looks_like_event_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+// ---------------------------------------------------------------------------------
+// Shared helpers for the adapters.
+
+/// Output text and tool-call arguments accumulated from one response are capped at
+/// this many bytes; past it the record keeps the start and notes the cut.
+const MAX_TEXT: usize = 16 << 20;
+/// Choices/candidates beyond this index are ignored (they are never this many;
+/// an index from garbage must not size an allocation).
+const MAX_CHOICES: usize = 16;
+
+fn normalize_host(host: &str) -> Option<&str> {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return None; // an IPv6 literal is never a provider host
+    }
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_end_matches('.');
+    (!host.is_empty()).then_some(host)
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// `path` without its query string or fragment.
+fn path_only(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
+}
+
+/// Parses a whole body as JSON, describing failure in words an operator can act on.
+fn parse_body(body: &[u8], what: &str) -> Result<Value, String> {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Err(format!("{what} body is empty"));
+    }
+    if body.starts_with(&[0x1f, 0x8b]) {
+        return Err(format!(
+            "{what} body is gzip-compressed and was not decoded"
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("{what} body is not valid JSON: {e}"))
+}
+
+/// Parses a request body into its top-level object, or a `ParsedRequest` carrying
+/// the reason it could not.
+fn request_object(body: &[u8]) -> Result<Map<String, Value>, ParsedRequest> {
+    let fail = |error: String| ParsedRequest {
+        error: Some(error),
+        ..ParsedRequest::default()
+    };
+    match parse_body(body, "request") {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(fail(format!(
+            "request body is a JSON {}, not an object",
+            json_kind(&other)
+        ))),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Removes `key` from `map` and returns it when it is a string.
+fn take_string(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            // Not ours to interpret: keep it visible as a parameter.
+            map.insert(key.to_owned(), other);
+            None
+        }
+        None => None,
+    }
+}
+
+/// Removes `key` from `map` and returns it when it is a boolean (`false` when
+/// absent; any other value stays in `map` as a parameter).
+fn take_bool(map: &mut Map<String, Value>, key: &str) -> bool {
+    match map.get(key) {
+        Some(Value::Bool(b)) => {
+            let b = *b;
+            map.remove(key);
+            b
+        }
+        _ => false,
+    }
+}
+
+/// Message text from an owned content value: a plain string is moved, not copied;
+/// anything else goes through `render`.
+fn owned_text(v: Option<Value>, render: fn(&Value, &mut String)) -> String {
+    match v {
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            let mut out = String::new();
+            render(&other, &mut out);
+            out
+        }
+        None => String::new(),
+    }
+}
+
+/// Takes field `key` out of a JSON object (leaving `null`) so its strings can move.
+fn take_field(v: &mut Value, key: &str) -> Option<Value> {
+    v.get_mut(key).map(Value::take)
+}
+
+/// A string field of a JSON object.
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// A token count: a non-negative integer, or a float with an integral value (some
+/// OpenAI-compatible servers send `12.0`).
+fn count(v: Option<&Value>) -> Option<u64> {
+    let v = v?;
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0 && *f < 1e18)
+            .map(|f| f as u64)
+    })
+}
+
+/// Appends `s` to `out` as a new line (no separator before the first).
+fn push_line(out: &mut String, s: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(s);
+}
+
+/// Appends `s` to accumulated stream text, up to [`MAX_TEXT`]. Returns `false` when
+/// something was cut.
+fn push_capped(out: &mut String, s: &str) -> bool {
+    let room = MAX_TEXT.saturating_sub(out.len());
+    if s.len() <= room {
+        out.push_str(s);
+        return true;
+    }
+    let mut end = room;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push_str(&s[..end]);
+    false
+}
+
+/// Tool-call arguments as a string: strings as sent, anything else as JSON text.
+fn arguments_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The normalised tool-call record.
+fn tool_call(id: Option<&str>, name: Option<&str>, arguments: String) -> Value {
+    let mut m = Map::with_capacity(3);
+    m.insert(
+        "id".into(),
+        id.map_or(Value::Null, |s| Value::String(s.into())),
+    );
+    m.insert(
+        "name".into(),
+        name.map_or(Value::Null, |s| Value::String(s.into())),
+    );
+    m.insert("arguments".into(), Value::String(arguments));
+    Value::Object(m)
+}
+
+/// `[tool_call name(arguments)]`, the summary of a tool call inside message text.
+fn tool_call_summary(name: &str, arguments: &str) -> String {
+    format!("[tool_call {name}({arguments})]")
+}
+
+/// The provider's error message when `v` is an error body or error event, in any of
+/// the shapes providers use:
+/// `{"error": {"message", "type"|"status"|"code"}}` (OpenAI, Gemini, Anthropic inside
+/// `{"type": "error"}`), `{"error": "text"}`, `{"object": "error", "message"}`
+/// (Mistral, vLLM) and `{"detail": "text"}` (FastAPI-based servers).
+fn provider_error(v: &Value) -> Option<String> {
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        return Some(match e {
+            Value::String(s) => s.clone(),
+            Value::Object(_) => describe_error_object(e),
+            other => other.to_string(),
+        });
+    }
+    if str_field(v, "object") == Some("error") || str_field(v, "type") == Some("error") {
+        return Some(describe_error_object(v));
+    }
+    if let Some(Value::String(detail)) = v.get("detail") {
+        if v.as_object().is_some_and(|m| m.len() == 1) {
+            return Some(detail.clone());
+        }
+    }
+    None
+}
+
+fn describe_error_object(e: &Value) -> String {
+    let kind = ["type", "status", "code"]
+        .iter()
+        .find_map(|k| match e.get(*k) {
+            Some(Value::String(s)) if s != "error" => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+    match (kind, str_field(e, "message")) {
+        (Some(k), Some(m)) => format!("{k}: {m}"),
+        (None, Some(m)) => m.to_owned(),
+        (Some(k), None) => k,
+        (None, None) => e.to_string(),
+    }
+}
+
+/// Joins error notes into one `error` value.
+fn join_errors(parts: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Per-choice text accumulation for responses that may carry several choices.
+#[derive(Debug, Default)]
+struct Choices {
+    texts: Vec<String>,
+    cut: bool,
+}
+
+impl Choices {
+    /// Appends `s` to choice `index` (indices past [`MAX_CHOICES`] are ignored).
+    fn push(&mut self, index: usize, s: &str) {
+        if index >= MAX_CHOICES || s.is_empty() {
+            return;
+        }
+        if self.texts.len() <= index {
+            self.texts.resize_with(index + 1, String::new);
+        }
+        if !push_capped(&mut self.texts[index], s) {
+            self.cut = true;
+        }
+    }
+
+    /// All choices' text, joined with `\n`.
+    fn joined(&mut self) -> String {
+        if self.texts.len() == 1 {
+            return std::mem::take(&mut self.texts[0]);
+        }
+        let mut out = String::new();
+        for t in self.texts.iter().filter(|t| !t.is_empty()) {
+            push_line(&mut out, t);
+        }
+        out
+    }
+
+    fn cut_note(&self) -> Option<String> {
+        self.cut
+            .then(|| format!("output over {MAX_TEXT} bytes; the record keeps its start"))
+    }
+}
+
+/// A tool call being assembled from stream fragments.
+#[derive(Debug, Default)]
+struct PendingCall {
+    /// Stream-local key: content block index, output index, or choice and index.
+    key: u64,
+    id: Option<String>,
+    name: Option<String>,
+    arguments: String,
+}
+
+impl PendingCall {
+    fn into_value(self) -> Value {
+        tool_call(self.id.as_deref(), self.name.as_deref(), self.arguments)
+    }
+}
+
+/// Finds or creates the pending call with `key`.
+fn pending(calls: &mut Vec<PendingCall>, key: u64) -> &mut PendingCall {
+    let i = match calls.iter().position(|c| c.key == key) {
+        Some(i) => i,
+        None => {
+            calls.push(PendingCall {
+                key,
+                ..PendingCall::default()
+            });
+            calls.len() - 1
+        }
+    };
+    &mut calls[i]
+}
+
+// ---------------------------------------------------------------------------------
+// The stream driver shared by all adapters.
+
+/// What a provider contributes to stream parsing: the meaning of each payload.
+trait StreamHandler: Send + Sync {
+    /// One JSON payload: an SSE event's data, or one element of a JSON array stream.
+    /// `event` is the SSE event name (`message` when unnamed or for array elements).
+    fn on_json(&mut self, event: &str, v: &Value);
+    /// A non-JSON SSE payload (OpenAI's `[DONE]`). Returns whether it was understood.
+    fn on_text(&mut self, _event: &str, _data: &str) -> bool {
+        false
+    }
+    /// The result so far; `error` set when the stream did not end as it should.
+    fn finish(&mut self) -> ParsedResponse;
+    /// Parses a stream that turned out to be one plain JSON body (an error answered
+    /// with a streaming content type, or a server that ignored `stream: true`).
+    fn whole_body(&self, body: &[u8]) -> ParsedResponse;
+}
+
+enum Framing {
+    /// Nothing but whitespace seen yet.
+    Sniff,
+    Sse(SseDecoder),
+    Array(JsonArrayDecoder),
+    /// A plain JSON object, buffered (bounded) for [`StreamHandler::whole_body`].
+    Body(Vec<u8>),
+}
+
+/// A [`StreamParser`] that detects the framing from the first bytes (SSE, a JSON
+/// array of chunks, or a plain JSON body), decodes it and hands payloads to a
+/// provider's [`StreamHandler`].
+struct Framed<H> {
+    handler: H,
+    framing: Framing,
+    events: u64,
+    problems: Problems,
+    body_overflow: bool,
+}
+
+impl<H: StreamHandler + 'static> Framed<H> {
+    fn boxed(handler: H) -> Box<dyn StreamParser> {
+        Box::new(Framed {
+            handler,
+            framing: Framing::Sniff,
+            events: 0,
+            problems: Problems::default(),
+            body_overflow: false,
+        })
+    }
+}
+
+/// Delivers one SSE event's data to the handler.
+fn deliver_sse(
+    handler: &mut dyn StreamHandler,
+    events: &mut u64,
+    problems: &mut Problems,
+    name: &str,
+    data: &str,
+) {
+    *events += 1;
+    let data = data.trim();
+    if data.is_empty() {
+        return;
+    }
+    if data.starts_with(['{', '[']) {
+        match serde_json::from_str::<Value>(data) {
+            Ok(v) => handler.on_json(name, &v),
+            // `[DONE]` looks like the start of an array.
+            Err(_) if handler.on_text(name, data) => {}
+            Err(e) => problems.push(format!("SSE event {events}: data is not valid JSON: {e}")),
+        }
+    } else if !handler.on_text(name, data) {
+        problems.push(format!("SSE event {events}: data is not JSON"));
+    }
+}
+
+/// Delivers one JSON array stream element to the handler.
+fn deliver_element(
+    handler: &mut dyn StreamHandler,
+    events: &mut u64,
+    problems: &mut Problems,
+    bytes: &[u8],
+) {
+    *events += 1;
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) => handler.on_json("message", &v),
+        Err(e) => problems.push(format!("stream element {events}: not valid JSON: {e}")),
+    }
+}
+
+impl<H: StreamHandler> StreamParser for Framed<H> {
+    fn feed(&mut self, chunk: &[u8]) {
+        let Framed {
+            handler,
+            framing,
+            events,
+            problems,
+            body_overflow,
+        } = self;
+        let mut chunk = chunk;
+        if let Framing::Sniff = framing {
+            let start = chunk
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0xEF | 0xBB | 0xBF));
+            let Some(start) = start else { return };
+            chunk = &chunk[start..];
+            *framing = match chunk[0] {
+                b'[' => Framing::Array(JsonArrayDecoder::new()),
+                b'{' => Framing::Body(Vec::new()),
+                _ => Framing::Sse(SseDecoder::new()),
+            };
+        }
+        match framing {
+            Framing::Sniff => {}
+            Framing::Sse(dec) => dec.feed(chunk, &mut |name, data| {
+                deliver_sse(handler, events, problems, name, data)
+            }),
+            Framing::Array(dec) => dec.feed(chunk, &mut |bytes| {
+                deliver_element(handler, events, problems, bytes)
+            }),
+            Framing::Body(buf) => {
+                let room = sse::MAX_EVENT.saturating_sub(buf.len());
+                if chunk.len() > room {
+                    *body_overflow = true;
+                }
+                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+        }
+    }
+
+    fn finish(&mut self) -> ParsedResponse {
+        let Framed {
+            handler,
+            framing,
+            events,
+            problems,
+            body_overflow,
+        } = self;
+        let (cut, framing_problems) = match std::mem::replace(framing, Framing::Sniff) {
+            Framing::Sniff => {
+                let mut r = handler.finish();
+                r.error = Some("the stream carried no data".to_owned());
+                return r;
+            }
+            Framing::Body(buf) => {
+                let mut r = handler.whole_body(&buf);
+                if *body_overflow {
+                    r.error = join_errors([
+                        Some(format!(
+                            "response body over {} bytes; only its start was parsed",
+                            sse::MAX_EVENT
+                        )),
+                        r.error.take(),
+                    ]);
+                }
+                return r;
+            }
+            Framing::Sse(mut dec) => {
+                let cut = dec
+                    .finish(&mut |name, data| deliver_sse(handler, events, problems, name, data));
+                (cut, dec.problems)
+            }
+            Framing::Array(mut dec) => {
+                let cut = dec.finish();
+                (cut, dec.problems)
+            }
+        };
+        let mut r = handler.finish();
+        r.events = *events;
+        let cut_note = (cut && r.error.is_none()).then(|| "the stream ended mid-event".to_owned());
+        r.error = join_errors([
+            r.error.take(),
+            cut_note,
+            framing_problems.render(),
+            problems.render(),
+        ]);
+        r
+    }
+}

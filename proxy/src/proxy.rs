@@ -1,0 +1,457 @@
+//! The data plane: every accepted connection is classified here, then relayed untouched,
+//! refused, or terminated and handed to the HTTP interceptor.
+//!
+//! ```text
+//! accept ─▶ sniff first bytes (TLS ClientHello SNI, or plain-HTTP Host)
+//!          ├─ host is an inspected provider ─▶ TLS with a minted leaf ─▶ http::Interceptor
+//!          ├─ destination known, not inspected ─▶ relay::passthrough (connection record)
+//!          └─ no destination / would loop ─▶ refused (connection record, counter)
+//! ```
+//!
+//! Nothing here parses provider formats or decides policy; it only routes connections.
+
+mod http;
+mod relay;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+pub use http::Interceptor;
+
+use crate::config::Config;
+use crate::metrics;
+use crate::original_dst::{normalize_host, Accepted, LoopGuard, OriginalDst};
+use crate::providers::{self, Adapter};
+use crate::record::{self, Connection, Identity, Outcome, Record, Upstream};
+use crate::sink::Recorder;
+use crate::tls::{self, Sniffed};
+
+/// How long a new connection may take to show its first bytes before it is treated as
+/// opaque (server-speaks-first protocols, idle clients).
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest plain-HTTP request head read to find the `Host` header.
+const MAX_HTTP_HEAD: usize = 16 * 1024;
+
+/// One inspected destination, resolved from config.
+pub struct ProviderEntry {
+    /// Exact host, or a `.suffix` for wildcards.
+    pattern: String,
+    wildcard: bool,
+    /// TLS (true) or plain HTTP.
+    pub tls: bool,
+    /// The provider format.
+    pub adapter: &'static dyn Adapter,
+}
+
+/// The inspected hosts.
+pub struct ProviderTable {
+    entries: Vec<ProviderEntry>,
+}
+
+impl ProviderTable {
+    /// Build from validated config.
+    pub fn from_config(config: &Config) -> ProviderTable {
+        let entries = config
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let adapter = match &p.adapter {
+                    Some(name) => providers::adapter_by_name(name)?,
+                    None => providers::adapter_for_host(&p.host)?,
+                };
+                let host = p.host.to_ascii_lowercase();
+                let (pattern, wildcard) = match host.strip_prefix('*') {
+                    Some(suffix) => (suffix.to_string(), true),
+                    None => (host, false),
+                };
+                Some(ProviderEntry {
+                    pattern,
+                    wildcard,
+                    tls: p.tls,
+                    adapter,
+                })
+            })
+            .collect();
+        ProviderTable { entries }
+    }
+
+    /// The entry for `host` (already normalised), exact matches first.
+    pub fn find(&self, host: &str, tls: bool) -> Option<&ProviderEntry> {
+        self.entries
+            .iter()
+            .find(|e| !e.wildcard && e.tls == tls && e.pattern == host)
+            .or_else(|| {
+                self.entries
+                    .iter()
+                    .find(|e| e.wildcard && e.tls == tls && host.ends_with(&e.pattern))
+            })
+    }
+}
+
+/// What the interceptor needs to know about the connection a request arrived on.
+pub struct ConnInfo {
+    /// Both ends of the accepted socket.
+    pub accepted: Accepted,
+    /// Normalised SNI or Host that selected the provider.
+    pub host: String,
+    /// Where requests are forwarded.
+    pub dst: SocketAddr,
+    /// Upstream TLS (with `host` as SNI) or plain HTTP.
+    pub tls: bool,
+    /// The provider format.
+    pub adapter: &'static dyn Adapter,
+    /// Who connected.
+    pub identity: Identity,
+}
+
+/// Live intercepted connections, keyed by their two ends, so the HTTP layer (which only
+/// sees socket addresses) finds its connection's context.
+#[derive(Default)]
+pub struct ConnTable {
+    inner: Mutex<HashMap<Accepted, Arc<ConnInfo>>>,
+}
+
+impl ConnTable {
+    fn insert(self: &Arc<Self>, info: Arc<ConnInfo>) -> ConnGuard {
+        let key = info.accepted;
+        self.inner.lock().insert(key, info);
+        ConnGuard {
+            table: self.clone(),
+            key,
+        }
+    }
+
+    /// The context of a live connection.
+    pub fn get(&self, key: &Accepted) -> Option<Arc<ConnInfo>> {
+        self.inner.lock().get(key).cloned()
+    }
+}
+
+/// Removes a connection from the table when its handling ends.
+struct ConnGuard {
+    table: Arc<ConnTable>,
+    key: Accepted,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.table.inner.lock().remove(&self.key);
+    }
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// Inspected hosts.
+    pub providers: ProviderTable,
+    /// Original destination source.
+    pub original_dst: Box<dyn OriginalDst>,
+    /// Loop guard over our own listeners.
+    pub loop_guard: LoopGuard,
+    /// Where records go.
+    pub recorder: Recorder,
+    /// Live intercepted connections.
+    pub conns: Arc<ConnTable>,
+    /// Bytes of each body inspected.
+    pub max_inspect_bytes: usize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read (silence) timeout.
+    pub read_timeout: Duration,
+    /// Offer h2 upstream.
+    pub upstream_h2: bool,
+}
+
+/// The `ServerApp` every listener runs.
+pub struct InterceptApp {
+    shared: Arc<Shared>,
+    acceptor: Acceptor,
+    http: Arc<HttpProxy<Interceptor>>,
+}
+
+impl InterceptApp {
+    /// Wire the app from its parts.
+    pub fn new(
+        shared: Arc<Shared>,
+        acceptor: Acceptor,
+        http: Arc<HttpProxy<Interceptor>>,
+    ) -> InterceptApp {
+        InterceptApp {
+            shared,
+            acceptor,
+            http,
+        }
+    }
+}
+
+/// What the first bytes told us.
+enum FirstBytes {
+    Tls(Option<String>),
+    Http(Option<String>),
+    Opaque,
+}
+
+#[async_trait]
+impl ServerApp for InterceptApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let started = (Instant::now(), SystemTime::now());
+        let accepted = accepted_of(&stream)?;
+        let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::error!("listener produced a non-TCP stream; closing");
+            return None;
+        };
+        let _ = l4.set_nodelay();
+        let first = match sniff(&mut l4).await {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::debug!(peer = %accepted.peer, error = %e, "connection closed before it said anything");
+                return None;
+            }
+        };
+        let (host, is_tls) = match &first {
+            FirstBytes::Tls(h) => (h.clone(), true),
+            FirstBytes::Http(h) => (h.clone(), false),
+            FirstBytes::Opaque => (None, false),
+        };
+        let shared = &self.shared;
+        let identity = Identity {
+            client_addr: Some(accepted.peer.to_string()),
+            ..Identity::default()
+        };
+        let dst = shared.original_dst.lookup(&accepted, host.as_deref());
+        let refuse = |reason: &'static str, dst: Option<SocketAddr>| {
+            metrics::REFUSED.with_label_values(&[reason]).inc();
+            tracing::info!(peer = %accepted.peer, host = host.as_deref().unwrap_or(""), reason, "connection refused");
+            connection_record(
+                started,
+                Outcome::Refused,
+                reason,
+                host.clone(),
+                identity.clone(),
+                dst,
+                (0, 0),
+                None,
+            )
+        };
+        let Some(dst) = dst else {
+            shared.recorder.submit(refuse("no_destination", None)).await;
+            return None;
+        };
+        if shared.loop_guard.is_self(dst, accepted.local) {
+            shared.recorder.submit(refuse("loop", Some(dst))).await;
+            return None;
+        }
+        let entry = host
+            .as_deref()
+            .and_then(|h| shared.providers.find(h, is_tls));
+        let Some(entry) = entry else {
+            // Not inspected: relay byte for byte and say so.
+            let (bytes, err) = relay::passthrough(*l4, dst).await;
+            let reason = if is_tls {
+                "sni_not_inspected"
+            } else {
+                "not_inspected"
+            };
+            metrics::PASSTHROUGH.inc();
+            shared
+                .recorder
+                .submit(connection_record(
+                    started,
+                    if err.is_some() && bytes == (0, 0) {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Passthrough
+                    },
+                    reason,
+                    host.clone(),
+                    identity,
+                    Some(dst),
+                    bytes,
+                    err,
+                ))
+                .await;
+            return None;
+        };
+        let info = Arc::new(ConnInfo {
+            accepted,
+            host: host.unwrap_or_default(),
+            dst,
+            tls: entry.tls,
+            adapter: entry.adapter,
+            identity,
+        });
+        let _guard = shared.conns.insert(info);
+        let stream: Stream = if is_tls {
+            match self.acceptor.tls_handshake(*l4).await {
+                Ok(tls) => {
+                    metrics::TLS_HANDSHAKES.with_label_values(&["ok"]).inc();
+                    Box::new(tls)
+                }
+                Err(e) => {
+                    metrics::TLS_HANDSHAKES.with_label_values(&["failed"]).inc();
+                    // Typically the client does not trust the organisation CA yet.
+                    tracing::warn!(peer = %accepted.peer, error = %e, "downstream TLS handshake failed (does the client trust the Sluice CA?)");
+                    return None;
+                }
+            }
+        } else {
+            l4
+        };
+        self.http.process_new(stream, shutdown).await
+    }
+}
+
+fn accepted_of(stream: &Stream) -> Option<Accepted> {
+    let digest = stream.get_socket_digest()?;
+    Some(Accepted {
+        peer: *digest.peer_addr()?.as_inet()?,
+        local: *digest.local_addr()?.as_inet()?,
+    })
+}
+
+/// Read the first bytes, decide what they are, and put them back.
+async fn sniff(l4: &mut L4Stream) -> std::io::Result<FirstBytes> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let decision = loop {
+        let n = match tokio::time::timeout_at(deadline, l4.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => break FirstBytes::Opaque,
+        };
+        if n == 0 {
+            if buf.is_empty() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            break FirstBytes::Opaque;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match tls::sniff(&buf) {
+            Sniffed::Tls(info) => break FirstBytes::Tls(info.sni),
+            Sniffed::Malformed(_) => break FirstBytes::Opaque,
+            Sniffed::NeedMore if buf.len() < tls::MAX_CLIENT_HELLO => continue,
+            Sniffed::NeedMore => break FirstBytes::Opaque,
+            Sniffed::NotTls => match http_host(&buf) {
+                HeadScan::Host(h) => break FirstBytes::Http(h),
+                HeadScan::NeedMore if buf.len() < MAX_HTTP_HEAD => continue,
+                _ => break FirstBytes::Opaque,
+            },
+        }
+    };
+    l4.rewind(&buf);
+    Ok(decision)
+}
+
+enum HeadScan {
+    Host(Option<String>),
+    NeedMore,
+    NotHttp,
+}
+
+/// The `Host` of a plain HTTP/1.x request head.
+fn http_host(buf: &[u8]) -> HeadScan {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => HeadScan::Host(
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(normalize_host),
+        ),
+        Ok(httparse::Status::Partial) => HeadScan::NeedMore,
+        Err(_) => HeadScan::NotHttp,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn connection_record(
+    started: (Instant, SystemTime),
+    outcome: Outcome,
+    reason: &str,
+    sni: Option<String>,
+    identity: Identity,
+    dst: Option<SocketAddr>,
+    (up, down): (u64, u64),
+    error: Option<String>,
+) -> Record {
+    Record::Connection(Box::new(Connection {
+        id: record::new_id(),
+        ts: record::rfc3339(started.1),
+        kind: "connection",
+        outcome,
+        reason: reason.to_string(),
+        sni: sni.clone(),
+        identity,
+        upstream: Upstream {
+            addr: dst.map(|d| d.to_string()),
+            sni,
+        },
+        bytes_up: up,
+        bytes_down: down,
+        duration_ms: started.0.elapsed().as_secs_f64() * 1e3,
+        error,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_head_host() {
+        assert!(matches!(
+            http_host(b"POST /v1/chat/completions HTTP/1.1\r\nHost: Ollama.Local:11434\r\n\r\n"),
+            HeadScan::Host(Some(h)) if h == "ollama.local"
+        ));
+        assert!(matches!(
+            http_host(b"POST /v1/chat HTTP/1.1\r\nHo"),
+            HeadScan::NeedMore
+        ));
+        assert!(matches!(
+            http_host(b"\x00\x01garbage\r\n\r\n"),
+            HeadScan::NotHttp
+        ));
+    }
+
+    #[test]
+    fn provider_table_prefers_exact_then_wildcard_and_respects_tls() {
+        let config = Config::from_yaml(
+            "providers:\n  - host: api.openai.com\n  - host: \"*.openai.azure.com\"\n  - host: llm.local\n    tls: false\n    adapter: openai_compatible\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let t = ProviderTable::from_config(&config);
+        assert_eq!(
+            t.find("api.openai.com", true).unwrap().adapter.name(),
+            "openai"
+        );
+        assert_eq!(
+            t.find("corp.openai.azure.com", true)
+                .unwrap()
+                .adapter
+                .name(),
+            "azure_openai"
+        );
+        assert!(t.find("openai.azure.com.evil.com", true).is_none());
+        assert!(t.find("api.openai.com", false).is_none());
+        assert!(t.find("llm.local", false).is_some());
+        assert!(t.find("llm.local", true).is_none());
+    }
+}

@@ -1,0 +1,426 @@
+//! The HTTP interceptor: a thin `ProxyHttp` whose phases delegate to the provider
+//! adapter and end in exactly one interaction record per request.
+//!
+//! Phase by phase:
+//! - `request_filter`: find the connection's context, classify the endpoint;
+//! - `request_body_filter`: keep up to `max_inspect_bytes` of the body (the rest flows on);
+//! - `upstream_peer`: the original destination, TLS verified against the real host name;
+//! - `upstream_request_filter`: ask for an uncompressed answer so it can be parsed;
+//! - `response_filter`: pick the stream parser or the body buffer, drop `Alt-Svc` (h3);
+//! - `response_body_filter`: feed chunks to the side parser as they pass — never held;
+//! - `logging`: assemble the record, price it, hand it to the recorder.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use super::{ConnInfo, Shared};
+use crate::metrics;
+use crate::original_dst::Accepted;
+use crate::pricing::PriceTable;
+use crate::providers::{self, Endpoint, ParsedResponse, StreamParser};
+use crate::record::{self, Interaction, Outcome, Record, RequestPart, ResponsePart, Upstream};
+
+/// The `ProxyHttp` implementation.
+pub struct Interceptor {
+    shared: Arc<Shared>,
+}
+
+impl Interceptor {
+    /// An interceptor over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Interceptor {
+        Interceptor { shared }
+    }
+}
+
+/// A body kept up to a limit.
+#[derive(Default)]
+struct Capture {
+    buf: Vec<u8>,
+    total: u64,
+    truncated: bool,
+}
+
+impl Capture {
+    fn push(&mut self, chunk: &[u8], limit: usize) {
+        self.total += chunk.len() as u64;
+        let room = limit.saturating_sub(self.buf.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    conn: Option<Arc<ConnInfo>>,
+    endpoint: Option<Endpoint>,
+    started: Option<(Instant, SystemTime)>,
+    /// Time spent in Sluice's own work, excluding waiting on either peer.
+    own: Duration,
+    upstream_sent: Option<Instant>,
+    first_byte: Option<Instant>,
+    request: Capture,
+    response: Capture,
+    parser: Option<Box<dyn StreamParser>>,
+    status: u16,
+    recorded: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Interceptor {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let t = Instant::now();
+        ctx.started = Some((t, SystemTime::now()));
+        let key = session
+            .client_addr()
+            .and_then(|p| p.as_inet())
+            .zip(session.server_addr().and_then(|l| l.as_inet()))
+            .map(|(peer, local)| Accepted {
+                peer: *peer,
+                local: *local,
+            });
+        let Some(conn) = key.and_then(|k| self.shared.conns.get(&k)) else {
+            // Cannot happen for connections accepted by InterceptApp; refuse rather than
+            // forward somewhere unknown.
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "request on a connection with no known destination",
+            );
+        };
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), path);
+        ctx.conn = Some(conn);
+        ctx.own += t.elapsed();
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            let t = Instant::now();
+            ctx.request.push(chunk, self.shared.max_inspect_bytes);
+            ctx.own += t.elapsed();
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(conn) = ctx.conn.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no connection context");
+        };
+        let mut peer = HttpPeer::new(conn.dst, conn.tls, conn.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.shared.connect_timeout);
+        o.total_connection_timeout = Some(self.shared.connect_timeout);
+        o.read_timeout = Some(self.shared.read_timeout);
+        o.write_timeout = Some(self.shared.read_timeout);
+        o.alpn = if self.shared.upstream_h2 {
+            ALPN::H2H1
+        } else {
+            ALPN::H1
+        };
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // An uncompressed answer can be parsed on the side without inflating it; LLM
+        // responses are small next to the cost of the model, so the bytes are cheap.
+        upstream_request.insert_header("accept-encoding", "identity")?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let t = Instant::now();
+        ctx.status = upstream_response.status.as_u16();
+        // Keep clients on TCP, where they are captured: never advertise HTTP/3.
+        upstream_response.remove_header("alt-svc");
+        let event_stream = upstream_response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(providers::looks_like_event_stream);
+        if let (Some(conn), Some(ep)) = (ctx.conn.as_ref(), ctx.endpoint.as_ref()) {
+            if event_stream || (ep.streaming_hint && ctx.status < 300) {
+                ctx.parser = Some(conn.adapter.stream_parser(ep));
+            }
+        }
+        ctx.own += t.elapsed();
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(chunk) = body {
+            let t = Instant::now();
+            ctx.first_byte.get_or_insert(t);
+            match ctx.parser.as_mut() {
+                Some(p) => {
+                    ctx.response.total += chunk.len() as u64;
+                    p.feed(chunk);
+                }
+                None => ctx.response.push(chunk, self.shared.max_inspect_bytes),
+            }
+            ctx.own += t.elapsed();
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.recorded {
+            return;
+        }
+        ctx.recorded = true;
+        let t = Instant::now();
+        let Some(conn) = ctx.conn.clone() else {
+            return;
+        };
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let record = build_record(
+            self.shared.max_inspect_bytes,
+            &conn,
+            session,
+            e,
+            ctx,
+            status,
+        );
+        let provider = conn.adapter.name();
+        let endpoint = record.endpoint.as_deref().unwrap_or("other");
+        metrics::REQUESTS
+            .with_label_values(&[provider, endpoint, record.outcome.as_str()])
+            .inc();
+        if record.outcome != Outcome::Success {
+            metrics::ERRORS
+                .with_label_values(&[provider, record.outcome.as_str()])
+                .inc();
+        }
+        if let Some(n) = record.usage.input_tokens {
+            metrics::TOKENS
+                .with_label_values(&[provider, "input"])
+                .inc_by(n);
+        }
+        if let Some(n) = record.usage.output_tokens {
+            metrics::TOKENS
+                .with_label_values(&[provider, "output"])
+                .inc_by(n);
+        }
+        match record.cost_usd {
+            Some(c) => metrics::COST_MICRO_USD
+                .with_label_values(&[provider])
+                .inc_by((c * 1e6).round() as u64),
+            None if record.endpoint.is_some() && record.model.is_some() => {
+                metrics::UNPRICED.with_label_values(&[provider]).inc()
+            }
+            None => {}
+        }
+        if let Some(sent) = ctx.upstream_sent {
+            metrics::UPSTREAM_LATENCY
+                .with_label_values(&[provider])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        for (cap, dir) in [(&ctx.request, "request"), (&ctx.response, "response")] {
+            if cap.truncated {
+                metrics::TRUNCATED.with_label_values(&[dir]).inc();
+            }
+        }
+        ctx.own += t.elapsed();
+        // Time before the upstream was asked, plus our own processing afterwards.
+        let before_upstream = match (ctx.started, ctx.upstream_sent) {
+            (Some((s, _)), Some(u)) => u.saturating_duration_since(s),
+            _ => Duration::ZERO,
+        };
+        metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
+        self.shared
+            .recorder
+            .submit(Record::Interaction(Box::new(record)))
+            .await;
+    }
+}
+
+/// Assemble the interaction record from what the phases gathered.
+fn build_record(
+    max_inspect: usize,
+    conn: &ConnInfo,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &mut Ctx,
+    status: u16,
+) -> Interaction {
+    let adapter = conn.adapter;
+    let (started, started_wall) = ctx
+        .started
+        .unwrap_or_else(|| (Instant::now(), SystemTime::now()));
+    let req = session.req_header();
+    let path = req
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+
+    let parsed_req = ctx
+        .endpoint
+        .as_ref()
+        .filter(|_| !ctx.request.buf.is_empty())
+        .map(|ep| adapter.parse_request(ep, &ctx.request.buf));
+    let mut parsed_resp: ParsedResponse = match (ctx.parser.as_mut(), ctx.endpoint.as_ref()) {
+        (Some(p), _) => p.finish(),
+        (None, Some(ep)) if !ctx.response.buf.is_empty() => {
+            adapter.parse_response(ep, &ctx.response.buf)
+        }
+        _ => ParsedResponse::default(),
+    };
+    let stream = ctx.parser.is_some();
+
+    let outcome = match e {
+        Some(err) if *err.esource() == ErrorSource::Downstream => Outcome::Cancelled,
+        Some(_) => Outcome::Failed,
+        None if status >= 400 || status == 0 => Outcome::UpstreamError,
+        None => Outcome::Success,
+    };
+    let error = e.map(|err| describe_error(err, conn));
+
+    let model = parsed_req
+        .as_ref()
+        .and_then(|r| r.model.clone())
+        .or_else(|| {
+            ctx.endpoint
+                .as_ref()
+                .and_then(|ep| ep.model_from_path.clone())
+        })
+        .or_else(|| parsed_resp.model.clone());
+
+    // A response without usage (a stream without include_usage, a cancelled stream) is
+    // counted with a real tokenizer and marked as an estimate.
+    if ctx.endpoint.is_some() && (200..300).contains(&status) || outcome == Outcome::Cancelled {
+        let u = &mut parsed_resp.usage;
+        if u.output_tokens.is_none() && !parsed_resp.output.is_empty() {
+            u.output_tokens = Some(providers::estimate_tokens(&parsed_resp.output));
+            u.estimated = true;
+        }
+        if u.input_tokens.is_none() {
+            if let Some(r) = parsed_req.as_ref().filter(|r| !r.messages.is_empty()) {
+                let n: u64 = r
+                    .messages
+                    .iter()
+                    .map(|m| providers::estimate_tokens(&m.content))
+                    .sum();
+                u.input_tokens = Some(n);
+                u.estimated = true;
+            }
+        }
+    }
+    let cost_usd = model
+        .as_deref()
+        .and_then(|m| PriceTable::embedded().cost_usd(adapter.name(), m, &parsed_resp.usage));
+
+    let (params, messages, req_error, req_stream) = match parsed_req {
+        Some(r) => (r.params, r.messages, r.error, r.stream),
+        None => Default::default(),
+    };
+    let now = Instant::now();
+    Interaction {
+        id: record::new_id(),
+        ts: record::rfc3339(started_wall),
+        kind: "interaction",
+        provider: adapter.name().to_string(),
+        model,
+        endpoint: ctx.endpoint.as_ref().map(|ep| ep.name.to_string()),
+        stream: stream || req_stream,
+        status,
+        outcome,
+        decision: "allow",
+        reason_codes: Vec::new(),
+        policy_id: None,
+        identity: conn.identity.clone(),
+        request: RequestPart {
+            method: req.method.to_string(),
+            path,
+            params,
+            messages,
+            body_bytes: ctx.request.total,
+            truncated: ctx.request.truncated,
+            parse_error: req_error,
+        },
+        response: ResponsePart {
+            output: std::mem::take(&mut parsed_resp.output),
+            tool_calls: std::mem::take(&mut parsed_resp.tool_calls),
+            finish_reason: parsed_resp.finish_reason.take(),
+            body_bytes: ctx.response.total,
+            events: parsed_resp.events,
+            truncated: ctx.response.truncated
+                || (ctx.response.total as usize > max_inspect && !stream),
+            error: parsed_resp.error.take(),
+        },
+        usage: parsed_resp.usage,
+        cost_usd,
+        latency_ms: now.duration_since(started).as_secs_f64() * 1e3,
+        ttft_ms: if stream {
+            ctx.first_byte
+                .map(|f| f.duration_since(started).as_secs_f64() * 1e3)
+        } else {
+            None
+        },
+        upstream: Upstream {
+            addr: Some(conn.dst.to_string()),
+            sni: conn.tls.then(|| conn.host.clone()),
+        },
+        error,
+    }
+}
+
+/// An operator-facing description of why an exchange failed.
+fn describe_error(e: &Error, conn: &ConnInfo) -> String {
+    match e.etype() {
+        ErrorType::InvalidCert | ErrorType::TLSHandshakeFailure => format!(
+            "upstream TLS to {} ({}) failed: {e}; the provider's certificate did not verify, so nothing was sent",
+            conn.host, conn.dst
+        ),
+        ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectError => {
+            format!("cannot connect to {} ({}): {e}", conn.host, conn.dst)
+        }
+        _ => match e.esource() {
+            ErrorSource::Downstream => format!("client went away: {e}"),
+            _ => e.to_string(),
+        },
+    }
+}

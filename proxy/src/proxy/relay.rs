@@ -1,0 +1,89 @@
+//! Byte-for-byte relay of connections Sluice does not inspect.
+//!
+//! The bytes already read to classify the connection were put back into the stream, so
+//! the destination receives exactly what the client sent, from the first byte. Bytes are
+//! counted as they are read, so a relay cut by an error still reports what crossed.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::metrics;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Relay `client` to `dst` until both sides close. Returns bytes (client→dst, dst→client)
+/// and the error that ended the relay, if any.
+pub async fn passthrough(client: L4Stream, dst: SocketAddr) -> ((u64, u64), Option<String>) {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return ((0, 0), Some(format!("connect to {dst} failed: {e}"))),
+        Err(_) => {
+            return (
+                (0, 0),
+                Some(format!(
+                    "connect to {dst} timed out after {CONNECT_TIMEOUT:?}"
+                )),
+            )
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut client = Counted::new(client);
+    let mut upstream = Counted::new(upstream);
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (up, down) = (client.read, upstream.read);
+    metrics::PASSTHROUGH_BYTES
+        .with_label_values(&["up"])
+        .inc_by(up);
+    metrics::PASSTHROUGH_BYTES
+        .with_label_values(&["down"])
+        .inc_by(down);
+    let err = result.err().map(|e| format!("relay to {dst} ended: {e}"));
+    ((up, down), err)
+}
+
+/// Counts the bytes read from the inner stream.
+struct Counted<S> {
+    inner: S,
+    read: u64,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Self {
+        Counted { inner, read: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,248 @@
+//! The records Sluice emits: one module, one source of truth for their shape.
+//!
+//! The JSON contract (snake_case, RFC 3339 UTC timestamps) is the one in the design:
+//! `kind: "interaction"` for every inspected request, `kind: "connection"` for every
+//! connection relayed untouched or refused. Fields that later subsystems fill (the hash
+//! chain, policy decisions) are present with neutral values so consumers can rely on
+//! the shape from day one.
+
+use serde::Serialize;
+
+use crate::providers::{Message, Usage};
+
+/// How an interaction or connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The provider answered with a 2xx and the client received all of it.
+    Success,
+    /// The provider answered with an error status (4xx/5xx), relayed to the client.
+    UpstreamError,
+    /// The client went away before the response was complete.
+    Cancelled,
+    /// Sluice could not reach or trust the provider, or the exchange broke.
+    Failed,
+    /// Sluice refused the connection (no known destination, not a provider, a loop).
+    Refused,
+    /// Relayed untouched (connection records only).
+    Passthrough,
+}
+
+impl Outcome {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+            Outcome::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Who made the call. Filled from the connection (and later from the probe and keys).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Identity {
+    /// Client address as seen by the proxy.
+    pub client_addr: Option<String>,
+    /// Process id, when the probe attributed the connection.
+    pub pid: Option<u32>,
+    /// Process name.
+    pub process: Option<String>,
+    /// User id.
+    pub uid: Option<u32>,
+}
+
+/// The request side of an interaction.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestPart {
+    /// HTTP method.
+    pub method: String,
+    /// Request path (query included).
+    pub path: String,
+    /// Model parameters (temperature, max tokens, tools, …).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Input messages.
+    pub messages: Vec<Message>,
+    /// Body bytes sent by the client.
+    pub body_bytes: u64,
+    /// The body exceeded `max_inspect_bytes`; only its start was inspected.
+    pub truncated: bool,
+    /// Why the body could not be understood, if it could not.
+    pub parse_error: Option<String>,
+}
+
+/// The response side of an interaction.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResponsePart {
+    /// Assistant text.
+    pub output: String,
+    /// Tool calls the model made.
+    pub tool_calls: Vec<serde_json::Value>,
+    /// Why generation stopped.
+    pub finish_reason: Option<String>,
+    /// Body bytes sent to the client.
+    pub body_bytes: u64,
+    /// SSE events seen (0 for a non-streaming response).
+    pub events: u64,
+    /// The body exceeded `max_inspect_bytes`.
+    pub truncated: bool,
+    /// Why the body could not be understood, or the provider's error message.
+    pub error: Option<String>,
+}
+
+/// Where the request went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Upstream {
+    /// Provider address (ip:port).
+    pub addr: Option<String>,
+    /// TLS server name used upstream (and presented by the client).
+    pub sni: Option<String>,
+}
+
+/// One intercepted LLM API call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interaction {
+    /// Time-ordered unique id (UUIDv7).
+    pub id: String,
+    /// Request start, RFC 3339 UTC.
+    pub ts: String,
+    /// Always `"interaction"`.
+    pub kind: &'static str,
+    /// Provider label (`openai`, `anthropic`, …).
+    pub provider: String,
+    /// Model requested (or answered, when the request named none).
+    pub model: Option<String>,
+    /// Endpoint name (`chat.completions`, `messages`, …), `null` when not an LLM endpoint.
+    pub endpoint: Option<String>,
+    /// Whether the response was streamed.
+    pub stream: bool,
+    /// HTTP status sent to the client (0 when none was sent).
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Policy decision (`allow` until the policy engine decides otherwise).
+    pub decision: &'static str,
+    /// Reasons for the decision.
+    pub reason_codes: Vec<String>,
+    /// Policy that decided, with version.
+    pub policy_id: Option<String>,
+    /// Who called.
+    pub identity: Identity,
+    /// What was asked.
+    pub request: RequestPart,
+    /// What was answered.
+    pub response: ResponsePart,
+    /// Token usage (reported by the provider, or estimated).
+    pub usage: Usage,
+    /// Cost in USD from the price table; `null` for an unknown model.
+    pub cost_usd: Option<f64>,
+    /// Request start to response end, milliseconds.
+    pub latency_ms: f64,
+    /// Request start to the first response body byte (streams), milliseconds.
+    pub ttft_ms: Option<f64>,
+    /// Where it went.
+    pub upstream: Upstream,
+    /// What went wrong, in words an operator can act on.
+    pub error: Option<String>,
+}
+
+/// One connection that was relayed untouched or refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Time-ordered unique id (UUIDv7).
+    pub id: String,
+    /// Connection start, RFC 3339 UTC.
+    pub ts: String,
+    /// Always `"connection"`.
+    pub kind: &'static str,
+    /// `passthrough` or `refused`.
+    pub outcome: Outcome,
+    /// Why it was refused, or why it was not inspected.
+    pub reason: String,
+    /// SNI the client sent, if any.
+    pub sni: Option<String>,
+    /// Who connected.
+    pub identity: Identity,
+    /// The original destination, when known.
+    pub upstream: Upstream,
+    /// Bytes client → provider.
+    pub bytes_up: u64,
+    /// Bytes provider → client.
+    pub bytes_down: u64,
+    /// Duration, milliseconds.
+    pub duration_ms: f64,
+    /// Error that ended the relay, if any.
+    pub error: Option<String>,
+}
+
+/// Any record the sink accepts.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Record {
+    /// An inspected request.
+    Interaction(Box<Interaction>),
+    /// A relayed or refused connection.
+    Connection(Box<Connection>),
+}
+
+impl Record {
+    /// `kind` label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Interaction(_) => "interaction",
+            Record::Connection(_) => "connection",
+        }
+    }
+}
+
+/// A new time-ordered record id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// `t` as RFC 3339 UTC with millisecond precision.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn connection_record_shape() {
+        let r = Record::Connection(Box::new(Connection {
+            id: new_id(),
+            ts: rfc3339(std::time::SystemTime::now()),
+            kind: "connection",
+            outcome: Outcome::Refused,
+            reason: "no_destination".into(),
+            sni: Some("example.com".into()),
+            identity: Identity::default(),
+            upstream: Upstream::default(),
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0.0,
+            error: None,
+        }));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "connection");
+        assert_eq!(v["outcome"], "refused");
+        assert_eq!(v["sni"], "example.com");
+        assert_eq!(r.kind(), "connection");
+    }
+}

@@ -1,0 +1,143 @@
+"""A running Sluice stack on the test topology: mock provider, proxy, client netns.
+
+Layout (all made by the test, removed after it):
+
+    client netns  ──veth──▶  root netns: `sluice run` on topo.client_gw:443
+      /etc/hosts: provider names → client_gw          │ static original destinations
+                                                       ▼
+                                  provider netns: `sluice mock-provider` on provider_addr:443
+                                  (TLS, its own test CA, certificate for INSPECTED + PASSTHROUGH)
+
+`api.mistral.ai` is routed to the mock too, whose certificate does not cover it: the
+upstream certificate check must fail closed. `unknown.example` resolves to the proxy but has
+no destination: it must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from netns import Proc, free_port, sluice_bin, wait_for_port
+
+INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+PASSTHROUGH = "pass.example"
+BAD_CERT = "api.mistral.ai"
+UNKNOWN = "unknown.example"
+
+
+class Stack:
+    """The proxy, the mock provider and helpers to drive clients and read records."""
+
+    def __init__(self, topo, tmp_path: Path, extra_config: str = ""):
+        self.topo = topo
+        self.dir = tmp_path
+        self.state = tmp_path / "state"
+        self.records = self.state / "records.jsonl"
+        self.provider_ca = tmp_path / "provider-ca.pem"
+        self.mock_addr = f"{topo.provider_addr}:443"
+        self.mock = Proc(
+            [
+                "ip", "netns", "exec", topo.provider.name, sluice_bin(), "mock-provider",
+                "--listen", self.mock_addr,
+                "--tls-hosts", ",".join(INSPECTED + [PASSTHROUGH]),
+                "--ca-out", str(self.provider_ca),
+            ],
+            tmp_path / "mock.log",
+        )
+        wait_for_port(topo.provider_addr, 443, timeout=20, netns=topo.provider)
+        self.metrics_port = free_port("127.0.0.1")
+        static = "\n".join(
+            f"    {h}: \"{self.mock_addr}\"" for h in INSPECTED + [PASSTHROUGH, BAD_CERT]
+        )
+        self.config = tmp_path / "sluice.yaml"
+        self.config.write_text(
+            f"""listen: ["{topo.client_gw}:443"]
+metrics_listen: "127.0.0.1:{self.metrics_port}"
+state_dir: "{self.state}"
+upstream:
+  ca_file: "{self.provider_ca}"
+original_dst:
+  static:
+{static}
+{extra_config}"""
+        )
+        subprocess.run([sluice_bin(), "ca", "init", "--config", str(self.config)], check=True,
+                       capture_output=True)
+        self.org_ca = self.state / "ca" / "ca.crt"
+        self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
+                          tmp_path / "proxy.log", env={**os.environ, "SLUICE_LOG": "info"})
+        wait_for_port(topo.client_gw, 443, timeout=30)
+        topo.client.hosts({h: topo.client_gw for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN]})
+
+    # --- clients -------------------------------------------------------------------------
+
+    def client_env(self, ca: Path | None = None) -> dict:
+        ca = str(ca or self.org_ca)
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
+        env.update({"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca, "CURL_CA_BUNDLE": ca})
+        return env
+
+    def python(self, script: str, timeout: float = 60, check: bool = True, ca: Path | None = None):
+        """Run a Python snippet in the client netns; return its stdout parsed as JSON."""
+        r = self.topo.client.run([sys.executable, "-c", script], env=self.client_env(ca),
+                                 timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"client script failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    def curl(self, *args: str, ca: Path | None = None, check: bool = True, timeout: float = 60):
+        """Run curl in the client netns; returns the CompletedProcess."""
+        r = self.topo.client.run(
+            ["curl", "--silent", "--show-error", "--max-time", "30", "--cacert",
+             str(ca or self.org_ca), *args],
+            env=self.client_env(ca), timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise AssertionError(f"curl failed ({r.returncode}): {r.stderr}")
+        return r
+
+    # --- records and metrics -------------------------------------------------------------
+
+    def all_records(self) -> list[dict]:
+        if not self.records.exists():
+            return []
+        return [json.loads(line) for line in self.records.read_text().splitlines() if line.strip()]
+
+    def wait_records(self, n: int, kind: str | None = None, timeout: float = 15) -> list[dict]:
+        """Wait until at least n records (of kind) exist; return those of that kind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [r for r in self.all_records() if kind is None or r["kind"] == kind]
+            if len(rows) >= n or time.monotonic() > deadline:
+                assert len(rows) >= n, f"expected {n} {kind or ''} records, got {len(rows)}: {rows}"
+                return rows
+            time.sleep(0.05)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, series: str) -> float:
+        """Value of one series, written exactly as exposed (labels sorted by name), e.g.
+        'sluice_connections_refused_total{reason="no_destination"}'; 0 when absent."""
+        for line in self.metrics().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return 0.0
+
+    def mock_requests(self) -> list[dict]:
+        """What the mock provider received (asked directly, in the provider netns)."""
+        r = self.topo.provider.run(
+            ["curl", "--silent", "--cacert", str(self.provider_ca), "--resolve",
+             f"api.openai.com:443:{self.topo.provider_addr}",
+             "https://api.openai.com/__mock/requests"], check=True)
+        return json.loads(r.stdout)
+
+    def alive(self) -> bool:
+        return self.proxy.poll() is None

@@ -1,0 +1,258 @@
+"""Proxy core end to end: real SDKs and curl in a client netns, Sluice in the root netns,
+the mock provider in a provider netns. Every assertion is on bytes, records or counters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sluice_stack import BAD_CERT, PASSTHROUGH, UNKNOWN, Stack
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def price(provider: str, model: str) -> tuple[float, float]:
+    """(input, output) USD per 1M tokens for an exact model from the shipped price table."""
+    table = yaml.safe_load((REPO / "proxy" / "pricing.yaml").read_text())
+    for m in table["models"]:
+        if m["provider"] == provider and m["model"] == model:
+            return m["input_per_mtok"], m["output_per_mtok"]
+    raise AssertionError(f"{provider}/{model} not in pricing.yaml")
+
+
+@pytest.fixture
+def stack(topo, tmp_path):
+    s = Stack(topo, tmp_path)
+    yield s
+    assert s.alive(), "the proxy died during the test"
+
+
+OPENAI_PLAIN = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client-key-123")
+r = c.chat.completions.create(model="gpt-4o-mini", temperature=0.3,
+    messages=[{"role": "system", "content": "Be terse."},
+              {"role": "user", "content": "Hello from the client netns"}])
+print(json.dumps({"text": r.choices[0].message.content, "in": r.usage.prompt_tokens,
+                  "out": r.usage.completion_tokens, "finish": r.choices[0].finish_reason}))
+"""
+
+OPENAI_STREAM = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client-key-123")
+s = c.chat.completions.create(model="gpt-4o", stream=True, stream_options={"include_usage": True},
+    messages=[{"role": "user", "content": "Stream me a short answer please"}])
+text, usage, chunks = "", None, 0
+for ch in s:
+    chunks += 1
+    if ch.choices and ch.choices[0].delta.content:
+        text += ch.choices[0].delta.content
+    if ch.usage:
+        usage = ch.usage
+print(json.dumps({"text": text, "in": usage.prompt_tokens, "out": usage.completion_tokens,
+                  "chunks": chunks}))
+"""
+
+
+def test_openai_sdk_plain_and_streaming(stack):
+    plain = stack.python(OPENAI_PLAIN)
+    assert plain["text"] == "Mock reply to: Hello from the client netns"
+    streamed = stack.python(OPENAI_STREAM)
+    assert streamed["text"] == "Mock reply to: Stream me a short answer please"
+    assert streamed["chunks"] > 3, "the stream reached the client as several chunks"
+
+    first, second = stack.wait_records(2, "interaction")
+    assert first["provider"] == "openai"
+    assert first["model"] == "gpt-4o-mini"
+    assert first["endpoint"] == "chat.completions"
+    assert first["stream"] is False
+    assert first["status"] == 200 and first["outcome"] == "success"
+    assert first["request"]["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hello from the client netns"},
+    ]
+    assert first["request"]["params"]["temperature"] == 0.3
+    assert first["response"]["output"] == plain["text"]
+    assert first["response"]["finish_reason"] == plain["finish"] == "stop"
+    assert first["usage"]["input_tokens"] == plain["in"]
+    assert first["usage"]["output_tokens"] == plain["out"]
+    assert first["usage"]["estimated"] is False
+    pin, pout = price("openai", "gpt-4o-mini")
+    assert first["cost_usd"] == pytest.approx((plain["in"] * pin + plain["out"] * pout) / 1e6)
+    assert first["latency_ms"] > 0 and first["ttft_ms"] is None
+    assert first["upstream"] == {"addr": stack.mock_addr, "sni": "api.openai.com"}
+    assert first["identity"]["client_addr"].startswith(stack.topo.client_addr)
+
+    assert second["model"] == "gpt-4o" and second["stream"] is True
+    assert second["response"]["output"] == streamed["text"]
+    assert second["usage"]["input_tokens"] == streamed["in"]
+    assert second["usage"]["output_tokens"] == streamed["out"]
+    assert second["response"]["events"] >= streamed["chunks"]
+    assert 0 < second["ttft_ms"] <= second["latency_ms"]
+    pin, pout = price("openai", "gpt-4o")
+    assert second["cost_usd"] == pytest.approx((streamed["in"] * pin + streamed["out"] * pout) / 1e6)
+
+    # The provider saw the client's own key, and a request it could read.
+    seen = [r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]
+    assert len(seen) == 2
+    assert ("authorization", "Bearer sk-client-key-123") in [tuple(h) for h in seen[0]["headers"]]
+
+
+ANTHROPIC_BOTH = """
+import json, anthropic
+c = anthropic.Anthropic(api_key="sk-ant-client")
+m = c.messages.create(model="claude-sonnet-4-5", max_tokens=100, system="Be brief.",
+    messages=[{"role": "user", "content": "What is a sluice"}])
+with c.messages.stream(model="claude-haiku-4-5", max_tokens=100,
+        messages=[{"role": "user", "content": "Stream about rivers"}]) as s:
+    streamed = "".join(s.text_stream)
+    final = s.get_final_message()
+print(json.dumps({"plain": m.content[0].text, "in": m.usage.input_tokens, "out": m.usage.output_tokens,
+                  "streamed": streamed, "s_in": final.usage.input_tokens,
+                  "s_out": final.usage.output_tokens, "stop": final.stop_reason}))
+"""
+
+
+def test_anthropic_sdk_plain_and_streaming(stack):
+    out = stack.python(ANTHROPIC_BOTH)
+    assert out["plain"] == "Mock reply to: What is a sluice"
+    assert out["streamed"] == "Mock reply to: Stream about rivers"
+    plain, streamed = stack.wait_records(2, "interaction")
+    assert plain["provider"] == "anthropic" and plain["endpoint"] == "messages"
+    assert plain["model"] == "claude-sonnet-4-5"
+    assert plain["request"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert plain["request"]["messages"][1] == {"role": "user", "content": "What is a sluice"}
+    assert plain["request"]["params"]["max_tokens"] == 100
+    assert plain["response"]["output"] == out["plain"]
+    assert (plain["usage"]["input_tokens"], plain["usage"]["output_tokens"]) == (out["in"], out["out"])
+    pin, pout = price("anthropic", "claude-sonnet-4-5")
+    assert plain["cost_usd"] == pytest.approx((out["in"] * pin + out["out"] * pout) / 1e6)
+
+    assert streamed["stream"] is True and streamed["model"] == "claude-haiku-4-5"
+    assert streamed["response"]["output"] == out["streamed"]
+    assert streamed["response"]["finish_reason"] == out["stop"] == "end_turn"
+    assert (streamed["usage"]["input_tokens"], streamed["usage"]["output_tokens"]) == (out["s_in"], out["s_out"])
+    assert streamed["ttft_ms"] > 0
+
+
+def test_curl_http2(stack):
+    r = stack.curl("--http2", "-w", "\\n%{http_version}", "-H", "content-type: application/json",
+                   "-H", "authorization: Bearer sk-curl",
+                   "--data-binary", '{"model":"gpt-4.1-mini","input":"ping over h2"}',
+                   "https://api.openai.com/v1/responses")
+    body, version = r.stdout.rsplit("\n", 1)
+    assert version == "2"
+    assert "Mock reply to: ping over h2" in body
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["endpoint"] == "responses" and rec["model"] == "gpt-4.1-mini"
+    assert rec["request"]["messages"] == [{"role": "user", "content": "ping over h2"}]
+    assert rec["response"]["output"] == "Mock reply to: ping over h2"
+
+
+def test_passthrough_is_byte_exact_and_recorded(stack, tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 512)  # 128 KiB, every byte value
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    # Trusting only the provider's own CA: the proxy must not have touched the TLS session.
+    r = stack.curl("--http1.1", "--data-binary", f"@{payload}", "-H",
+                   "content-type: application/octet-stream",
+                   f"https://{PASSTHROUGH}/v1/embeddings", ca=stack.provider_ca, check=False)
+    assert r.returncode == 0, r.stderr
+    seen = [s for s in stack.mock_requests() if s["host"] == PASSTHROUGH]
+    assert len(seen) == 1
+    assert seen[0]["body_len"] == 128 * 1024 and seen[0]["body_sha256"] == digest
+    (conn,) = stack.wait_records(1, "connection")
+    assert conn["outcome"] == "passthrough" and conn["reason"] == "sni_not_inspected"
+    assert conn["sni"] == PASSTHROUGH
+    assert conn["bytes_up"] > 128 * 1024 and conn["bytes_down"] > 0
+    assert conn["upstream"]["addr"] == stack.mock_addr
+    assert stack.all_records() == [conn], "no interaction record for an uninspected host"
+    assert stack.metric("sluice_passthrough_connections_total") == 1
+
+
+def test_unknown_destination_is_refused(stack):
+    r = stack.curl(f"https://{UNKNOWN}/v1/models", check=False)
+    assert r.returncode != 0
+    (conn,) = stack.wait_records(1, "connection")
+    assert conn["outcome"] == "refused" and conn["reason"] == "no_destination"
+    assert conn["sni"] == UNKNOWN and conn["bytes_up"] == 0
+    assert stack.metric('sluice_connections_refused_total{reason="no_destination"}') == 1
+
+
+def test_invalid_upstream_certificate_fails_closed(stack):
+    r = stack.curl("-w", "%{http_code}", "-o", "/dev/null", "-H", "content-type: application/json",
+                   "--data-binary", '{"model":"mistral-large-latest","messages":[{"role":"user","content":"x"}]}',
+                   f"https://{BAD_CERT}/v1/chat/completions", check=False)
+    assert r.stdout.strip() == "502"
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["provider"] == "mistral" and rec["outcome"] == "failed"
+    assert "certificate" in rec["error"] or "TLS" in rec["error"], rec["error"]
+    assert not [s for s in stack.mock_requests() if s["host"] == BAD_CERT], "nothing reached the provider"
+
+
+def test_fifty_megabyte_body_is_forwarded_whole(stack, tmp_path):
+    big = tmp_path / "big.json"
+    filler = "a" * (50 * 1024 * 1024)
+    big.write_text(json.dumps({"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": filler}]}))
+    size = big.stat().st_size
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    r = stack.curl("-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json",
+                   "--data-binary", f"@{big}", "https://api.openai.com/v1/chat/completions",
+                   timeout=120)
+    assert r.stdout.strip() == "200"
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["request"]["body_bytes"] == size
+    assert rec["request"]["truncated"] is True
+    assert rec["outcome"] == "success"
+    seen = [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]
+    assert seen[-1]["body_len"] == size and seen[-1]["body_sha256"] == digest
+    # Still healthy: a normal request right after works.
+    assert stack.python(OPENAI_PLAIN)["text"].startswith("Mock reply to:")
+
+
+HANG_UP = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client")
+s = c.chat.completions.create(model="gpt-4o-mini", stream=True,
+    messages=[{"role": "user", "content": "long answer please"}],
+    extra_headers={"x-mock-chunks": "40", "x-mock-delay-ms": "100",
+                   "x-mock-content": ("word " * 40).strip()})
+got = ""
+for i, ch in enumerate(s):
+    if ch.choices and ch.choices[0].delta.content:
+        got += ch.choices[0].delta.content
+    if i == 3:
+        break
+s.response.close()
+print(json.dumps({"got": got}))
+"""
+
+
+def test_client_hanging_up_mid_stream_is_recorded_as_cancelled(stack):
+    got = stack.python(HANG_UP)["got"]
+    assert got, "the client saw the start of the stream"
+    (rec,) = stack.wait_records(1, "interaction", timeout=20)
+    assert rec["outcome"] == "cancelled" and rec["stream"] is True
+    assert rec["response"]["output"].startswith(got)
+    assert len(rec["response"]["output"]) < len(("word " * 40).strip()), "cut short, not the whole answer"
+    assert rec["usage"]["output_tokens"] > 0 and rec["usage"]["estimated"] is True
+    # Healthy afterwards.
+    assert stack.python(OPENAI_PLAIN)["text"] == "Mock reply to: Hello from the client netns"
+
+
+def test_metrics_count_what_happened(stack):
+    stack.python(OPENAI_PLAIN)
+    stack.python(OPENAI_PLAIN)
+    stack.wait_records(2, "interaction")
+    assert stack.metric(
+        'sluice_requests_total{endpoint="chat.completions",outcome="success",provider="openai"}') == 2
+    assert stack.metric('sluice_tokens_total{direction="input",provider="openai"}') > 0
+    assert stack.metric('sluice_cost_micro_usd_total{provider="openai"}') > 0
+    assert stack.metric('sluice_tls_handshakes_total{result="ok"}') >= 1
+    assert stack.metric('sluice_records_written_total{kind="interaction"}') == 2
+    assert stack.metric("sluice_added_latency_seconds_count") == 2

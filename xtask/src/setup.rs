@@ -1,0 +1,143 @@
+//! `cargo xtask setup`: what a fresh Debian machine needs to build and test Sluice.
+//!
+//! Every step checks before it changes anything, so a second run only checks; each step
+//! prints one line. Root is needed only when apt packages are missing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+/// Debian packages for the build and the tests: clang, llvm and libbpf-dev compile the eBPF
+/// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
+/// network-namespace tests.
+const APT_PACKAGES: &[&str] = &[
+    "clang",
+    "llvm",
+    "libbpf-dev",
+    "cmake",
+    "pkg-config",
+    "iproute2",
+    "curl",
+    "procps",
+];
+
+/// Pinned Python packages of the test suite, relative to the repo root.
+const REQUIREMENTS: &str = "tests/requirements.txt";
+
+/// Whether setup also provides the Python venv (the demo does not need it).
+pub enum Venv {
+    Install,
+    Skip,
+}
+
+/// Installs the missing apt packages and, when asked, the test venv.
+///
+/// # Errors
+/// When a package manager fails or a file of the venv cannot be read or written.
+pub fn run(root: &Path, venv: Venv) -> Result<()> {
+    apt_packages()?;
+    match venv {
+        Venv::Install => python_venv(root),
+        Venv::Skip => Ok(()),
+    }
+}
+
+/// The Python interpreter of the repo's venv.
+pub fn venv_python(root: &Path) -> PathBuf {
+    root.join(".venv/bin/python")
+}
+
+fn apt_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for package in APT_PACKAGES {
+        if !dpkg_installed(package)? {
+            missing.push(*package);
+        }
+    }
+    if missing.is_empty() {
+        println!("setup: apt packages present: {}", APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    println!("setup: apt-get update");
+    super::run(apt_get().args(["-qq", "update"]))?;
+    println!("setup: apt-get install {}", missing.join(" "));
+    super::run(
+        apt_get()
+            .args(["-qq", "install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn apt_get() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Whether dpkg has `package` installed; `dpkg -s` also succeeds for packages that were
+/// removed with their config files left, hence the status line check.
+fn dpkg_installed(package: &str) -> Result<bool> {
+    let out = Command::new("dpkg")
+        .args(["-s", package])
+        .output()
+        .context("cannot run dpkg: setup supports Debian-based machines only")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(out.status.success() && stdout.lines().any(|l| l == "Status: install ok installed"))
+}
+
+/// Creates `.venv` if absent and installs the requirements when their hash differs from the
+/// one recorded by the last successful install.
+fn python_venv(root: &Path) -> Result<()> {
+    let python = venv_python(root);
+    if python.exists() {
+        println!("setup: venv present: .venv");
+    } else {
+        println!("setup: python3 -m venv .venv");
+        super::run(
+            Command::new("python3")
+                .current_dir(root)
+                .args(["-m", "venv", ".venv"]),
+        )?;
+    }
+
+    let hash = sha256(&root.join(REQUIREMENTS))?;
+    let stamp = root.join(".venv/.req-hash");
+    if fs::read_to_string(&stamp).is_ok_and(|recorded| recorded == hash) {
+        println!("setup: python packages match {REQUIREMENTS}");
+        return Ok(());
+    }
+    println!("setup: pip install -r {REQUIREMENTS}");
+    super::run(Command::new(&python).current_dir(root).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        REQUIREMENTS,
+    ]))?;
+    // Recorded only after pip succeeded, so an interrupted install is retried.
+    fs::write(&stamp, hash).with_context(|| format!("cannot write {}", stamp.display()))
+}
+
+/// Hex SHA-256 of a file, from coreutils' `sha256sum` (keeps xtask free of hash crates).
+fn sha256(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("cannot run sha256sum")?;
+    ensure!(
+        out.status.success(),
+        "sha256sum {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stdout = String::from_utf8(out.stdout).context("sha256sum printed non-UTF-8")?;
+    stdout
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum printed nothing")
+}
