@@ -29,6 +29,10 @@ INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleap
 PASSTHROUGH = "pass.example"
 BAD_CERT = "api.mistral.ai"
 UNKNOWN = "unknown.example"
+PLAIN = "llm.internal"  # a self-hosted OpenAI-compatible server over plain HTTP
+PLAIN_PORT = 8000
+DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
+                     "api.mistral.ai"]
 
 
 class Stack:
@@ -50,11 +54,19 @@ class Stack:
             ],
             tmp_path / "mock.log",
         )
+        self.plain_mock = Proc(
+            ["ip", "netns", "exec", topo.provider.name, sluice_bin(), "mock-provider",
+             "--listen", f"{topo.provider_addr}:{PLAIN_PORT}"],
+            tmp_path / "mock-plain.log",
+        )
         wait_for_port(topo.provider_addr, 443, timeout=20, netns=topo.provider)
+        wait_for_port(topo.provider_addr, PLAIN_PORT, timeout=20, netns=topo.provider)
         self.metrics_port = free_port("127.0.0.1")
         static = "\n".join(
             f"    {h}: \"{self.mock_addr}\"" for h in INSPECTED + [PASSTHROUGH, BAD_CERT]
-        )
+        ) + f"\n    {PLAIN}: \"{topo.provider_addr}:{PLAIN_PORT}\""
+        providers = "\n".join(f"  - host: {h}" for h in DEFAULT_PROVIDERS) + (
+            f"\n  - host: {PLAIN}\n    tls: false\n    adapter: openai_compatible")
         self.config = tmp_path / "sluice.yaml"
         self.config.write_text(
             f"""listen: ["{topo.client_gw}:443"]
@@ -62,6 +74,8 @@ metrics_listen: "127.0.0.1:{self.metrics_port}"
 state_dir: "{self.state}"
 upstream:
   ca_file: "{self.provider_ca}"
+providers:
+{providers}
 original_dst:
   static:
 {static}
@@ -73,7 +87,7 @@ original_dst:
         self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
                           tmp_path / "proxy.log", env={**os.environ, "SLUICE_LOG": "info"})
         wait_for_port(topo.client_gw, 443, timeout=30)
-        topo.client.hosts({h: topo.client_gw for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN]})
+        topo.client.hosts({h: topo.client_gw for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
 
     # --- clients -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sluice_stack import BAD_CERT, PASSTHROUGH, UNKNOWN, Stack
+from sluice_stack import BAD_CERT, PASSTHROUGH, PLAIN, UNKNOWN, Stack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -256,3 +256,33 @@ def test_metrics_count_what_happened(stack):
     assert stack.metric('sluice_tls_handshakes_total{result="ok"}') >= 1
     assert stack.metric('sluice_records_written_total{kind="interaction"}') == 2
     assert stack.metric("sluice_added_latency_seconds_count") == 2
+
+
+def test_plain_http_provider_is_inspected(stack):
+    """A self-hosted OpenAI-compatible server on plain HTTP: the proxy listens on 443 only,
+    so the client is pointed at it like a gateway would route it (Host header decides)."""
+    out = stack.python(f"""
+import json, openai
+c = openai.OpenAI(api_key="local", base_url="http://{PLAIN}:443/v1")
+r = c.chat.completions.create(model="llama-3.1-8b", messages=[{{"role": "user", "content": "plain hello"}}])
+print(json.dumps({{"text": r.choices[0].message.content}}))
+""")
+    assert out["text"] == "Mock reply to: plain hello"
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["provider"] == "openai_compatible" and rec["model"] == "llama-3.1-8b"
+    assert rec["upstream"] == {"addr": f"{stack.topo.provider_addr}:8000", "sni": None}
+    assert rec["cost_usd"] is None, "an unpriced model has a null cost"
+    assert stack.metric('sluice_unpriced_interactions_total{provider="openai_compatible"}') == 1
+
+
+def test_malformed_request_is_forwarded_and_explained(stack):
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "--data-binary", '{"model": "gpt-4o", "messages": [', 
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    assert r.stdout.rsplit("\n", 1)[1] == "400", r.stdout  # the provider's own answer
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["outcome"] == "upstream_error" and rec["status"] == 400
+    assert "JSON" in rec["request"]["parse_error"], rec["request"]
+    assert rec["response"]["error"], "the provider's error message is kept"
+    seen = [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]
+    assert seen and seen[-1]["body"] == '{"model": "gpt-4o", "messages": ['
