@@ -14,8 +14,9 @@ use pingora::services::listening::Service;
 
 use crate::ca::{Ca, LeafResolver};
 use crate::config::Config;
-use crate::original_dst::{LoopGuard, StaticDst};
+use crate::original_dst::{Chain, LoopGuard, OriginalDst, StaticDst};
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
+use crate::redirect::Redirect;
 use crate::sink::{self, JsonlSink, Recorder};
 use crate::{metrics, tls};
 
@@ -84,10 +85,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // The eBPF redirect, when enabled: attached last-minute before serving, so connections
+    // it sends here find a listener within the heartbeat timeout.
+    let redirect = if config.redirect.enabled {
+        let hosts = config
+            .providers
+            .iter()
+            .filter(|p| p.tls && !p.host.starts_with('*'))
+            .map(|p| p.host.clone())
+            .collect();
+        Some(Redirect::start(&config.redirect, &config.listen, hosts)?)
+    } else {
+        None
+    };
+
+    // Original destinations: the probe's maps first, then the static table.
+    let mut sources: Vec<Box<dyn OriginalDst>> = Vec::new();
+    if let Some(r) = &redirect {
+        sources.push(Box::new(r.source()));
+    }
+    sources.push(Box::new(StaticDst::from_config(&config.original_dst)));
+
     // Shared data-plane state: provider table, original destinations, loop guard.
     let shared = Arc::new(Shared {
         providers: ProviderTable::from_config(&config),
-        original_dst: Box::new(StaticDst::from_config(&config.original_dst)),
+        original_dst: Box::new(Chain(sources)),
         loop_guard: LoopGuard::new(config.listen.clone()),
         recorder: recorder.clone(),
         conns: Arc::new(ConnTable::default()),
@@ -95,6 +117,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
         upstream_h2: config.upstream.http2,
+        mark: config.redirect.enabled.then_some(config.redirect.mark),
     });
 
     // The data plane: sniff → relay | refuse | terminate TLS → HTTP interceptor.
@@ -128,7 +151,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs::default());
 
-    // Shutdown: everything accepted is written before the process exits.
+    // Shutdown: detach the redirect (clients go direct again), then make sure everything
+    // accepted is written before the process exits.
+    if let Some(r) = redirect {
+        r.shutdown();
+    }
     flush(&recorder);
     drop(recorder);
     drop(writer);

@@ -74,6 +74,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Where interaction and connection records go.
     pub records: RecordsConfig,
+    /// The eBPF transparent redirect (off by default).
+    pub redirect: crate::redirect::RedirectConfig,
     /// Bytes of each request and response body kept for inspection and records.
     /// Beyond it the record says `truncated: true`; the request itself is not affected.
     /// Default: 8 MiB.
@@ -202,6 +204,7 @@ impl Default for Config {
             original_dst: OriginalDstConfig::default(),
             upstream: UpstreamConfig::default(),
             records: RecordsConfig::default(),
+            redirect: crate::redirect::RedirectConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -343,6 +346,25 @@ impl Config {
                 "upstream".into(),
                 "timeout_ms",
                 "timeouts must be above 0 milliseconds".into(),
+            );
+        }
+        for (i, p) in self.redirect.prefixes.iter().enumerate() {
+            if let Err(e) = crate::redirect::parse_prefix(p) {
+                bad(format!("redirect.prefixes[{i}]"), p, e.to_string());
+            }
+        }
+        if self.redirect.enabled && !self.listen.iter().any(|a| a.is_ipv4()) {
+            bad(
+                "redirect.enabled".into(),
+                "enabled",
+                "the redirect sends connections to an IPv4 listener; add one to `listen`".into(),
+            );
+        }
+        if self.redirect.ports.contains(&0) || self.redirect.ports.len() > 8 {
+            bad(
+                "redirect.ports".into(),
+                "ports",
+                "between 1 and 8 non-zero ports".into(),
             );
         }
         let mut seen = std::collections::HashSet::new();

@@ -59,7 +59,7 @@ pub fn provider_pki(hosts: &[String]) -> anyhow::Result<(String, Arc<rustls::Ser
 /// # Errors
 /// Bind and certificate errors.
 pub fn serve_mock(
-    listen: SocketAddr,
+    listen: &[SocketAddr],
     tls_hosts: &[String],
     ca_out: Option<&Path>,
     chunk_delay_ms: u64,
@@ -76,18 +76,24 @@ pub fn serve_mock(
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        let opts = MockOptions {
-            chunk_delay: Duration::from_millis(chunk_delay_ms),
-            ..MockOptions::default()
-        };
-        let handle = MockProvider::start(listener, tls, opts)?;
-        println!("mock provider listening on {}", handle.local_addr());
+        let mut handles = Vec::new();
+        for addr in listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let opts = MockOptions {
+                chunk_delay: Duration::from_millis(chunk_delay_ms),
+                ..MockOptions::default()
+            };
+            let handle = MockProvider::start(listener, tls.clone(), opts)?;
+            println!("mock provider listening on {}", handle.local_addr());
+            handles.push(handle);
+        }
         std::io::stdout().flush()?;
         tokio::signal::ctrl_c().await?;
-        handle.shutdown().await;
+        for h in handles {
+            h.shutdown().await;
+        }
         anyhow::Ok(())
     })
 }

@@ -11,6 +11,8 @@
 //! | [`ca`] | organisation CA and per-host leaf certificates |
 //! | [`tls`] | ClientHello sniffing, downstream acceptor, upstream trust |
 //! | [`original_dst`] | where an accepted connection was going; loop guard |
+//! | [`redirect`] | the eBPF transparent redirect: probe lifecycle, provider addresses |
+//! | [`identity`] | workload identity of a connection (process, cgroup, pod) |
 //! | [`proxy`] | connection routing (inspect, relay, refuse) and the HTTP interceptor |
 //! | [`providers`] | provider API formats behind one adapter trait |
 //! | [`pricing`] | the price table and cost of an interaction |
@@ -24,6 +26,7 @@ pub mod app;
 pub mod ca;
 pub mod config;
 pub mod demo;
+pub mod identity;
 pub mod metrics;
 pub mod mock;
 pub mod original_dst;
@@ -31,5 +34,6 @@ pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod record;
+pub mod redirect;
 pub mod sink;
 pub mod tls;

@@ -42,12 +42,14 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
+    Doctor,
     /// Serve the mock LLM provider (tests and benchmarks).
     #[command(hide = true)]
     MockProvider {
-        /// Address to listen on.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
+        /// Address(es) to listen on (repeat or comma-separate; one TLS identity for all).
+        #[arg(long, required = true, value_delimiter = ',')]
+        listen: Vec<std::net::SocketAddr>,
         /// Serve TLS for these host names (comma-separated); plain HTTP when absent.
         #[arg(long, value_delimiter = ',')]
         tls_hosts: Vec<String>,
@@ -136,6 +138,27 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        Command::Doctor => {
+            let checks = sluice_probe::doctor();
+            let mut ok = true;
+            for c in &checks {
+                ok &= c.ok;
+                println!(
+                    "[{}] {}: {}",
+                    if c.ok { " ok " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+                if let (false, Some(fix)) = (c.ok, &c.fix) {
+                    println!("       fix: {fix}");
+                }
+            }
+            if !ok {
+                println!("\nThe eBPF redirect cannot run here as is; `original_dst.static` or `local_addr` still work.");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("\nThis host can run the eBPF redirect (`redirect.enabled: true`).");
+        }
         Command::Demo { dir } => {
             sluice::demo::run(dir)?;
         }
@@ -145,7 +168,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ca_out,
             chunk_delay_ms,
         } => {
-            sluice::demo::serve_mock(listen, &tls_hosts, ca_out.as_deref(), chunk_delay_ms)?;
+            sluice::demo::serve_mock(&listen, &tls_hosts, ca_out.as_deref(), chunk_delay_ms)?;
         }
     }
     Ok(ExitCode::SUCCESS)

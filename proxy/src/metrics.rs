@@ -189,6 +189,15 @@ pub static TRUNCATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// eBPF redirect events, from the probe's per-CPU counters.
+pub static REDIRECT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_redirect_events_total",
+        "Connect-hook decisions: redirected, skipped_marked, fail_open, fail_closed, quic_refused, no_proxy_addr",
+        &["event"],
+    )
+});
+
 /// Text exposition of every Sluice metric.
 pub fn render() -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -216,6 +225,7 @@ pub fn init() {
     LazyLock::force(&RECORD_ERRORS);
     LazyLock::force(&RECORD_QUEUE);
     LazyLock::force(&TRUNCATED);
+    LazyLock::force(&REDIRECT_EVENTS);
 }
 
 /// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.

@@ -23,11 +23,54 @@ pub struct Accepted {
     pub local: SocketAddr,
 }
 
+/// The process that opened a redirected connection, as the probe saw it at connect time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    /// Thread id that called connect.
+    pub pid: u32,
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Task name (`comm`).
+    pub comm: String,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+}
+
+/// Where a connection was going, and who opened it when a source knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The address the client dialled.
+    pub addr: SocketAddr,
+    /// The connecting process, from the eBPF probe.
+    pub attribution: Option<Attribution>,
+}
+
+impl Destination {
+    /// A destination with no attribution.
+    pub fn addr(addr: SocketAddr) -> Destination {
+        Destination {
+            addr,
+            attribution: None,
+        }
+    }
+}
+
 /// A source of original destinations.
 pub trait OriginalDst: Send + Sync {
     /// The destination the client meant for `conn`. `host` is the SNI (TLS) or `Host`
     /// header (plain HTTP) when the connection carried one.
-    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<SocketAddr>;
+    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<Destination>;
+}
+
+/// Sources asked in order; the first that knows wins.
+pub struct Chain(pub Vec<Box<dyn OriginalDst>>);
+
+impl OriginalDst for Chain {
+    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<Destination> {
+        self.0.iter().find_map(|s| s.lookup(conn, host))
+    }
 }
 
 /// Static table plus, optionally, the accepted socket's local address.
@@ -52,11 +95,11 @@ impl StaticDst {
 }
 
 impl OriginalDst for StaticDst {
-    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<SocketAddr> {
+    fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<Destination> {
         if let Some(addr) = host.and_then(|h| self.by_host.get(&normalize_host(h))) {
-            return Some(*addr);
+            return Some(Destination::addr(*addr));
         }
-        self.local_addr.then_some(conn.local)
+        self.local_addr.then(|| Destination::addr(conn.local))
     }
 }
 
@@ -115,7 +158,7 @@ mod tests {
         c.static_map
             .insert("api.openai.com".into(), "198.19.0.2:443".into());
         let s = StaticDst::from_config(&c);
-        let want = Some("198.19.0.2:443".parse().unwrap());
+        let want = Some(Destination::addr("198.19.0.2:443".parse().unwrap()));
         assert_eq!(s.lookup(&accepted(), Some("API.OpenAI.com.")), want);
         assert_eq!(s.lookup(&accepted(), Some("api.openai.com:443")), want);
         assert_eq!(s.lookup(&accepted(), Some("example.com")), None);
@@ -129,7 +172,10 @@ mod tests {
             ..Default::default()
         };
         let s = StaticDst::from_config(&c);
-        assert_eq!(s.lookup(&accepted(), Some("x")), Some(accepted().local));
+        assert_eq!(
+            s.lookup(&accepted(), Some("x")),
+            Some(Destination::addr(accepted().local))
+        );
     }
 
     #[test]

@@ -31,8 +31,9 @@ use tokio::io::AsyncReadExt;
 pub use http::Interceptor;
 
 use crate::config::Config;
+use crate::identity;
 use crate::metrics;
-use crate::original_dst::{normalize_host, Accepted, LoopGuard, OriginalDst};
+use crate::original_dst::{normalize_host, Accepted, Destination, LoopGuard, OriginalDst};
 use crate::providers::{self, Adapter};
 use crate::record::{self, Connection, Identity, Outcome, Record, Upstream};
 use crate::sink::Recorder;
@@ -171,6 +172,8 @@ pub struct Shared {
     pub read_timeout: Duration,
     /// Offer h2 upstream.
     pub upstream_h2: bool,
+    /// SO_MARK for upstream sockets, so the redirect probe never loops them back.
+    pub mark: Option<u32>,
 }
 
 /// The `ServerApp` every listener runs.
@@ -229,11 +232,11 @@ impl ServerApp for InterceptApp {
             FirstBytes::Opaque => (None, false),
         };
         let shared = &self.shared;
-        let identity = Identity {
-            client_addr: Some(accepted.peer.to_string()),
-            ..Identity::default()
-        };
         let dst = shared.original_dst.lookup(&accepted, host.as_deref());
+        let identity = identity::of_connection(
+            accepted.peer,
+            dst.as_ref().and_then(|d| d.attribution.as_ref()),
+        );
         let refuse = |reason: &'static str, dst: Option<SocketAddr>| {
             metrics::REFUSED.with_label_values(&[reason]).inc();
             tracing::info!(peer = %accepted.peer, host = host.as_deref().unwrap_or(""), reason, "connection refused");
@@ -248,7 +251,7 @@ impl ServerApp for InterceptApp {
                 None,
             )
         };
-        let Some(dst) = dst else {
+        let Some(Destination { addr: dst, .. }) = dst else {
             shared.recorder.submit(refuse("no_destination", None)).await;
             return None;
         };
@@ -261,7 +264,7 @@ impl ServerApp for InterceptApp {
             .and_then(|h| shared.providers.find(h, is_tls));
         let Some(entry) = entry else {
             // Not inspected: relay byte for byte and say so.
-            let (bytes, err) = relay::passthrough(*l4, dst).await;
+            let (bytes, err) = relay::passthrough(*l4, dst, shared.mark).await;
             let reason = if is_tls {
                 "sni_not_inspected"
             } else {

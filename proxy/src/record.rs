@@ -42,17 +42,28 @@ impl Outcome {
     }
 }
 
-/// Who made the call. Filled from the connection (and later from the probe and keys).
+/// Who made the call: the client address always; the workload when the eBPF probe
+/// attributed the connection (see [`crate::identity`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Identity {
     /// Client address as seen by the proxy.
     pub client_addr: Option<String>,
-    /// Process id, when the probe attributed the connection.
+    /// Process id (thread group) that opened the connection.
     pub pid: Option<u32>,
-    /// Process name.
+    /// Process name (`comm`) at connect time.
     pub process: Option<String>,
+    /// Executable path, when the process was still running.
+    pub exe: Option<String>,
     /// User id.
     pub uid: Option<u32>,
+    /// cgroup v2 id.
+    pub cgroup_id: Option<u64>,
+    /// cgroup v2 path.
+    pub cgroup: Option<String>,
+    /// Kubernetes pod UID, from the cgroup path.
+    pub pod_uid: Option<String>,
+    /// Container id, from the cgroup path.
+    pub container_id: Option<String>,
 }
 
 /// The request side of an interaction.
@@ -186,6 +197,8 @@ pub enum Record {
     Interaction(Box<Interaction>),
     /// A relayed or refused connection.
     Connection(Box<Connection>),
+    /// An administrative change or access (config reload, export, retention run, …).
+    Admin(Box<Admin>),
 }
 
 impl Record {
@@ -194,6 +207,7 @@ impl Record {
         match self {
             Record::Interaction(_) => "interaction",
             Record::Connection(_) => "connection",
+            Record::Admin(_) => "admin",
         }
     }
 }
@@ -211,6 +225,102 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     );
     t.format(&f)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// What an administrative record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAction {
+    /// Something was created (a key, a policy, a virtual key).
+    Create,
+    /// Something was changed (including removing record content at retention).
+    Update,
+    /// Something was deleted (including pruning records at retention).
+    Delete,
+    /// Someone proved who they are.
+    Authenticate,
+    /// Someone was granted or refused an operation.
+    Authorize,
+    /// Records left the ledger (export, report).
+    Export,
+    /// Records or configuration came in.
+    Import,
+    /// Configuration or policy was reloaded.
+    Reload,
+}
+
+/// Whether an administrative action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminOutcome {
+    /// It did what was asked.
+    Success,
+    /// It was refused or failed.
+    Failure,
+}
+
+/// Who performed an administrative action.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Initiator {
+    /// User, service account or subsystem (`sluice-ledger` for the ledger itself).
+    pub id: String,
+    /// Role the action was performed under (`admin`, `auditor`, `system`, …).
+    pub role: String,
+    /// Address the action came from, when it came over the network.
+    pub ip: Option<String>,
+}
+
+/// What an administrative action acted on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Target {
+    /// Kind of object (`ledger`, `policy`, `config`, `virtual_key`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its name or id.
+    pub id: String,
+}
+
+/// One administrative change or access, recorded in the same chain as interactions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Admin {
+    /// Time-ordered unique id (UUIDv7).
+    pub id: String,
+    /// When it happened, RFC 3339 UTC.
+    pub ts: String,
+    /// Always `"admin"`.
+    pub kind: &'static str,
+    /// What was done.
+    pub action: AdminAction,
+    /// Whether it worked.
+    pub outcome: AdminOutcome,
+    /// Who did it.
+    pub initiator: Initiator,
+    /// What it was done to.
+    pub target: Target,
+    /// Action-specific facts (never secrets or prompt content).
+    pub details: serde_json::Value,
+}
+
+impl Admin {
+    /// A new admin record stamped now.
+    pub fn new(
+        action: AdminAction,
+        outcome: AdminOutcome,
+        initiator: Initiator,
+        target: Target,
+        details: serde_json::Value,
+    ) -> Admin {
+        Admin {
+            id: new_id(),
+            ts: rfc3339(std::time::SystemTime::now()),
+            kind: "admin",
+            action,
+            outcome,
+            initiator,
+            target,
+            details,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -140,6 +140,18 @@ impl ProxyHttp for Interceptor {
         } else {
             ALPN::H1
         };
+        if let Some(mark) = self.shared.mark {
+            // Marked sockets are skipped by the redirect probe: no loop back into Sluice.
+            o.upstream_tcp_sock_tweak_hook = Some(Arc::new(move |sock| {
+                super::relay::set_mark(sock, mark).map_err(|e| {
+                    Error::because(
+                        ErrorType::SocketError,
+                        "setting SO_MARK (needs CAP_NET_ADMIN)",
+                        e,
+                    )
+                })
+            }));
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(Box::new(peer))
     }

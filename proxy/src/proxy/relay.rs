@@ -19,8 +19,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Relay `client` to `dst` until both sides close. Returns bytes (client→dst, dst→client)
 /// and the error that ended the relay, if any.
-pub async fn passthrough(client: L4Stream, dst: SocketAddr) -> ((u64, u64), Option<String>) {
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
+pub async fn passthrough(
+    client: L4Stream,
+    dst: SocketAddr,
+    mark: Option<u32>,
+) -> ((u64, u64), Option<String>) {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(dst, mark)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return ((0, 0), Some(format!("connect to {dst} failed: {e}"))),
         Err(_) => {
@@ -45,6 +49,25 @@ pub async fn passthrough(client: L4Stream, dst: SocketAddr) -> ((u64, u64), Opti
         .inc_by(down);
     let err = result.err().map(|e| format!("relay to {dst} ended: {e}"));
     ((up, down), err)
+}
+
+/// Connect to `dst`, marking the socket first so the redirect probe lets it through.
+async fn connect(dst: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = if dst.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(mark) = mark {
+        set_mark(&socket, mark)?;
+    }
+    socket.connect(dst).await
+}
+
+/// Set SO_MARK (needs CAP_NET_ADMIN).
+pub fn set_mark(socket: &impl std::os::fd::AsFd, mark: u32) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(std::io::Error::from)
 }
 
 /// Counts the bytes read from the inner stream.
