@@ -1,12 +1,18 @@
 //! `sluice demo`: the whole main job, hermetically, on one machine.
 //!
 //! It starts a mock LLM provider (OpenAI, Anthropic and Gemini formats, TLS with its own
-//! test CA) on loopback, runs the real `sluice run` binary in front of it with the static
-//! original-destination source, sends real requests with curl — to
-//! `https://api.openai.com/…` and friends, pinned to the proxy with `--connect-to`, the
-//! proxy trusted through the organisation CA — and prints what was captured.
+//! test CA) on loopback, runs the real `sluice run` binary, sends real requests with curl to
+//! `https://api.openai.com/…` and friends (the organisation CA trusted), and prints what was
+//! captured.
 //!
-//! No traffic leaves loopback. The eBPF redirect is not used here.
+//! Two modes, chosen automatically:
+//! - **transparent** (root on a host where `sluice doctor` passes): curl runs in a cgroup
+//!   made for the demo and connects to the "provider" (the mock's loopback address) as it
+//!   would to the real one; the eBPF redirect captures it — no proxy setting anywhere;
+//! - **explicit** otherwise: curl is pointed at the proxy with `--connect-to`, and the static
+//!   original-destination table sends it on. The demo says why it fell back.
+//!
+//! No traffic leaves loopback.
 
 use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
@@ -205,7 +211,25 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let mock_addr = mock.local_addr();
     println!("• mock provider (TLS) listening on  {mock_addr}");
 
-    // 3. The proxy, as a real `sluice run` process.
+    // 3. Transparent mode when this host can run the eBPF redirect.
+    let cgroup = match transparent_capability() {
+        Ok(root) => {
+            let cg = root.join(format!("sluice-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&cg)
+                .with_context(|| format!("creating the demo cgroup {}", cg.display()))?;
+            println!(
+                "• mode: transparent (eBPF redirect on cgroup {})",
+                cg.display()
+            );
+            Some(CgroupGuard(cg))
+        }
+        Err(why) => {
+            println!("• mode: explicit (curl --connect-to the proxy); the eBPF redirect is off because {why}");
+            None
+        }
+    };
+
+    // 4. The proxy, as a real `sluice run` process.
     let proxy_addr = free_addr()?;
     let metrics_addr = free_addr()?;
     let records = dir.join("records.jsonl");
@@ -221,6 +245,17 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     );
     for h in DEMO_HOSTS {
         yaml.push_str(&format!("    {h}: \"{mock_addr}\"\n"));
+    }
+    if let Some(cg) = &cgroup {
+        // Only the mock's own address and port are "provider" here: nothing else on this
+        // host is redirected, and the redirect lives in the demo's cgroup only.
+        yaml.push_str(&format!(
+            "redirect:\n  enabled: true\n  cgroup: \"{}\"\n  pin_dir: null\n  prefixes: [\"{}/32:{}\"]\n  ports: [{}]\n",
+            cg.0.display(),
+            mock_addr.ip(),
+            mock_addr.port(),
+            mock_addr.port()
+        ));
     }
     std::fs::write(&config_path, yaml)?;
     let exe = std::env::current_exe().context("locating the sluice binary")?;
@@ -243,19 +278,34 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         config_path.display()
     );
 
-    // 4. Real requests, as a client on this host would send them.
-    println!("Sending requests (curl → https://<provider>/… → sluice → mock provider):");
+    // 5. Real requests, as a client on this host would send them.
+    match &cgroup {
+        Some(_) => println!("Sending requests (curl in the demo cgroup → https://<provider>/…, redirected by eBPF into sluice → mock provider):"),
+        None => println!("Sending requests (curl → https://<provider>/… → sluice → mock provider):"),
+    }
     for call in CALLS {
-        let out = curl(call, proxy_addr, &ca_cert)?;
+        let out = match &cgroup {
+            Some(cg) => curl(call, mock_addr, &ca_cert, Some(&cg.0))?,
+            None => curl(call, proxy_addr, &ca_cert, None)?,
+        };
         println!("  {:<40} HTTP {}", call.label, out);
     }
 
-    // 5. What Sluice recorded.
+    // 6. What Sluice recorded.
     let rows = wait_for_records(&records, CALLS.len())?;
     println!("\nCaptured interactions ({}):", records.display());
     println!(
-        "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}",
-        "provider", "model", "endpoint", "stream", "in", "out", "cost USD", "latency", "ttft"
+        "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}  {}",
+        "provider",
+        "model",
+        "endpoint",
+        "stream",
+        "in",
+        "out",
+        "cost USD",
+        "latency",
+        "ttft",
+        "client"
     );
     for r in &rows {
         let num = |v: &serde_json::Value| v.as_u64().map(|n| n.to_string()).unwrap_or("-".into());
@@ -264,8 +314,18 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .map(|n| format!("{n:.1}ms"))
                 .unwrap_or("-".into())
         };
+        let client = match (
+            r["identity"]["process"].as_str(),
+            r["identity"]["pid"].as_u64(),
+        ) {
+            (Some(p), Some(pid)) => format!("{p} (pid {pid})"),
+            _ => r["identity"]["client_addr"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+        };
         println!(
-            "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}",
+            "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}  {}",
             r["provider"].as_str().unwrap_or("?"),
             r["model"].as_str().unwrap_or("?"),
             r["endpoint"].as_str().unwrap_or("?"),
@@ -278,6 +338,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or("unpriced".into()),
             ms(&r["latency_ms"]),
             ms(&r["ttft_ms"]),
+            client,
         );
     }
     if let Some(first) = rows.first() {
@@ -292,7 +353,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
 
-    // 6. Stop the proxy cleanly (SIGINT flushes records) and the mock.
+    // 7. Stop the proxy cleanly (SIGINT flushes records and detaches) and the mock.
     if let Some(child) = guard.0.take() {
         stop(child)?;
     }
@@ -324,8 +385,56 @@ fn wait_for(addr: SocketAddr, guard: &mut ChildGuard, dir: &Path) -> anyhow::Res
     bail!("the proxy did not start listening on {addr} within 30 s")
 }
 
-fn curl(call: &DemoCall, proxy: SocketAddr, ca: &Path) -> anyhow::Result<String> {
-    let mut cmd = Command::new("curl");
+/// Why the transparent mode cannot run here, or the unified cgroup root when it can.
+fn transparent_capability() -> Result<PathBuf, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("the demo is not running as root".into());
+    }
+    if let Some(failed) = sluice_probe::doctor().into_iter().find(|c| !c.ok) {
+        return Err(format!(
+            "`sluice doctor` reports {}: {}",
+            failed.name, failed.detail
+        ));
+    }
+    sluice_probe::unified_cgroup_root().map_err(|e| e.to_string())
+}
+
+/// Removes the demo cgroup (once its processes have exited).
+struct CgroupGuard(PathBuf);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove the demo cgroup {}", self.0.display());
+    }
+}
+
+/// Send one call with curl to `target` (the proxy, or in transparent mode the provider's
+/// address — then curl runs inside `cgroup`, where the redirect captures it).
+fn curl(
+    call: &DemoCall,
+    target: SocketAddr,
+    ca: &Path,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<String> {
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > '{}/cgroup.procs' && exec curl \"$@\"",
+                    cg.display()
+                ))
+                .arg("sh");
+            c
+        }
+        None => Command::new("curl"),
+    };
     cmd.args([
         "--silent",
         "--show-error",
@@ -334,7 +443,12 @@ fn curl(call: &DemoCall, proxy: SocketAddr, ca: &Path) -> anyhow::Result<String>
         "30",
     ])
     .arg("--connect-to")
-    .arg(format!("{}:443:{}:{}", call.host, proxy.ip(), proxy.port()))
+    .arg(format!(
+        "{}:443:{}:{}",
+        call.host,
+        target.ip(),
+        target.port()
+    ))
     .arg("--cacert")
     .arg(ca)
     .args(["-o", "/dev/null", "-w", "%{http_code} (%{http_version})"])
