@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from netns import Proc, free_port, sluice_bin, wait_for_port
+from netns import Proc, free_port, run, sluice_bin, wait_for_port
 
 INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
 PASSTHROUGH = "pass.example"
@@ -38,11 +38,10 @@ DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.
 class Stack:
     """The proxy, the mock provider and helpers to drive clients and read records."""
 
-    def __init__(self, topo, tmp_path: Path, extra_config: str = ""):
+    def __init__(self, topo, tmp_path: Path, extra_config: str = "", start: bool = True):
         self.topo = topo
         self.dir = tmp_path
         self.state = tmp_path / "state"
-        self.records = self.state / "records.jsonl"
         self.provider_ca = tmp_path / "provider-ca.pem"
         self.mock_addr = f"{topo.provider_addr}:443"
         self.mock = Proc(
@@ -84,10 +83,16 @@ original_dst:
         subprocess.run([sluice_bin(), "ca", "init", "--config", str(self.config)], check=True,
                        capture_output=True)
         self.org_ca = self.state / "ca" / "ca.crt"
-        self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
-                          tmp_path / "proxy.log", env={**os.environ, "SLUICE_LOG": "info"})
-        wait_for_port(topo.client_gw, 443, timeout=30)
+        self.proxy = None
+        if start:
+            self.start_proxy()
         topo.client.hosts({h: topo.client_gw for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
+
+    def start_proxy(self):
+        self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
+                          self.dir / f"proxy-{time.monotonic_ns()}.log",
+                          env={**os.environ, "SLUICE_LOG": "info"})
+        wait_for_port(self.topo.client_gw, 443, timeout=30)
 
     # --- clients -------------------------------------------------------------------------
 
@@ -117,10 +122,19 @@ original_dst:
 
     # --- records and metrics -------------------------------------------------------------
 
+    def cli(self, *args: str, check: bool = True, timeout: float = 60):
+        """Run a `sluice` subcommand against this stack's config."""
+        return run([str(sluice_bin()), *args, "--config", str(self.config)], timeout=timeout,
+                   check=check)
+
     def all_records(self) -> list[dict]:
-        if not self.records.exists():
-            return []
-        return [json.loads(line) for line in self.records.read_text().splitlines() if line.strip()]
+        """Every record in the ledger, oldest first (through `sluice events tail --json`)."""
+        jsonl = self.state / "records.jsonl"
+        if jsonl.exists():
+            return [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
+        out = self.cli("events", "tail", "--json", "--limit", "1000000").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return sorted(rows, key=lambda r: r["seq"])
 
     def wait_records(self, n: int, kind: str | None = None, timeout: float = 15) -> list[dict]:
         """Wait until at least n records (of kind) exist; return those of that kind."""

@@ -76,6 +76,8 @@ pub struct Config {
     pub records: RecordsConfig,
     /// The eBPF transparent redirect (off by default).
     pub redirect: crate::redirect::RedirectConfig,
+    /// Governance: virtual keys and the policy chain (empty: everything is allowed).
+    pub policy: crate::policy::PolicyConfig,
     /// Bytes of each request and response body kept for inspection and records.
     /// Beyond it the record says `truncated: true`; the request itself is not affected.
     /// Default: 8 MiB.
@@ -205,6 +207,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             records: RecordsConfig::default(),
             redirect: crate::redirect::RedirectConfig::default(),
+            policy: crate::policy::PolicyConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -366,6 +369,39 @@ impl Config {
                 "ports",
                 "between 1 and 8 non-zero ports".into(),
             );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, p) in self.policy.policies.iter().enumerate() {
+            if p.id.trim().is_empty() || !ids.insert(p.id.as_str()) {
+                bad(
+                    format!("policy.policies[{i}].id"),
+                    &p.id,
+                    format!("policy id {:?} must be non-empty and unique", p.id),
+                );
+            }
+            if let Some(g) = &p.prompt {
+                if !(0.0..=1.0).contains(&g.injection_threshold) {
+                    bad(
+                        format!("policy.policies[{i}].prompt.injection_threshold"),
+                        "injection_threshold",
+                        "must be between 0 and 1".into(),
+                    );
+                }
+            }
+        }
+        for (i, k) in self.policy.virtual_keys.iter().enumerate() {
+            if let Some(key) = &k.key {
+                if !key.starts_with(crate::policy::VIRTUAL_KEY_PREFIX) {
+                    bad(
+                        format!("policy.virtual_keys[{i}].key"),
+                        "key:",
+                        format!(
+                            "virtual keys start with {:?}",
+                            crate::policy::VIRTUAL_KEY_PREFIX
+                        ),
+                    );
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {

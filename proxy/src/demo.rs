@@ -295,17 +295,8 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let rows = wait_for_records(&records, CALLS.len())?;
     println!("\nCaptured interactions ({}):", records.display());
     println!(
-        "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}  {}",
-        "provider",
-        "model",
-        "endpoint",
-        "stream",
-        "in",
-        "out",
-        "cost USD",
-        "latency",
-        "ttft",
-        "client"
+        "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}  client",
+        "provider", "model", "endpoint", "stream", "in", "out", "cost USD", "latency", "ttft",
     );
     for r in &rows {
         let num = |v: &serde_json::Value| v.as_u64().map(|n| n.to_string()).unwrap_or("-".into());

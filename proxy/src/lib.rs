@@ -16,6 +16,8 @@
 //! | [`proxy`] | connection routing (inspect, relay, refuse) and the HTTP interceptor |
 //! | [`providers`] | provider API formats behind one adapter trait |
 //! | [`pricing`] | the price table and cost of an interaction |
+//! | [`policy`] | governance: virtual keys, policy chain, decisions |
+//! | [`guardrails`] | PII, secret and prompt-injection detectors; streaming redaction |
 //! | [`record`] | the record types (the audit contract) |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
@@ -26,10 +28,12 @@ pub mod app;
 pub mod ca;
 pub mod config;
 pub mod demo;
+pub mod guardrails;
 pub mod identity;
 pub mod metrics;
 pub mod mock;
 pub mod original_dst;
+pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod proxy;

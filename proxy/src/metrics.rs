@@ -198,6 +198,23 @@ pub static REDIRECT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Guardrail detector hits on prompts, by category (whatever the action taken).
+pub static GUARDRAIL_FINDINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_guardrail_findings_total",
+        "Guardrail detector findings in prompts",
+        &["category"],
+    )
+});
+/// Policy decisions on interactions.
+pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_policy_decisions_total",
+        "Policy decisions: allow, redact, block, shadow_block, shadow_redact",
+        &["decision"],
+    )
+});
+
 /// Text exposition of every Sluice metric.
 pub fn render() -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -226,6 +243,8 @@ pub fn init() {
     LazyLock::force(&RECORD_QUEUE);
     LazyLock::force(&TRUNCATED);
     LazyLock::force(&REDIRECT_EVENTS);
+    LazyLock::force(&GUARDRAIL_FINDINGS);
+    LazyLock::force(&DECISIONS);
 }
 
 /// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.

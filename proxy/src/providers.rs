@@ -220,6 +220,46 @@ pub(crate) fn is_openai_format(provider: &str) -> bool {
         .any(|a| a.name().eq_ignore_ascii_case(provider))
 }
 
+/// A refusal Sluice answers itself, in the provider's own error format, so SDKs raise
+/// their usual exception (`PermissionDeniedError`, `RateLimitError`, …) with `message`.
+///
+/// `status` picks the error type: 403 permission, 429 rate limit, 503 unavailable,
+/// anything else a generic API error. Returns the JSON body.
+pub fn error_body(provider: &str, status: u16, message: &str) -> Vec<u8> {
+    let body = match provider {
+        "anthropic" => {
+            let kind = match status {
+                403 => "permission_error",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                400 => "invalid_request_error",
+                _ => "api_error",
+            };
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        "gemini" => {
+            let kind = match status {
+                403 => "PERMISSION_DENIED",
+                429 => "RESOURCE_EXHAUSTED",
+                503 => "UNAVAILABLE",
+                400 => "INVALID_ARGUMENT",
+                _ => "INTERNAL",
+            };
+            serde_json::json!({"error": {"code": status, "message": message, "status": kind}})
+        }
+        _ => {
+            let (kind, code) = match status {
+                403 => ("permission_denied", "sluice_policy"),
+                429 => ("rate_limit_exceeded", "sluice_rate_limit"),
+                503 => ("service_unavailable", "sluice_unavailable"),
+                _ => ("api_error", "sluice_error"),
+            };
+            serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+        }
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// Counts the tokens of `text` with the o200k_base tokenizer (GPT-4o and later).
 ///
 /// Used when a response carries no usage; the caller marks the usage `estimated`.

@@ -64,6 +64,14 @@ pub struct Identity {
     pub pod_uid: Option<String>,
     /// Container id, from the cgroup path.
     pub container_id: Option<String>,
+    /// Virtual-key user (the strongest identity, when a virtual key was presented).
+    pub user: Option<String>,
+    /// Virtual-key team.
+    pub team: Option<String>,
+    /// Virtual-key project.
+    pub project: Option<String>,
+    /// Fingerprint of the client's own provider key (`sha256:` + 16 hex), never the key.
+    pub api_key_fingerprint: Option<String>,
 }
 
 /// The request side of an interaction.
@@ -134,12 +142,16 @@ pub struct Interaction {
     pub status: u16,
     /// How it ended.
     pub outcome: Outcome,
-    /// Policy decision (`allow` until the policy engine decides otherwise).
+    /// Policy decision: `allow`, `redact`, `block`, `shadow_block`, `shadow_redact`.
     pub decision: &'static str,
-    /// Reasons for the decision.
+    /// Reasons for the decision (`model_denied`, `pii:email`, `secret:aws_key`, …).
     pub reason_codes: Vec<String>,
-    /// Policy that decided, with version.
+    /// Policy that decided, `id@vN`.
     pub policy_id: Option<String>,
+    /// Detector categories that fired, whatever the action.
+    pub triggered_categories: Vec<String>,
+    /// Rollout mode of the deciding policy: `enforce` or `shadow`.
+    pub policy_mode: Option<&'static str>,
     /// Who called.
     pub identity: Identity,
     /// What was asked.

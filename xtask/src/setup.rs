@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 
 /// Debian packages for the build and the tests: clang, llvm and libbpf-dev compile the eBPF
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
-/// network-namespace tests.
+/// network-namespace tests; rsyslog is the real syslog server the export is tested against.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
     "procps",
+    "rsyslog",
 ];
 
 /// Pinned Python packages of the test suite, relative to the repo root.

@@ -23,9 +23,12 @@ use pingora::{ErrorSource, ErrorType};
 use super::{ConnInfo, Shared};
 use crate::metrics;
 use crate::original_dst::Accepted;
+use crate::policy::{self, Decision, Verdict};
 use crate::pricing::PriceTable;
 use crate::providers::{self, Endpoint, ParsedResponse, StreamParser};
-use crate::record::{self, Interaction, Outcome, Record, RequestPart, ResponsePart, Upstream};
+use crate::record::{
+    self, Identity, Interaction, Outcome, Record, RequestPart, ResponsePart, Upstream,
+};
 
 /// The `ProxyHttp` implementation.
 pub struct Interceptor {
@@ -36,6 +39,94 @@ impl Interceptor {
     /// An interceptor over the shared state.
     pub fn new(shared: Arc<Shared>) -> Interceptor {
         Interceptor { shared }
+    }
+}
+
+/// Largest body read before forwarding (Pingora replays at most this much to the upstream).
+const PREREAD_LIMIT: usize = 64 * 1024;
+
+impl Interceptor {
+    /// Read the whole request body (when small enough to replay) and evaluate the
+    /// policies on it. Larger or unsized bodies stream through unjudged, with a reason code.
+    async fn preread_and_decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let len = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        match len {
+            Some(n) if n <= PREREAD_LIMIT => {}
+            _ => {
+                ctx.verdict
+                    .reason_codes
+                    .push("body_not_inspected_by_policy".into());
+                return Ok(());
+            }
+        }
+        session.enable_retry_buffering();
+        while let Some(chunk) = session.read_request_body().await? {
+            ctx.request.push(&chunk, self.shared.max_inspect_bytes);
+        }
+        ctx.preread = true;
+        let Some(conn) = ctx.conn.as_ref() else {
+            return Ok(());
+        };
+        let parsed = ctx
+            .endpoint
+            .as_ref()
+            .map(|ep| conn.adapter.parse_request(ep, &ctx.request.buf));
+        let model = parsed.as_ref().and_then(|p| p.model.clone()).or_else(|| {
+            ctx.endpoint
+                .as_ref()
+                .and_then(|ep| ep.model_from_path.clone())
+        });
+        let identity = ctx.identity.clone().unwrap_or_default();
+        ctx.verdict = self.shared.policy.evaluate(&policy::Facts {
+            provider: conn.adapter.name(),
+            model: model.as_deref(),
+            identity: &identity,
+            body: Some(&ctx.request.buf),
+        });
+        for cat in &ctx.verdict.triggered {
+            metrics::GUARDRAIL_FINDINGS
+                .with_label_values(&[cat.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Answer the client ourselves, in the provider's error format, and stop here.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        provider: &'static str,
+        status: u16,
+        reason: &str,
+        message: String,
+    ) -> Result<bool> {
+        if ctx.verdict.decision == Decision::Allow {
+            ctx.verdict.decision = Decision::Block;
+        }
+        if !reason.is_empty() && !ctx.verdict.reason_codes.iter().any(|r| r == reason) {
+            ctx.verdict.reason_codes.push(reason.to_string());
+        }
+        let body = providers::error_body(provider, status, &message);
+        let mut header = ResponseHeader::build(status, Some(3))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("content-length", body.len().to_string())?;
+        // SDKs must not retry a policy refusal.
+        header.insert_header("x-should-retry", "false")?;
+        ctx.status = status;
+        ctx.refused = true;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(true)
     }
 }
 
@@ -73,6 +164,16 @@ pub struct Ctx {
     parser: Option<Box<dyn StreamParser>>,
     status: u16,
     recorded: bool,
+    /// Who is calling, for this request (connection identity plus keys).
+    identity: Option<Identity>,
+    /// The policy verdict, once evaluated.
+    verdict: Verdict,
+    /// The request body was read in `request_filter` (and arrives again as one buffer).
+    preread: bool,
+    /// The header carrying the client's key and the real key to send instead.
+    swap_key: Option<(&'static str, String)>,
+    /// Sluice answered the request itself (policy refusal).
+    refused: bool,
 }
 
 #[async_trait]
@@ -105,7 +206,59 @@ impl ProxyHttp for Interceptor {
         let req = session.req_header();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), path);
-        ctx.conn = Some(conn);
+        let provider = conn.adapter.name();
+        ctx.conn = Some(conn.clone());
+
+        // Identity: virtual key, else the fingerprint of the client's own key.
+        let mut identity = conn.identity.clone();
+        if let Some((header, key)) = policy::presented_key(&req.headers) {
+            if key.starts_with(policy::VIRTUAL_KEY_PREFIX) {
+                let engine = &self.shared.policy;
+                let Some(vk) = engine.keys.resolve(&key) else {
+                    ctx.identity = Some(identity);
+                    return self
+                        .refuse(session, ctx, provider, 401, "invalid_virtual_key",
+                            "Sluice does not know this virtual key (sk-sluice-…); ask your administrator for a valid one.".into())
+                        .await;
+                };
+                identity.user = Some(vk.user.clone());
+                identity.team = vk.team.clone();
+                identity.project = vk.project.clone();
+                let Some(real) = vk.provider_key(provider) else {
+                    ctx.identity = Some(identity);
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            provider,
+                            403,
+                            "no_provider_key",
+                            format!("Sluice holds no {provider} key for this virtual key."),
+                        )
+                        .await;
+                };
+                ctx.swap_key = Some((header, real.to_string()));
+            } else {
+                identity.api_key_fingerprint = Some(policy::fingerprint(&key));
+            }
+        }
+        ctx.identity = Some(identity);
+
+        // Policies that look at the body decide before anything is sent upstream.
+        if self.shared.policy.needs_body() && ctx.endpoint.is_some() {
+            self.preread_and_decide(session, ctx).await?;
+            if let Some((status, message)) = ctx.verdict.refusal.clone() {
+                let code = ctx
+                    .verdict
+                    .reason_codes
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                return self
+                    .refuse(session, ctx, provider, status, &code, message)
+                    .await;
+            }
+        }
         ctx.own += t.elapsed();
         Ok(false)
     }
@@ -117,6 +270,14 @@ impl ProxyHttp for Interceptor {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.preread {
+            // The body was read (and judged) in request_filter; it comes back here as one
+            // buffer, which redaction replaces.
+            if let (Some(_), Some(new)) = (body.as_ref(), ctx.verdict.rewritten_body.as_ref()) {
+                *body = Some(Bytes::from(new.clone()));
+            }
+            return Ok(());
+        }
         if let Some(chunk) = body {
             let t = Instant::now();
             ctx.request.push(chunk, self.shared.max_inspect_bytes);
@@ -160,11 +321,23 @@ impl ProxyHttp for Interceptor {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // An uncompressed answer can be parsed on the side without inflating it; LLM
         // responses are small next to the cost of the model, so the bytes are cheap.
         upstream_request.insert_header("accept-encoding", "identity")?;
+        // Virtual key → the real provider key, in the header the client used.
+        if let Some((header, real)) = &ctx.swap_key {
+            let value = if *header == "authorization" {
+                format!("Bearer {real}")
+            } else {
+                real.clone()
+            };
+            upstream_request.insert_header(*header, value)?;
+        }
+        if let Some(new) = &ctx.verdict.rewritten_body {
+            upstream_request.insert_header("content-length", new.len().to_string())?;
+        }
         Ok(())
     }
 
@@ -240,6 +413,9 @@ impl ProxyHttp for Interceptor {
         metrics::REQUESTS
             .with_label_values(&[provider, endpoint, record.outcome.as_str()])
             .inc();
+        metrics::DECISIONS
+            .with_label_values(&[record.decision])
+            .inc();
         if record.outcome != Outcome::Success {
             metrics::ERRORS
                 .with_label_values(&[provider, record.outcome.as_str()])
@@ -309,11 +485,17 @@ fn build_record(
         .unwrap_or("/")
         .to_string();
 
+    // What was forwarded is what is recorded: a redacted prompt stays redacted at rest.
+    let forwarded = ctx
+        .verdict
+        .rewritten_body
+        .as_deref()
+        .unwrap_or(&ctx.request.buf);
     let parsed_req = ctx
         .endpoint
         .as_ref()
-        .filter(|_| !ctx.request.buf.is_empty())
-        .map(|ep| adapter.parse_request(ep, &ctx.request.buf));
+        .filter(|_| !forwarded.is_empty())
+        .map(|ep| adapter.parse_request(ep, forwarded));
     let mut parsed_resp: ParsedResponse = match (ctx.parser.as_mut(), ctx.endpoint.as_ref()) {
         (Some(p), _) => p.finish(),
         (None, Some(ep)) if !ctx.response.buf.is_empty() => {
@@ -326,6 +508,7 @@ fn build_record(
     let outcome = match e {
         Some(err) if *err.esource() == ErrorSource::Downstream => Outcome::Cancelled,
         Some(_) => Outcome::Failed,
+        None if ctx.refused => Outcome::Refused,
         None if status >= 400 || status == 0 => Outcome::UpstreamError,
         None => Outcome::Success,
     };
@@ -380,10 +563,20 @@ fn build_record(
         stream: stream || req_stream,
         status,
         outcome,
-        decision: "allow",
-        reason_codes: Vec::new(),
-        policy_id: None,
-        identity: conn.identity.clone(),
+        decision: ctx.verdict.decision.as_str(),
+        reason_codes: std::mem::take(&mut ctx.verdict.reason_codes),
+        policy_id: ctx.verdict.policy_id.take(),
+        triggered_categories: ctx
+            .verdict
+            .triggered
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect(),
+        policy_mode: ctx.verdict.mode,
+        identity: ctx
+            .identity
+            .clone()
+            .unwrap_or_else(|| conn.identity.clone()),
         request: RequestPart {
             method: req.method.to_string(),
             path,

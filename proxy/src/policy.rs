@@ -1,0 +1,433 @@
+//! Governance: who is calling, and what may pass.
+//!
+//! A request goes through [`Engine::evaluate`] once its body has been read (before
+//! anything is sent upstream). The order is one explicit function, [`Engine::evaluate`],
+//! and it is the order a compliance reader should expect:
+//!
+//! 1. **identity** — the virtual key (`sk-sluice-…`) or the fingerprint of the client's own
+//!    provider key, plus the workload identity from the probe, select the policies in scope;
+//! 2. **provider and model rules** — cheapest, and a denied model makes everything after it moot;
+//! 3. **prompt guardrails** — secrets, PII and prompt injection in the text that would leave.
+//!    Redaction rewrites the body the provider receives; block answers the client with the
+//!    provider's own error format.
+//!
+//! Each policy runs in `enforce` or `shadow` mode. A shadow policy records the decision it
+//! would have taken (`shadow_block`, `shadow_redact`) and lets the request through untouched,
+//! so a rollout can be judged on real traffic first. The first enforcing block wins; all
+//! triggered reasons are recorded.
+//!
+//! Not here yet: budgets, rate limits and response-side guardrails.
+
+mod body;
+mod keys;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use keys::{
+    fingerprint, presented_key, KeyError, ResolvedKey, Secret, VirtualKey, VirtualKeys,
+    VIRTUAL_KEY_PREFIX,
+};
+
+use crate::guardrails::{Category, Group, Scanner};
+use crate::record::Identity;
+
+/// The `policy:` section of the config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Virtual keys clients present instead of provider keys.
+    pub virtual_keys: Vec<VirtualKey>,
+    /// Policies, evaluated in this order.
+    pub policies: Vec<Policy>,
+}
+
+/// One named, versioned policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Stable id, shown in records and in refusals.
+    pub id: String,
+    /// Version, bumped on every change; records carry `id@vN`.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// `enforce` (default) or `shadow`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Who the policy applies to; empty = everyone.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Model allow/deny globs (`gpt-4o*`, `claude-*`).
+    #[serde(default)]
+    pub models: Option<AllowDeny>,
+    /// Provider allow/deny globs (`openai`, `anthropic`, …).
+    #[serde(default)]
+    pub providers: Option<AllowDeny>,
+    /// Guardrails on the prompt before it leaves.
+    #[serde(default)]
+    pub prompt: Option<Guardrails>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Enforce or only record.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Decisions take effect.
+    #[default]
+    Enforce,
+    /// Decisions are recorded, traffic is untouched.
+    Shadow,
+}
+
+/// Identity selectors; a list that is empty matches everyone, several lists must all match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scope {
+    /// Virtual-key users.
+    pub users: Vec<String>,
+    /// Virtual-key teams.
+    pub teams: Vec<String>,
+    /// Virtual-key projects.
+    pub projects: Vec<String>,
+    /// Process names (globs), from the probe.
+    pub processes: Vec<String>,
+    /// User ids, from the probe.
+    pub uids: Vec<u32>,
+    /// Kubernetes pod UIDs.
+    pub pods: Vec<String>,
+}
+
+/// Allow and deny globs; deny wins; an empty allow list allows everything not denied.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowDeny {
+    /// Globs allowed.
+    pub allow: Vec<String>,
+    /// Globs denied.
+    pub deny: Vec<String>,
+}
+
+/// What to do when a detector group fires.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Nothing.
+    #[default]
+    Allow,
+    /// Record only.
+    Alert,
+    /// Replace the spans with typed markers.
+    Redact,
+    /// Refuse the request.
+    Block,
+}
+
+/// Guardrail actions per detector group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guardrails {
+    /// Emails, phones, cards, IBANs, SSNs, IPs.
+    pub pii: Action,
+    /// Cloud keys, tokens, private keys, JWTs, connection strings.
+    pub secrets: Action,
+    /// Prompt injection and jailbreaks (`redact` is treated as `block`).
+    pub injection: Action,
+    /// Injection score from which the detector fires, 0–1. Default 0.5.
+    pub injection_threshold: f32,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Guardrails {
+            pii: Action::Allow,
+            secrets: Action::Allow,
+            injection: Action::Allow,
+            injection_threshold: 0.5,
+        }
+    }
+}
+
+/// The decision recorded on an interaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Passed untouched.
+    #[default]
+    Allow,
+    /// Passed with spans redacted.
+    Redact,
+    /// Refused.
+    Block,
+    /// A shadow policy would have refused it.
+    ShadowBlock,
+    /// A shadow policy would have redacted it.
+    ShadowRedact,
+}
+
+impl Decision {
+    /// Label for metrics and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Redact => "redact",
+            Decision::Block => "block",
+            Decision::ShadowBlock => "shadow_block",
+            Decision::ShadowRedact => "shadow_redact",
+        }
+    }
+}
+
+/// The outcome of evaluating one request.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// What happens.
+    pub decision: Decision,
+    /// Why, e.g. `model_denied`, `pii:email`, `secret:aws_key`, `prompt_injection`.
+    pub reason_codes: Vec<String>,
+    /// The deciding policy, `id@vN`.
+    pub policy_id: Option<String>,
+    /// Detector categories that fired (any mode).
+    pub triggered: Vec<Category>,
+    /// `enforce` or `shadow`, for the deciding policy.
+    pub mode: Option<&'static str>,
+    /// The body to forward instead of the client's (redaction).
+    pub rewritten_body: Option<Vec<u8>>,
+    /// HTTP status and message for a refusal.
+    pub refusal: Option<(u16, String)>,
+}
+
+/// What a request looks like to the policy.
+pub struct Facts<'a> {
+    /// Provider label.
+    pub provider: &'a str,
+    /// Model, when known.
+    pub model: Option<&'a str>,
+    /// The caller.
+    pub identity: &'a Identity,
+    /// The request body as read (JSON), when it could be read whole.
+    pub body: Option<&'a [u8]>,
+}
+
+/// The compiled policy set.
+pub struct Engine {
+    policies: Vec<Compiled>,
+    /// Virtual keys.
+    pub keys: VirtualKeys,
+}
+
+struct Compiled {
+    policy: Policy,
+    scanner: Option<Arc<Scanner>>,
+}
+
+impl Engine {
+    /// Compile a validated config section.
+    ///
+    /// # Errors
+    /// A virtual key whose provider secret cannot be read.
+    pub fn new(cfg: &PolicyConfig) -> Result<Engine, KeyError> {
+        let policies = cfg
+            .policies
+            .iter()
+            .map(|p| Compiled {
+                scanner: p.prompt.as_ref().map(|g| {
+                    Arc::new(Scanner::all().with_injection_threshold(g.injection_threshold))
+                }),
+                policy: p.clone(),
+            })
+            .collect();
+        Ok(Engine {
+            policies,
+            keys: VirtualKeys::new(&cfg.virtual_keys)?,
+        })
+    }
+
+    /// Whether any policy needs the request body.
+    pub fn needs_body(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|c| c.policy.prompt.is_some() || c.policy.models.is_some())
+    }
+
+    /// Evaluate a request, in the order documented at the top of this module.
+    pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
+        let mut v = Verdict::default();
+        // The redacted body is built once and shared by later redacting policies.
+        let mut body: Option<serde_json::Value> = None;
+        for c in &self.policies {
+            let p = &c.policy;
+            // 1. Identity: is this policy about this caller at all?
+            if !in_scope(&p.scope, facts.identity) {
+                continue;
+            }
+            let id = format!("{}@v{}", p.id, p.version);
+            let mut block: Option<String> = None;
+            let mut redact = false;
+
+            // 2. Provider and model rules.
+            if let Some(rule) = &p.providers {
+                if !allowed(rule, facts.provider) {
+                    v.reason_codes.push("provider_denied".into());
+                    block = Some(format!("provider {} is not allowed", facts.provider));
+                }
+            }
+            if let (Some(rule), None) = (&p.models, &block) {
+                let model = facts.model.unwrap_or("");
+                if !allowed(rule, model) {
+                    v.reason_codes.push("model_denied".into());
+                    block = Some(format!("model {model:?} is not allowed"));
+                }
+            }
+
+            // 3. Prompt guardrails over every text field of the body.
+            if let (Some(g), Some(scanner), None) = (&p.prompt, &c.scanner, &block) {
+                let source = match &body {
+                    Some(b) => Some(b.clone()),
+                    None => facts.body.and_then(|b| serde_json::from_slice(b).ok()),
+                };
+                if let Some(mut json) = source {
+                    let found = body::scan(&json, scanner);
+                    for cat in &found {
+                        if !v.triggered.contains(cat) {
+                            v.triggered.push(*cat);
+                        }
+                    }
+                    let action_of = |cat: &Category| match cat.group() {
+                        Group::Pii => g.pii,
+                        Group::Secret => g.secrets,
+                        Group::Injection => match g.injection {
+                            Action::Redact => Action::Block,
+                            a => a,
+                        },
+                    };
+                    let worst = found.iter().map(action_of).max().unwrap_or(Action::Allow);
+                    for cat in found.iter().filter(|c| action_of(c) != Action::Allow) {
+                        v.reason_codes.push(reason(*cat));
+                    }
+                    match worst {
+                        Action::Block => {
+                            let names: Vec<_> = found
+                                .iter()
+                                .filter(|c| action_of(c) == Action::Block)
+                                .map(|c| c.as_str())
+                                .collect();
+                            block = Some(format!("the prompt contains {}", names.join(", ")));
+                        }
+                        Action::Redact => {
+                            let cats: Vec<Category> = found
+                                .iter()
+                                .copied()
+                                .filter(|c| action_of(c) == Action::Redact)
+                                .collect();
+                            body::redact(&mut json, scanner, &cats);
+                            redact = true;
+                            if p.mode == Mode::Enforce {
+                                body = Some(json);
+                            }
+                        }
+                        Action::Alert | Action::Allow => {}
+                    }
+                }
+            }
+
+            // Combine: the first enforcing block decides; shadow decisions are recorded.
+            match (block, p.mode) {
+                (Some(why), Mode::Enforce) => {
+                    v.decision = Decision::Block;
+                    v.policy_id = Some(id.clone());
+                    v.mode = Some("enforce");
+                    v.refusal = Some((
+                        403,
+                        format!("Request blocked by Sluice policy {id}: {why}."),
+                    ));
+                    v.rewritten_body = None;
+                    return v;
+                }
+                (Some(_), Mode::Shadow)
+                    if matches!(v.decision, Decision::Allow | Decision::ShadowRedact) =>
+                {
+                    v.decision = Decision::ShadowBlock;
+                    v.policy_id = Some(id);
+                    v.mode = Some("shadow");
+                }
+                (None, Mode::Enforce) if redact => {
+                    v.decision = Decision::Redact;
+                    v.policy_id = Some(id);
+                    v.mode = Some("enforce");
+                }
+                (None, Mode::Shadow) if redact && v.decision == Decision::Allow => {
+                    v.decision = Decision::ShadowRedact;
+                    v.policy_id = Some(id);
+                    v.mode = Some("shadow");
+                }
+                _ => {}
+            }
+        }
+        if v.decision == Decision::Redact {
+            v.rewritten_body = body.and_then(|b| serde_json::to_vec(&b).ok());
+        }
+        v
+    }
+}
+
+fn reason(cat: Category) -> String {
+    match cat.group() {
+        Group::Pii => format!("pii:{}", cat.as_str()),
+        Group::Secret => format!("secret:{}", cat.as_str()),
+        Group::Injection => "prompt_injection".to_string(),
+    }
+}
+
+fn in_scope(s: &Scope, id: &Identity) -> bool {
+    let any = |list: &[String], value: Option<&str>| {
+        list.is_empty() || value.is_some_and(|v| list.iter().any(|p| glob(p, v)))
+    };
+    any(&s.users, id.user.as_deref())
+        && any(&s.teams, id.team.as_deref())
+        && any(&s.projects, id.project.as_deref())
+        && any(&s.processes, id.process.as_deref())
+        && any(&s.pods, id.pod_uid.as_deref())
+        && (s.uids.is_empty() || id.uid.is_some_and(|u| s.uids.contains(&u)))
+}
+
+fn allowed(rule: &AllowDeny, value: &str) -> bool {
+    if rule.deny.iter().any(|p| glob(p, value)) {
+        return false;
+    }
+    rule.allow.is_empty() || rule.allow.iter().any(|p| glob(p, value))
+}
+
+/// Shell-style glob with `*` (any run) and `?` (one char), case-insensitive.
+pub fn glob(pattern: &str, value: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let v: Vec<char> = value.to_lowercase().chars().collect();
+    let (mut pi, mut vi, mut star, mut mark) = (0, 0, None, 0);
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
+            pi += 1;
+            vi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = vi;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            vi = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests;
