@@ -18,7 +18,15 @@ policy:
       project: chatbot
       provider_keys:
         openai: {value: sk-real-openai-held-by-sluice}
+    - key: sk-sluice-bob-0002
+      user: bob
+      project: limited
+      provider_keys:
+        openai: {value: sk-real-openai-held-by-sluice}
   policies:
+    - id: small-quota
+      scope: {projects: [limited]}
+      rate_limit: {requests_per_minute: 2}
     - id: model-allowlist
       version: 2
       models: {deny: ["gpt-4o", "o3*"]}
@@ -132,3 +140,27 @@ except anthropic.PermissionDeniedError as e:
     assert rec["provider"] == "anthropic" and rec["decision"] == "block"
     assert rec["reason_codes"] == ["prompt_injection"]
     assert not [r for r in stack.mock_requests() if r["path"] == "/v1/messages"]
+
+
+def test_rate_limit_answers_429_with_retry_after(stack):
+    out = stack.python("""
+import json, openai
+c = openai.OpenAI(api_key="sk-sluice-bob-0002", max_retries=0)
+ok = 0
+for i in range(3):
+    try:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}])
+        ok += 1
+    except openai.RateLimitError as e:
+        print(json.dumps({"ok": ok, "status": e.status_code, "message": e.message,
+                          "retry_after": e.response.headers.get("retry-after")}))
+        break
+""")
+    assert out["ok"] == 2 and out["status"] == 429
+    assert "small-quota@v1" in out["message"]
+    assert 1 <= int(out["retry_after"]) <= 60
+    recs = stack.wait_records(3, "interaction")
+    assert [r["decision"] for r in recs] == ["allow", "allow", "block"]
+    assert recs[-1]["reason_codes"] == ["rate_limit_requests"]
+    assert recs[-1]["policy_id"] == "small-quota@v1" and recs[-1]["status"] == 429
+    assert len([r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]) == 2

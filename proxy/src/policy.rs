@@ -20,10 +20,13 @@
 
 mod body;
 mod keys;
+mod limits;
 
 use std::sync::Arc;
 
 use serde::Deserialize;
+
+pub use limits::{Limited, Limiter, RateLimit};
 
 pub use keys::{
     fingerprint, presented_key, KeyError, ResolvedKey, Secret, VirtualKey, VirtualKeys,
@@ -67,6 +70,10 @@ pub struct Policy {
     /// Guardrails on the prompt before it leaves.
     #[serde(default)]
     pub prompt: Option<Guardrails>,
+    /// Rate limits per identity (the strongest one known: virtual-key user, else the
+    /// client's key fingerprint, else the process and uid, else the client address).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn one() -> u32 {
@@ -218,6 +225,13 @@ pub struct Engine {
     policies: Vec<Compiled>,
     /// Virtual keys.
     pub keys: VirtualKeys,
+    limiter: Limiter,
+}
+
+/// Rate-limit slots a request holds until it finishes.
+#[derive(Debug, Default)]
+pub struct Admission {
+    keys: Vec<String>,
 }
 
 struct Compiled {
@@ -244,7 +258,44 @@ impl Engine {
         Ok(Engine {
             policies,
             keys: VirtualKeys::new(&cfg.virtual_keys)?,
+            limiter: Limiter::default(),
         })
+    }
+
+    /// Rate limits, decided on identity alone before the body is read, so an over-limit
+    /// client costs nothing more. On refusal, the deciding policy (`id@vN`) and why; a
+    /// shadow policy's would-be refusal is only noted in `shadow`.
+    pub fn admit(
+        &self,
+        identity: &Identity,
+        shadow: &mut Vec<(String, Limited)>,
+    ) -> Result<Admission, (String, Limited)> {
+        let who = limit_key(identity);
+        let mut held = Admission::default();
+        for c in &self.policies {
+            let (Some(limit), true) = (&c.policy.rate_limit, in_scope(&c.policy.scope, identity))
+            else {
+                continue;
+            };
+            let id = format!("{}@v{}", c.policy.id, c.policy.version);
+            let key = format!("{id}|{who}");
+            match self.limiter.admit(&key, limit) {
+                Ok(()) => held.keys.push(key),
+                Err(l) if c.policy.mode == Mode::Shadow => shadow.push((id, l)),
+                Err(l) => {
+                    self.finish(held, 0);
+                    return Err((id, l));
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// Release rate-limit slots and charge the tokens the request used.
+    pub fn finish(&self, admission: Admission, tokens: u64) {
+        for key in admission.keys {
+            self.limiter.finish(&key, tokens);
+        }
     }
 
     /// Whether any policy needs the request body.
@@ -372,6 +423,26 @@ impl Engine {
             v.rewritten_body = body.and_then(|b| serde_json::to_vec(&b).ok());
         }
         v
+    }
+}
+
+/// The identity rate limits count against: the strongest one known.
+fn limit_key(id: &Identity) -> String {
+    if let Some(u) = &id.user {
+        return format!("user:{u}");
+    }
+    if let Some(f) = &id.api_key_fingerprint {
+        return format!("key:{f}");
+    }
+    if let (Some(p), Some(uid)) = (&id.process, id.uid) {
+        return format!("process:{p}:{uid}");
+    }
+    match &id.client_addr {
+        Some(a) => format!(
+            "addr:{}",
+            a.rsplit_once(':').map_or(a.as_str(), |(ip, _)| ip)
+        ),
+        None => "anonymous".into(),
     }
 }
 

@@ -82,12 +82,22 @@ impl Interceptor {
                 .and_then(|ep| ep.model_from_path.clone())
         });
         let identity = ctx.identity.clone().unwrap_or_default();
+        let before = std::mem::take(&mut ctx.verdict);
         ctx.verdict = self.shared.policy.evaluate(&policy::Facts {
             provider: conn.adapter.name(),
             model: model.as_deref(),
             identity: &identity,
             body: Some(&ctx.request.buf),
         });
+        // Keep what the rate-limit step noted (shadow limits, uninspected bodies).
+        let mut codes = before.reason_codes;
+        codes.append(&mut ctx.verdict.reason_codes);
+        ctx.verdict.reason_codes = codes;
+        if ctx.verdict.decision == Decision::Allow && before.decision != Decision::Allow {
+            ctx.verdict.decision = before.decision;
+            ctx.verdict.policy_id = before.policy_id;
+            ctx.verdict.mode = before.mode;
+        }
         for cat in &ctx.verdict.triggered {
             metrics::GUARDRAIL_FINDINGS
                 .with_label_values(&[cat.as_str()])
@@ -116,8 +126,12 @@ impl Interceptor {
         let mut header = ResponseHeader::build(status, Some(3))?;
         header.insert_header("content-type", "application/json")?;
         header.insert_header("content-length", body.len().to_string())?;
-        // SDKs must not retry a policy refusal.
-        header.insert_header("x-should-retry", "false")?;
+        match ctx.retry_after {
+            // Over a limit: tell the client when; SDKs honour Retry-After.
+            Some(secs) => header.insert_header("retry-after", secs.to_string())?,
+            // A policy refusal will not change on retry.
+            None => header.insert_header("x-should-retry", "false")?,
+        }
         ctx.status = status;
         ctx.refused = true;
         session
@@ -174,6 +188,10 @@ pub struct Ctx {
     swap_key: Option<(&'static str, String)>,
     /// Sluice answered the request itself (policy refusal).
     refused: bool,
+    /// Rate-limit slots held until the request ends.
+    admission: Option<policy::Admission>,
+    /// Seconds for `Retry-After` on a rate-limit refusal.
+    retry_after: Option<u64>,
 }
 
 #[async_trait]
@@ -241,6 +259,30 @@ impl ProxyHttp for Interceptor {
             } else {
                 identity.api_key_fingerprint = Some(policy::fingerprint(&key));
             }
+        }
+        // Rate limits: on identity alone, before reading the body.
+        let mut shadow = Vec::new();
+        match self.shared.policy.admit(&identity, &mut shadow) {
+            Ok(admission) => ctx.admission = Some(admission),
+            Err((policy_id, limited)) => {
+                ctx.identity = Some(identity);
+                ctx.verdict.policy_id = Some(policy_id.clone());
+                ctx.verdict.mode = Some("enforce");
+                ctx.retry_after = Some(limited.retry_after);
+                let message = format!(
+                    "Rate limited by Sluice policy {policy_id}: more than {}; retry after {} s.",
+                    limited.detail, limited.retry_after
+                );
+                return self
+                    .refuse(session, ctx, provider, 429, limited.reason, message)
+                    .await;
+            }
+        }
+        if let Some((policy_id, limited)) = shadow.into_iter().next() {
+            ctx.verdict.decision = Decision::ShadowBlock;
+            ctx.verdict.policy_id = Some(policy_id);
+            ctx.verdict.mode = Some("shadow");
+            ctx.verdict.reason_codes.push(limited.reason.to_string());
         }
         ctx.identity = Some(identity);
 

@@ -1,0 +1,208 @@
+//! Rate limits: requests per minute, tokens per minute and concurrent requests, per
+//! identity within a policy's scope.
+//!
+//! Windows are one minute, counted with the two-window approximation of a sliding window
+//! (the previous minute's count weighted by how much of it still overlaps), which is exact
+//! enough for governance and needs two integers per key. Tokens are charged when a
+//! response completes (the real count, streams and cancellations included), so a burst
+//! can overshoot `tokens_per_minute` by at most the requests already in flight.
+//!
+//! Counters live in memory: a restart forgets at most one minute of history. Budgets,
+//! which span days and months, are persisted separately.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+/// `rate_limit:` of a policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Requests per minute per identity.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens (input + output) per minute per identity.
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight at once per identity.
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Default)]
+struct Window {
+    minute: u64,
+    current: u64,
+    previous: u64,
+}
+
+impl Window {
+    fn roll(&mut self, minute: u64) {
+        if minute != self.minute {
+            self.previous = if minute == self.minute + 1 {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.minute = minute;
+        }
+    }
+
+    /// The sliding-window estimate at `frac` (0–1) into the current minute.
+    fn estimate(&self, frac: f64) -> f64 {
+        self.previous as f64 * (1.0 - frac) + self.current as f64
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: Window,
+    tokens: Window,
+    in_flight: u64,
+}
+
+/// Why a request was limited, and when to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limited {
+    /// `rate_limit_requests`, `rate_limit_tokens` or `concurrency_limit`.
+    pub reason: &'static str,
+    /// Seconds until a retry can succeed.
+    pub retry_after: u64,
+    /// What was exceeded, for the message.
+    pub detail: String,
+}
+
+/// All rate-limit counters, keyed by policy and identity.
+#[derive(Default)]
+pub struct Limiter {
+    counters: Mutex<HashMap<String, Counters>>,
+}
+
+fn now_minute() -> (u64, f64) {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = t.as_secs_f64();
+    ((secs / 60.0) as u64, (secs % 60.0) / 60.0)
+}
+
+impl Limiter {
+    /// Admit one request for `key` under `limit`, or say why not. An admitted request
+    /// holds a concurrency slot until [`Limiter::finish`].
+    pub fn admit(&self, key: &str, limit: &RateLimit) -> Result<(), Limited> {
+        let (minute, frac) = now_minute();
+        let mut map = self.counters.lock();
+        let c = map.entry(key.to_string()).or_default();
+        c.requests.roll(minute);
+        c.tokens.roll(minute);
+        let until_next_minute = ((1.0 - frac) * 60.0).ceil().max(1.0) as u64;
+        if let Some(max) = limit.concurrent {
+            if c.in_flight >= max {
+                return Err(Limited {
+                    reason: "concurrency_limit",
+                    retry_after: 1,
+                    detail: format!("{max} concurrent requests"),
+                });
+            }
+        }
+        if let Some(max) = limit.requests_per_minute {
+            if c.requests.estimate(frac) + 1.0 > max as f64 {
+                return Err(Limited {
+                    reason: "rate_limit_requests",
+                    retry_after: until_next_minute,
+                    detail: format!("{max} requests per minute"),
+                });
+            }
+        }
+        if let Some(max) = limit.tokens_per_minute {
+            if c.tokens.estimate(frac) >= max as f64 {
+                return Err(Limited {
+                    reason: "rate_limit_tokens",
+                    retry_after: until_next_minute,
+                    detail: format!("{max} tokens per minute"),
+                });
+            }
+        }
+        c.requests.current += 1;
+        c.in_flight += 1;
+        Ok(())
+    }
+
+    /// Release the concurrency slot and charge the tokens actually used.
+    pub fn finish(&self, key: &str, tokens: u64) {
+        let (minute, _) = now_minute();
+        let mut map = self.counters.lock();
+        if let Some(c) = map.get_mut(key) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            c.tokens.roll(minute);
+            c.tokens.current += tokens;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_per_minute_and_retry_after() {
+        let l = Limiter::default();
+        let limit = RateLimit {
+            requests_per_minute: Some(2),
+            ..RateLimit::default()
+        };
+        assert!(l.admit("k", &limit).is_ok());
+        l.finish("k", 0);
+        assert!(l.admit("k", &limit).is_ok());
+        l.finish("k", 0);
+        let e = l.admit("k", &limit).unwrap_err();
+        assert_eq!(e.reason, "rate_limit_requests");
+        assert!((1..=60).contains(&e.retry_after));
+        assert!(l.admit("other", &limit).is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn concurrency_slots_are_released() {
+        let l = Limiter::default();
+        let limit = RateLimit {
+            concurrent: Some(1),
+            ..RateLimit::default()
+        };
+        assert!(l.admit("k", &limit).is_ok());
+        assert_eq!(
+            l.admit("k", &limit).unwrap_err().reason,
+            "concurrency_limit"
+        );
+        l.finish("k", 0);
+        assert!(l.admit("k", &limit).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_charged_on_finish() {
+        let l = Limiter::default();
+        let limit = RateLimit {
+            tokens_per_minute: Some(100),
+            ..RateLimit::default()
+        };
+        assert!(l.admit("k", &limit).is_ok());
+        l.finish("k", 150);
+        assert_eq!(
+            l.admit("k", &limit).unwrap_err().reason,
+            "rate_limit_tokens"
+        );
+    }
+
+    #[test]
+    fn windows_slide() {
+        let mut w = Window {
+            minute: 10,
+            current: 60,
+            previous: 0,
+        };
+        w.roll(11);
+        assert_eq!(w.previous, 60);
+        assert!((w.estimate(0.5) - 30.0).abs() < 1e-9);
+        w.roll(13);
+        assert_eq!((w.previous, w.current), (0, 0));
+    }
+}
