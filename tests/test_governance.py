@@ -23,7 +23,15 @@ policy:
       project: limited
       provider_keys:
         openai: {value: sk-real-openai-held-by-sluice}
+    - key: sk-sluice-carol-0003
+      user: carol
+      project: budgeted
+      provider_keys:
+        openai: {value: sk-real-openai-held-by-sluice}
   policies:
+    - id: carol-budget
+      scope: {projects: [budgeted]}
+      budget: {usd: 0.001, period: day}
     - id: small-quota
       scope: {projects: [limited]}
       rate_limit: {requests_per_minute: 2}
@@ -164,3 +172,37 @@ for i in range(3):
     assert recs[-1]["reason_codes"] == ["rate_limit_requests"]
     assert recs[-1]["policy_id"] == "small-quota@v1" and recs[-1]["status"] == 429
     assert len([r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]) == 2
+
+
+BUDGETED_CALL = """
+import json, openai
+c = openai.OpenAI(api_key="sk-sluice-carol-0003", max_retries=0)
+try:
+    s = c.chat.completions.create(model="gpt-4.1", max_tokens=10, stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "spend"}],
+        extra_headers={"x-mock-chunks": "200"})
+    usage = None
+    for ch in s:
+        usage = ch.usage or usage
+    print(json.dumps({"ok": True, "out": usage.completion_tokens}))
+except openai.RateLimitError as e:
+    print(json.dumps({"ok": False, "status": e.status_code, "message": e.message}))
+"""
+
+
+def test_budget_is_settled_by_actual_stream_cost_and_survives_restart(stack):
+    first = stack.python(BUDGETED_CALL)
+    assert first == {"ok": True, "out": 200}, first
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["cost_usd"] > 0.001, "the stream alone cost more than the budget"
+    second = stack.python(BUDGETED_CALL)
+    assert second["ok"] is False and second["status"] == 429
+    assert "carol-budget@v1" in second["message"] and "budget" in second["message"]
+    recs = stack.wait_records(2, "interaction")
+    assert recs[-1]["reason_codes"] == ["budget_exceeded"]
+    # The spend is persisted: a restarted proxy still refuses.
+    stack.proxy.stop()
+    stack.start_proxy()
+    third = stack.python(BUDGETED_CALL)
+    assert third["ok"] is False and third["status"] == 429

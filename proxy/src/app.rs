@@ -118,7 +118,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
         upstream_h2: config.upstream.http2,
         mark: config.redirect.enabled.then_some(config.redirect.mark),
-        policy: crate::policy::Engine::new(&config.policy).context("preparing the policy")?,
+        policy: crate::policy::Engine::new(
+            &config.policy,
+            Arc::new(crate::policy::SqliteCounters::open(
+                &config.state_dir.join("budgets.sqlite"),
+            )?),
+        )
+        .context("preparing the policy")?,
     });
 
     // The data plane: sniff → relay | refuse | terminate TLS → HTTP interceptor.

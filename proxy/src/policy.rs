@@ -19,6 +19,7 @@
 //! Not here yet: budgets, rate limits and response-side guardrails.
 
 mod body;
+mod budget;
 mod keys;
 mod limits;
 
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use budget::{Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError};
 pub use limits::{Limited, Limiter, RateLimit};
 
 pub use keys::{
@@ -74,6 +76,10 @@ pub struct Policy {
     /// client's key fingerprint, else the process and uid, else the client address).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Spend cap per identity (or shared), checked with a worst-case estimate before the
+    /// request and settled with the real cost after it.
+    #[serde(default)]
+    pub budget: Option<Budget>,
 }
 
 fn one() -> u32 {
@@ -218,6 +224,10 @@ pub struct Facts<'a> {
     pub identity: &'a Identity,
     /// The request body as read (JSON), when it could be read whole.
     pub body: Option<&'a [u8]>,
+    /// Estimated input tokens (for the budget's worst case).
+    pub input_tokens: u64,
+    /// The maximum output the request asks for, when it says.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// The compiled policy set.
@@ -226,6 +236,7 @@ pub struct Engine {
     /// Virtual keys.
     pub keys: VirtualKeys,
     limiter: Limiter,
+    spend: Arc<dyn CounterStore>,
 }
 
 /// Rate-limit slots a request holds until it finishes.
@@ -244,7 +255,7 @@ impl Engine {
     ///
     /// # Errors
     /// A virtual key whose provider secret cannot be read.
-    pub fn new(cfg: &PolicyConfig) -> Result<Engine, KeyError> {
+    pub fn new(cfg: &PolicyConfig, spend: Arc<dyn CounterStore>) -> Result<Engine, KeyError> {
         let policies = cfg
             .policies
             .iter()
@@ -259,7 +270,19 @@ impl Engine {
             policies,
             keys: VirtualKeys::new(&cfg.virtual_keys)?,
             limiter: Limiter::default(),
+            spend,
         })
+    }
+
+    /// Add the real cost of a finished request to every budget that covers its caller.
+    pub fn settle(&self, identity: &Identity, cost_usd: f64) {
+        let period_now = now_secs();
+        for c in &self.policies {
+            if let (Some(b), true) = (&c.policy.budget, in_scope(&c.policy.scope, identity)) {
+                let key = budget_key(&c.policy, b, identity);
+                self.spend.add(&key, b.period.index(period_now), cost_usd);
+            }
+        }
     }
 
     /// Rate limits, decided on identity alone before the body is read, so an over-limit
@@ -319,6 +342,7 @@ impl Engine {
             let id = format!("{}@v{}", p.id, p.version);
             let mut block: Option<String> = None;
             let mut redact = false;
+            let mut budget_block = false;
 
             // 2. Provider and model rules.
             if let Some(rule) = &p.providers {
@@ -386,6 +410,38 @@ impl Engine {
                 }
             }
 
+            // 4. Budget: only a request that would otherwise pass reserves its worst case.
+            if let (Some(b), None) = (&p.budget, &block) {
+                let price = facts
+                    .model
+                    .and_then(|m| crate::pricing::PriceTable::embedded().lookup(facts.provider, m));
+                match price {
+                    None => {
+                        v.reason_codes.push("budget_unpriced_model".into());
+                        block = Some(format!(
+                            "model {:?} has no price, so its spend cannot be budgeted",
+                            facts.model.unwrap_or("")
+                        ));
+                    }
+                    Some(price) => {
+                        let out = facts.max_output_tokens.unwrap_or(b.default_max_tokens);
+                        let worst = (facts.input_tokens as f64 * price.input_per_mtok
+                            + out as f64 * price.output_per_mtok)
+                            / 1e6;
+                        let key = budget_key(p, b, facts.identity);
+                        let spent = self.spend.spent(&key, b.period.index(now_secs()));
+                        if spent + worst > b.usd {
+                            v.reason_codes.push("budget_exceeded".into());
+                            block = Some(format!(
+                                "budget exhausted: ${spent:.6} of ${:.6} spent this {:?} period, this request may cost up to ${worst:.6}",
+                                b.usd, b.period
+                            ));
+                            budget_block = true;
+                        }
+                    }
+                }
+            }
+
             // Combine: the first enforcing block decides; shadow decisions are recorded.
             match (block, p.mode) {
                 (Some(why), Mode::Enforce) => {
@@ -393,7 +449,7 @@ impl Engine {
                     v.policy_id = Some(id.clone());
                     v.mode = Some("enforce");
                     v.refusal = Some((
-                        403,
+                        if budget_block { 429 } else { 403 },
                         format!("Request blocked by Sluice policy {id}: {why}."),
                     ));
                     v.rewritten_body = None;
@@ -423,6 +479,22 @@ impl Engine {
             v.rewritten_body = body.and_then(|b| serde_json::to_vec(&b).ok());
         }
         v
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A budget counter: shared by name, else per policy (not version: a policy edit must not
+/// reset spend) and identity.
+fn budget_key(p: &Policy, b: &Budget, identity: &Identity) -> String {
+    match &b.shared {
+        Some(name) => format!("shared:{name}"),
+        None => format!("{}|{}", p.id, limit_key(identity)),
     }
 }
 

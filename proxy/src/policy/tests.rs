@@ -2,7 +2,7 @@ use super::*;
 
 fn engine(yaml: &str) -> Engine {
     let cfg: PolicyConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    Engine::new(&cfg).unwrap()
+    Engine::new(&cfg, Arc::new(MemoryCounters::default())).unwrap()
 }
 
 fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
@@ -11,6 +11,8 @@ fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
         model: Some(model),
         identity: id,
         body: Some(body),
+        input_tokens: 10,
+        max_output_tokens: Some(100),
     }
 }
 
@@ -116,6 +118,39 @@ fn a_missing_provider_secret_fails_start_up() {
         "virtual_keys:\n  - key: sk-sluice-x\n    user: x\n    provider_keys:\n      openai: {env: SLUICE_TEST_UNSET_VARIABLE}\n",
     )
     .unwrap();
-    let err = Engine::new(&cfg).err().unwrap().to_string();
+    let err = Engine::new(&cfg, Arc::new(MemoryCounters::default()))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("SLUICE_TEST_UNSET_VARIABLE"), "{err}");
+}
+
+#[test]
+fn budgets_check_the_worst_case_and_settle_the_real_cost() {
+    // gpt-4o-mini: $0.15 in / $0.60 out per 1M; worst case here 10 in + 100 out = $0.0000615.
+    let e = engine("policies:\n  - id: cap\n    budget: {usd: 0.0001, period: day}\n");
+    let id = Identity {
+        user: Some("alice".into()),
+        ..Identity::default()
+    };
+    assert_eq!(
+        e.evaluate(&facts("gpt-4o-mini", &id, BODY)).decision,
+        Decision::Allow
+    );
+    e.settle(&id, 0.00005);
+    let v = e.evaluate(&facts("gpt-4o-mini", &id, BODY));
+    assert_eq!(v.decision, Decision::Block);
+    assert_eq!(v.reason_codes, vec!["budget_exceeded"]);
+    assert_eq!(v.refusal.unwrap().0, 429);
+    let bob = Identity {
+        user: Some("bob".into()),
+        ..Identity::default()
+    };
+    assert_eq!(
+        e.evaluate(&facts("gpt-4o-mini", &bob, BODY)).decision,
+        Decision::Allow,
+        "per identity"
+    );
+    let v = e.evaluate(&facts("llama-local", &bob, BODY));
+    assert_eq!(v.reason_codes, vec!["budget_unpriced_model"]);
 }

@@ -82,12 +82,31 @@ impl Interceptor {
                 .and_then(|ep| ep.model_from_path.clone())
         });
         let identity = ctx.identity.clone().unwrap_or_default();
+        let input_tokens = parsed.as_ref().map_or(0, |p| {
+            p.messages
+                .iter()
+                .map(|m| providers::estimate_tokens(&m.content))
+                .sum()
+        });
+        let max_output_tokens = parsed.as_ref().and_then(|p| {
+            ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|k| p.params.get(*k).and_then(|v| v.as_u64()))
+                .or_else(|| {
+                    p.params
+                        .get("generationConfig")
+                        .and_then(|g| g.get("maxOutputTokens"))
+                        .and_then(|v| v.as_u64())
+                })
+        });
         let before = std::mem::take(&mut ctx.verdict);
         ctx.verdict = self.shared.policy.evaluate(&policy::Facts {
             provider: conn.adapter.name(),
             model: model.as_deref(),
             identity: &identity,
             body: Some(&ctx.request.buf),
+            input_tokens,
+            max_output_tokens,
         });
         // Keep what the rate-limit step noted (shadow limits, uninspected bodies).
         let mut codes = before.reason_codes;
@@ -450,6 +469,15 @@ impl ProxyHttp for Interceptor {
             ctx,
             status,
         );
+        if let Some(admission) = ctx.admission.take() {
+            let tokens =
+                record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
+            self.shared.policy.finish(admission, tokens);
+        }
+        // Budgets are settled with the real cost, streams and cancellations included.
+        if let Some(cost) = record.cost_usd {
+            self.shared.policy.settle(&record.identity, cost);
+        }
         let provider = conn.adapter.name();
         let endpoint = record.endpoint.as_deref().unwrap_or("other");
         metrics::REQUESTS

@@ -1,0 +1,210 @@
+//! Budgets in USD per scope and period, persisted so a restart forgets nothing.
+//!
+//! Before a request: its worst case (estimated input tokens at the input price plus the
+//! requested maximum output at the output price) must fit in what is left. After it: the
+//! real cost from the record is added — streams and cancelled streams included, since
+//! both end in a priced record. A model missing from the price table cannot be budgeted
+//! and is refused by a budgeted policy (`budget_unpriced_model`): spend that cannot be
+//! counted cannot be capped.
+//!
+//! Counters are kept behind [`CounterStore`]; [`SqliteCounters`] is the embedded default
+//! (a fleet shares one store later). Reads come from memory; every spend is written
+//! through, so a crash loses nothing already settled.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+/// `budget:` of a policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// The cap, in USD.
+    pub usd: f64,
+    /// `day` (UTC), `month` (UTC) or `total`.
+    #[serde(default)]
+    pub period: Period,
+    /// Name of a shared budget: every identity (and every policy naming it) draws from
+    /// one counter. Default: each identity has its own.
+    #[serde(default)]
+    pub shared: Option<String>,
+    /// Output tokens assumed when a request sets no maximum. Default: 4096.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_max_tokens() -> u64 {
+    4096
+}
+
+/// Budget period.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// Calendar day, UTC.
+    Day,
+    /// Calendar month, UTC.
+    #[default]
+    Month,
+    /// Never resets.
+    Total,
+}
+
+impl Period {
+    /// A stable number for the period containing `unix_secs`.
+    pub fn index(self, unix_secs: i64) -> i64 {
+        match self {
+            Period::Day => unix_secs.div_euclid(86_400),
+            Period::Month => {
+                let t = time::OffsetDateTime::from_unix_timestamp(unix_secs)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                i64::from(t.year()) * 12 + i64::from(u8::from(t.month()))
+            }
+            Period::Total => 0,
+        }
+    }
+}
+
+/// Where spend is counted.
+pub trait CounterStore: Send + Sync {
+    /// USD spent under `key` in `period`.
+    fn spent(&self, key: &str, period: i64) -> f64;
+    /// Add `usd` under `key` in `period`.
+    fn add(&self, key: &str, period: i64, usd: f64);
+}
+
+/// Errors opening the counter store.
+#[derive(Debug, thiserror::Error)]
+#[error("budget counters at {path}: {source} (check the state directory is writable)")]
+pub struct StoreError {
+    path: String,
+    source: rusqlite::Error,
+}
+
+/// SQLite-backed counters with an in-memory read cache.
+pub struct SqliteCounters {
+    db: Mutex<rusqlite::Connection>,
+    cache: Mutex<HashMap<(String, i64), f64>>,
+}
+
+impl SqliteCounters {
+    /// Open (create) the store and load every counter.
+    ///
+    /// # Errors
+    /// [`StoreError`] naming the file.
+    pub fn open(path: &Path) -> Result<SqliteCounters, StoreError> {
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let db = rusqlite::Connection::open(path).map_err(err)?;
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS spend (key TEXT NOT NULL, period INTEGER NOT NULL,
+               usd REAL NOT NULL, PRIMARY KEY (key, period));",
+        )
+        .map_err(err)?;
+        let mut cache = HashMap::new();
+        {
+            let mut stmt = db
+                .prepare("SELECT key, period, usd FROM spend")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+                .map_err(err)?;
+            for row in rows {
+                let (k, v) = row.map_err(err)?;
+                cache.insert(k, v);
+            }
+        }
+        Ok(SqliteCounters {
+            db: Mutex::new(db),
+            cache: Mutex::new(cache),
+        })
+    }
+}
+
+impl CounterStore for SqliteCounters {
+    fn spent(&self, key: &str, period: i64) -> f64 {
+        self.cache
+            .lock()
+            .get(&(key.to_string(), period))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn add(&self, key: &str, period: i64, usd: f64) {
+        if usd <= 0.0 {
+            return;
+        }
+        *self
+            .cache
+            .lock()
+            .entry((key.to_string(), period))
+            .or_insert(0.0) += usd;
+        let result = self.db.lock().execute(
+            "INSERT INTO spend (key, period, usd) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key, period) DO UPDATE SET usd = usd + excluded.usd",
+            rusqlite::params![key, period, usd],
+        );
+        if let Err(e) = result {
+            tracing::error!(key, error = %e, "cannot persist budget spend; it is kept in memory");
+        }
+    }
+}
+
+/// In-memory counters (tests, or when no state directory is wanted).
+#[derive(Default)]
+pub struct MemoryCounters(Mutex<HashMap<(String, i64), f64>>);
+
+impl CounterStore for MemoryCounters {
+    fn spent(&self, key: &str, period: i64) -> f64 {
+        self.0
+            .lock()
+            .get(&(key.to_string(), period))
+            .copied()
+            .unwrap_or(0.0)
+    }
+    fn add(&self, key: &str, period: i64, usd: f64) {
+        *self
+            .0
+            .lock()
+            .entry((key.to_string(), period))
+            .or_insert(0.0) += usd;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        let t = 1_763_900_000; // 2025-11-23
+        assert_eq!(Period::Day.index(t), t / 86_400);
+        assert_eq!(Period::Month.index(t), 2025 * 12 + 11);
+        assert_eq!(Period::Total.index(t), 0);
+    }
+
+    #[test]
+    fn sqlite_counters_survive_reopen() {
+        let path =
+            std::env::temp_dir().join(format!("sluice-budget-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let s = SqliteCounters::open(&path).unwrap();
+            s.add("user:alice", 7, 0.25);
+            s.add("user:alice", 7, 0.5);
+            assert!((s.spent("user:alice", 7) - 0.75).abs() < 1e-12);
+        }
+        let s = SqliteCounters::open(&path).unwrap();
+        assert!((s.spent("user:alice", 7) - 0.75).abs() < 1e-12);
+        assert_eq!(s.spent("user:alice", 8), 0.0);
+        let _ = std::fs::remove_file(&path);
+    }
+}
