@@ -206,3 +206,49 @@ def test_budget_is_settled_by_actual_stream_cost_and_survives_restart(stack):
     stack.start_proxy()
     third = stack.python(BUDGETED_CALL)
     assert third["ok"] is False and third["status"] == 429
+
+
+def test_live_reload_applies_valid_policy_and_keeps_the_old_one_on_errors(stack):
+    import os
+    import signal
+    import time
+
+    call = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client", max_retries=0)
+try:
+    c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    print(json.dumps({"blocked": False}))
+except openai.PermissionDeniedError as e:
+    print(json.dumps({"blocked": True}))
+"""
+    assert stack.python(call) == {"blocked": True}
+    original = stack.config.read_text()
+    # Allow gpt-4o from version 3 on.
+    stack.config.write_text(original.replace(
+        'version: 2\n      models: {deny: ["gpt-4o", "o3*"]}',
+        'version: 3\n      models: {deny: ["o3*"]}'))
+    os.kill(stack.proxy.pid, signal.SIGHUP)
+
+    def until(pred, what):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.2)
+        raise AssertionError(what)
+
+    until(lambda: stack.python(call) == {"blocked": False}, "the new policy never took effect")
+    # A broken file is rejected; the running policy stays.
+    stack.config.write_text(original.replace("version: 2", "version: two"))
+    os.kill(stack.proxy.pid, signal.SIGHUP)
+    until(lambda: any(r["kind"] == "admin" and r["outcome"] == "failure"
+                      for r in stack.all_records()), "no failed-reload record")
+    assert stack.python(call) == {"blocked": False}
+    admin = [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "reload"]
+    ok = next(r for r in admin if r["outcome"] == "success")
+    assert "model-allowlist@v2 -> model-allowlist@v3" in ok["details"]["changed"]
+    assert ok["initiator"]["id"].startswith("uid:")
+    bad = next(r for r in admin if r["outcome"] == "failure")
+    assert "version" in bad["details"]["error"]
+    assert stack.metric('sluice_config_reloads_total{result="failure"}') >= 1

@@ -25,7 +25,7 @@ use crate::{metrics, tls};
 /// # Errors
 /// Anything that prevents start-up (CA missing, a port taken, state dir unwritable),
 /// with what to do about it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     // Metrics exist (at zero) before the first scrape.
     metrics::init();
 
@@ -118,13 +118,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
         upstream_h2: config.upstream.http2,
         mark: config.redirect.enabled.then_some(config.redirect.mark),
-        policy: crate::policy::Engine::new(
-            &config.policy,
-            Arc::new(crate::policy::SqliteCounters::open(
-                &config.state_dir.join("budgets.sqlite"),
-            )?),
-        )
-        .context("preparing the policy")?,
+        policy: arc_swap::ArcSwap::from_pointee(
+            crate::policy::Engine::new(
+                &config.policy,
+                Arc::new(crate::policy::SqliteCounters::open(
+                    &config.state_dir.join("budgets.sqlite"),
+                )?),
+            )
+            .context("preparing the policy")?,
+        ),
     });
 
     // The data plane: sniff → relay | refuse | terminate TLS → HTTP interceptor.
@@ -132,7 +134,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         Interceptor::new(shared.clone()),
     ));
-    let app = InterceptApp::new(shared, tls::acceptor(resolver), http);
+    let app = InterceptApp::new(shared.clone(), tls::acceptor(resolver), http);
     let mut data = Service::new("sluice data plane".to_string(), app);
     for addr in &config.listen {
         // Fail early with a clear message; Pingora would panic on a taken port.
@@ -141,6 +143,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         data.add_tcp(&addr.to_string());
     }
     server.add_service(data);
+
+    // Live policy reload on SIGHUP or when the config file changes.
+    if let Some(path) = config_path {
+        server.add_service(background_service(
+            "config reload",
+            ReloadService {
+                path,
+                shared: shared.clone(),
+                current: std::sync::Mutex::new(config.clone()),
+            },
+        ));
+    }
 
     // Metrics endpoint.
     if let Some(l) = metrics_listener {
@@ -205,6 +219,140 @@ impl BackgroundService for MetricsService {
         tokio::select! {
             _ = metrics::serve(listener) => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Re-reads the config on SIGHUP or when its file changes. The policy section takes
+/// effect at once; a file that does not validate keeps the running policy, and says why.
+/// Every attempt is an admin record (`reload`, success or failure, with what changed).
+struct ReloadService {
+    path: std::path::PathBuf,
+    shared: Arc<crate::proxy::Shared>,
+    current: std::sync::Mutex<Config>,
+}
+
+impl ReloadService {
+    fn mtime(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    async fn reload(&self, trigger: &str) {
+        use crate::record::{Admin, AdminAction, AdminOutcome, Initiator, Record, Target};
+        let initiator = Initiator {
+            id: format!("uid:{}", nix::unistd::getuid()),
+            role: format!("local ({trigger})"),
+            ip: None,
+        };
+        let target = Target {
+            kind: "config".into(),
+            id: self.path.display().to_string(),
+        };
+        let outcome = match Config::load(&self.path) {
+            Err(e) => Err(e.to_string()),
+            Ok(next) => {
+                let engine = self.shared.policy.load_full();
+                match engine.reload(&next.policy) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(new_engine) => {
+                        let mut diff = engine.diff(&new_engine);
+                        let restart = restart_needed(
+                            &self.current.lock().unwrap_or_else(|e| e.into_inner()),
+                            &next,
+                        );
+                        diff["needs_restart"] = serde_json::json!(restart);
+                        self.shared.policy.store(Arc::new(new_engine));
+                        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                        Ok(diff)
+                    }
+                }
+            }
+        };
+        let (result, admin) = match outcome {
+            Ok(diff) => {
+                tracing::info!(trigger, changes = %diff, "policy reloaded");
+                (
+                    "success",
+                    Admin::new(
+                        AdminAction::Reload,
+                        AdminOutcome::Success,
+                        initiator,
+                        target,
+                        diff,
+                    ),
+                )
+            }
+            Err(why) => {
+                tracing::error!(trigger, error = %why, "config reload rejected; the running policy stays in force");
+                (
+                    "failure",
+                    Admin::new(
+                        AdminAction::Reload,
+                        AdminOutcome::Failure,
+                        initiator,
+                        target,
+                        serde_json::json!({ "error": why }),
+                    ),
+                )
+            }
+        };
+        metrics::CONFIG_RELOADS.with_label_values(&[result]).inc();
+        self.shared
+            .recorder
+            .submit(Record::Admin(Box::new(admin)))
+            .await;
+    }
+}
+
+/// Top-level sections that differ and only take effect after a restart.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    if !same(&old.listen, &new.listen) {
+        out.push("listen");
+    }
+    if !same(&old.providers, &new.providers) {
+        out.push("providers");
+    }
+    if !same(&old.original_dst, &new.original_dst) {
+        out.push("original_dst");
+    }
+    if !same(&old.upstream, &new.upstream) {
+        out.push("upstream");
+    }
+    if !same(&old.redirect, &new.redirect) {
+        out.push("redirect");
+    }
+    out
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on file change only");
+                return;
+            }
+        };
+        let mut seen = self.mtime();
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload("SIGHUP").await,
+                _ = tick.tick() => {
+                    let now = self.mtime();
+                    if now != seen {
+                        seen = now;
+                        self.reload("file change").await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            sluice::app::run(load(config.as_deref())?)?;
+            sluice::app::run(load(config.as_deref())?, config)?;
         }
         Command::Ca { command } => match command {
             CaCommand::Init { config, name } => {

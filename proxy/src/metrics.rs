@@ -215,6 +215,15 @@ pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Config reload attempts by result.
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_config_reloads_total",
+        "Config reloads (SIGHUP or file change): success, failure (old policy kept)",
+        &["result"],
+    )
+});
+
 /// Text exposition of every Sluice metric.
 pub fn render() -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -245,6 +254,7 @@ pub fn init() {
     LazyLock::force(&REDIRECT_EVENTS);
     LazyLock::force(&GUARDRAIL_FINDINGS);
     LazyLock::force(&DECISIONS);
+    LazyLock::force(&CONFIG_RELOADS);
 }
 
 /// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.

@@ -235,8 +235,10 @@ pub struct Engine {
     policies: Vec<Compiled>,
     /// Virtual keys.
     pub keys: VirtualKeys,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     spend: Arc<dyn CounterStore>,
+    /// The policies as configured, to describe what a reload changed.
+    config: PolicyConfig,
 }
 
 /// Rate-limit slots a request holds until it finishes.
@@ -269,8 +271,67 @@ impl Engine {
         Ok(Engine {
             policies,
             keys: VirtualKeys::new(&cfg.virtual_keys)?,
-            limiter: Limiter::default(),
+            limiter: Arc::new(Limiter::default()),
             spend,
+            config: cfg.clone(),
+        })
+    }
+
+    /// A new engine for a changed config that keeps this one's counters (rate windows,
+    /// in-flight slots, budget spend), so a reload neither resets nor double-counts.
+    ///
+    /// # Errors
+    /// As [`Engine::new`].
+    pub fn reload(&self, cfg: &PolicyConfig) -> Result<Engine, KeyError> {
+        let mut next = Engine::new(cfg, self.spend.clone())?;
+        next.limiter = self.limiter.clone();
+        Ok(next)
+    }
+
+    /// What changed between this engine's policies and `next`'s, for the audit trail:
+    /// `{"added": [...], "removed": [...], "changed": [...]}` of `id@vN`, plus whether the
+    /// virtual keys changed (never the keys themselves).
+    pub fn diff(&self, next: &Engine) -> serde_json::Value {
+        let show = |p: &Policy| format!("{}@v{}", p.id, p.version);
+        let old: std::collections::BTreeMap<_, _> = self
+            .config
+            .policies
+            .iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let new: std::collections::BTreeMap<_, _> = next
+            .config
+            .policies
+            .iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let added: Vec<_> = new
+            .iter()
+            .filter(|(k, _)| !old.contains_key(*k))
+            .map(|(_, p)| show(p))
+            .collect();
+        let removed: Vec<_> = old
+            .iter()
+            .filter(|(k, _)| !new.contains_key(*k))
+            .map(|(_, p)| show(p))
+            .collect();
+        let changed: Vec<_> = new
+            .iter()
+            .filter_map(|(k, p)| {
+                let o = old.get(k)?;
+                let differs = format!("{o:?}") != format!("{p:?}");
+                differs.then(|| format!("{} -> {}", show(o), show(p)))
+            })
+            .collect();
+        let users = |c: &PolicyConfig| -> Vec<String> {
+            c.virtual_keys.iter().map(|k| k.user.clone()).collect()
+        };
+        serde_json::json!({
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "virtual_key_users_before": users(&self.config),
+            "virtual_key_users_after": users(&next.config),
         })
     }
 

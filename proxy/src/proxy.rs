@@ -174,8 +174,8 @@ pub struct Shared {
     pub upstream_h2: bool,
     /// SO_MARK for upstream sockets, so the redirect probe never loops them back.
     pub mark: Option<u32>,
-    /// Governance: virtual keys and the policy chain.
-    pub policy: crate::policy::Engine,
+    /// Governance: virtual keys and the policy chain, swapped whole on reload.
+    pub policy: arc_swap::ArcSwap<crate::policy::Engine>,
 }
 
 /// The `ServerApp` every listener runs.

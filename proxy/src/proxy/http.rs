@@ -100,7 +100,7 @@ impl Interceptor {
                 })
         });
         let before = std::mem::take(&mut ctx.verdict);
-        ctx.verdict = self.shared.policy.evaluate(&policy::Facts {
+        ctx.verdict = self.shared.policy.load().evaluate(&policy::Facts {
             provider: conn.adapter.name(),
             model: model.as_deref(),
             identity: &identity,
@@ -250,7 +250,7 @@ impl ProxyHttp for Interceptor {
         let mut identity = conn.identity.clone();
         if let Some((header, key)) = policy::presented_key(&req.headers) {
             if key.starts_with(policy::VIRTUAL_KEY_PREFIX) {
-                let engine = &self.shared.policy;
+                let engine = self.shared.policy.load_full();
                 let Some(vk) = engine.keys.resolve(&key) else {
                     ctx.identity = Some(identity);
                     return self
@@ -281,7 +281,8 @@ impl ProxyHttp for Interceptor {
         }
         // Rate limits: on identity alone, before reading the body.
         let mut shadow = Vec::new();
-        match self.shared.policy.admit(&identity, &mut shadow) {
+        let engine = self.shared.policy.load_full();
+        match engine.admit(&identity, &mut shadow) {
             Ok(admission) => ctx.admission = Some(admission),
             Err((policy_id, limited)) => {
                 ctx.identity = Some(identity);
@@ -306,7 +307,7 @@ impl ProxyHttp for Interceptor {
         ctx.identity = Some(identity);
 
         // Policies that look at the body decide before anything is sent upstream.
-        if self.shared.policy.needs_body() && ctx.endpoint.is_some() {
+        if engine.needs_body() && ctx.endpoint.is_some() {
             self.preread_and_decide(session, ctx).await?;
             if let Some((status, message)) = ctx.verdict.refusal.clone() {
                 let code = ctx
@@ -472,11 +473,11 @@ impl ProxyHttp for Interceptor {
         if let Some(admission) = ctx.admission.take() {
             let tokens =
                 record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
-            self.shared.policy.finish(admission, tokens);
+            self.shared.policy.load().finish(admission, tokens);
         }
         // Budgets are settled with the real cost, streams and cancellations included.
         if let Some(cost) = record.cost_usd {
-            self.shared.policy.settle(&record.identity, cost);
+            self.shared.policy.load().settle(&record.identity, cost);
         }
         let provider = conn.adapter.name();
         let endpoint = record.endpoint.as_deref().unwrap_or("other");
