@@ -129,9 +129,6 @@ original_dst:
 
     def all_records(self) -> list[dict]:
         """Every record in the ledger, oldest first (through `sluice events tail --json`)."""
-        jsonl = self.state / "records.jsonl"
-        if jsonl.exists():
-            return [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()]
         out = self.cli("events", "tail", "--json", "--limit", "1000000").stdout
         rows = [json.loads(line) for line in out.splitlines() if line.strip()]
         return sorted(rows, key=lambda r: r["seq"])

@@ -239,12 +239,17 @@ except openai.PermissionDeniedError as e:
         raise AssertionError(what)
 
     until(lambda: stack.python(call) == {"blocked": False}, "the new policy never took effect")
-    # A broken file is rejected; the running policy stays.
+    # A broken file is rejected; the running policy stays. (The CLI reads the ledger
+    # with an intact copy of the config meanwhile.)
+    intact = stack.dir / "intact.yaml"
+    intact.write_text(stack.config.read_text())
     stack.config.write_text(original.replace("version: 2", "version: two"))
+    watched, stack.config = stack.config, intact
     os.kill(stack.proxy.pid, signal.SIGHUP)
     until(lambda: any(r["kind"] == "admin" and r["outcome"] == "failure"
                       for r in stack.all_records()), "no failed-reload record")
     assert stack.python(call) == {"blocked": False}
+    assert watched.read_text().count("version: two") == 1
     admin = [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "reload"]
     ok = next(r for r in admin if r["outcome"] == "success")
     assert "model-allowlist@v2 -> model-allowlist@v3" in ok["details"]["changed"]

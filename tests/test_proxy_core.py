@@ -255,7 +255,7 @@ def test_metrics_count_what_happened(stack):
     assert stack.metric('sluice_tokens_total{direction="input",provider="openai"}') > 0
     assert stack.metric('sluice_cost_micro_usd_total{provider="openai"}') > 0
     assert stack.metric('sluice_tls_handshakes_total{result="ok"}') >= 1
-    assert stack.metric('sluice_records_written_total{kind="interaction"}') == 2
+    assert stack.metric('sluice_ledger_records_total{kind="interaction"}') == 2
     assert stack.metric("sluice_added_latency_seconds_count") == 2
 
 

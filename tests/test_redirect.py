@@ -81,7 +81,6 @@ class Redirected:
         self.port = free_port("127.0.0.1")
         self.metrics_port = free_port("127.0.0.1")
         self.state = tmp_path / "state"
-        self.records = self.state / "records.jsonl"
         self.config = tmp_path / "sluice.yaml"
         self.config.write_text(f"""listen: ["127.0.0.1:{self.port}", "{topo.client_gw}:{self.port}", "[{topo.client_gw6}]:{self.port}"]
 metrics_listen: "127.0.0.1:{self.metrics_port}"
@@ -137,10 +136,10 @@ redirect:
         return json.loads(r.stdout)
 
     def interactions(self) -> list[dict]:
-        if not self.records.exists():
-            return []
-        rows = [json.loads(x) for x in self.records.read_text().splitlines() if x.strip()]
-        return [r for r in rows if r["kind"] == "interaction"]
+        out = run([str(sluice_bin()), "events", "tail", "--json", "--limit", "100000",
+                   "--kind", "interaction", "--config", str(self.config)], check=False)
+        rows = [json.loads(x) for x in out.stdout.splitlines() if x.strip()]
+        return sorted(rows, key=lambda r: r["seq"])
 
     def wait_interactions(self, n: int, timeout: float = 15) -> list[dict]:
         deadline = time.monotonic() + timeout

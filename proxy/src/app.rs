@@ -14,10 +14,11 @@ use pingora::services::listening::Service;
 
 use crate::ca::{Ca, LeafResolver};
 use crate::config::Config;
+use crate::ledger::{Ledger, LedgerSink};
 use crate::original_dst::{Chain, LoopGuard, OriginalDst, StaticDst};
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
 use crate::redirect::Redirect;
-use crate::sink::{self, JsonlSink, Recorder};
+use crate::sink::{self, Recorder};
 use crate::{metrics, tls};
 
 /// Start a node and serve until SIGINT/SIGTERM, then flush records.
@@ -54,11 +55,20 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     let roots = tls::write_trust_bundle(config.upstream.ca_file.as_deref(), &bundle)?;
     tracing::info!(roots, bundle = %bundle.display(), "upstream trust bundle written");
 
-    // Record writer thread, fed through a bounded channel.
-    let records_path = config.records_path();
-    let jsonl = JsonlSink::open(&records_path)?;
-    let (recorder, writer) = sink::spawn_writer(Box::new(jsonl), config.records.channel_capacity)
-        .context("starting the record writer")?;
+    // The audit ledger: interactions are appended on the request path; connection and
+    // admin records reach it through the writer thread and its bounded channel.
+    let ledger_config = config.ledger();
+    let ledger = Arc::new(Ledger::open(&ledger_config).with_context(|| {
+        format!(
+            "opening the audit ledger in {} (set ledger.dir to a writable directory)",
+            ledger_config.dir.display()
+        )
+    })?);
+    let (recorder, writer) = sink::spawn_writer(
+        Box::new(LedgerSink::new(ledger.clone())),
+        config.records.channel_capacity,
+    )
+    .context("starting the record writer")?;
 
     // Bind the metrics port now, so a taken port fails start-up instead of a log line.
     let metrics_listener = match config.metrics_listen {
@@ -112,6 +122,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         original_dst: Box::new(Chain(sources)),
         loop_guard: LoopGuard::new(config.listen.clone()),
         recorder: recorder.clone(),
+        ledger: ledger.clone(),
+        on_ledger_failure: config.on_ledger_failure,
+        ledger_failed_at: std::sync::atomic::AtomicU64::new(0),
         conns: Arc::new(ConnTable::default()),
         max_inspect_bytes: config.max_inspect_bytes,
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
@@ -144,6 +157,15 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     }
     server.add_service(data);
 
+    // Admin records from CLI commands run while this process holds the ledger.
+    server.add_service(background_service(
+        "ledger inbox",
+        InboxService {
+            dir: crate::inbox::dir(&ledger_config.dir),
+            recorder: recorder.clone(),
+        },
+    ));
+
     // Live policy reload on SIGHUP or when the config file changes.
     if let Some(path) = config_path {
         server.add_service(background_service(
@@ -167,7 +189,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     tracing::info!(
         listen = ?config.listen,
         metrics = ?config.metrics_listen,
-        records = %records_path.display(),
+        ledger = %ledger_config.dir.display(),
         "sluice is running"
     );
     server.run(RunArgs::default());
@@ -180,7 +202,40 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     flush(&recorder);
     drop(recorder);
     drop(writer);
+    match Arc::try_unwrap(ledger) {
+        Ok(l) => l.close().context("closing the ledger")?,
+        Err(l) => l.flush(),
+    }
     Ok(())
+}
+
+/// Appends admin records that CLI commands left in the ledger's inbox (they cannot open
+/// the ledger while this process holds its lock).
+struct InboxService {
+    dir: std::path::PathBuf,
+    recorder: Recorder,
+}
+
+#[async_trait]
+impl BackgroundService for InboxService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for (path, admin) in crate::inbox::read(&self.dir) {
+                        self.recorder
+                            .submit(crate::record::Record::Admin(Box::new(admin)))
+                            .await;
+                        // Written to the ledger before the file goes.
+                        self.recorder.flush().await;
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 fn flush(recorder: &Recorder) {

@@ -72,8 +72,15 @@ pub struct Config {
     pub original_dst: OriginalDstConfig,
     /// Connections to the providers.
     pub upstream: UpstreamConfig,
-    /// Where interaction and connection records go.
+    /// Hand-off of records to the ledger.
     pub records: RecordsConfig,
+    /// The tamper-evident audit ledger. Default directory: `<state_dir>/ledger`.
+    pub ledger: crate::ledger::LedgerConfig,
+    /// When the ledger cannot be written (disk full, unwritable path): `fail_closed`
+    /// (default: requests are refused with a clear error, nothing goes unrecorded) or
+    /// `fail_open` (requests pass; each lost record is logged with its metadata and
+    /// counted in `sluice_ledger_append_errors_total`).
+    pub on_ledger_failure: OnLedgerFailure,
     /// The eBPF transparent redirect (off by default).
     pub redirect: crate::redirect::RedirectConfig,
     /// Governance: virtual keys and the policy chain (empty: everything is allowed).
@@ -84,6 +91,9 @@ pub struct Config {
     pub max_inspect_bytes: usize,
     /// Worker threads of the data plane. Default: the number of CPUs.
     pub threads: usize,
+    /// Whether the file named `ledger.dir` (otherwise it follows `state_dir`).
+    #[serde(skip)]
+    ledger_dir_given: bool,
 }
 
 /// Where the organisation CA lives.
@@ -144,12 +154,21 @@ pub struct UpstreamConfig {
     pub http2: bool,
 }
 
-/// The record sink.
+/// What to do when the ledger cannot be written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLedgerFailure {
+    /// Refuse requests until the ledger works again.
+    #[default]
+    FailClosed,
+    /// Let requests through; log and count what could not be recorded.
+    FailOpen,
+}
+
+/// Hand-off of connection and admin records (off the request path) to the ledger.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordsConfig {
-    /// JSON Lines file. Default: `<state_dir>/records.jsonl`.
-    pub path: Option<PathBuf>,
     /// Records buffered between the request path and the writer. When full, requests wait
     /// for room rather than drop a record. Default: 8192.
     pub channel_capacity: usize,
@@ -206,12 +225,15 @@ impl Default for Config {
             original_dst: OriginalDstConfig::default(),
             upstream: UpstreamConfig::default(),
             records: RecordsConfig::default(),
+            ledger: crate::ledger::LedgerConfig::default(),
+            on_ledger_failure: OnLedgerFailure::FailClosed,
             redirect: crate::redirect::RedirectConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            ledger_dir_given: false,
         }
     }
 }
@@ -241,7 +263,6 @@ impl Default for UpstreamConfig {
 impl Default for RecordsConfig {
     fn default() -> Self {
         RecordsConfig {
-            path: None,
             channel_capacity: 8192,
         }
     }
@@ -267,7 +288,7 @@ impl Config {
     /// [`ConfigError::Invalid`] listing every semantic problem found.
     pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
         // An empty document is a valid, all-defaults config.
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| {
@@ -283,6 +304,10 @@ impl Config {
                 }
             })?
         };
+        config.ledger_dir_given = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            .ok()
+            .and_then(|v| v.get("ledger").and_then(|l| l.get("dir")).cloned())
+            .is_some();
         let problems = config.problems(text, file);
         if problems.is_empty() {
             Ok(config)
@@ -474,12 +499,14 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("ca").join("ca.key"))
     }
 
-    /// Path of the JSONL record file.
-    pub fn records_path(&self) -> PathBuf {
-        self.records
-            .path
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("records.jsonl"))
+    /// The ledger settings with the directory resolved: an explicit `ledger.dir` wins,
+    /// otherwise `<state_dir>/ledger`.
+    pub fn ledger(&self) -> crate::ledger::LedgerConfig {
+        let mut l = self.ledger.clone();
+        if !self.ledger_dir_given {
+            l.dir = self.state_dir.join("ledger");
+        }
+        l
     }
 }
 
@@ -521,7 +548,7 @@ mod tests {
         assert_eq!(c.listen, vec!["127.0.0.1:15443".parse().unwrap()]);
         assert_eq!(c.max_inspect_bytes, 8 << 20);
         assert!(c.providers.iter().any(|p| p.host == "api.anthropic.com"));
-        assert_eq!(c.records_path(), default_state_dir().join("records.jsonl"));
+        assert_eq!(c.ledger().dir, default_state_dir().join("ledger"));
     }
 
     #[test]

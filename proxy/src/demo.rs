@@ -14,7 +14,7 @@
 //!
 //! No traffic leaves loopback.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -232,16 +232,15 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     // 4. The proxy, as a real `sluice run` process.
     let proxy_addr = free_addr()?;
     let metrics_addr = free_addr()?;
-    let records = dir.join("records.jsonl");
-    if records.exists() {
-        std::fs::rename(&records, dir.join("records.prev.jsonl"))?;
-    }
+    // The default ledger, so `sluice events tail` with no flags shows what the demo did.
+    let ledger_dir = crate::config::default_state_dir().join("ledger");
+    let before = last_seq(&ledger_dir);
     let config_path = dir.join("sluice.yaml");
     let mut yaml = format!(
-        "# Written by `sluice demo`.\nlisten: [\"{proxy_addr}\"]\nmetrics_listen: \"{metrics_addr}\"\nstate_dir: \"{}\"\nupstream:\n  ca_file: \"{}\"\nrecords:\n  path: \"{}\"\noriginal_dst:\n  static:\n",
+        "# Written by `sluice demo`.\nlisten: [\"{proxy_addr}\"]\nmetrics_listen: \"{metrics_addr}\"\nstate_dir: \"{}\"\nupstream:\n  ca_file: \"{}\"\nledger:\n  dir: \"{}\"\noriginal_dst:\n  static:\n",
         dir.display(),
         provider_ca_path.display(),
-        records.display()
+        ledger_dir.display()
     );
     for h in DEMO_HOSTS {
         yaml.push_str(&format!("    {h}: \"{mock_addr}\"\n"));
@@ -292,8 +291,11 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
 
     // 6. What Sluice recorded.
-    let rows = wait_for_records(&records, CALLS.len())?;
-    println!("\nCaptured interactions ({}):", records.display());
+    let rows = wait_for_records(&ledger_dir, before, CALLS.len())?;
+    println!(
+        "\nCaptured interactions (audit ledger {}):",
+        ledger_dir.display()
+    );
     println!(
         "  {:<10} {:<18} {:<22} {:>6} {:>5} {:>5} {:>11} {:>9} {:>8}  client",
         "provider", "model", "endpoint", "stream", "in", "out", "cost USD", "latency", "ttft",
@@ -349,7 +351,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         stop(child)?;
     }
     rt.block_on(mock.shutdown());
-    println!("\nRecords: {}\nDone.", records.display());
+    println!(
+        "\nSee them again with `sluice events tail`, check the chain with `sluice audit verify`,\nor summarise with `sluice report --type usage`."
+    );
     Ok(())
 }
 
@@ -460,27 +464,42 @@ fn curl(
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-fn wait_for_records(path: &Path, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// The newest sequence number in the ledger (0 when empty or absent).
+fn last_seq(ledger: &Path) -> u64 {
+    let filter = crate::ledger::Filter {
+        limit: 1,
+        ..Default::default()
+    };
+    crate::ledger::query(ledger, &filter)
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| r["seq"].as_u64()))
+        .unwrap_or(0)
+}
+
+/// Wait until the ledger holds `n` interactions after `after`; oldest first.
+fn wait_for_records(ledger: &Path, after: u64, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let rows: Vec<serde_json::Value> = match std::fs::File::open(path) {
-            Ok(f) => std::io::BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str(&l).ok())
-                .filter(|v: &serde_json::Value| v["kind"] == "interaction")
-                .collect(),
-            Err(_) => Vec::new(),
+        let filter = crate::ledger::Filter {
+            limit: 10_000,
+            kind: Some("interaction".into()),
+            ..Default::default()
         };
-        if rows.len() >= n || Instant::now() > deadline {
-            if rows.len() < n {
-                bail!(
-                    "expected {n} interaction records in {}, found {}",
-                    path.display(),
-                    rows.len()
-                );
-            }
+        let mut rows: Vec<serde_json::Value> = crate::ledger::query(ledger, &filter)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
+            .collect();
+        rows.reverse();
+        if rows.len() >= n {
             return Ok(rows);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "expected {n} interaction records in the ledger {}, found {}",
+                ledger.display(),
+                rows.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -7,6 +7,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`app`] | wiring: starts the subsystems of a node in order |
+//! | [`audit`] | the audit commands: events tail, verify, export, report |
 //! | [`config`] | the one typed YAML configuration, validated once |
 //! | [`ca`] | organisation CA and per-host leaf certificates |
 //! | [`tls`] | ClientHello sniffing, downstream acceptor, upstream trust |
@@ -19,17 +20,22 @@
 //! | [`policy`] | governance: virtual keys, policy chain, decisions |
 //! | [`guardrails`] | PII, secret and prompt-injection detectors; streaming redaction |
 //! | [`record`] | the record types (the audit contract) |
+//! | [`ledger`] | the tamper-evident audit ledger: WAL, hash chain, HMAC, checkpoints |
+//! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
 //! | [`mock`] | a mock LLM provider for the demo, tests and benchmarks |
 //! | [`demo`] | the hermetic end-to-end demo |
 
 pub mod app;
+pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod guardrails;
 pub mod identity;
+pub mod inbox;
+pub mod ledger;
 pub mod metrics;
 pub mod mock;
 pub mod original_dst;

@@ -42,6 +42,35 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Read the audit ledger.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Verify or export the audit ledger.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Compliance summaries from the ledger.
+    Report {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// access (who used which models, at what cost), change (every admin record),
+        /// security (every block, redaction, shadow decision, refused connection),
+        /// usage (per-identity activity).
+        #[arg(long = "type", value_parser = ["access", "change", "security", "usage"])]
+        kind: String,
+        /// From (RFC 3339, a date, or an age like 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until.
+        #[arg(long)]
+        until: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
     Doctor,
     /// Serve the mock LLM provider (tests and benchmarks).
@@ -76,6 +105,67 @@ enum CaCommand {
     Show {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// The newest records, oldest first; a table, or JSON lines with --json.
+    Tail {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How many records.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing new records as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// allow, redact, block, shadow_block, shadow_redact.
+        #[arg(long)]
+        decision: Option<String>,
+        /// Substring of the identity (user, process, pid, client address, …).
+        #[arg(long)]
+        identity: Option<String>,
+        /// interaction, connection or admin.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain, HMACs and signed checkpoints; non-zero exit on any break.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Ed25519 public key (PEM) to check checkpoints with, e.g. one kept by an auditor.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Export records (the export is itself recorded).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_parser = ["json", "jsonl", "syslog"])]
+        format: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// A file, `-` for stdout, or `tcp://HOST:PORT` for a syslog server.
+        #[arg(long, default_value = "-")]
+        out: String,
     },
 }
 
@@ -138,6 +228,85 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    config,
+                    limit,
+                    follow,
+                    json,
+                    provider,
+                    model,
+                    decision,
+                    identity,
+                    kind,
+                    since,
+                    until,
+                },
+        } => {
+            let filter = sluice::ledger::Filter {
+                limit,
+                provider,
+                model,
+                decision,
+                identity,
+                kind,
+                since: time_arg(since)?,
+                until: time_arg(until)?,
+            };
+            sluice::audit::tail(&load(config.as_deref())?, &filter, json, follow)?;
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config, public_key },
+        } => {
+            if !sluice::audit::verify(&load(config.as_deref())?, public_key.as_deref())? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    config,
+                    format,
+                    since,
+                    until,
+                    out,
+                },
+        } => {
+            let format = match format.as_str() {
+                "json" => sluice::ledger::ExportFormat::Json,
+                "jsonl" => sluice::ledger::ExportFormat::Jsonl,
+                _ => sluice::ledger::ExportFormat::Syslog,
+            };
+            sluice::audit::export(
+                &load(config.as_deref())?,
+                format,
+                time_arg(since)?,
+                time_arg(until)?,
+                &out,
+            )?;
+        }
+        Command::Report {
+            config,
+            kind,
+            since,
+            until,
+            json,
+        } => {
+            let kind = match kind.as_str() {
+                "access" => sluice::ledger::ReportKind::Access,
+                "change" => sluice::ledger::ReportKind::Change,
+                "security" => sluice::ledger::ReportKind::Security,
+                _ => sluice::ledger::ReportKind::Usage,
+            };
+            sluice::audit::report(
+                &load(config.as_deref())?,
+                kind,
+                time_arg(since)?,
+                time_arg(until)?,
+                json,
+            )?;
+        }
         Command::Doctor => {
             let checks = sluice_probe::doctor();
             let mut ok = true;
@@ -172,6 +341,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn time_arg(s: Option<String>) -> anyhow::Result<Option<std::time::SystemTime>> {
+    s.map(|s| sluice::audit::parse_time(&s)).transpose()
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {

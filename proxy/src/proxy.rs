@@ -160,8 +160,14 @@ pub struct Shared {
     pub original_dst: Box<dyn OriginalDst>,
     /// Loop guard over our own listeners.
     pub loop_guard: LoopGuard,
-    /// Where records go.
+    /// Where connection and admin records go (off the request path).
     pub recorder: Recorder,
+    /// The audit ledger (interactions are appended synchronously).
+    pub ledger: Arc<crate::ledger::Ledger>,
+    /// What to do when it cannot be written.
+    pub on_ledger_failure: crate::config::OnLedgerFailure,
+    /// Unix seconds of the last failed append (0: none).
+    pub ledger_failed_at: std::sync::atomic::AtomicU64,
     /// Live intercepted connections.
     pub conns: Arc<ConnTable>,
     /// Bytes of each body inspected.

@@ -6,11 +6,11 @@
 //! batches into the sink, so blocking file I/O never runs on the proxy's async workers.
 //!
 //! This module does not decide what a record contains ([`crate::record`]) nor how the
-//! ledger chains them (the ledger sink replaces [`JsonlSink`]).
+//! ledger chains them ([`crate::ledger::LedgerSink`] is the sink). Interactions do not come
+//! this way: they are appended to the ledger on the request path, before the last byte of
+//! the response is released (see `proxy::http`).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -42,61 +42,6 @@ pub trait RecordSink: Send + 'static {
     /// # Errors
     /// [`SinkError`] when the batch could not be kept; the writer retries it.
     fn write_batch(&mut self, records: &[Record]) -> Result<(), SinkError>;
-}
-
-/// Appends one JSON object per line.
-pub struct JsonlSink {
-    path: PathBuf,
-    out: BufWriter<File>,
-    line: Vec<u8>,
-}
-
-impl JsonlSink {
-    /// Open (create, append) the file, creating parent directories.
-    ///
-    /// # Errors
-    /// [`SinkError::Io`] naming the path.
-    pub fn open(path: &Path) -> Result<JsonlSink, SinkError> {
-        let io = |source| SinkError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(JsonlSink {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(256 * 1024, file),
-            line: Vec::with_capacity(4096),
-        })
-    }
-}
-
-impl RecordSink for JsonlSink {
-    fn write_batch(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        for r in records {
-            self.line.clear();
-            serde_json::to_writer(&mut self.line, r)?;
-            self.line.push(b'\n');
-            self.out
-                .write_all(&self.line)
-                .map_err(|source| SinkError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-        }
-        // Hand the batch to the kernel: a record in the page cache survives a crash of
-        // the proxy process (power-loss durability is the ledger's fsync policy).
-        self.out.flush().map_err(|source| SinkError::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
 }
 
 enum Msg {
@@ -261,33 +206,5 @@ mod tests {
         }
         rec.flush().await;
         assert_eq!(*kept.lock(), (0..100).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn jsonl_sink_appends_one_line_per_record() {
-        let path = std::env::temp_dir().join(format!("sluice-sink-{}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let (rec, _h) = spawn_writer(Box::new(JsonlSink::open(&path).unwrap()), 8).unwrap();
-        for n in 0..3 {
-            rec.submit(conn(n)).await;
-        }
-        rec.flush().await;
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 3);
-        assert_eq!(lines[2]["bytes_up"], 2);
-        std::fs::remove_file(path).unwrap();
-    }
-
-    #[test]
-    fn unwritable_path_is_a_clear_error() {
-        let err = match JsonlSink::open(Path::new("/proc/sluice-cannot/records.jsonl")) {
-            Err(e) => e,
-            Ok(_) => panic!("opening under /proc must fail"),
-        };
-        assert!(err.to_string().contains("/proc/sluice-cannot"), "{err}");
     }
 }

@@ -21,6 +21,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use super::{ConnInfo, Shared};
+use crate::config::OnLedgerFailure;
 use crate::metrics;
 use crate::original_dst::Accepted;
 use crate::policy::{self, Decision, Verdict};
@@ -41,6 +42,9 @@ impl Interceptor {
         Interceptor { shared }
     }
 }
+
+/// Seconds a failed ledger keeps refusing new requests (fail_closed) before trying again.
+const LEDGER_RETRY_SECS: u64 = 5;
 
 /// Largest body read before forwarding (Pingora replays at most this much to the upstream).
 const PREREAD_LIMIT: usize = 64 * 1024;
@@ -161,6 +165,140 @@ impl Interceptor {
             .await?;
         Ok(true)
     }
+
+    /// Assemble, price, count and keep the interaction record: appended to the ledger
+    /// synchronously, so a record exists before the client can have the whole answer.
+    fn finish(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) -> Result<()> {
+        if ctx.recorded {
+            return Ok(());
+        }
+        ctx.recorded = true;
+        let t = Instant::now();
+        let Some(conn) = ctx.conn.clone() else {
+            return Ok(());
+        };
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let record = build_record(
+            self.shared.max_inspect_bytes,
+            &conn,
+            session,
+            e,
+            ctx,
+            status,
+        );
+        if let Some(admission) = ctx.admission.take() {
+            let tokens =
+                record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
+            self.shared.policy.load().finish(admission, tokens);
+        }
+        // Budgets are settled with the real cost, streams and cancellations included.
+        if let Some(cost) = record.cost_usd {
+            self.shared.policy.load().settle(&record.identity, cost);
+        }
+        let provider = conn.adapter.name();
+        let endpoint = record.endpoint.as_deref().unwrap_or("other");
+        metrics::REQUESTS
+            .with_label_values(&[provider, endpoint, record.outcome.as_str()])
+            .inc();
+        metrics::DECISIONS
+            .with_label_values(&[record.decision])
+            .inc();
+        if record.outcome != Outcome::Success {
+            metrics::ERRORS
+                .with_label_values(&[provider, record.outcome.as_str()])
+                .inc();
+        }
+        if let Some(n) = record.usage.input_tokens {
+            metrics::TOKENS
+                .with_label_values(&[provider, "input"])
+                .inc_by(n);
+        }
+        if let Some(n) = record.usage.output_tokens {
+            metrics::TOKENS
+                .with_label_values(&[provider, "output"])
+                .inc_by(n);
+        }
+        match record.cost_usd {
+            Some(c) => metrics::COST_MICRO_USD
+                .with_label_values(&[provider])
+                .inc_by((c * 1e6).round() as u64),
+            None if record.endpoint.is_some() && record.model.is_some() => {
+                metrics::UNPRICED.with_label_values(&[provider]).inc()
+            }
+            None => {}
+        }
+        if let Some(sent) = ctx.upstream_sent {
+            metrics::UPSTREAM_LATENCY
+                .with_label_values(&[provider])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        for (cap, dir) in [(&ctx.request, "request"), (&ctx.response, "response")] {
+            if cap.truncated {
+                metrics::TRUNCATED.with_label_values(&[dir]).inc();
+            }
+        }
+        ctx.own += t.elapsed();
+        // Time before the upstream was asked, plus our own processing afterwards.
+        let before_upstream = match (ctx.started, ctx.upstream_sent) {
+            (Some((s, _)), Some(u)) => u.saturating_duration_since(s),
+            _ => Duration::ZERO,
+        };
+        metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
+        self.keep(Record::Interaction(Box::new(record)))
+    }
+
+    /// Append to the ledger; on failure follow `on_ledger_failure`.
+    fn keep(&self, record: Record) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        match self.shared.ledger.append(&record) {
+            Ok(_) => {
+                self.shared.ledger_failed_at.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(1);
+                self.shared.ledger_failed_at.store(now, Ordering::Relaxed);
+                let id = crate::ledger::record_id(&record).to_string();
+                match self.shared.on_ledger_failure {
+                    OnLedgerFailure::FailClosed => {
+                        tracing::error!(record_id = %id, error = %err, "cannot write the audit ledger; response withheld (on_ledger_failure: fail_closed)");
+                        Error::e_explain(
+                            ErrorType::HTTPStatus(503),
+                            format!("audit ledger unwritable: {err}"),
+                        )
+                    }
+                    OnLedgerFailure::FailOpen => {
+                        // Not silent: the record's metadata goes to the log, never its content.
+                        if let Record::Interaction(i) = &record {
+                            tracing::error!(record_id = %id, provider = %i.provider, model = ?i.model, input_tokens = ?i.usage.input_tokens, output_tokens = ?i.usage.output_tokens, cost_usd = ?i.cost_usd, error = %err, "audit record lost (on_ledger_failure: fail_open)");
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the ledger failed recently and fail_closed says to refuse new requests.
+    fn ledger_refusing(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.shared.on_ledger_failure != OnLedgerFailure::FailClosed {
+            return false;
+        }
+        let at = self.shared.ledger_failed_at.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Retry the ledger with real traffic after a short pause.
+        at != 0 && now.saturating_sub(at) < LEDGER_RETRY_SECS
+    }
 }
 
 /// A body kept up to a limit.
@@ -211,6 +349,8 @@ pub struct Ctx {
     admission: Option<policy::Admission>,
     /// Seconds for `Retry-After` on a rate-limit refusal.
     retry_after: Option<u64>,
+    /// Response `Content-Length`, to know which chunk is the last.
+    content_length: Option<u64>,
 }
 
 #[async_trait]
@@ -279,6 +419,19 @@ impl ProxyHttp for Interceptor {
                 identity.api_key_fingerprint = Some(policy::fingerprint(&key));
             }
         }
+        // A ledger that cannot be written refuses work (fail_closed): nothing unrecorded.
+        if self.ledger_refusing() {
+            ctx.identity = Some(identity);
+            ctx.recorded = true; // there is nowhere to record it; the log says why
+            tracing::warn!(
+                "request refused: the audit ledger is failing (on_ledger_failure: fail_closed)"
+            );
+            return self
+                .refuse(session, ctx, provider, 503, "ledger_unavailable",
+                    "Sluice cannot write its audit ledger (disk full or unwritable); requests are refused until it recovers (on_ledger_failure: fail_closed).".into())
+                .await;
+        }
+
         // Rate limits: on identity alone, before reading the body.
         let mut shadow = Vec::new();
         let engine = self.shared.policy.load_full();
@@ -411,6 +564,11 @@ impl ProxyHttp for Interceptor {
     ) -> Result<()> {
         let t = Instant::now();
         ctx.status = upstream_response.status.as_u16();
+        ctx.content_length = upstream_response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         // Keep clients on TCP, where they are captured: never advertise HTTP/3.
         upstream_response.remove_header("alt-svc");
         let event_stream = upstream_response
@@ -429,9 +587,9 @@ impl ProxyHttp for Interceptor {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
@@ -446,92 +604,66 @@ impl ProxyHttp for Interceptor {
             }
             ctx.own += t.elapsed();
         }
+        // The record is in the ledger's write-ahead file before the last byte is released:
+        // a client that received the whole answer always has a record, even if the proxy
+        // is killed right after.
+        let complete = ctx.content_length.is_some_and(|n| ctx.response.total >= n);
+        if end_of_stream || complete {
+            self.finish(session, None, ctx)?;
+        }
         Ok(None)
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.recorded {
-            return;
-        }
-        ctx.recorded = true;
-        let t = Instant::now();
-        let Some(conn) = ctx.conn.clone() else {
-            return;
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => 0,
+                _ => 500,
+            },
         };
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(ctx.status);
-        let record = build_record(
-            self.shared.max_inspect_bytes,
-            &conn,
-            session,
-            e,
-            ctx,
-            status,
-        );
-        if let Some(admission) = ctx.admission.take() {
-            let tokens =
-                record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
-            self.shared.policy.load().finish(admission, tokens);
-        }
-        // Budgets are settled with the real cost, streams and cancellations included.
-        if let Some(cost) = record.cost_usd {
-            self.shared.policy.load().settle(&record.identity, cost);
-        }
-        let provider = conn.adapter.name();
-        let endpoint = record.endpoint.as_deref().unwrap_or("other");
-        metrics::REQUESTS
-            .with_label_values(&[provider, endpoint, record.outcome.as_str()])
-            .inc();
-        metrics::DECISIONS
-            .with_label_values(&[record.decision])
-            .inc();
-        if record.outcome != Outcome::Success {
-            metrics::ERRORS
-                .with_label_values(&[provider, record.outcome.as_str()])
-                .inc();
-        }
-        if let Some(n) = record.usage.input_tokens {
-            metrics::TOKENS
-                .with_label_values(&[provider, "input"])
-                .inc_by(n);
-        }
-        if let Some(n) = record.usage.output_tokens {
-            metrics::TOKENS
-                .with_label_values(&[provider, "output"])
-                .inc_by(n);
-        }
-        match record.cost_usd {
-            Some(c) => metrics::COST_MICRO_USD
-                .with_label_values(&[provider])
-                .inc_by((c * 1e6).round() as u64),
-            None if record.endpoint.is_some() && record.model.is_some() => {
-                metrics::UNPRICED.with_label_values(&[provider]).inc()
+        // Answer in the provider's error format, so SDKs raise their usual error with a
+        // message that says what happened.
+        if code > 0 && session.response_written().is_none() {
+            let provider = ctx.conn.as_ref().map_or("openai", |c| c.adapter.name());
+            let message = match code {
+                503 => format!("Sluice could not record this request in its audit ledger, so the answer is withheld (on_ledger_failure: fail_closed): {e}"),
+                502 => format!("Sluice could not get an answer from the provider: {e}"),
+                _ => format!("Sluice failed to proxy this request: {e}"),
+            };
+            let body = providers::error_body(provider, code, &message);
+            let written = async {
+                let mut header = ResponseHeader::build(code, Some(2))?;
+                header.insert_header("content-type", "application/json")?;
+                header.insert_header("content-length", body.len().to_string())?;
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await
             }
-            None => {}
-        }
-        if let Some(sent) = ctx.upstream_sent {
-            metrics::UPSTREAM_LATENCY
-                .with_label_values(&[provider])
-                .observe(sent.elapsed().as_secs_f64());
-        }
-        for (cap, dir) in [(&ctx.request, "request"), (&ctx.response, "response")] {
-            if cap.truncated {
-                metrics::TRUNCATED.with_label_values(&[dir]).inc();
-            }
-        }
-        ctx.own += t.elapsed();
-        // Time before the upstream was asked, plus our own processing afterwards.
-        let before_upstream = match (ctx.started, ctx.upstream_sent) {
-            (Some((s, _)), Some(u)) => u.saturating_duration_since(s),
-            _ => Duration::ZERO,
-        };
-        metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
-        self.shared
-            .recorder
-            .submit(Record::Interaction(Box::new(record)))
             .await;
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Errors, cancellations and bodiless responses end here; complete responses were
+        // recorded in response_body_filter already.
+        let _ = self.finish(session, e, ctx);
     }
 }
 

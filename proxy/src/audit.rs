@@ -1,0 +1,316 @@
+//! The audit commands behind `sluice events tail`, `sluice audit verify`,
+//! `sluice audit export` and `sluice report`: reading, checking and exporting the ledger
+//! a node writes. They open the ledger read-only, so they work while `sluice run` is up.
+//!
+//! Exports are themselves audited: the command appends an admin record to the ledger
+//! directly when no proxy holds it, or leaves it in the ledger inbox for the running
+//! proxy to append ([`crate::inbox`]).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::ledger::{self, ExportFormat, Filter, LedgerError, ReportKind, VerifyOptions};
+use crate::record::{Admin, AdminAction, AdminOutcome, Initiator, Target};
+
+/// Parse a time bound: RFC 3339 (`2026-11-23T10:00:00Z`), a date (`2026-11-23`), or a
+/// duration ago (`15m`, `2h`, `7d`).
+///
+/// # Errors
+/// A message showing the accepted forms.
+pub fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
+    let s = s.trim();
+    if let Some((n, unit)) = s
+        .char_indices()
+        .last()
+        .filter(|(_, c)| c.is_ascii_alphabetic())
+        .map(|(i, c)| (&s[..i], c))
+    {
+        if let Ok(n) = n.parse::<u64>() {
+            let secs = match unit {
+                's' => n,
+                'm' => n * 60,
+                'h' => n * 3600,
+                'd' => n * 86_400,
+                _ => bail!("unknown unit in {s:?}; use s, m, h or d (e.g. 2h)"),
+            };
+            return Ok(SystemTime::now() - Duration::from_secs(secs));
+        }
+    }
+    let rfc = time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &rfc) {
+        return Ok(t.into());
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(&format!("{s}T00:00:00Z"), &rfc) {
+        return Ok(t.into());
+    }
+    bail!("cannot read the time {s:?}; use RFC 3339 (2026-11-23T10:00:00Z), a date (2026-11-23) or an age (15m, 2h, 7d)")
+}
+
+/// `sluice events tail`.
+///
+/// # Errors
+/// The ledger cannot be read.
+pub fn tail(config: &Config, filter: &Filter, json: bool, follow: bool) -> anyhow::Result<()> {
+    let dir = config.ledger().dir;
+    let rows = read(&dir, || ledger::query(&dir, filter))?;
+    let mut out = std::io::stdout().lock();
+    let mut last = 0;
+    // Oldest first, like `tail`.
+    for r in rows.iter().rev() {
+        last = last.max(r["seq"].as_u64().unwrap_or(0));
+        print_row(&mut out, r, json)?;
+    }
+    if !json && rows.is_empty() {
+        writeln!(out, "no records in {} match", dir.display())?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        for r in read(&dir, || ledger::tail_after(&dir, last))? {
+            last = last.max(r["seq"].as_u64().unwrap_or(0));
+            if matches(filter, &r) {
+                print_row(&mut out, &r, json)?;
+            }
+        }
+        out.flush()?;
+    }
+}
+
+fn read(
+    dir: &Path,
+    f: impl FnOnce() -> Result<Vec<Value>, LedgerError>,
+) -> anyhow::Result<Vec<Value>> {
+    f().with_context(|| {
+        format!(
+            "reading the ledger in {} (run `sluice demo` or `sluice run` first, or pass --config)",
+            dir.display()
+        )
+    })
+}
+
+fn matches(f: &Filter, r: &Value) -> bool {
+    let eq =
+        |want: &Option<String>, v: &Value| want.as_deref().is_none_or(|w| v.as_str() == Some(w));
+    eq(&f.provider, &r["provider"])
+        && eq(&f.model, &r["model"])
+        && eq(&f.decision, &r["decision"])
+        && eq(&f.kind, &r["kind"])
+        && f.identity
+            .as_deref()
+            .is_none_or(|i| r["identity"].to_string().contains(i))
+}
+
+fn print_row(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{r}");
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let ts = s(&r["ts"]);
+    match r["kind"].as_str() {
+        Some("interaction") => {
+            let who = r["identity"]["user"]
+                .as_str()
+                .or(r["identity"]["process"].as_str())
+                .or(r["identity"]["client_addr"].as_str())
+                .unwrap_or("-");
+            writeln!(
+                out,
+                "{ts}  {:<10} {:<22} {:<12} {:>4} {:<14} in={:<6} out={:<6} cost={:<10} {}",
+                s(&r["provider"]),
+                s(&r["model"]),
+                s(&r["decision"]),
+                r["status"].as_u64().unwrap_or(0),
+                s(&r["outcome"]),
+                r["usage"]["input_tokens"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string()),
+                r["usage"]["output_tokens"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string()),
+                r["cost_usd"]
+                    .as_f64()
+                    .map_or("-".into(), |c| format!("{c:.6}")),
+                who
+            )
+        }
+        Some("connection") => writeln!(
+            out,
+            "{ts}  connection {:<12} {:<24} sni={} up={} down={}",
+            s(&r["outcome"]),
+            s(&r["reason"]),
+            s(&r["sni"]),
+            r["bytes_up"],
+            r["bytes_down"]
+        ),
+        _ => writeln!(
+            out,
+            "{ts}  admin      {:<8} {:<8} {}:{} by {}",
+            s(&r["action"]),
+            s(&r["outcome"]),
+            s(&r["target"]["type"]),
+            s(&r["target"]["id"]),
+            s(&r["initiator"]["id"])
+        ),
+    }
+}
+
+/// `sluice audit verify`; returns whether the ledger verified.
+///
+/// # Errors
+/// The ledger or the public key cannot be read.
+pub fn verify(config: &Config, public_key: Option<&Path>) -> anyhow::Result<bool> {
+    let dir = config.ledger().dir;
+    let pem = public_key
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let progress = |done: u64, total: u64| {
+        if total >= 100_000 && done % 100_000 == 0 {
+            eprintln!("verified {done} of {total} records");
+        }
+    };
+    let report = ledger::verify(
+        &dir,
+        &VerifyOptions {
+            public_key_pem: pem,
+            hmac_keys: Default::default(),
+            progress: Some(&progress),
+        },
+    )
+    .with_context(|| format!("verifying the ledger in {}", dir.display()))?;
+    match &report.first_error {
+        None => println!(
+            "ok: {} records and {} checkpoints verify (chain, HMAC, signatures) in {}",
+            report.records,
+            report.checkpoints,
+            dir.display()
+        ),
+        Some(e) => {
+            println!(
+                "FAILED at record seq {}: {} — {}",
+                e.seq,
+                format!("{:?}", e.kind).to_lowercase(),
+                e.detail
+            );
+            if report.errors.len() > 1 {
+                println!("({} problems in all)", report.errors.len());
+            }
+        }
+    }
+    Ok(report.ok)
+}
+
+/// `sluice audit export`: to a file, stdout (`-`) or a syslog server (`tcp://host:port`).
+///
+/// # Errors
+/// Bad output target, unreadable ledger, write failures.
+pub fn export(
+    config: &Config,
+    format: ExportFormat,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    out: &str,
+) -> anyhow::Result<u64> {
+    let dir = config.ledger().dir;
+    let mut sink: Box<dyn Write> = if out == "-" {
+        Box::new(std::io::stdout().lock())
+    } else if let Some(addr) = out.strip_prefix("tcp://") {
+        // RFC 6587 non-transparent framing: one record per line.
+        Box::new(std::io::BufWriter::new(
+            std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connecting to the syslog server {addr}"))?,
+        ))
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(out).with_context(|| format!("creating {out}"))?,
+        ))
+    };
+    let n = ledger::export(&dir, format, since, until, &mut sink)
+        .with_context(|| format!("exporting from {}", dir.display()))?;
+    sink.flush()?;
+    drop(sink);
+    record_export(&dir, format, out, n)?;
+    eprintln!("exported {n} records to {out}");
+    Ok(n)
+}
+
+/// The export is an admin record: appended directly, or through the inbox when a running
+/// proxy holds the ledger.
+fn record_export(dir: &Path, format: ExportFormat, out: &str, n: u64) -> anyhow::Result<()> {
+    let admin = Admin::new(
+        AdminAction::Export,
+        AdminOutcome::Success,
+        Initiator {
+            id: format!("uid:{}", nix::unistd::getuid()),
+            role: "cli".into(),
+            ip: None,
+        },
+        Target {
+            kind: "ledger".into(),
+            id: dir.display().to_string(),
+        },
+        serde_json::json!({"format": format!("{format:?}").to_lowercase(), "destination": out, "records": n}),
+    );
+    let cfg = ledger::LedgerConfig {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    match ledger::Ledger::open(&cfg) {
+        Ok(l) => {
+            l.append(&crate::record::Record::Admin(Box::new(admin)))?;
+            l.close()?;
+        }
+        Err(LedgerError::Locked { .. }) => {
+            crate::inbox::write(dir, &admin)
+                .context("leaving the export record in the ledger inbox")?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// `sluice report`.
+///
+/// # Errors
+/// The ledger cannot be read.
+pub fn report(
+    config: &Config,
+    kind: ReportKind,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dir = config.ledger().dir;
+    let r = ledger::report(&dir, kind, since, until)
+        .with_context(|| format!("reading the ledger in {}", dir.display()))?;
+    if json {
+        println!("{r}");
+    } else {
+        print!("{}", ledger::render_report_text(&r));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds() {
+        let t = parse_time("2026-11-23T10:00:00Z").unwrap();
+        assert_eq!(crate::record::rfc3339(t), "2026-11-23T10:00:00.000Z");
+        let d = parse_time("2026-11-23").unwrap();
+        assert_eq!(crate::record::rfc3339(d), "2026-11-23T00:00:00.000Z");
+        let ago = parse_time("2h").unwrap();
+        let secs = SystemTime::now().duration_since(ago).unwrap().as_secs();
+        assert!((7199..=7201).contains(&secs));
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("5w").is_err());
+    }
+}

@@ -1,0 +1,401 @@
+//! The hashing scheme: canonical JSON, the content/metadata split, the chain hash, the
+//! HMAC, the WAL line layout and checkpoint signatures. Everything that must be
+//! computed the same way when writing and when verifying lives here, once.
+
+use std::fmt::Write as _;
+
+use ed25519_dalek::{Signer, Verifier};
+use hmac::Mac;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::ContentMode;
+
+/// `prev_hash` of the first record of a ledger: 32 zero bytes.
+pub(crate) const GENESIS: [u8; 32] = [0u8; 32];
+
+pub(crate) type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// SHA-256 of `bytes`, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Decode a 64-hex-digit hash.
+pub(crate) fn decode_hash(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+// === canonical JSON ===
+
+/// Append the canonical form of `v` to `out`: object keys sorted by their UTF-8 bytes at
+/// every depth, no insignificant whitespace, strings and numbers as serde_json writes
+/// them. Sorting is done here rather than relying on serde_json's map type, so the form
+/// does not change if some dependency turns on `preserve_order`.
+pub(crate) fn write_canonical(out: &mut String, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            out.push('{');
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(out, k);
+                out.push(':');
+                write_canonical(out, &m[k.as_str()]);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, x);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_str(out, s),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.push_str("null"),
+    }
+}
+
+fn write_str(out: &mut String, s: &str) {
+    // serde_json's string escaping (RFC 8259, control characters as \uXXXX or short forms).
+    // Serialising a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// The canonical form of `v` as a new string.
+pub(crate) fn canonical(v: &Value) -> String {
+    let mut s = String::with_capacity(256);
+    write_canonical(&mut s, v);
+    s
+}
+
+// === content / metadata split ===
+
+/// Content fields of an interaction record: `(object, field)`.
+pub(crate) const CONTENT_FIELDS: [(&str, &str); 4] = [
+    ("request", "messages"),
+    ("request", "params"),
+    ("response", "output"),
+    ("response", "tool_calls"),
+];
+
+/// Move the content fields of an interaction out of `record` into a content object
+/// `{"request": {...}, "response": {...}}`, applying `mode`. Other kinds have no content.
+pub(crate) fn split_content(record: &mut Map<String, Value>, mode: ContentMode) -> Option<Value> {
+    if record.get("kind").and_then(Value::as_str) != Some("interaction") {
+        return None;
+    }
+    let mut content = Map::new();
+    for (obj, field) in CONTENT_FIELDS {
+        if let Some(Value::Object(part)) = record.get_mut(obj) {
+            if let Some(v) = part.remove(field) {
+                let entry = content
+                    .entry(obj.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(e) = entry {
+                    e.insert(field.to_string(), v);
+                }
+            }
+        }
+    }
+    let mut content = Value::Object(content);
+    if mode == ContentMode::Metadata {
+        digest_content(&mut content);
+    }
+    Some(content)
+}
+
+/// Metadata mode: replace every text with its SHA-256 (hex of the UTF-8 bytes) so the
+/// evidence can be matched later without the ledger holding the text.
+fn digest_content(content: &mut Value) {
+    let text_digest = |s: &str| Value::String(sha256_hex(s.as_bytes()));
+    if let Some(Value::Array(msgs)) = content.pointer_mut("/request/messages") {
+        for m in msgs.iter_mut() {
+            if let Value::Object(m) = m {
+                if let Some(c) = m.remove("content") {
+                    let text = c
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| canonical(&c));
+                    m.insert("content_chars".into(), text.chars().count().into());
+                    m.insert("content_sha256".into(), text_digest(&text));
+                }
+            }
+        }
+    }
+    if let Some(Value::Object(params)) = content.pointer_mut("/request/params") {
+        for v in params.values_mut() {
+            let digest = match v {
+                Value::String(s) => text_digest(s),
+                Value::Array(_) | Value::Object(_) => text_digest(&canonical(v)),
+                _ => continue,
+            };
+            *v = serde_json::json!({ "sha256": digest });
+        }
+    }
+    if let Some(Value::Object(resp)) = content.get_mut("response") {
+        if let Some(out) = resp.remove("output") {
+            let text = out
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| canonical(&out));
+            resp.insert("output_chars".into(), text.chars().count().into());
+            resp.insert("output_sha256".into(), text_digest(&text));
+        }
+        if let Some(Value::Array(calls)) = resp.get_mut("tool_calls") {
+            for c in calls.iter_mut() {
+                if let Value::Object(c) = c {
+                    if let Some(a) = c.remove("arguments") {
+                        let text = a
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| canonical(&a));
+                        c.insert("arguments_sha256".into(), text_digest(&text));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Put the content fields back into a metadata object (for display and export).
+pub(crate) fn merge_content(meta: &mut Map<String, Value>, content: Value) {
+    if let Value::Object(c) = content {
+        for (obj, fields) in c {
+            if let Value::Object(fields) = fields {
+                let entry = meta.entry(obj).or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(e) = entry {
+                    e.extend(fields);
+                }
+            }
+        }
+    }
+}
+
+// === metadata prepared outside the writer lock ===
+
+/// A record's metadata in canonical form, with the two fields only known under the
+/// writer lock (`prev_hash`, `seq`) left as holes. Keys sort `… < "prev_hash" < … <
+/// "seq" < …`, so the canonical text is `{before "prev_hash":…,middle "seq":N after}`.
+pub(crate) struct PreMeta {
+    before: String,
+    middle: String,
+    after: String,
+}
+
+impl PreMeta {
+    /// Split the canonical text of `meta` (which must not hold `prev_hash` or `seq`).
+    pub(crate) fn new(meta: &Map<String, Value>) -> PreMeta {
+        let mut keys: Vec<&String> = meta.keys().collect();
+        keys.sort_unstable();
+        let mut p = PreMeta {
+            before: String::with_capacity(512),
+            middle: String::with_capacity(128),
+            after: String::with_capacity(512),
+        };
+        for k in keys {
+            let (out, comma_after) = if k.as_str() < "prev_hash" {
+                (&mut p.before, true)
+            } else if k.as_str() < "seq" {
+                (&mut p.middle, true)
+            } else {
+                (&mut p.after, false)
+            };
+            if !comma_after {
+                out.push(',');
+            }
+            write_str(out, k);
+            out.push(':');
+            write_canonical(out, &meta[k.as_str()]);
+            if comma_after {
+                out.push(',');
+            }
+        }
+        p
+    }
+
+    /// The canonical metadata text with `prev_hash` and `seq` filled in.
+    pub(crate) fn finish(&self, prev_hash: &[u8; 32], seq: u64) -> String {
+        let mut s =
+            String::with_capacity(self.before.len() + self.middle.len() + self.after.len() + 100);
+        s.push('{');
+        s.push_str(&self.before);
+        s.push_str("\"prev_hash\":\"");
+        s.push_str(&hex::encode(prev_hash));
+        s.push_str("\",");
+        s.push_str(&self.middle);
+        let _ = write!(s, "\"seq\":{seq}");
+        s.push_str(&self.after);
+        s.push('}');
+        s
+    }
+}
+
+/// `hash = SHA-256(prev_hash (32 raw bytes) ‖ canonical metadata text)`.
+pub(crate) fn chain_hash(prev_hash: &[u8; 32], meta: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev_hash);
+    h.update(meta.as_bytes());
+    h.finalize().into()
+}
+
+/// `hmac = HMAC-SHA256(key, hash (32 raw bytes))`, hex.
+pub(crate) fn hmac_hex(keyed: &HmacSha256, hash: &[u8; 32]) -> String {
+    let mut m = keyed.clone();
+    m.update(hash);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// A keyed HMAC ready to be cloned per record.
+pub(crate) fn hmac_for(key: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length.
+    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
+/// The id naming an HMAC key: 16 hex digits of SHA-256("sluice-ledger-hmac-key" ‖ key).
+/// Derived from the key, so an auditor given a set of keys can name them without a
+/// side table, and rotating the key changes the id.
+pub(crate) fn hmac_key_id(key: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"sluice-ledger-hmac-key");
+    h.update(key);
+    hex::encode(&h.finalize()[..8])
+}
+
+// === WAL lines ===
+
+/// Build the WAL line of a record: `{"meta":M,"content":C,"hash":"…","hmac":"…"}\n`.
+/// `M` and `C` are the exact canonical texts that were hashed, so a verifier hashes
+/// bytes, never a re-serialisation.
+pub(crate) fn record_line(meta: &str, content: Option<&str>, hash: &str, hmac: &str) -> Vec<u8> {
+    let mut l = String::with_capacity(meta.len() + content.map_or(4, str::len) + 180);
+    l.push_str("{\"meta\":");
+    l.push_str(meta);
+    l.push_str(",\"content\":");
+    l.push_str(content.unwrap_or("null"));
+    l.push_str(",\"hash\":\"");
+    l.push_str(hash);
+    l.push_str("\",\"hmac\":\"");
+    l.push_str(hmac);
+    l.push_str("\"}\n");
+    l.into_bytes()
+}
+
+/// One record as read back from a WAL line or an index row.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredRecord {
+    pub meta: String,
+    pub content: Option<String>,
+    pub hash: String,
+    pub hmac: String,
+}
+
+/// A checkpoint: the chain head at `seq`, signed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub ts: String,
+    /// Ed25519 signature over `"{seq}|{hash}|{ts}"`, hex.
+    pub signature: String,
+}
+
+/// A parsed WAL line.
+pub(crate) enum WalLine {
+    Record(StoredRecord),
+    Checkpoint(Checkpoint),
+}
+
+/// Span of the JSON value starting at `bytes[0]`: its length.
+fn value_len(bytes: &[u8]) -> Option<usize> {
+    let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    match it.next() {
+        Some(Ok(_)) => Some(it.byte_offset()),
+        _ => None,
+    }
+}
+
+/// Parse one WAL line (without its newline). `None` when it is not a well-formed line.
+pub(crate) fn parse_line(line: &[u8]) -> Option<WalLine> {
+    if let Some(rest) = line.strip_prefix(b"{\"meta\":") {
+        let m = value_len(rest)?;
+        let meta = std::str::from_utf8(&rest[..m]).ok()?.to_owned();
+        let rest = rest[m..].strip_prefix(b",\"content\":")?;
+        let c = value_len(rest)?;
+        let content_text = std::str::from_utf8(&rest[..c]).ok()?;
+        let content = (content_text != "null").then(|| content_text.to_owned());
+        let rest = rest[c..].strip_prefix(b",\"hash\":\"")?;
+        let (hash, rest) = rest.split_at_checked(64)?;
+        let rest = rest.strip_prefix(b"\",\"hmac\":\"")?;
+        let (hmac, rest) = rest.split_at_checked(64)?;
+        if rest != b"\"}" {
+            return None;
+        }
+        return Some(WalLine::Record(StoredRecord {
+            meta,
+            content,
+            hash: std::str::from_utf8(hash).ok()?.to_owned(),
+            hmac: std::str::from_utf8(hmac).ok()?.to_owned(),
+        }));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CpLine {
+        checkpoint: Checkpoint,
+    }
+    let cp: CpLine = serde_json::from_slice(line).ok()?;
+    Some(WalLine::Checkpoint(cp.checkpoint))
+}
+
+/// The WAL line of a checkpoint.
+pub(crate) fn checkpoint_line(cp: &Checkpoint) -> Vec<u8> {
+    let mut l = serde_json::to_vec(&serde_json::json!({ "checkpoint": cp })).unwrap_or_default();
+    l.push(b'\n');
+    l
+}
+
+fn checkpoint_message(seq: u64, hash: &str, ts: &str) -> String {
+    format!("{seq}|{hash}|{ts}")
+}
+
+/// Sign the chain head.
+pub(crate) fn sign_checkpoint(
+    key: &ed25519_dalek::SigningKey,
+    seq: u64,
+    hash: &str,
+    ts: String,
+) -> Checkpoint {
+    let sig = key.sign(checkpoint_message(seq, hash, &ts).as_bytes());
+    Checkpoint {
+        seq,
+        hash: hash.to_owned(),
+        ts,
+        signature: hex::encode(sig.to_bytes()),
+    }
+}
+
+/// Whether `cp` carries a valid signature by `key`.
+pub(crate) fn checkpoint_valid(key: &ed25519_dalek::VerifyingKey, cp: &Checkpoint) -> bool {
+    let mut sig = [0u8; 64];
+    if hex::decode_to_slice(&cp.signature, &mut sig).is_err() {
+        return false;
+    }
+    key.verify(
+        checkpoint_message(cp.seq, &cp.hash, &cp.ts).as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .is_ok()
+}

@@ -1,0 +1,182 @@
+//! Key material: the HMAC key (secret, per-record MAC) and the Ed25519 checkpoint key
+//! (signing key secret, public key exported for auditors).
+//!
+//! Files created here are written with mode 0600 through `O_CREAT|O_EXCL`, so a key is
+//! never silently replaced.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+
+use super::chain::hmac_key_id;
+use super::LedgerError;
+
+/// Environment variable holding the HMAC key (hex, or the raw text).
+pub const HMAC_KEY_ENV: &str = "SLUICE_LEDGER_HMAC_KEY";
+/// File name of the generated HMAC key inside the ledger directory.
+pub const HMAC_KEY_FILE: &str = "hmac.key";
+/// File name of the Ed25519 checkpoint signing key (PKCS#8 PEM).
+pub const SIGNING_KEY_FILE: &str = "checkpoint.key";
+/// File name of the exported checkpoint public key (SPKI PEM).
+pub const PUBLIC_KEY_FILE: &str = "checkpoint.pub.pem";
+
+fn key_err(path: &Path, detail: impl Into<String>) -> LedgerError {
+    LedgerError::Key {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Key text → bytes: 64+ hex digits decode to bytes, anything else is taken verbatim.
+fn key_bytes(text: &[u8]) -> Vec<u8> {
+    let trimmed = text.trim_ascii();
+    if trimmed.len() >= 32 && trimmed.len() % 2 == 0 {
+        if let Ok(b) = hex::decode(trimmed) {
+            return b;
+        }
+    }
+    trimmed.to_vec()
+}
+
+fn random_bytes<const N: usize>(path: &Path) -> Result<[u8; N], LedgerError> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| key_err(path, format!("no randomness from the OS: {e}")))?;
+    Ok(b)
+}
+
+/// Write `bytes` to a new file with mode `mode`; fails if it exists.
+fn create_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), LedgerError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| LedgerError::io("create key file", path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| LedgerError::io("write key file", path, e))
+}
+
+/// The HMAC key used for new records: the configured file, else the environment
+/// variable, else `<dir>/hmac.key`, generated (32 random bytes, hex, mode 0600) when
+/// missing and `create` is set. Returns `(id, key)`.
+///
+/// # Errors
+/// [`LedgerError::Key`] when a configured file is unreadable or empty.
+pub(crate) fn current_hmac_key(
+    dir: &Path,
+    file: Option<&Path>,
+    create: bool,
+) -> Result<Option<(String, Vec<u8>)>, LedgerError> {
+    let key = if let Some(f) = file {
+        let text = std::fs::read(f).map_err(|e| LedgerError::io("read HMAC key", f, e))?;
+        key_bytes(&text)
+    } else if let Some(v) = std::env::var_os(HMAC_KEY_ENV).filter(|v| !v.is_empty()) {
+        key_bytes(v.as_encoded_bytes())
+    } else {
+        let path = dir.join(HMAC_KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(text) => key_bytes(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let key = random_bytes::<32>(&path)?;
+                create_file(&path, format!("{}\n", hex::encode(key)).as_bytes(), 0o600)?;
+                tracing::info!(path = %path.display(), "generated a new ledger HMAC key");
+                key.to_vec()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LedgerError::io("read HMAC key", &path, e)),
+        }
+    };
+    if key.len() < 16 {
+        return Err(key_err(
+            file.unwrap_or(dir),
+            "HMAC key shorter than 16 bytes; use 32 random bytes, hex-encoded",
+        ));
+    }
+    Ok(Some((hmac_key_id(&key), key)))
+}
+
+/// Every HMAC key an auditor can use by default: the current key (file, environment or
+/// `<dir>/hmac.key`) and each retired key kept as `<dir>/hmac-<anything>.key`.
+///
+/// # Errors
+/// A key file exists but cannot be read.
+pub fn load_hmac_keys(
+    dir: &Path,
+    file: Option<&Path>,
+) -> Result<HashMap<String, Vec<u8>>, LedgerError> {
+    let mut keys = HashMap::new();
+    if let Some((id, k)) = current_hmac_key(dir, file, false)? {
+        keys.insert(id, k);
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("hmac-") && name.ends_with(".key") {
+                let path = e.path();
+                let text =
+                    std::fs::read(&path).map_err(|e| LedgerError::io("read HMAC key", &path, e))?;
+                let k = key_bytes(&text);
+                keys.insert(hmac_key_id(&k), k);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The checkpoint signing key, generated (with its public key file) at first open.
+///
+/// # Errors
+/// [`LedgerError::Key`] when the key file is not a PKCS#8 Ed25519 key.
+pub(crate) fn signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey, LedgerError> {
+    let path = dir.join(SIGNING_KEY_FILE);
+    let pub_path = dir.join(PUBLIC_KEY_FILE);
+    let key = match std::fs::read_to_string(&path) {
+        Ok(pem) => ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| key_err(&path, format!("not a PKCS#8 Ed25519 private key: {e}")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>(&path)?);
+            let pem = key
+                .to_pkcs8_pem(Default::default())
+                .map_err(|e| key_err(&path, format!("cannot encode key: {e}")))?;
+            create_file(&path, pem.as_bytes(), 0o600)?;
+            tracing::info!(path = %path.display(), "generated a new ledger checkpoint signing key");
+            key
+        }
+        Err(e) => return Err(LedgerError::io("read checkpoint key", &path, e)),
+    };
+    // The public key file is derived; (re)write it when missing.
+    if !pub_path.exists() {
+        create_file(&pub_path, public_pem(&key, &path)?.as_bytes(), 0o644)?;
+    }
+    Ok(key)
+}
+
+/// SPKI PEM of the public half of `key`.
+pub(crate) fn public_pem(
+    key: &ed25519_dalek::SigningKey,
+    path: &Path,
+) -> Result<String, LedgerError> {
+    key.verifying_key()
+        .to_public_key_pem(Default::default())
+        .map_err(|e| key_err(path, format!("cannot encode public key: {e}")))
+}
+
+/// Parse an SPKI PEM public key.
+pub(crate) fn parse_public_pem(
+    pem: &str,
+    origin: &Path,
+) -> Result<ed25519_dalek::VerifyingKey, LedgerError> {
+    ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
+        .map_err(|e| key_err(origin, format!("not an SPKI PEM Ed25519 public key: {e}")))
+}
+
+/// Path of the public key file in `dir`.
+pub(crate) fn public_key_path(dir: &Path) -> PathBuf {
+    dir.join(PUBLIC_KEY_FILE)
+}

@@ -1,0 +1,320 @@
+//! `sluice report`: access, change, security and usage reports over a time window, as
+//! JSON (`{"report", "since", "until", "columns", "rows"}`) and as text tables.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::index::{self, display};
+use super::query::{where_clause, Filter};
+use super::LedgerError;
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// Who (identity) used which provider and model: requests, tokens, cost.
+    Access,
+    /// Every administrative record.
+    Change,
+    /// Every non-`allow` decision (block, redact, shadow, …) and refused connection.
+    Security,
+    /// Per identity: requests, tokens, cost, first and last seen.
+    Usage,
+}
+
+impl ReportKind {
+    fn name(self) -> &'static str {
+        match self {
+            ReportKind::Access => "access",
+            ReportKind::Change => "change",
+            ReportKind::Security => "security",
+            ReportKind::Usage => "usage",
+        }
+    }
+}
+
+/// `{"a":1,"b":"x"}` → `a=1 b=x` (compact identity for tables).
+fn identity_text(json: Option<String>) -> Value {
+    match json.and_then(|j| serde_json::from_str::<Map<String, Value>>(&j).ok()) {
+        Some(m) => Value::String(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    v => format!("{k}={v}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        None => Value::String("-".into()),
+    }
+}
+
+/// Build a report over `since <= ts < until`.
+///
+/// # Errors
+/// The index cannot be read.
+pub fn report(
+    dir: &Path,
+    kind: ReportKind,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+) -> Result<Value, LedgerError> {
+    let conn = index::open_ro(dir)?;
+    let db = index::db_path(dir);
+    let e = index::sql_err(&db);
+    let (w, params) = where_clause(&Filter {
+        since,
+        until,
+        ..Filter::default()
+    });
+    let and = |cond: &str| {
+        if w.is_empty() {
+            format!("WHERE {cond}")
+        } else {
+            format!("{w} AND ({cond})")
+        }
+    };
+    let p = || rusqlite::params_from_iter(params.clone());
+    let (columns, rows): (Vec<&str>, Vec<Value>) = match kind {
+        ReportKind::Access | ReportKind::Usage => {
+            let access = kind == ReportKind::Access;
+            let sql = format!(
+                "SELECT (SELECT json FROM identities WHERE id = identity_id), {}
+                        count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd),
+                        min(ts), max(ts), group_concat(DISTINCT provider)
+                 FROM records {} GROUP BY identity_id{} ORDER BY count(*) DESC",
+                if access {
+                    "provider, model,"
+                } else {
+                    "NULL, NULL,"
+                },
+                and("kind = 'interaction'"),
+                if access { ", provider, model" } else { "" },
+            );
+            let mut stmt = conn.prepare(&sql).map_err(&e)?;
+            let rows = stmt
+                .query_map(p(), |r| {
+                    let identity = identity_text(r.get(0)?);
+                    let requests: i64 = r.get(3)?;
+                    let inp: Option<i64> = r.get(4)?;
+                    let out: Option<i64> = r.get(5)?;
+                    let cost: Option<f64> = r.get(6)?;
+                    Ok(if access {
+                        json!({
+                            "identity": identity,
+                            "provider": r.get::<_, Option<String>>(1)?,
+                            "model": r.get::<_, Option<String>>(2)?,
+                            "requests": requests,
+                            "input_tokens": inp.unwrap_or(0),
+                            "output_tokens": out.unwrap_or(0),
+                            "cost_usd": cost.unwrap_or(0.0),
+                        })
+                    } else {
+                        json!({
+                            "identity": identity,
+                            "requests": requests,
+                            "input_tokens": inp.unwrap_or(0),
+                            "output_tokens": out.unwrap_or(0),
+                            "cost_usd": cost.unwrap_or(0.0),
+                            "providers": r.get::<_, Option<String>>(9)?,
+                            "first_seen": r.get::<_, Option<String>>(7)?,
+                            "last_seen": r.get::<_, Option<String>>(8)?,
+                        })
+                    })
+                })
+                .map_err(&e)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&e)?;
+            let cols = if access {
+                vec![
+                    "identity",
+                    "provider",
+                    "model",
+                    "requests",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_usd",
+                ]
+            } else {
+                vec![
+                    "identity",
+                    "requests",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_usd",
+                    "providers",
+                    "first_seen",
+                    "last_seen",
+                ]
+            };
+            (cols, rows)
+        }
+        ReportKind::Change | ReportKind::Security => {
+            let cond = if kind == ReportKind::Change {
+                "kind = 'admin'"
+            } else {
+                "(kind = 'interaction' AND decision IS NOT NULL AND decision != 'allow')
+                 OR (kind = 'connection' AND outcome = 'refused')"
+            };
+            let sql = format!(
+                "SELECT meta, content, hash, hmac FROM records {} ORDER BY seq",
+                and(cond)
+            );
+            let mut stmt = conn.prepare(&sql).map_err(&e)?;
+            let recs = stmt
+                .query_map(p(), |r| {
+                    Ok(display(
+                        &r.get::<_, String>(0)?,
+                        None,
+                        &r.get::<_, String>(2)?,
+                        &r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(&e)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&e)?;
+            if kind == ReportKind::Change {
+                let rows = recs
+                    .into_iter()
+                    .map(|r| {
+                        json!({
+                            "seq": r["seq"], "ts": r["ts"], "action": r["action"],
+                            "outcome": r["outcome"],
+                            "initiator": identity_text(Some(r["initiator"].to_string())),
+                            "target": format!("{}:{}", r["target"]["type"].as_str().unwrap_or("-"), r["target"]["id"].as_str().unwrap_or("-")),
+                            "details": r["details"],
+                        })
+                    })
+                    .collect();
+                (
+                    vec![
+                        "seq",
+                        "ts",
+                        "action",
+                        "outcome",
+                        "initiator",
+                        "target",
+                        "details",
+                    ],
+                    rows,
+                )
+            } else {
+                let rows = recs
+                    .into_iter()
+                    .map(|r| {
+                        let reason = match r.get("reason_codes").and_then(Value::as_array) {
+                            Some(codes) if !codes.is_empty() => Value::String(
+                                codes
+                                    .iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                            ),
+                            _ => r.get("reason").cloned().unwrap_or(Value::Null),
+                        };
+                        json!({
+                            "seq": r["seq"], "ts": r["ts"], "kind": r["kind"],
+                            "identity": identity_text(Some(r["identity"].to_string())),
+                            "provider": r.get("provider").cloned().unwrap_or(Value::Null),
+                            "model": r.get("model").cloned().unwrap_or(Value::Null),
+                            "decision": r.get("decision").cloned().unwrap_or(Value::Null),
+                            "outcome": r["outcome"],
+                            "reason": reason,
+                        })
+                    })
+                    .collect();
+                (
+                    vec![
+                        "seq", "ts", "kind", "identity", "provider", "model", "decision",
+                        "outcome", "reason",
+                    ],
+                    rows,
+                )
+            }
+        }
+    };
+    let ts = |t: Option<SystemTime>| t.map(crate::record::rfc3339);
+    Ok(json!({
+        "report": kind.name(),
+        "since": ts(since),
+        "until": ts(until),
+        "generated_at": crate::record::rfc3339(SystemTime::now()),
+        "columns": columns,
+        "rows": rows,
+    }))
+}
+
+fn cell(v: &Value) -> String {
+    let s = match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.6}"),
+            _ => n.to_string(),
+        },
+        v => v.to_string(),
+    };
+    let s = s.replace(['\n', '\r', '\t'], " ");
+    if s.chars().count() > 60 {
+        let mut t: String = s.chars().take(59).collect();
+        t.push('…');
+        t
+    } else {
+        s
+    }
+}
+
+/// A report as a readable text table (title, window, one aligned row per entry).
+pub fn render_report_text(report: &Value) -> String {
+    let cols: Vec<&str> = report["columns"]
+        .as_array()
+        .map(|c| c.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = report["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut widths: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let window = |k: &str| report[k].as_str().unwrap_or("-").to_owned();
+    let mut out = format!(
+        "{} report  since {}  until {}  ({} rows)\n\n",
+        report["report"].as_str().unwrap_or("?"),
+        window("since"),
+        window("until"),
+        rows.len()
+    );
+    let line = |cells: &[String]| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(
+        &cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>(),
+    ));
+    out.push_str(&line(
+        &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+    ));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}

@@ -1,0 +1,185 @@
+"""The audit ledger end to end: nothing a client received goes unrecorded (SIGKILL under
+load), tampering is caught by `sluice audit verify`, the syslog export reaches a real
+rsyslog, a full disk fails closed with a clear error, and the CLI defaults read what
+`sluice demo` wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from netns import Proc, free_port, run, sluice_bin, wait_for_port
+from sluice_stack import Stack
+
+LOAD = """
+import json, sys, threading, openai
+done, lock = [], threading.Lock()
+def worker(t):
+    c = openai.OpenAI(api_key="sk-load", max_retries=0, timeout=10)
+    for i in range(100000):
+        tag = f"req-{t}-{i}"
+        try:
+            r = c.chat.completions.create(model="gpt-4o-mini",
+                messages=[{"role": "user", "content": tag}])
+        except Exception:
+            return
+        assert r.choices[0].message.content == "Mock reply to: " + tag
+        with lock:
+            print(tag, flush=True)
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+
+
+def test_sigkill_under_load_loses_no_completed_interaction(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    env = stack.client_env()
+    client = subprocess.Popen(topo.client.argv([sys.executable, "-c", LOAD]), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    completed = []
+    for line in client.stdout:
+        completed.append(line.strip())
+        if len(completed) >= 150:
+            break
+    os.kill(stack.proxy.pid, signal.SIGKILL)
+    rest, _ = client.communicate(timeout=60)
+    completed += [x for x in rest.splitlines() if x.strip()]
+    assert len(completed) >= 150
+
+    stack.start_proxy()  # restart: the write-ahead file is replayed
+    recorded = set()
+    for r in stack.all_records():
+        if r["kind"] == "interaction" and r["outcome"] == "success":
+            recorded.add(r["request"]["messages"][0]["content"])
+    missing = [c for c in completed if c not in recorded]
+    assert not missing, f"{len(missing)} completed requests have no record, e.g. {missing[:5]}"
+    v = stack.cli("audit", "verify", check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_tampering_is_caught_by_audit_verify(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    for _ in range(3):
+        stack.curl("-o", "/dev/null", "-H", "content-type: application/json", "--data-binary",
+                   '{"model":"gpt-4o","messages":[{"role":"user","content":"audit me"}]}',
+                   "https://api.openai.com/v1/chat/completions")
+    recs = stack.wait_records(3, "interaction")
+    assert stack.cli("audit", "verify").returncode == 0
+    stack.proxy.stop()
+    db = stack.state / "ledger" / "ledger.sqlite"
+    con = sqlite3.connect(db)
+    seq = recs[1]["seq"]
+    (meta,) = con.execute("select meta from records where seq = ?", (seq,)).fetchone()
+    assert '"model":"gpt-4o"' in meta
+    # An auditor's nightmare: someone quietly downgrades the model of one record.
+    con.execute("update records set meta = ? where seq = ?",
+                (meta.replace('"model":"gpt-4o"', '"model":"gpt-4o-mini"'), seq))
+    con.commit()
+    con.close()
+    v = stack.cli("audit", "verify", check=False)
+    assert v.returncode != 0
+    assert str(seq) in v.stdout + v.stderr and "edited" in (v.stdout + v.stderr).lower()
+
+
+SYSLOG_LINE = re.compile(
+    r'^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) (\S{1,255}) '
+    r'(\S{1,48}) (\S{1,128}) (\S{1,32}) (-|(?:\[[^ \]=]+(?: [^ =\]"]+="(?:[^"\\\]]|\\["\\\]])*")*\])+)(?: (.*))?$')
+
+
+def test_syslog_export_reaches_a_real_rsyslog(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    # A prompt with the characters RFC 5424 makes us escape.
+    stack.curl("-o", "/dev/null", "-H", "content-type: application/json", "--data-binary",
+               json.dumps({"model": "gpt-4o", "messages": [
+                   {"role": "user", "content": 'quote " backslash \\ bracket ] newline \n end'}]}),
+               "https://api.openai.com/v1/chat/completions")
+    stack.wait_records(1, "interaction")
+    port = free_port("127.0.0.1")
+    out = tmp_path / "rsyslog.out"
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(f"""global(workDirectory="{tmp_path}")
+module(load="imtcp")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="raw" type="string" string="%rawmsg%\\n")
+*.* action(type="omfile" file="{out}" template="raw")
+""")
+    Proc(["rsyslogd", "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslog.pid")],
+         tmp_path / "rsyslogd.log")
+    wait_for_port("127.0.0.1", port, timeout=20)
+    r = stack.cli("audit", "export", "--format", "syslog", "--out", f"tcp://127.0.0.1:{port}")
+    assert r.returncode == 0
+    exported = [r for r in stack.all_records() if r["kind"] != "admin" or r["action"] != "export"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        lines = out.read_text().splitlines() if out.exists() else []
+        if len(lines) >= len(exported):
+            break
+        time.sleep(0.1)
+    assert len(lines) >= len(exported) >= 1
+    for line in lines:
+        m = SYSLOG_LINE.match(line)
+        assert m, f"not RFC 5424: {line!r}"
+        assert m.group(4) == "sluice"
+    interaction = next(x for x in lines if 'provider="openai"' in x)
+    assert 'model="gpt-4o"' in interaction
+    # The export is itself audited (through the inbox, since the proxy holds the ledger).
+    deadline = time.monotonic() + 15
+    while not any(r["kind"] == "admin" and r["action"] == "export" for r in stack.all_records()):
+        assert time.monotonic() < deadline, "the export left no admin record"
+        time.sleep(0.2)
+    exp = next(r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "export")
+    assert exp["details"]["records"] == len(exported) and exp["outcome"] == "success"
+
+
+def test_full_disk_fails_closed_with_a_clear_error(topo, tmp_path):
+    ledger = tmp_path / "small"
+    ledger.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=256k", "sluice-test", str(ledger)])
+    try:
+        stack = Stack(topo, tmp_path, extra_config=f'ledger:\n  dir: "{ledger}"\non_ledger_failure: fail_closed\n')
+        # Fill the disk.
+        filler = ledger / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1000"],
+                       capture_output=True)
+        statuses = set()
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 2000}]})
+        for _ in range(20):
+            r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                           "--data-binary", body, "https://api.openai.com/v1/chat/completions",
+                           check=False)
+            statuses.add(r.stdout.rsplit("\n", 1)[-1])
+            if "503" in statuses:
+                break
+        assert "503" in statuses, statuses
+        assert "ledger" in r.stdout.lower()
+        assert stack.metric("sluice_ledger_append_errors_total") >= 1
+        assert stack.alive()
+        stack.proxy.stop()
+        assert "ledger" in stack.proxy.tail(200).lower()
+    finally:
+        subprocess.run(["umount", "-l", str(ledger)], capture_output=True)
+
+
+def test_demo_then_events_tail_with_no_flags(tmp_path):
+    env = {**os.environ, "SLUICE_STATE_DIR": str(tmp_path / "state")}
+    demo = subprocess.run([str(sluice_bin()), "demo"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    tail = subprocess.run([str(sluice_bin()), "events", "tail"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert tail.returncode == 0, tail.stderr
+    for model in ("gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash"):
+        assert model in tail.stdout
+    verify = subprocess.run([str(sluice_bin()), "audit", "verify"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
