@@ -183,3 +183,21 @@ def test_demo_then_events_tail_with_no_flags(tmp_path):
     verify = subprocess.run([str(sluice_bin()), "audit", "verify"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_administrative_changes_are_recorded(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    deadline = time.monotonic() + 15
+    while True:
+        admin = [r for r in stack.all_records() if r["kind"] == "admin"]
+        if len(admin) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    ca = next(r for r in admin if r["target"]["type"] == "ca")
+    assert ca["action"] == "create" and ca["outcome"] == "success"
+    assert ca["initiator"]["id"] == f"uid:{os.getuid()}"
+    start = next(r for r in admin if r["target"]["type"] == "config")
+    assert start["action"] == "reload" and start["details"]["event"] == "start"
+    assert start["target"]["id"] == str(stack.config)
+    report = json.loads(stack.cli("report", "--type", "change", "--json").stdout)
+    assert len(report["rows"]) >= 2

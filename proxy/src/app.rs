@@ -27,6 +27,10 @@ use crate::{metrics, tls};
 /// Anything that prevents start-up (CA missing, a port taken, state dir unwritable),
 /// with what to do about it.
 pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let config_path_label = config_path.as_ref().map_or_else(
+        || "(built-in defaults)".to_string(),
+        |p| p.display().to_string(),
+    );
     // Metrics exist (at zero) before the first scrape.
     metrics::init();
 
@@ -184,6 +188,34 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
             "metrics",
             MetricsService(l.try_clone()?),
         ));
+    }
+
+    // The configuration this process starts with is an admin record too.
+    {
+        use crate::record::{Admin, AdminAction, AdminOutcome, Record, Target};
+        let policies: Vec<String> = config
+            .policy
+            .policies
+            .iter()
+            .map(|p| format!("{}@v{}", p.id, p.version))
+            .collect();
+        let admin = Admin::new(
+            AdminAction::Reload,
+            AdminOutcome::Success,
+            crate::audit::local_initiator(),
+            Target {
+                kind: "config".into(),
+                id: config_path_label.clone(),
+            },
+            serde_json::json!({
+                "event": "start",
+                "listen": config.listen,
+                "policies": policies,
+                "redirect": config.redirect.enabled,
+                "on_ledger_failure": format!("{:?}", config.on_ledger_failure),
+            }),
+        );
+        recorder.submit_blocking(Record::Admin(Box::new(admin)));
     }
 
     tracing::info!(

@@ -240,23 +240,38 @@ pub fn export(
     Ok(n)
 }
 
-/// The export is an admin record: appended directly, or through the inbox when a running
-/// proxy holds the ledger.
+/// The export is an admin record.
 fn record_export(dir: &Path, format: ExportFormat, out: &str, n: u64) -> anyhow::Result<()> {
-    let admin = Admin::new(
-        AdminAction::Export,
-        AdminOutcome::Success,
-        Initiator {
-            id: format!("uid:{}", nix::unistd::getuid()),
-            role: "cli".into(),
-            ip: None,
-        },
-        Target {
-            kind: "ledger".into(),
-            id: dir.display().to_string(),
-        },
-        serde_json::json!({"format": format!("{format:?}").to_lowercase(), "destination": out, "records": n}),
-    );
+    record_admin(
+        dir,
+        Admin::new(
+            AdminAction::Export,
+            AdminOutcome::Success,
+            local_initiator(),
+            Target {
+                kind: "ledger".into(),
+                id: dir.display().to_string(),
+            },
+            serde_json::json!({"format": format!("{format:?}").to_lowercase(), "destination": out, "records": n}),
+        ),
+    )
+}
+
+/// The local user running this command, as an admin initiator.
+pub fn local_initiator() -> Initiator {
+    Initiator {
+        id: format!("uid:{}", nix::unistd::getuid()),
+        role: "cli".into(),
+        ip: None,
+    }
+}
+
+/// Append an admin record: directly when no proxy holds the ledger, else through the
+/// inbox for the running proxy to append.
+///
+/// # Errors
+/// The ledger cannot be opened for another reason, or the inbox cannot be written.
+pub fn record_admin(dir: &Path, admin: Admin) -> anyhow::Result<()> {
     let cfg = ledger::LedgerConfig {
         dir: dir.to_path_buf(),
         ..Default::default()

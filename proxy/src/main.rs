@@ -200,6 +200,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             CaCommand::Init { config, name } => {
                 let c = load(config.as_deref())?;
                 sluice::ca::init(&c.ca_cert_path(), &c.ca_key_path(), &name)?;
+                sluice::audit::record_admin(
+                    &c.ledger().dir,
+                    sluice::record::Admin::new(
+                        sluice::record::AdminAction::Create,
+                        sluice::record::AdminOutcome::Success,
+                        sluice::audit::local_initiator(),
+                        sluice::record::Target {
+                            kind: "ca".into(),
+                            id: c.ca_cert_path().display().to_string(),
+                        },
+                        serde_json::json!({ "common_name": name }),
+                    ),
+                )?;
                 println!("CA certificate: {}", c.ca_cert_path().display());
                 println!("CA key (0600):  {}", c.ca_key_path().display());
                 println!("Distribute the certificate to clients (`sluice ca show`).");

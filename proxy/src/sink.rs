@@ -73,6 +73,15 @@ impl Recorder {
         }
     }
 
+    /// Queue a record from outside an async context (start-up), waiting for room.
+    pub fn submit_blocking(&self, record: Record) {
+        metrics::RECORD_QUEUE.inc();
+        if self.tx.blocking_send(Msg::Record(record)).is_err() {
+            metrics::RECORD_QUEUE.dec();
+            tracing::error!("record writer stopped; start-up record not kept");
+        }
+    }
+
     /// Wait until every record submitted before this call has been written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
