@@ -250,7 +250,8 @@ except openai.PermissionDeniedError as e:
                       for r in stack.all_records()), "no failed-reload record")
     assert stack.python(call) == {"blocked": False}
     assert watched.read_text().count("version: two") == 1
-    admin = [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "reload"]
+    admin = [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "reload"
+             and r["details"].get("event") != "start"]
     ok = next(r for r in admin if r["outcome"] == "success")
     assert "model-allowlist@v2 -> model-allowlist@v3" in ok["details"]["changed"]
     assert ok["initiator"]["id"].startswith("uid:")

@@ -73,6 +73,13 @@ enum Command {
     },
     /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
     Doctor,
+    /// Load generator of the benchmark harness (`cargo xtask bench` drives it).
+    #[command(hide = true, disable_help_flag = true)]
+    Loadgen {
+        /// Arguments for the load generator (see `sluice loadgen --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Serve the mock LLM provider (tests and benchmarks).
     #[command(hide = true)]
     MockProvider {
@@ -340,6 +347,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             println!("\nThis host can run the eBPF redirect (`redirect.enabled: true`).");
+        }
+        Command::Loadgen { args } => {
+            sluice::loadgen::run_cli(args)?;
         }
         Command::Demo { dir } => {
             sluice::demo::run(dir)?;

@@ -7,6 +7,7 @@
 //! `probe-ebpf`'s build script. It depends on clap and anyhow only, so it builds in seconds
 //! on a bare machine, and it drives every tool through `std::process::Command`.
 
+mod bench;
 mod setup;
 
 use std::os::unix::process::CommandExt;
@@ -31,6 +32,8 @@ enum Cli {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark Sluice against direct, nginx, HAProxy, bare Pingora, LiteLLM, mitmproxy.
+    Bench(bench::Options),
     /// Set up, build, run `cargo test`, then the pytest suite under tests/.
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Cli::Setup => setup::run(&root, Venv::Install),
         Cli::Build => build(&root),
         Cli::Demo { args } => demo(&root, &args),
+        Cli::Bench(opts) => bench::run(&root, &opts),
         Cli::Test { filter } => test(&root, filter.as_deref()),
     };
     match result {

@@ -71,6 +71,9 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     // deleted after such a checkpoint, so a power loss cannot lose an indexed record.
     c.pragma_update(None, "journal_mode", "WAL").map_err(&e)?;
     c.pragma_update(None, "synchronous", "NORMAL").map_err(&e)?;
+    // 64 MiB of page cache: the five secondary indexes stay in memory while indexing,
+    // instead of thrashing SQLite's 2 MiB default once the table is large.
+    c.pragma_update(None, "cache_size", -65_536).map_err(&e)?;
     c.execute_batch(SCHEMA).map_err(&e)?;
     Ok(c)
 }

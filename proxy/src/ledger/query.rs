@@ -103,8 +103,20 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Value>, LedgerError> {
     let e = index::sql_err(&db);
     let (w, mut params) = where_clause(filter);
     params.push(Sql::Integer(filter.limit.min(i64::MAX as usize) as i64));
+    // A time window alone is answered from the `ts_ms` index, newest first; with an
+    // equality filter its own index (ending in `seq`) gives the order directly.
+    let time_only = (filter.since.is_some() || filter.until.is_some())
+        && filter.provider.is_none()
+        && filter.model.is_none()
+        && filter.decision.is_none()
+        && filter.identity.is_none();
+    let order = if time_only {
+        "ts_ms DESC, seq DESC"
+    } else {
+        "seq DESC"
+    };
     let sql = format!(
-        "SELECT meta, content, hash, hmac FROM records {w} ORDER BY seq DESC LIMIT ?{}",
+        "SELECT meta, content, hash, hmac FROM records {w} ORDER BY {order} LIMIT ?{}",
         params.len()
     );
     let mut stmt = conn.prepare(&sql).map_err(&e)?;

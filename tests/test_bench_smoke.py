@@ -1,0 +1,116 @@
+"""Smoke test of the benchmark harness: `cargo xtask bench --smoke` runs every path that
+can run on this machine and writes figures for each; a path that cannot run says why.
+
+Asserts that figures exist and have the right shape, never their values: timings depend
+on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(os.environ.get("SLUICE_REPO", Path(__file__).resolve().parent.parent))
+
+# Paths built from this repository alone: they always run.
+OWN_PATHS = ["direct", "pingora-minimal", "sluice", "sluice-passthrough"]
+# Peers from apt: they run whenever their binary is installed (the harness installs them).
+APT_PEERS = ["nginx", "haproxy"]
+# Peers from PyPI: the smoke run leaves them out, with a reason.
+PYPI_PEERS = ["litellm", "mitmproxy"]
+
+SCENARIOS = {
+    "sat_1k": ["rps"],
+    "sat_100k": ["rps"],
+    "newconn": ["rps"],
+    "lat1_1k": ["p50", "p90", "p99", "p999"],
+    "lat1_100k": ["p50", "p90", "p99", "p999"],
+    "open_1k": ["p50", "p90", "p99", "p999"],
+    "open_100k": ["p50", "p90", "p99", "p999"],
+    "sse": ["ttfe_p50", "ttfe_p99", "gap_p50", "gap_p99"],
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    cargo = os.environ.get("CARGO", "cargo")
+    proc = subprocess.run(
+        [cargo, "xtask", "bench", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def assert_figures(name: str, entry: dict) -> None:
+    assert entry["available"] is True, f"{name}: {entry.get('reason')}"
+    scenarios = entry["scenarios"]
+    for scenario, keys in SCENARIOS.items():
+        fig = scenarios[scenario]
+        assert is_number(fig["error_rate"]), (name, scenario)
+        for key in keys:
+            stat = fig[key]
+            assert stat is not None, f"{name}/{scenario}/{key} missing: {fig.get('error_samples')}"
+            for part in ("median", "min", "max"):
+                assert is_number(stat[part]), (name, scenario, key, part)
+    assert is_number(scenarios["sse"]["fidelity"]), name
+    assert entry["version"], name
+    if name != "direct":
+        assert is_number(entry["rss_idle_kb"]) and is_number(entry["rss_peak_kb"]), name
+        assert is_number(entry["cpu_s_per_10k_requests"]["median"]), name
+        for scenario in ("lat1_1k", "open_1k"):
+            assert is_number(scenarios[scenario]["added_p50"]), (name, scenario)
+
+
+@pytest.mark.timeout(300)
+def test_every_path_has_figures_or_a_reason(results):
+    paths = results["paths"]
+    for name in OWN_PATHS:
+        assert_figures(name, paths[name])
+    for name in APT_PEERS:
+        entry = paths[name]
+        if shutil.which(name) or Path(f"/usr/sbin/{name}").exists():
+            assert_figures(name, entry)
+        else:
+            assert entry["available"] is False and entry["reason"], name
+    for name in PYPI_PEERS:
+        entry = paths[name]
+        assert entry["available"] is False, name
+        assert "--smoke" in entry["reason"], entry["reason"]
+
+
+@pytest.mark.timeout(300)
+def test_sluice_paths_report_audit_completeness(results):
+    for name, kind in (("sluice", "interaction"), ("sluice-passthrough", "connection")):
+        audit = results["paths"][name]["audit"]
+        assert audit["kind"] == kind
+        assert is_number(audit["records"]) and is_number(audit["expected"]), audit
+        assert audit["expected"] > 0, audit
+
+
+@pytest.mark.timeout(300)
+def test_results_carry_reproducibility_and_the_tables(results):
+    meta = results["meta"]
+    for key in ("nproc", "kernel", "cpu_model"):
+        assert meta["machine"][key], key
+    assert meta["placement"] and meta["command"] and meta["date"]
+    for name in ("sat_1k", "sat_100k", "newconn"):
+        assert is_number(results["rig_ceiling"][name]["median"]), name
+    assert "sluice/nginx" in results["ratios"] and "sluice/direct" in results["ratios"]
+    table = results["markdown"]
+    assert "### Throughput and resources" in table and "### Ratios" in table
+    for name in OWN_PATHS:
+        assert f"| {name} |" in table, name

@@ -1,0 +1,871 @@
+//! `cargo xtask bench`: what Sluice costs next to a direct connection, nginx, HAProxy, a
+//! bare Pingora proxy, LiteLLM and mitmproxy, measured on this machine.
+//!
+//! Everything runs on loopback (ports from binding :0): the mock provider (`sluice
+//! mock-provider`, TLS) is the upstream of every path; each path terminates the client's
+//! TLS for `api.openai.com` and re-encrypts to the mock (the passthrough path relays the
+//! bytes instead). The load generator is `sluice loadgen` (so xtask stays light). With two
+//! CPUs or more, the proxy under test is pinned to CPU 1 and the rig (load generator and
+//! mock) to CPU 0, so the rig's cost and the proxy's do not mix.
+//!
+//! Each figure is the median of several repetitions with min–max; a figure whose runs
+//! failed more than 0.1% of requests is marked, and so is any throughput within 10% of the
+//! rig's own ceiling (the load generator against the mock at high concurrency), which
+//! would measure the rig rather than the path.
+//!
+//! What it is **not**: a regression gate. Figures vary with the machine and its load; the
+//! smoke test checks that figures exist, never their values.
+
+mod json;
+mod peers;
+mod procfs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use self::json::Json;
+use self::peers::{Records, Rig, Running, PATHS};
+
+/// Command-line options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Fewer and shorter runs (under 2 minutes once the peers are installed).
+    #[arg(long)]
+    pub quick: bool,
+    /// Tiny counts and a debug build: proves every path runs (the smoke test uses it).
+    #[arg(long, conflicts_with = "quick")]
+    pub smoke: bool,
+    /// Only these scenarios (comma-separated): sat_1k, sat_100k, lat1_1k, lat1_100k,
+    /// open_1k, open_100k, sse, newconn.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub scenario: Vec<String>,
+    /// Only these paths (comma-separated; `direct` is always measured, as the baseline).
+    #[arg(long, value_delimiter = ',', value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Where to write the JSON results. Default: target/bench/results.json.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Sizes of a run.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: &'static str,
+    /// Repetitions of each scenario; the figure is their median.
+    pub reps: usize,
+    /// Measured seconds of one run, and its unmeasured warm-up.
+    pub duration: f64,
+    pub warmup: f64,
+    /// Unmeasured load sent to each path once before its runs.
+    pub path_warmup: f64,
+    /// Open-loop rates, requests/s, for 1 KB and 100 KB prompts.
+    pub rate_1k: f64,
+    pub rate_100k: f64,
+    /// Connection pool of the open loop.
+    pub open_pool: usize,
+    /// Connections of the saturation runs, and of the rig's ceiling.
+    pub sat_conns: usize,
+    pub ceiling_conns: usize,
+    /// SSE: chunks per stream, pause between frames at the mock, connections.
+    pub sse_chunks: usize,
+    pub sse_delay_ms: u64,
+    pub sse_conns: usize,
+    /// Connections of the new-TLS-connection run.
+    pub newconn_conns: usize,
+    pub release: bool,
+    /// Whether the PyPI peers (litellm, mitmproxy) are installed and measured.
+    pub pypi_peers: bool,
+}
+
+impl Profile {
+    fn of(opts: &Options) -> Profile {
+        let full = Profile {
+            name: "full",
+            reps: 3,
+            duration: 2.5,
+            warmup: 0.3,
+            path_warmup: 2.0,
+            rate_1k: 1000.0,
+            rate_100k: 200.0,
+            open_pool: 64,
+            sat_conns: 16,
+            ceiling_conns: 64,
+            sse_chunks: 200,
+            sse_delay_ms: 1,
+            sse_conns: 4,
+            newconn_conns: 8,
+            release: true,
+            pypi_peers: true,
+        };
+        if opts.smoke {
+            Profile {
+                name: "smoke",
+                reps: 1,
+                duration: 0.25,
+                warmup: 0.05,
+                path_warmup: 0.3,
+                rate_1k: 50.0,
+                rate_100k: 20.0,
+                open_pool: 8,
+                sat_conns: 4,
+                ceiling_conns: 8,
+                sse_chunks: 20,
+                sse_delay_ms: 0,
+                sse_conns: 1,
+                newconn_conns: 2,
+                release: false,
+                pypi_peers: false,
+            }
+        } else if opts.quick {
+            Profile {
+                name: "quick",
+                reps: 2,
+                duration: 0.4,
+                warmup: 0.1,
+                path_warmup: 0.3,
+                rate_1k: 300.0,
+                rate_100k: 100.0,
+                open_pool: 32,
+                sat_conns: 16,
+                ceiling_conns: 64,
+                sse_chunks: 200,
+                sse_delay_ms: 1,
+                sse_conns: 2,
+                newconn_conns: 8,
+                ..full
+            }
+        } else {
+            full
+        }
+    }
+}
+
+/// One kind of run of the load generator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// Closed loop at saturation: req/s.
+    Throughput,
+    /// Latency percentiles (one connection, or open loop).
+    Latency,
+    /// Streams: time to first event, gaps, fidelity.
+    Sse,
+    /// New connection per request: TLS handshakes/s.
+    NewConn,
+}
+
+/// A named scenario.
+pub struct Scenario {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub what: &'static str,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "sat_1k",
+        kind: Kind::Throughput,
+        what: "closed loop, 1 KB prompt",
+    },
+    Scenario {
+        name: "sat_100k",
+        kind: Kind::Throughput,
+        what: "closed loop, 100 KB prompt",
+    },
+    Scenario {
+        name: "lat1_1k",
+        kind: Kind::Latency,
+        what: "1 connection, 1 KB prompt",
+    },
+    Scenario {
+        name: "lat1_100k",
+        kind: Kind::Latency,
+        what: "1 connection, 100 KB prompt",
+    },
+    Scenario {
+        name: "open_1k",
+        kind: Kind::Latency,
+        what: "open loop at a fixed rate, 1 KB prompt",
+    },
+    Scenario {
+        name: "open_100k",
+        kind: Kind::Latency,
+        what: "open loop at a fixed rate, 100 KB prompt",
+    },
+    Scenario {
+        name: "sse",
+        kind: Kind::Sse,
+        what: "SSE stream, checked against the mock",
+    },
+    Scenario {
+        name: "newconn",
+        kind: Kind::NewConn,
+        what: "new TCP + full TLS handshake per request",
+    },
+];
+
+fn loadgen_args(p: &Profile, name: &str) -> Vec<String> {
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>();
+    let n = |x: usize| x.to_string();
+    let f = |x: f64| x.to_string();
+    match name {
+        "sat_1k" => s(&["--connections", &n(p.sat_conns), "--prompt-bytes", "1024"]),
+        "sat_100k" => s(&["--connections", &n(p.sat_conns), "--prompt-bytes", "102400"]),
+        "lat1_1k" => s(&["--connections", "1", "--prompt-bytes", "1024"]),
+        "lat1_100k" => s(&["--connections", "1", "--prompt-bytes", "102400"]),
+        "open_1k" => s(&[
+            "--connections",
+            &n(p.open_pool),
+            "--rate",
+            &f(p.rate_1k),
+            "--prompt-bytes",
+            "1024",
+        ]),
+        "open_100k" => s(&[
+            "--connections",
+            &n(p.open_pool),
+            "--rate",
+            &f(p.rate_100k),
+            "--prompt-bytes",
+            "102400",
+        ]),
+        "sse" => s(&[
+            "--connections",
+            &n(p.sse_conns),
+            "--sse-chunks",
+            &n(p.sse_chunks),
+            "--reply-bytes",
+            &n(p.sse_chunks * 20),
+            "--mock-delay-ms",
+            &p.sse_delay_ms.to_string(),
+        ]),
+        "newconn" => s(&[
+            "--connections",
+            &n(p.newconn_conns),
+            "--new-conn",
+            "--prompt-bytes",
+            "1024",
+        ]),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs the benchmark.
+///
+/// # Errors
+/// When the build fails, the mock cannot start, or results cannot be written. A path that
+/// cannot run is not an error: its reason goes into the results.
+pub fn run(root: &Path, opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    // The tree measured: taken now, before anyone edits it during a long run.
+    let git = Command::new("git")
+        .current_dir(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let profile = Profile::of(opts);
+    for s in &opts.scenario {
+        if !SCENARIOS.iter().any(|x| x.name == s) {
+            bail!("unknown scenario {s}; known: {}", scenario_names());
+        }
+    }
+    for p in &opts.paths {
+        if !PATHS.contains(&p.as_str()) {
+            bail!("unknown path {p}; known: {}", PATHS.join(", "));
+        }
+    }
+    let scenarios: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| opts.scenario.is_empty() || opts.scenario.iter().any(|x| x == s.name))
+        .collect();
+    let wanted: Vec<&str> = PATHS
+        .iter()
+        .copied()
+        .filter(|p| *p == "direct" || opts.paths.is_empty() || opts.paths.iter().any(|x| x == p))
+        .collect();
+
+    // Peers first: a missing one is a reason, not a failure.
+    let mut unavailable: BTreeMap<String, String> = BTreeMap::new();
+    if wanted.iter().any(|p| *p == "nginx" || *p == "haproxy") {
+        if let Err(e) = peers::ensure_apt_peers() {
+            for p in ["nginx", "haproxy"] {
+                if !peers::which(p) {
+                    unavailable.insert(p.into(), format!("not installed: {e:#}"));
+                }
+            }
+        }
+    }
+    for peer in ["litellm", "mitmproxy"] {
+        if !wanted.contains(&peer) {
+            continue;
+        }
+        if !profile.pypi_peers {
+            unavailable.insert(
+                peer.into(),
+                "not run by --smoke: PyPI peers are installed into .venv-bench and measured by \
+                 the full and --quick runs"
+                    .into(),
+            );
+        } else if let Err(e) = peers::ensure_pypi_peer(root, peer) {
+            unavailable.insert(peer.into(), format!("cannot install: {e:#}"));
+        }
+    }
+
+    // The one binary: proxy, mock and load generator.
+    let sluice = build(root, profile.release)?;
+    let work = root.join("target/bench/work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = ncpu >= 2 && peers::which("taskset");
+    let placement = if pin {
+        "proxy under test pinned to CPU 1 (taskset -c 1); load generator and mock provider \
+         pinned to CPU 0"
+            .to_string()
+    } else {
+        format!(
+            "not pinned ({ncpu} CPU(s) or no taskset): proxy, load generator and mock share CPUs"
+        )
+    };
+    println!("bench: {placement}");
+    let rig_cpu = pin.then_some(0);
+
+    // Certificates of the fixed-certificate peers.
+    let peer_ca = work.join("peer-ca.pem");
+    let peer_cert = work.join("peer.crt");
+    let peer_key = work.join("peer.key");
+    check(
+        Command::new(&sluice)
+            .args(["loadgen", "mint-cert", "--hosts", "api.openai.com"])
+            .arg("--ca-out")
+            .arg(&peer_ca)
+            .arg("--cert-out")
+            .arg(&peer_cert)
+            .arg("--key-out")
+            .arg(&peer_key),
+    )?;
+    let peer_pem = work.join("peer.pem");
+    std::fs::write(
+        &peer_pem,
+        std::fs::read_to_string(&peer_cert)? + &std::fs::read_to_string(&peer_key)?,
+    )?;
+
+    // The upstream of every path; its certificate also names 127.0.0.1 (for LiteLLM).
+    let mock_addr = peers::free_addr()?;
+    let mock_ca = work.join("mock-ca.pem");
+    let mock_log = work.join("mock.log");
+    let mut mock_cmd = peers::pinned(rig_cpu, &sluice);
+    mock_cmd
+        .args(["mock-provider", "--tls-hosts", "api.openai.com,127.0.0.1"])
+        .arg("--listen")
+        .arg(mock_addr.to_string())
+        .arg("--ca-out")
+        .arg(&mock_ca)
+        .env("SLUICE_LOG", "warn");
+    let mock = MockGuard(
+        mock_cmd
+            .stdout(std::fs::File::create(&mock_log)?)
+            .stderr(std::fs::File::create(work.join("mock.err"))?)
+            .spawn()
+            .context("starting the mock provider")?,
+    );
+    wait_port(mock_addr, Duration::from_secs(20)).context("the mock provider did not start")?;
+
+    let rig = Rig {
+        root: root.to_path_buf(),
+        sluice: sluice.clone(),
+        work: work.clone(),
+        mock: mock_addr,
+        mock_ca: mock_ca.clone(),
+        peer_cert,
+        peer_key,
+        peer_pem,
+        peer_ca,
+        proxy_cpu: pin.then_some(1),
+    };
+    let lg = Loadgen {
+        sluice: sluice.clone(),
+        cpu: rig_cpu,
+        mock: mock_addr,
+        mock_ca: mock_ca.clone(),
+    };
+
+    // The rig's own ceiling: the load generator against the mock at high concurrency.
+    let mut ceiling = Json::obj();
+    for name in ["sat_1k", "sat_100k", "newconn"] {
+        if !scenarios.iter().any(|s| s.name == name) {
+            continue;
+        }
+        let mut args = loadgen_args(&profile, name);
+        set_arg(
+            &mut args,
+            "--connections",
+            &profile.ceiling_conns.to_string(),
+        );
+        let mut runs = Vec::new();
+        for _ in 0..profile.reps {
+            runs.push(lg.run(mock_addr, &mock_ca, &args, &profile, 30.0)?);
+        }
+        let rps: Vec<f64> = runs.iter().filter_map(|r| r.get("rps").num()).collect();
+        println!(
+            "bench: rig ceiling {name}: {:.0} req/s",
+            report::median(&rps)
+        );
+        ceiling.set(name, report::stat(&rps));
+    }
+
+    // Each path in turn: start, warm up, measure, stop.
+    let mut results = Json::obj();
+    for path in &wanted {
+        let mut entry = Json::obj();
+        entry.set("version", peers::version(&rig, path));
+        if let Some(reason) = unavailable.get(*path) {
+            println!("bench: {path}: unavailable: {reason}");
+            entry.set("available", false).set("reason", reason.as_str());
+            results.set(path, entry);
+            continue;
+        }
+        println!("bench: {path}: starting");
+        let t = Instant::now();
+        let measured = measure(&rig, &lg, &profile, &scenarios, path);
+        println!("bench: {path}: done in {:.1} s", t.elapsed().as_secs_f64());
+        match measured {
+            Ok(m) => {
+                entry.set("available", true);
+                if let Json::Obj(map) = m {
+                    for (k, v) in map {
+                        entry.set(&k, v);
+                    }
+                }
+            }
+            Err(e) => {
+                println!("bench: {path}: failed: {e:#}");
+                entry
+                    .set("available", false)
+                    .set("reason", format!("failed to run: {e:#}"));
+            }
+        }
+        results.set(path, entry);
+    }
+    drop(mock);
+
+    let meta = meta(&git, &profile, &placement, &scenarios, started);
+    let mut out = Json::obj();
+    out.set("meta", meta)
+        .set("rig_ceiling", ceiling)
+        .set("paths", results);
+    let derived = report::derive(&mut out);
+    out.set("ratios", derived);
+    let table = report::markdown(&out, &profile);
+    println!("\n{table}");
+    let json_path = opts
+        .json
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench/results.json"));
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    out.set("markdown", table);
+    std::fs::write(&json_path, out.pretty())
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!(
+        "bench: results in {} ({:.0} s)",
+        json_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn scenario_names() -> String {
+    SCENARIOS
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = value.to_string();
+        }
+    }
+}
+
+/// Kills the mock provider when the run ends, however it ends.
+struct MockGuard(std::process::Child);
+
+impl Drop for MockGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(addr: std::net::SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} not listening after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Builds `sluice` (release for real numbers, debug for the smoke run) and returns it.
+/// A debug run under `cargo xtask test` reuses the binary the test stage built
+/// (`$SLUICE_BIN`), so the smoke test does not rebuild with other features.
+fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    if !release {
+        if let Some(bin) = std::env::var_os("SLUICE_BIN").map(PathBuf::from) {
+            if bin.is_file() {
+                println!("bench: using $SLUICE_BIN={}", bin.display());
+                return Ok(bin);
+            }
+        }
+    }
+    let mut cmd = super::cargo(root);
+    cmd.args(["build", "-p", "sluice"]);
+    if release {
+        cmd.arg("--release");
+    }
+    super::run(&mut cmd)?;
+    Ok(root.join(if release {
+        "target/release/sluice"
+    } else {
+        "target/debug/sluice"
+    }))
+}
+
+fn check(cmd: &mut Command) -> Result<()> {
+    let line = super::command_line(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The load generator, pinned to the rig CPU.
+struct Loadgen {
+    sluice: PathBuf,
+    cpu: Option<u32>,
+    mock: std::net::SocketAddr,
+    mock_ca: PathBuf,
+}
+
+impl Loadgen {
+    fn run(
+        &self,
+        addr: std::net::SocketAddr,
+        ca: &Path,
+        args: &[String],
+        p: &Profile,
+        timeout: f64,
+    ) -> Result<Json> {
+        self.run_for(addr, ca, args, p.duration, p.warmup, timeout)
+    }
+
+    fn run_for(
+        &self,
+        addr: std::net::SocketAddr,
+        ca: &Path,
+        args: &[String],
+        duration: f64,
+        warmup: f64,
+        timeout: f64,
+    ) -> Result<Json> {
+        let mut cmd = peers::pinned(self.cpu, &self.sluice);
+        cmd.args(["loadgen", "run", "--threads", "1"])
+            .args(["--url", "https://api.openai.com/v1/chat/completions"])
+            .arg("--connect")
+            .arg(addr.to_string())
+            .arg("--ca")
+            .arg(ca)
+            .arg("--reference-connect")
+            .arg(self.mock.to_string())
+            .arg("--reference-ca")
+            .arg(&self.mock_ca)
+            .args([
+                "--duration",
+                &duration.to_string(),
+                "--warmup",
+                &warmup.to_string(),
+            ])
+            .args(["--timeout", &timeout.to_string()])
+            .args(args);
+        let line = super::command_line(&cmd);
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        if !out.status.success() {
+            bail!(
+                "load generator failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Json::parse(text.trim()).with_context(|| format!("load generator output: {text}"))
+    }
+}
+
+/// Starts `path`, measures every scenario `reps` times (interleaved), stops it.
+fn measure(
+    rig: &Rig,
+    lg: &Loadgen,
+    p: &Profile,
+    scenarios: &[&Scenario],
+    path: &str,
+) -> Result<Json> {
+    let mut running = peers::start(rig, path)?;
+    let pid = running.pid();
+    let rss_idle = pid.map(|pid| procfs::status_kb(pid, "VmRSS"));
+    let mut responses_total = 0.0;
+    let mut connections_total = 0.0;
+    let mut tally = |r: &Json| {
+        responses_total += r.get("responses_total").num().unwrap_or(0.0);
+        connections_total += r.get("connections_total").num().unwrap_or(0.0);
+    };
+
+    // Warm-up and preflight: the path must answer correctly before it is measured.
+    let first = lg.run_for(
+        running.addr,
+        &running.client_ca,
+        &loadgen_args(p, "lat1_1k"),
+        p.path_warmup,
+        0.0,
+        running.first_answer_timeout,
+    );
+    let first = first.map_err(|e| e.context(format!("log: {}", peers::tail(&running.log, 3))))?;
+    tally(&first);
+    if first.get("ok").num().unwrap_or(0.0) == 0.0 {
+        bail!(
+            "no correct answer during the warm-up: {}; log: {}",
+            samples(&first),
+            peers::tail(&running.log, 3)
+        );
+    }
+    // Streams warm up too (a proxy may load a tokenizer on its first stream).
+    if scenarios.iter().any(|s| s.kind == Kind::Sse) {
+        let sse = lg.run_for(
+            running.addr,
+            &running.client_ca,
+            &loadgen_args(p, "sse"),
+            p.path_warmup,
+            0.0,
+            running.first_answer_timeout,
+        )?;
+        tally(&sse);
+    }
+
+    let mut runs: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
+    let mut cpu_per_10k = Vec::new();
+    for _ in 0..p.reps {
+        for s in scenarios {
+            let args = loadgen_args(p, s.name);
+            let cpu_before = pid.map(procfs::cpu_seconds);
+            let r = lg.run(running.addr, &running.client_ca, &args, p, 30.0)?;
+            if let (Some(pid), Some(before), "sat_1k") = (pid, cpu_before, s.name) {
+                let n = r.get("responses_total").num().unwrap_or(0.0);
+                if n > 0.0 {
+                    cpu_per_10k.push((procfs::cpu_seconds(pid) - before) / n * 10_000.0);
+                }
+            }
+            tally(&r);
+            runs.entry(s.name).or_default().push(r);
+        }
+    }
+    let rss_peak = pid.map(|pid| procfs::status_kb(pid, "VmHWM"));
+    running.stop();
+
+    let mut out = Json::obj();
+    out.set("scenarios", report::figures(&runs));
+    if !cpu_per_10k.is_empty() {
+        out.set("cpu_s_per_10k_requests", report::stat(&cpu_per_10k));
+    }
+    out.set("rss_idle_kb", rss_idle)
+        .set("rss_peak_kb", rss_peak);
+    out.set(
+        "audit",
+        audit(&rig.sluice, &running, responses_total, connections_total),
+    );
+    let mut raw = Json::obj();
+    for (k, v) in runs {
+        raw.set(k, Json::Arr(v));
+    }
+    out.set("runs", raw);
+    Ok(out)
+}
+
+fn samples(r: &Json) -> String {
+    match r.get("error_samples") {
+        Json::Arr(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(Json::str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "no answer at all".into(),
+    }
+}
+
+/// Records written by Sluice against what it served, read after it stopped and flushed,
+/// from the first source that has them: `sluice events tail --json`, the JSONL file
+/// `<state>/records.jsonl`, or the ledger index `<state>/ledger/ledger.sqlite` (through
+/// Python's sqlite3, so xtask stays free of a SQLite dependency).
+fn audit(sluice: &Path, running: &Running, responses: f64, connections: f64) -> Json {
+    let Some(records) = &running.records else {
+        return Json::Null;
+    };
+    let (state, config, kind, expected) = match records {
+        Records::Interactions { state, config } => (state, config, "interaction", responses),
+        Records::Connections { state, config } => (state, config, "connection", connections),
+    };
+    let mut out = Json::obj();
+    out.set("kind", kind).set("expected", expected);
+    let count = |text: &str| {
+        text.lines()
+            .filter(|l| {
+                l.contains(&format!("\"kind\":\"{kind}\""))
+                    || l.contains(&format!("\"kind\": \"{kind}\""))
+            })
+            .count()
+    };
+    let stdout = |cmd: &mut Command| match cmd.output() {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        _ => None,
+    };
+    let limit = (expected * 2.0 + 1000.0) as u64;
+    let from_tail = stdout(
+        Command::new(sluice)
+            .args([
+                "events",
+                "tail",
+                "--json",
+                "--limit",
+                &limit.to_string(),
+                "--config",
+            ])
+            .arg(config),
+    )
+    .map(|t| count(&t))
+    .filter(|n| *n > 0);
+    let jsonl = state.join("records.jsonl");
+    let db = state.join("ledger/ledger.sqlite");
+    let found = if let Some(n) = from_tail {
+        out.set("source", "sluice events tail --json");
+        Some(n)
+    } else if let Ok(text) = std::fs::read_to_string(&jsonl) {
+        out.set("source", jsonl.display().to_string());
+        Some(count(&text))
+    } else if db.is_file() {
+        out.set("source", db.display().to_string());
+        let query = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+                     print(c.execute('select count(*) from records where kind = ?', \
+                     (sys.argv[2],)).fetchone()[0])";
+        stdout(
+            Command::new("python3")
+                .args(["-c", query])
+                .arg(&db)
+                .arg(kind),
+        )
+        .and_then(|t| t.trim().parse().ok())
+    } else {
+        None
+    };
+    match found {
+        // Exactly one record per answer (or connection): fewer is loss, more duplication.
+        Some(n) => out
+            .set("records", n)
+            .set("complete", n as f64 == expected && expected > 0.0),
+        None => out.set("records", Json::Null).set("complete", false).set(
+            "error",
+            format!(
+                "no record store readable: no `sluice events tail`, no {}, no {}",
+                jsonl.display(),
+                db.display()
+            ),
+        ),
+    };
+    out
+}
+
+fn meta(
+    git: &str,
+    p: &Profile,
+    placement: &str,
+    scenarios: &[&Scenario],
+    started: Instant,
+) -> Json {
+    let sh = |cmd: &mut Command| {
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut machine = Json::obj();
+    machine
+        .set(
+            "nproc",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )
+        .set(
+            "kernel",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim(),
+        )
+        .set("cpu_model", cpu_model)
+        .set("rustc", sh(Command::new("rustc").arg("-V")));
+    let mut profile = Json::obj();
+    profile
+        .set("name", p.name)
+        .set("reps", p.reps)
+        .set("duration_s", p.duration)
+        .set("warmup_s", p.warmup)
+        .set("rate_1k", p.rate_1k)
+        .set("rate_100k", p.rate_100k)
+        .set("open_pool", p.open_pool)
+        .set("sat_connections", p.sat_conns)
+        .set("ceiling_connections", p.ceiling_conns)
+        .set("sse_chunks", p.sse_chunks)
+        .set("sse_delay_ms", p.sse_delay_ms)
+        .set("newconn_connections", p.newconn_conns)
+        .set("build", if p.release { "release" } else { "debug" });
+    let mut sc = Json::obj();
+    for s in scenarios {
+        sc.set(s.name, s.what);
+    }
+    let mut m = Json::obj();
+    m.set(
+        "date",
+        sh(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+    )
+    .set("command", std::env::args().collect::<Vec<_>>().join(" "))
+    .set("git", git)
+    .set("machine", machine)
+    .set("placement", placement)
+    .set("profile", profile)
+    .set("scenarios", sc)
+    .set("elapsed_s", started.elapsed().as_secs_f64());
+    m
+}

@@ -1,0 +1,455 @@
+//! From load-generator runs to figures (median, min–max), the derived figures (latency
+//! added over `direct`, rig-bound flags, ratios) and the markdown tables.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::json::Json;
+use super::peers::PATHS;
+use super::{Kind, Profile, SCENARIOS};
+
+/// Error rate above which a figure is marked.
+pub const ERROR_MARK: f64 = 0.001;
+/// A throughput at or above this share of the rig's ceiling measures the rig.
+pub const RIG_SHARE: f64 = 0.9;
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// `{median, min, max, n}` of the values.
+pub fn stat(v: &[f64]) -> Json {
+    let mut o = Json::obj();
+    if v.is_empty() {
+        return Json::Null;
+    }
+    o.set("median", median(v))
+        .set("min", v.iter().copied().fold(f64::INFINITY, f64::min))
+        .set("max", v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        .set("n", v.len());
+    o
+}
+
+/// Figures of each scenario from its repetitions.
+pub fn figures(runs: &BTreeMap<&str, Vec<Json>>) -> Json {
+    let mut out = Json::obj();
+    for (name, reps) in runs {
+        let Some(kind) = SCENARIOS.iter().find(|s| s.name == *name).map(|s| s.kind) else {
+            continue;
+        };
+        let each =
+            |path: &str| -> Vec<f64> { reps.iter().filter_map(|r| r.at(path).num()).collect() };
+        let mut f = Json::obj();
+        let errors: f64 = each("errors").iter().sum();
+        let requests: f64 = each("requests").iter().sum();
+        let error_rate = if requests > 0.0 {
+            errors / requests
+        } else {
+            1.0
+        };
+        f.set("error_rate", error_rate)
+            .set("requests", requests)
+            .set("error_samples", first_samples(reps));
+        match kind {
+            Kind::Throughput | Kind::NewConn => {
+                f.set("rps", stat(&each("rps")));
+            }
+            Kind::Latency => {
+                for q in ["p50", "p90", "p99", "p999"] {
+                    f.set(q, stat(&each(&format!("latency_us/{q}"))));
+                }
+            }
+            Kind::Sse => {
+                for (k, p) in [
+                    ("ttfe_p50", "ttfe_us/p50"),
+                    ("ttfe_p99", "ttfe_us/p99"),
+                    ("gap_p50", "gap_us/p50"),
+                    ("gap_p99", "gap_us/p99"),
+                    ("latency_p50", "latency_us/p50"),
+                ] {
+                    f.set(k, stat(&each(p)));
+                }
+                let ok: f64 = each("ok").iter().sum();
+                let bad: f64 = each("fidelity_failures").iter().sum();
+                f.set(
+                    "fidelity",
+                    if ok > 0.0 {
+                        Json::from(1.0 - bad / ok)
+                    } else {
+                        Json::Null
+                    },
+                )
+                .set(
+                    "reference",
+                    reps.first()
+                        .map_or(Json::Null, |r| r.get("sse_reference").clone()),
+                );
+            }
+        }
+        out.set(name, f);
+    }
+    out
+}
+
+fn first_samples(reps: &[Json]) -> Json {
+    let mut seen: Vec<Json> = Vec::new();
+    for r in reps {
+        if let Json::Arr(a) = r.get("error_samples") {
+            for s in a {
+                if seen.len() < 3 && !seen.contains(s) {
+                    seen.push(s.clone());
+                }
+            }
+        }
+    }
+    Json::Arr(seen)
+}
+
+fn med(v: &Json, path: &str) -> Option<f64> {
+    v.at(path).get("median").num().filter(|n| n.is_finite())
+}
+
+/// Adds `added_*` (over `direct`) and `rig_bound` into each path's figures and returns
+/// the ratios.
+pub fn derive(out: &mut Json) -> Json {
+    let direct = out.at("paths/direct/scenarios").clone();
+    // The rig's ceiling is the best it did: at high concurrency, or direct at the
+    // saturation concurrency (one load-generator thread can do better with fewer).
+    let mut ceiling = out.get("rig_ceiling").clone();
+    for name in ceiling.keys() {
+        if let (Some(top), Some(d)) = (med(&ceiling, &name), med(&direct, &format!("{name}/rps"))) {
+            if d > top {
+                let own = direct.at(&format!("{name}/rps")).clone();
+                ceiling.set(&name, own);
+            }
+        }
+    }
+    if let Some(c) = out.at_mut("rig_ceiling") {
+        *c = ceiling.clone();
+    }
+    for path in out.at("paths").keys() {
+        let Some(sc) = out.at_mut(&format!("paths/{path}/scenarios")) else {
+            continue;
+        };
+        for name in sc.keys() {
+            let Some(f) = sc.at_mut(&name) else { continue };
+            let added = |f: &Json, key: &str, dkey: &str| -> Json {
+                match (med(f, key), med(&direct, &format!("{name}/{dkey}"))) {
+                    (Some(a), Some(b)) => Json::from(a - b),
+                    _ => Json::Null,
+                }
+            };
+            let mut adds = Vec::new();
+            for q in [
+                "p50", "p90", "p99", "p999", "ttfe_p50", "ttfe_p99", "gap_p50", "gap_p99",
+            ] {
+                if !matches!(f.get(q), Json::Null) {
+                    adds.push((format!("added_{q}"), added(f, q, q)));
+                }
+            }
+            for (k, v) in adds {
+                f.set(&k, v);
+            }
+            if let (Some(rps), Some(top)) = (med(f, "rps"), med(&ceiling, &name)) {
+                f.set("rig_bound", rps >= RIG_SHARE * top);
+            }
+        }
+    }
+    ratios(out)
+}
+
+fn ratios(out: &Json) -> Json {
+    let fig = |path: &str, key: &str| med(out.at(&format!("paths/{path}/scenarios")), key);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Json::from(a / b),
+        _ => Json::Null,
+    };
+    let pair = |a: &str, b: &str| {
+        let mut o = Json::obj();
+        o.set(
+            "throughput_1k",
+            ratio(fig(a, "sat_1k/rps"), fig(b, "sat_1k/rps")),
+        )
+        .set(
+            "throughput_100k",
+            ratio(fig(a, "sat_100k/rps"), fig(b, "sat_100k/rps")),
+        )
+        .set(
+            "added_p50_1k",
+            ratio(
+                num_at(out, a, "lat1_1k/added_p50"),
+                num_at(out, b, "lat1_1k/added_p50"),
+            ),
+        )
+        .set(
+            "added_p99_1k",
+            ratio(
+                num_at(out, a, "lat1_1k/added_p99"),
+                num_at(out, b, "lat1_1k/added_p99"),
+            ),
+        )
+        .set(
+            "p50_1k",
+            ratio(fig(a, "lat1_1k/p50"), fig(b, "lat1_1k/p50")),
+        )
+        .set(
+            "new_tls_conns",
+            ratio(fig(a, "newconn/rps"), fig(b, "newconn/rps")),
+        );
+        o
+    };
+    let mut r = Json::obj();
+    r.set("sluice/nginx", pair("sluice", "nginx"))
+        .set("sluice/haproxy", pair("sluice", "haproxy"))
+        .set("sluice/pingora-minimal", pair("sluice", "pingora-minimal"))
+        .set("sluice/direct", pair("sluice", "direct"));
+    for peer in PATHS {
+        if *peer == "sluice" || *peer == "direct" {
+            continue;
+        }
+        if out.at(&format!("paths/{peer}/available")) == &Json::Bool(true) {
+            r.set(&format!("{peer}/sluice"), pair(peer, "sluice"));
+        }
+    }
+    r
+}
+
+fn num_at(out: &Json, path: &str, key: &str) -> Option<f64> {
+    out.at(&format!("paths/{path}/scenarios/{key}")).num()
+}
+
+// === markdown ===
+
+/// `median (min–max)` with marks: `⚠x%` errors above 0.1%, `‡` rig-bound.
+fn cell(f: &Json, key: &str, scale: f64, digits: usize) -> String {
+    let s = f.get(key);
+    let Some(m) = s.get("median").num().filter(|n| n.is_finite()) else {
+        return "—".into();
+    };
+    let lo = s.get("min").num().unwrap_or(m);
+    let hi = s.get("max").num().unwrap_or(m);
+    let mut text = if (hi - lo).abs() < f64::EPSILON {
+        format!("{:.*}", digits, m / scale)
+    } else {
+        format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits,
+            m / scale,
+            digits,
+            lo / scale,
+            digits,
+            hi / scale
+        )
+    };
+    text.push_str(&marks(f));
+    text
+}
+
+fn marks(f: &Json) -> String {
+    let mut m = String::new();
+    if let Some(e) = f.get("error_rate").num() {
+        if e > ERROR_MARK {
+            let _ = write!(m, " ⚠{:.1}% err", e * 100.0);
+        }
+    }
+    if f.get("rig_bound") == &Json::Bool(true) {
+        m.push_str(" ‡");
+    }
+    m
+}
+
+fn plain(v: &Json, scale: f64, digits: usize, sign: bool) -> String {
+    match v.num() {
+        Some(n) if n.is_finite() && sign => format!("{:+.*}", digits, n / scale),
+        Some(n) if n.is_finite() => format!("{:.*}", digits, n / scale),
+        _ => "—".into(),
+    }
+}
+
+/// The tables, in reading order; ratios last.
+pub fn markdown(out: &Json, p: &Profile) -> String {
+    let mut t = String::new();
+    let meta = out.get("meta");
+    let _ = writeln!(
+        t,
+        "Sluice benchmark — {} ({} profile, {} build, {} rep(s) × {} s), {} × {}, kernel {}",
+        meta.get("date").str().unwrap_or("?"),
+        p.name,
+        if p.release { "release" } else { "debug" },
+        p.reps,
+        p.duration,
+        plain(meta.at("machine/nproc"), 1.0, 0, false),
+        meta.at("machine/cpu_model").str().unwrap_or("?"),
+        meta.at("machine/kernel").str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        t,
+        "Placement: {}",
+        meta.get("placement").str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        t,
+        "Cells: median (min–max) over repetitions. ⚠ = errors above 0.1%. ‡ = within 10% of the rig's ceiling (measures the load generator, not the path).\n"
+    );
+    let ceiling = out.get("rig_ceiling");
+    let _ = writeln!(
+        t,
+        "Rig ceiling (load generator → mock; median = best of {} connections and direct's own run): 1 KB {} req/s, 100 KB {} req/s, new TLS {} conn/s\n",
+        p.ceiling_conns,
+        cell(ceiling, "sat_1k", 1.0, 0),
+        cell(ceiling, "sat_100k", 1.0, 0),
+        cell(ceiling, "newconn", 1.0, 0),
+    );
+    let paths: Vec<(&str, &Json)> = PATHS
+        .iter()
+        .map(|p| (*p, out.at(&format!("paths/{p}"))))
+        .filter(|(_, v)| v.get("available") == &Json::Bool(true))
+        .collect();
+    let sc = |v: &Json, name: &str| v.at(&format!("scenarios/{name}")).clone();
+
+    let _ = writeln!(t, "### Throughput and resources\n");
+    let _ = writeln!(t, "| path | req/s 1 KB ({c} conns) | req/s 100 KB | new TLS conn/s | CPU s / 10k req (1 KB) | RSS idle → peak MB | audit records |", c = p.sat_conns);
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for (name, v) in &paths {
+        let rss = match (v.get("rss_idle_kb").num(), v.get("rss_peak_kb").num()) {
+            (Some(a), Some(b)) => format!("{:.1} → {:.1}", a / 1024.0, b / 1024.0),
+            _ => "—".into(),
+        };
+        let audit = match v.get("audit") {
+            Json::Null => "—".to_string(),
+            a => format!(
+                "{}/{} {}{}",
+                plain(a.get("records"), 1.0, 0, false),
+                plain(a.get("expected"), 1.0, 0, false),
+                a.get("kind").str().unwrap_or(""),
+                if a.get("complete") == &Json::Bool(true) {
+                    " ✓"
+                } else {
+                    " ✗"
+                }
+            ),
+        };
+        let mut cpu = Json::obj();
+        cpu.set("x", v.get("cpu_s_per_10k_requests").clone());
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} | {} | {rss} | {audit} |",
+            cell(&sc(v, "sat_1k"), "rps", 1.0, 0),
+            cell(&sc(v, "sat_100k"), "rps", 1.0, 0),
+            cell(&sc(v, "newconn"), "rps", 1.0, 0),
+            cell(&cpu, "x", 1.0, 2),
+        );
+    }
+
+    for (size, one, open, rate) in [
+        ("1 KB", "lat1_1k", "open_1k", p.rate_1k),
+        ("100 KB", "lat1_100k", "open_100k", p.rate_100k),
+    ] {
+        let _ = writeln!(
+            t,
+            "\n### Latency, {size} prompt (µs; added = over direct, medians)\n"
+        );
+        let _ = writeln!(t, "| path | 1 conn p50 | p90 | p99 | p99.9 | added p50 / p99 | {rate:.0} req/s p50 | p99 | p99.9 | added p50 / p99 |");
+        let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+        for (name, v) in &paths {
+            let a = sc(v, one);
+            let b = sc(v, open);
+            let _ = writeln!(
+                t,
+                "| {name} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} / {} |",
+                cell(&a, "p50", 1.0, 0),
+                cell(&a, "p90", 1.0, 0),
+                cell(&a, "p99", 1.0, 0),
+                cell(&a, "p999", 1.0, 0),
+                plain(a.get("added_p50"), 1.0, 0, true),
+                plain(a.get("added_p99"), 1.0, 0, true),
+                cell(&b, "p50", 1.0, 0),
+                cell(&b, "p99", 1.0, 0),
+                cell(&b, "p999", 1.0, 0),
+                plain(b.get("added_p50"), 1.0, 0, true),
+                plain(b.get("added_p99"), 1.0, 0, true),
+            );
+        }
+    }
+
+    let _ = writeln!(
+        t,
+        "\n### SSE, {} chunks, {} ms apart at the mock (µs)\n",
+        p.sse_chunks, p.sse_delay_ms
+    );
+    let _ = writeln!(t, "| path | TTFT p50 | added | TTFT p99 | gap p50 | gap p99 | added gap p99 | fidelity (events+bytes = mock's) |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+    for (name, v) in &paths {
+        let s = sc(v, "sse");
+        let fidelity = match s.get("fidelity").num() {
+            Some(f) => format!("{:.1}%", f * 100.0),
+            None => "—".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} | {} | {} | {} | {fidelity} |",
+            cell(&s, "ttfe_p50", 1.0, 0),
+            plain(s.get("added_ttfe_p50"), 1.0, 0, true),
+            cell(&s, "ttfe_p99", 1.0, 0),
+            cell(&s, "gap_p50", 1.0, 0),
+            cell(&s, "gap_p99", 1.0, 0),
+            plain(s.get("added_gap_p99"), 1.0, 0, true),
+        );
+    }
+
+    let missing: Vec<(&str, &Json)> = PATHS
+        .iter()
+        .map(|p| (*p, out.at(&format!("paths/{p}"))))
+        .filter(|(_, v)| v.get("available") == &Json::Bool(false))
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(t, "\n### Paths that did not run\n");
+        let _ = writeln!(t, "| path | reason |");
+        let _ = writeln!(t, "|---|---|");
+        for (name, v) in missing {
+            let reason = v.get("reason").str().unwrap_or("?").replace('|', "/");
+            let _ = writeln!(t, "| {name} | {reason} |");
+        }
+    }
+
+    let _ = writeln!(t, "\n### Versions\n");
+    for p in PATHS {
+        if let Some(v) = out.at(&format!("paths/{p}/version")).str() {
+            let _ = writeln!(t, "- {p}: {v}");
+        }
+    }
+
+    let _ = writeln!(
+        t,
+        "\n### Ratios (A/B; throughput > 1: A serves more; added latency < 1: A adds less)\n"
+    );
+    let _ = writeln!(t, "| A/B | req/s 1 KB | req/s 100 KB | new TLS conn/s | p50 1 conn 1 KB | added p50 1 KB | added p99 1 KB |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    let mut keys = out.get("ratios").keys();
+    // Sluice against each reference first, then each peer against Sluice.
+    keys.sort_by_key(|k| (!k.starts_with("sluice/"), k.clone()));
+    for key in keys {
+        let r = out.at("ratios").get(&key);
+        let _ = writeln!(
+            t,
+            "| {key} | {} | {} | {} | {} | {} | {} |",
+            plain(r.get("throughput_1k"), 1.0, 2, false),
+            plain(r.get("throughput_100k"), 1.0, 2, false),
+            plain(r.get("new_tls_conns"), 1.0, 2, false),
+            plain(r.get("p50_1k"), 1.0, 2, false),
+            plain(r.get("added_p50_1k"), 1.0, 2, false),
+            plain(r.get("added_p99_1k"), 1.0, 2, false),
+        );
+    }
+    t
+}
