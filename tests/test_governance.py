@@ -45,6 +45,9 @@ policy:
       mode: shadow
       scope: {teams: [ml]}
       providers: {deny: [openai]}
+    - id: answer-dlp
+      version: 3
+      response: {secrets: redact, pii: alert}
 """
 
 
@@ -174,28 +177,42 @@ for i in range(3):
     assert len([r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]) == 2
 
 
+# The client asks for at most 10 tokens (worst case $0.00008 of the $0.001 budget), but
+# the provider streams ~600 (as a model ignoring max_tokens, or a request without it,
+# would): the budget runs out mid-stream and Sluice cuts the stream there.
 BUDGETED_CALL = """
 import json, openai
 c = openai.OpenAI(api_key="sk-sluice-carol-0003", max_retries=0)
+seen = []
 try:
     s = c.chat.completions.create(model="gpt-4.1", max_tokens=10, stream=True,
         stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "spend"}],
-        extra_headers={"x-mock-chunks": "200"})
-    usage = None
+        extra_headers={"x-mock-chunks": "300", "x-mock-content": " ".join(["word"] * 600)})
     for ch in s:
-        usage = ch.usage or usage
-    print(json.dumps({"ok": True, "out": usage.completion_tokens}))
+        if ch.choices and ch.choices[0].delta.content:
+            seen.append(ch.choices[0].delta.content)
+    print(json.dumps({"ok": True, "words": "".join(seen).count("word")}))
 except openai.RateLimitError as e:
     print(json.dumps({"ok": False, "status": e.status_code, "message": e.message}))
+except openai.APIError as e:
+    print(json.dumps({"ok": False, "cut": type(e).__name__, "message": e.message,
+                      "words": "".join(seen).count("word")}))
 """
 
 
-def test_budget_is_settled_by_actual_stream_cost_and_survives_restart(stack):
+def test_budget_cuts_a_stream_mid_way_by_actual_cost_and_survives_restart(stack):
     first = stack.python(BUDGETED_CALL)
-    assert first == {"ok": True, "out": 200}, first
+    assert first["ok"] is False and first.get("cut") == "APIError", first
+    assert "carol-budget@v1" in first["message"] and "mid-stream" in first["message"]
+    # Cut near $0.001 / $8 per 1M output tokens = 125 tokens, far before the 600 sent.
+    assert 20 < first["words"] < 200, first
     (rec,) = stack.wait_records(1, "interaction")
-    assert rec["cost_usd"] > 0.001, "the stream alone cost more than the budget"
+    assert rec["outcome"] == "cut" and rec["decision"] == "block"
+    assert rec["reason_codes"] == ["budget_exceeded_mid_stream"]
+    assert rec["policy_id"] == "carol-budget@v1"
+    assert 60 < rec["usage"]["output_tokens"] < 250, rec["usage"]
+    assert rec["cost_usd"] > 0.0005
     second = stack.python(BUDGETED_CALL)
     assert second["ok"] is False and second["status"] == 429
     assert "carol-budget@v1" in second["message"] and "budget" in second["message"]
@@ -206,6 +223,51 @@ def test_budget_is_settled_by_actual_stream_cost_and_survives_restart(stack):
     stack.start_proxy()
     third = stack.python(BUDGETED_CALL)
     assert third["ok"] is False and third["status"] == 429
+
+
+SECRET_ANSWER = ("Here is the config: aws_access_key_id = AKIAZ3MQ4XJ2B7RTKPLW and "
+                 "github token ghp_R8x2Lq9ZkT4mW7vN1pY6sD3fH5jC0bA8eG2u, region eu-west-1. "
+                 "Write to ops@corp.example if it leaks.")
+
+
+def test_secret_split_across_stream_chunks_is_redacted_in_the_answer(stack):
+    out = stack.python(f"""
+import json, openai
+c = openai.OpenAI(api_key="sk-client", max_retries=0)
+s = c.chat.completions.create(model="gpt-4o-mini", stream=True,
+    messages=[{{"role": "user", "content": "show me the config"}}],
+    extra_headers={{"x-mock-content": {SECRET_ANSWER!r}, "x-mock-chunks": "60"}})
+parts = [ch.choices[0].delta.content for ch in s if ch.choices and ch.choices[0].delta.content]
+print(json.dumps({{"text": "".join(parts), "events": len(parts)}}))
+""")
+    text = out["text"]
+    # 60 chunks of ~3 characters: both secrets were split across many events.
+    assert "AKIAZ3MQ4XJ2B7RTKPLW" not in text and "ghp_R8x2" not in text
+    assert "[REDACTED:AWS_KEY]" in text and "[REDACTED:GITHUB_TOKEN]" in text
+    assert text.startswith("Here is the config:") and text.endswith("if it leaks.")
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["decision"] == "redact" and rec["policy_id"] == "answer-dlp@v3"
+    assert {"response_secret:aws_key", "response_secret:github_token",
+            "response_pii:email"} <= set(rec["reason_codes"])
+    # At rest too: the ledger holds what the client received.
+    assert "AKIAZ3MQ4XJ2B7RTKPLW" not in json.dumps(rec)
+    assert rec["response"]["output"] == text
+
+
+def test_secret_in_a_plain_answer_is_redacted_for_anthropic(stack):
+    out = stack.python(f"""
+import json, anthropic
+c = anthropic.Anthropic(api_key="sk-ant-client", max_retries=0)
+m = c.messages.create(model="claude-sonnet-4-5", max_tokens=200,
+    messages=[{{"role": "user", "content": "show me the config"}}],
+    extra_headers={{"x-mock-content": {SECRET_ANSWER!r}}})
+print(json.dumps({{"text": m.content[0].text}}))
+""")
+    assert "AKIAZ3MQ4XJ2B7RTKPLW" not in out["text"]
+    assert "[REDACTED:AWS_KEY]" in out["text"] and "[REDACTED:GITHUB_TOKEN]" in out["text"]
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["decision"] == "redact" and rec["provider"] == "anthropic"
+    assert "response_secret:aws_key" in rec["reason_codes"]
 
 
 def test_live_reload_applies_valid_policy_and_keeps_the_old_one_on_errors(stack):

@@ -404,6 +404,17 @@ impl Config {
                     format!("policy id {:?} must be non-empty and unique", p.id),
                 );
             }
+            if let Some(g) = &p.response {
+                for (group, action) in [("pii", g.pii), ("secrets", g.secrets)] {
+                    if action == crate::policy::Action::Block {
+                        bad(
+                            format!("policy.policies[{i}].response.{group}"),
+                            "response:",
+                            "responses can be redacted or alerted on, not blocked: the status line has already gone to the client when the answer arrives; use `redact`".into(),
+                        );
+                    }
+                }
+            }
             if let Some(g) = &p.prompt {
                 if !(0.0..=1.0).contains(&g.injection_threshold) {
                     bad(

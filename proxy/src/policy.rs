@@ -16,7 +16,14 @@
 //! so a rollout can be judged on real traffic first. The first enforcing block wins; all
 //! triggered reasons are recorded.
 //!
-//! Not here yet: budgets, rate limits and response-side guardrails.
+//! 4. **budgets** — the worst case must fit in what is left (see [`budget`]); the tightest
+//!    enforcing budget also travels with the request ([`StreamBudget`]) so a stream whose
+//!    real output spends past it is cut mid-way;
+//! 5. **response guardrails** — the first policy in scope with a `response:` section
+//!    decides how the answer is checked ([`ResponsePlan`]): redacted on the fly (streams
+//!    through a bounded window, see [`crate::guardrails::StreamRedactor`]) or recorded.
+//!
+//! Rate limits are decided earlier, on identity alone, by [`Engine::admit`].
 
 mod body;
 mod budget;
@@ -72,6 +79,11 @@ pub struct Policy {
     /// Guardrails on the prompt before it leaves.
     #[serde(default)]
     pub prompt: Option<Guardrails>,
+    /// Guardrails on the answer before it reaches the client (streams included, checked
+    /// on the fly with a bounded window). The first policy in scope with a `response:`
+    /// section governs the answer.
+    #[serde(default)]
+    pub response: Option<ResponseGuardrails>,
     /// Rate limits per identity (the strongest one known: virtual-key user, else the
     /// client's key fingerprint, else the process and uid, else the client address).
     #[serde(default)]
@@ -165,6 +177,62 @@ impl Default for Guardrails {
     }
 }
 
+/// Guardrail actions on the answer. `block` is not offered: the status line has left by
+/// the time the answer arrives, so the strongest action is to redact.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseGuardrails {
+    /// Emails, phones, cards, IBANs, SSNs, IPs in the answer.
+    pub pii: Action,
+    /// Keys, tokens, private keys, JWTs, connection strings in the answer.
+    pub secrets: Action,
+}
+
+/// How the answer to one request is guarded, from the governing policy.
+#[derive(Clone)]
+pub struct ResponsePlan {
+    /// The governing policy, `id@vN`.
+    pub policy_id: String,
+    /// `shadow`: findings are recorded as `shadow_redact`, nothing is changed.
+    pub shadow: bool,
+    /// Categories to redact in what the client receives (enforce mode only).
+    pub redact: Option<Arc<Scanner>>,
+    /// Categories only recorded (`alert`, and everything a shadow policy would redact).
+    pub detect: Option<Arc<Scanner>>,
+}
+
+impl std::fmt::Debug for ResponsePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponsePlan")
+            .field("policy_id", &self.policy_id)
+            .field("shadow", &self.shadow)
+            .field("redact", &self.redact.is_some())
+            .field("detect", &self.detect.is_some())
+            .finish()
+    }
+}
+
+/// What is left of the tightest enforcing budget once a request was admitted, so a
+/// stream can be cut when its real output spends it.
+#[derive(Debug, Clone)]
+pub struct StreamBudget {
+    /// The budget's policy, `id@vN`.
+    pub policy_id: String,
+    /// USD left in the budget before this request.
+    pub headroom_usd: f64,
+    /// The prompt's estimated cost.
+    pub input_usd: f64,
+    /// Price of one output token.
+    pub output_usd_per_token: f64,
+}
+
+impl StreamBudget {
+    /// Whether `output_tokens` more would spend past the budget.
+    pub fn exceeded(&self, output_tokens: u64) -> bool {
+        self.input_usd + output_tokens as f64 * self.output_usd_per_token > self.headroom_usd
+    }
+}
+
 /// The decision recorded on an interaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +280,10 @@ pub struct Verdict {
     pub rewritten_body: Option<Vec<u8>>,
     /// HTTP status and message for a refusal.
     pub refusal: Option<(u16, String)>,
+    /// How the answer is guarded, when a policy in scope has `response:` guardrails.
+    pub response: Option<ResponsePlan>,
+    /// The tightest enforcing budget, for cutting a stream that spends past it.
+    pub stream_budget: Option<StreamBudget>,
 }
 
 /// What a request looks like to the policy.
@@ -250,6 +322,23 @@ pub struct Admission {
 struct Compiled {
     policy: Policy,
     scanner: Option<Arc<Scanner>>,
+    /// Response categories redacted, and only recorded.
+    response_redact: Option<Arc<Scanner>>,
+    response_detect: Option<Arc<Scanner>>,
+}
+
+/// A scanner for the categories of the groups whose action passes `pick`, if any.
+fn response_scanner(g: &ResponseGuardrails, pick: impl Fn(Action) -> bool) -> Option<Arc<Scanner>> {
+    let cats: Vec<Category> = Category::ALL
+        .iter()
+        .copied()
+        .filter(|c| match c.group() {
+            Group::Pii => pick(g.pii),
+            Group::Secret => pick(g.secrets),
+            Group::Injection => false,
+        })
+        .collect();
+    (!cats.is_empty()).then(|| Arc::new(Scanner::new(&cats)))
 }
 
 impl Engine {
@@ -261,11 +350,23 @@ impl Engine {
         let policies = cfg
             .policies
             .iter()
-            .map(|p| Compiled {
-                scanner: p.prompt.as_ref().map(|g| {
-                    Arc::new(Scanner::all().with_injection_threshold(g.injection_threshold))
-                }),
-                policy: p.clone(),
+            .map(|p| {
+                let shadow = p.mode == Mode::Shadow;
+                let response = p.response.as_ref();
+                Compiled {
+                    scanner: p.prompt.as_ref().map(|g| {
+                        Arc::new(Scanner::all().with_injection_threshold(g.injection_threshold))
+                    }),
+                    response_redact: response
+                        .filter(|_| !shadow)
+                        .and_then(|g| response_scanner(g, |a| a == Action::Redact)),
+                    response_detect: response.and_then(|g| {
+                        response_scanner(g, |a| {
+                            a == Action::Alert || (shadow && a >= Action::Redact)
+                        })
+                    }),
+                    policy: p.clone(),
+                }
             })
             .collect();
         Ok(Engine {
@@ -384,9 +485,10 @@ impl Engine {
 
     /// Whether any policy needs the request body.
     pub fn needs_body(&self) -> bool {
-        self.policies
-            .iter()
-            .any(|c| c.policy.prompt.is_some() || c.policy.models.is_some())
+        self.policies.iter().any(|c| {
+            let p = &c.policy;
+            p.prompt.is_some() || p.models.is_some() || p.budget.is_some() || p.response.is_some()
+        })
     }
 
     /// Evaluate a request, in the order documented at the top of this module.
@@ -491,6 +593,19 @@ impl Engine {
                             / 1e6;
                         let key = budget_key(p, b, facts.identity);
                         let spent = self.spend.spent(&key, b.period.index(now_secs()));
+                        let headroom = b.usd - spent;
+                        let tighter = v
+                            .stream_budget
+                            .as_ref()
+                            .is_none_or(|s| headroom < s.headroom_usd);
+                        if p.mode == Mode::Enforce && tighter {
+                            v.stream_budget = Some(StreamBudget {
+                                policy_id: id.clone(),
+                                headroom_usd: headroom,
+                                input_usd: facts.input_tokens as f64 * price.input_per_mtok / 1e6,
+                                output_usd_per_token: price.output_per_mtok / 1e6,
+                            });
+                        }
                         if spent + worst > b.usd {
                             v.reason_codes.push("budget_exceeded".into());
                             block = Some(format!(
@@ -501,6 +616,16 @@ impl Engine {
                         }
                     }
                 }
+            }
+
+            // 5. The answer's guardrails: the first policy in scope that has them.
+            if let (Some(_), None, None) = (&p.response, &block, &v.response) {
+                v.response = Some(ResponsePlan {
+                    policy_id: id.clone(),
+                    shadow: p.mode == Mode::Shadow,
+                    redact: c.response_redact.clone(),
+                    detect: c.response_detect.clone(),
+                });
             }
 
             // Combine: the first enforcing block decides; shadow decisions are recorded.
@@ -585,6 +710,18 @@ fn reason(cat: Category) -> String {
         Group::Secret => format!("secret:{}", cat.as_str()),
         Group::Injection => "prompt_injection".to_string(),
     }
+}
+
+/// The reason code of a finding in the answer: `response_pii:email`,
+/// `response_secret:aws_key`.
+pub fn response_reason(cat: Category) -> String {
+    format!("response_{}", reason(cat))
+}
+
+/// Redact everything `scanner` finds in every text leaf of a JSON document (an answer,
+/// an event); the categories found are added to `found`.
+pub fn redact_body(doc: &mut serde_json::Value, scanner: &Scanner, found: &mut Vec<Category>) {
+    body::redact_all(doc, scanner, found);
 }
 
 fn in_scope(s: &Scope, id: &Identity) -> bool {

@@ -38,7 +38,8 @@ mod sse;
 #[cfg(test)]
 mod tests;
 
-use sse::{JsonArrayDecoder, Problems, SseDecoder};
+pub(crate) use sse::SseDecoder;
+use sse::{JsonArrayDecoder, Problems};
 
 /// The API endpoint a request addressed, as far as the adapter understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +154,35 @@ pub trait Adapter: Send + Sync {
     fn parse_response(&self, ep: &Endpoint, body: &[u8]) -> ParsedResponse;
     /// A parser for a streamed response body (SSE, or Gemini's chunked JSON array).
     fn stream_parser(&self, ep: &Endpoint) -> Box<dyn StreamParser>;
+    /// The pieces of generated text carried by one decoded SSE event (its `data` parsed
+    /// as JSON), each with its *lane*: one independent run of text (an OpenAI choice or
+    /// tool call, an Anthropic content block, a Gemini candidate). Guardrails rewrite
+    /// these strings in place while the stream flows; budgets count them. The order is
+    /// stable: calling twice on the same event yields the same lanes in the same order.
+    /// Default: none (the event is treated as carrying no generated text).
+    fn stream_deltas<'v>(
+        &self,
+        _ep: &Endpoint,
+        _event: &str,
+        _data: &'v mut Value,
+    ) -> Vec<(u32, &'v mut String)> {
+        Vec::new()
+    }
+    /// Which lanes this event closes (their text is complete once it has passed).
+    fn stream_lane_end(&self, _ep: &Endpoint, _event: &str, _data: &Value) -> LaneEnd {
+        LaneEnd::None
+    }
+}
+
+/// Which text lanes of a stream an event closes; see [`Adapter::stream_deltas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEnd {
+    /// None.
+    None,
+    /// This one.
+    Lane(u32),
+    /// Every lane: the generated text is complete.
+    All,
 }
 
 static HOSTS: &[(&str, &dyn Adapter)] = &[
@@ -258,6 +288,21 @@ pub fn error_body(provider: &str, status: u16, message: &str) -> Vec<u8> {
         }
     };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A complete SSE frame carrying an in-stream error in the provider's own format, so an
+/// SDK iterating the stream raises its usual error with `message` (OpenAI and Gemini:
+/// a `data:` object with `error`; Anthropic: an `event: error`).
+pub fn stream_error_frame(provider: &str, status: u16, message: &str) -> Vec<u8> {
+    let body = error_body(provider, status, message);
+    let mut out = Vec::with_capacity(body.len() + 24);
+    if provider == "anthropic" {
+        out.extend_from_slice(b"event: error\n");
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 /// Counts the tokens of `text` with the o200k_base tokenizer (GPT-4o and later).

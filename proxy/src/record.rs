@@ -26,6 +26,8 @@ pub enum Outcome {
     Refused,
     /// Relayed untouched (connection records only).
     Passthrough,
+    /// Sluice ended a stream early: a budget ran out while it flowed.
+    Cut,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Refused => "refused",
             Outcome::Passthrough => "passthrough",
+            Outcome::Cut => "cut",
         }
     }
 }

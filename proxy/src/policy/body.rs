@@ -44,6 +44,20 @@ pub fn redact(body: &mut serde_json::Value, scanner: &Scanner, cats: &[Category]
     });
 }
 
+/// Replace everything `scanner` finds in every text leaf with its marker; the categories
+/// found are added to `found` (without duplicates).
+pub fn redact_all(body: &mut serde_json::Value, scanner: &Scanner, found: &mut Vec<Category>) {
+    walk_mut(body, None, &mut |text| {
+        let findings = scanner.scan(text);
+        for f in &findings {
+            if !found.contains(&f.category) {
+                found.push(f.category);
+            }
+        }
+        (!findings.is_empty()).then(|| guardrails::redact(text, &findings))
+    });
+}
+
 fn walk(v: &serde_json::Value, key: Option<&str>, f: &mut dyn FnMut(&str) -> Option<String>) {
     match v {
         serde_json::Value::String(s) if !key.is_some_and(|k| NOT_TEXT.contains(&k)) => {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{
     arguments_text, count, owned_text, parse_body, path_only, pending, provider_error, push_capped,
     push_line, request_object, str_field, take_bool, take_field, take_string, tool_call,
-    tool_call_summary, Adapter, Endpoint, Framed, Message, ParsedRequest, ParsedResponse,
+    tool_call_summary, Adapter, Endpoint, Framed, LaneEnd, Message, ParsedRequest, ParsedResponse,
     PendingCall, StreamHandler, StreamParser, Usage, MAX_TEXT,
 };
 
@@ -85,6 +85,46 @@ impl Adapter for Anthropic {
 
     fn stream_parser(&self, _ep: &Endpoint) -> Box<dyn StreamParser> {
         Framed::boxed(MessagesStream::default())
+    }
+
+    /// `content_block_delta`: `delta.text`, `delta.partial_json` (tool input) or
+    /// `delta.thinking`; the lane is the content block's `index`.
+    fn stream_deltas<'v>(
+        &self,
+        _ep: &Endpoint,
+        _event: &str,
+        data: &'v mut Value,
+    ) -> Vec<(u32, &'v mut String)> {
+        if str_field(data, "type") != Some("content_block_delta") {
+            return Vec::new();
+        }
+        let lane = count(data.get("index"))
+            .unwrap_or(0)
+            .min(u64::from(u32::MAX)) as u32;
+        let Some(Value::Object(delta)) = data.get_mut("delta") else {
+            return Vec::new();
+        };
+        delta
+            .iter_mut()
+            .filter_map(|(k, v)| match (k.as_str(), v) {
+                ("text" | "partial_json" | "thinking", Value::String(t)) => Some((lane, t)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `content_block_stop` closes its block; `message_delta` (the stop reason) and
+    /// `message_stop` close everything.
+    fn stream_lane_end(&self, _ep: &Endpoint, _event: &str, data: &Value) -> LaneEnd {
+        match str_field(data, "type") {
+            Some("content_block_stop") => LaneEnd::Lane(
+                count(data.get("index"))
+                    .unwrap_or(0)
+                    .min(u64::from(u32::MAX)) as u32,
+            ),
+            Some("message_delta" | "message_stop") => LaneEnd::All,
+            _ => LaneEnd::None,
+        }
     }
 }
 

@@ -23,7 +23,8 @@ use serde_json::{Map, Value};
 use super::{
     arguments_text, count, parse_body, path_only, provider_error, push_line, request_object,
     str_field, take_string, tool_call, tool_call_summary, Adapter, Choices, Endpoint, Framed,
-    Message, ParsedRequest, ParsedResponse, StreamHandler, StreamParser, Usage, MAX_CHOICES,
+    LaneEnd, Message, ParsedRequest, ParsedResponse, StreamHandler, StreamParser, Usage,
+    MAX_CHOICES,
 };
 
 /// The Gemini adapter.
@@ -136,6 +137,44 @@ impl Adapter for Gemini {
 
     fn stream_parser(&self, _ep: &Endpoint) -> Box<dyn StreamParser> {
         Framed::boxed(GeminiStream::default())
+    }
+
+    /// `candidates[i].content.parts[j].text`; the lane is the candidate's `index`.
+    fn stream_deltas<'v>(
+        &self,
+        _ep: &Endpoint,
+        _event: &str,
+        data: &'v mut Value,
+    ) -> Vec<(u32, &'v mut String)> {
+        let mut out = Vec::new();
+        let Some(Value::Array(cands)) = data.get_mut("candidates") else {
+            return out;
+        };
+        for (pos, c) in cands.iter_mut().enumerate() {
+            let lane = count(c.get("index")).map_or(pos as u64, |i| i).min(1 << 20) as u32;
+            let Some(Value::Array(parts)) = c.pointer_mut("/content/parts") else {
+                continue;
+            };
+            for part in parts {
+                if let Some(Value::String(t)) = part.get_mut("text") {
+                    out.push((lane, t));
+                }
+            }
+        }
+        out
+    }
+
+    /// A `finishReason` on any candidate closes the text.
+    fn stream_lane_end(&self, _ep: &Endpoint, _event: &str, data: &Value) -> LaneEnd {
+        let finished = data
+            .get("candidates")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| str_field(c, "finishReason").is_some()));
+        if finished {
+            LaneEnd::All
+        } else {
+            LaneEnd::None
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::{
     arguments_text, count, owned_text, parse_body, path_only, pending, provider_error, push_capped,
     push_line, request_object, str_field, take_bool, take_field, take_string, tool_call,
-    tool_call_summary, Adapter, Choices, Endpoint, Framed, Message, ParsedRequest, ParsedResponse,
-    PendingCall, StreamHandler, StreamParser, Usage, MAX_CHOICES, MAX_TEXT,
+    tool_call_summary, Adapter, Choices, Endpoint, Framed, LaneEnd, Message, ParsedRequest,
+    ParsedResponse, PendingCall, StreamHandler, StreamParser, Usage, MAX_CHOICES, MAX_TEXT,
 };
 
 /// Which request paths an OpenAI-format provider serves.
@@ -221,6 +221,87 @@ impl Adapter for OpenAi {
                 endpoint: ep.name,
                 ..ChatStream::default()
             })
+        }
+    }
+
+    /// Chat and legacy completions: `choices[i].delta.content`, `choices[i].text` and
+    /// each streamed tool call's `function.arguments` (lane = choice × 256 + slot).
+    /// Responses: the `delta` of `response.output_text.delta` and
+    /// `response.function_call_arguments.delta` (lane = output index × 256 + content index).
+    fn stream_deltas<'v>(
+        &self,
+        ep: &Endpoint,
+        _event: &str,
+        data: &'v mut Value,
+    ) -> Vec<(u32, &'v mut String)> {
+        let mut out = Vec::new();
+        if ep.name == "responses" {
+            let kind = str_field(data, "type").unwrap_or("");
+            if !matches!(
+                kind,
+                "response.output_text.delta" | "response.function_call_arguments.delta"
+            ) {
+                return out;
+            }
+            let lane = |k: &str| count(data.get(k)).unwrap_or(0).min(255) as u32;
+            let id = lane("output_index") * 256 + lane("content_index");
+            if let Some(Value::String(t)) = data.get_mut("delta") {
+                out.push((id, t));
+            }
+            return out;
+        }
+        let Some(Value::Array(choices)) = data.get_mut("choices") else {
+            return out;
+        };
+        for (pos, c) in choices.iter_mut().enumerate() {
+            let choice = count(c.get("index")).map_or(pos as u64, |i| i).min(1 << 20) as u32;
+            let Value::Object(c) = c else { continue };
+            if !c.contains_key("delta") {
+                if let Some(Value::String(t)) = c.get_mut("text") {
+                    out.push((choice * 256, t));
+                }
+            } else if let Some(Value::Object(delta)) = c.get_mut("delta") {
+                let mut calls = None;
+                for (k, v) in delta.iter_mut() {
+                    match (k.as_str(), v) {
+                        ("content", Value::String(t)) => out.push((choice * 256, t)),
+                        ("tool_calls", Value::Array(a)) => calls = Some(a),
+                        _ => {}
+                    }
+                }
+                for (ti, call) in calls.into_iter().flatten().enumerate() {
+                    let slot = count(call.get("index")).map_or(ti as u64, |i| i).min(254) as u32;
+                    if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
+                        out.push((choice * 256 + 1 + slot, args));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A `finish_reason` on any choice, or the end of an output item, closes the text.
+    fn stream_lane_end(&self, ep: &Endpoint, _event: &str, data: &Value) -> LaneEnd {
+        if ep.name == "responses" {
+            let kind = str_field(data, "type").unwrap_or("");
+            return if kind.ends_with(".done")
+                || matches!(
+                    kind,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                ) {
+                LaneEnd::All
+            } else {
+                LaneEnd::None
+            };
+        }
+        let finished = data
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| str_field(c, "finish_reason").is_some()));
+        if finished {
+            LaneEnd::All
+        } else {
+            LaneEnd::None
         }
     }
 }

@@ -20,6 +20,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use super::guard::{BodyGuard, Cut, StreamGuard};
 use super::{ConnInfo, Shared};
 use crate::config::OnLedgerFailure;
 use crate::metrics;
@@ -45,6 +46,10 @@ impl Interceptor {
 
 /// Seconds a failed ledger keeps refusing new requests (fail_closed) before trying again.
 const LEDGER_RETRY_SECS: u64 = 5;
+
+/// After a stream is cut, how long the provider may go on sending (dropped) before the
+/// exchange is torn down.
+const CUT_GRACE: Duration = Duration::from_millis(50);
 
 /// Largest body read before forwarding (Pingora replays at most this much to the upstream).
 const PREREAD_LIMIT: usize = 64 * 1024;
@@ -194,8 +199,10 @@ impl Interceptor {
                 record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
             self.shared.policy.load().finish(admission, tokens);
         }
-        // Budgets are settled with the real cost, streams and cancellations included.
+        // Budgets are settled with the real cost, streams and cancellations included; a
+        // cut stream with at least what the guard counted when it cut.
         if let Some(cost) = record.cost_usd {
+            let cost = ctx.cut.as_ref().map_or(cost, |c| cost.max(c.spent_usd));
             self.shared.policy.load().settle(&record.identity, cost);
         }
         let provider = conn.adapter.name();
@@ -351,6 +358,13 @@ pub struct Ctx {
     retry_after: Option<u64>,
     /// Response `Content-Length`, to know which chunk is the last.
     content_length: Option<u64>,
+    /// Response guardrails and budget cut on a stream, when a policy asks for them.
+    stream_guard: Option<StreamGuard>,
+    /// Response guardrails on a plain answer.
+    body_guard: Option<BodyGuard>,
+    /// The stream was cut (budget); the error event has gone out.
+    cut: Option<Cut>,
+    cut_at: Option<Instant>,
 }
 
 #[async_trait]
@@ -558,7 +572,7 @@ impl ProxyHttp for Interceptor {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -580,6 +594,27 @@ impl ProxyHttp for Interceptor {
             if event_stream || (ep.streaming_hint && ctx.status < 300) {
                 ctx.parser = Some(conn.adapter.stream_parser(ep));
             }
+            // The answer is checked (and maybe cut) as it flows: its length will change.
+            if (200..300).contains(&ctx.status) {
+                let redact = ctx.verdict.response.as_ref().and_then(|p| p.redact.clone());
+                if event_stream {
+                    ctx.stream_guard = StreamGuard::new(
+                        conn.adapter,
+                        ep.clone(),
+                        redact,
+                        ctx.verdict.stream_budget.clone(),
+                    );
+                } else if let (Some(scanner), None) = (redact, ctx.parser.as_ref()) {
+                    ctx.body_guard = Some(BodyGuard::new(scanner, self.shared.max_inspect_bytes));
+                }
+                if ctx.stream_guard.is_some() || ctx.body_guard.is_some() {
+                    ctx.content_length = None;
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                    if !session.is_http2() {
+                        upstream_response.insert_header("transfer-encoding", "chunked")?;
+                    }
+                }
+            }
         }
         ctx.own += t.elapsed();
         Ok(())
@@ -592,9 +627,43 @@ impl ProxyHttp for Interceptor {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Some(chunk) = body {
-            let t = Instant::now();
+        if let Some(at) = ctx.cut_at {
+            // The budget ran out and the error event went to the client: nothing more does.
+            *body = None;
+            // Then stop the provider generating (and billing) by dropping the exchange —
+            // but not in the batch of writes that carries the error event (Pingora drops
+            // a batch whose filter fails), so only once that batch is surely written.
+            if !end_of_stream && at.elapsed() >= CUT_GRACE {
+                return Error::e_explain(
+                    ErrorType::Custom("budget_cut"),
+                    "stream cut: budget exhausted",
+                );
+            }
+            return Ok(None);
+        }
+        let t = Instant::now();
+        if body.is_some() {
             ctx.first_byte.get_or_insert(t);
+        }
+        if let Some(g) = ctx.stream_guard.as_mut() {
+            let mut out = Vec::new();
+            if let Some(chunk) = body.as_ref() {
+                g.feed(chunk, &mut out);
+            }
+            if end_of_stream {
+                g.finish(&mut out);
+            }
+            ctx.cut = g.cut().cloned();
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        } else if let Some(g) = ctx.body_guard.as_mut() {
+            let mut out = body.take().and_then(|c| g.feed(&c)).unwrap_or_default();
+            if end_of_stream {
+                out.extend_from_slice(&g.finish());
+            }
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        }
+        // What is recorded is what the client receives.
+        if let Some(chunk) = body {
             match ctx.parser.as_mut() {
                 Some(p) => {
                     ctx.response.total += chunk.len() as u64;
@@ -602,7 +671,12 @@ impl ProxyHttp for Interceptor {
                 }
                 None => ctx.response.push(chunk, self.shared.max_inspect_bytes),
             }
-            ctx.own += t.elapsed();
+        }
+        ctx.own += t.elapsed();
+        if ctx.cut.is_some() {
+            ctx.cut_at = Some(Instant::now());
+            // Recorded before the error event is released, like any last byte.
+            return self.finish(session, None, ctx).map(|()| None);
         }
         // The record is in the ledger's write-ahead file before the last byte is released:
         // a client that received the whole answer always has a record, even if the proxy
@@ -707,8 +781,10 @@ fn build_record(
         _ => ParsedResponse::default(),
     };
     let stream = ctx.parser.is_some();
+    apply_response_findings(ctx, &parsed_resp.output);
 
     let outcome = match e {
+        _ if ctx.cut.is_some() => Outcome::Cut,
         Some(err) if *err.esource() == ErrorSource::Downstream => Outcome::Cancelled,
         Some(_) => Outcome::Failed,
         None if ctx.refused => Outcome::Refused,
@@ -813,6 +889,67 @@ fn build_record(
             sni: conn.tls.then(|| conn.host.clone()),
         },
         error,
+    }
+}
+
+/// Fold what happened to the answer into the verdict: categories redacted on the way
+/// (`redact`), found but only recorded (`alert`, shadow: `shadow_redact`), a stream cut by
+/// a budget (`block`, `budget_exceeded_mid_stream`).
+fn apply_response_findings(ctx: &mut Ctx, output: &str) {
+    let v = &mut ctx.verdict;
+    if let Some(plan) = v.response.clone() {
+        let mut redacted: Vec<crate::guardrails::Category> = Vec::new();
+        if let Some(g) = &ctx.stream_guard {
+            redacted.extend_from_slice(g.findings());
+        }
+        if let Some(g) = &ctx.body_guard {
+            redacted.extend_from_slice(g.findings());
+            if g.overflowed() {
+                v.reason_codes
+                    .push("response_not_inspected_by_policy".into());
+            }
+        }
+        let mut detected = Vec::new();
+        if let Some(scanner) = &plan.detect {
+            for f in scanner.scan(output) {
+                if !detected.contains(&f.category) {
+                    detected.push(f.category);
+                }
+            }
+        }
+        for cat in redacted.iter().chain(&detected) {
+            metrics::GUARDRAIL_FINDINGS
+                .with_label_values(&[cat.as_str()])
+                .inc();
+            if !v.triggered.contains(cat) {
+                v.triggered.push(*cat);
+            }
+            let code = policy::response_reason(*cat);
+            if !v.reason_codes.contains(&code) {
+                v.reason_codes.push(code);
+            }
+        }
+        let (decision, mode) = if plan.shadow {
+            (Decision::ShadowRedact, "shadow")
+        } else {
+            (Decision::Redact, "enforce")
+        };
+        let acted = if plan.shadow {
+            !detected.is_empty()
+        } else {
+            !redacted.is_empty()
+        };
+        if acted && matches!(v.decision, Decision::Allow | Decision::ShadowRedact) {
+            v.decision = decision;
+            v.policy_id = Some(plan.policy_id.clone());
+            v.mode = Some(mode);
+        }
+    }
+    if let Some(cut) = &ctx.cut {
+        v.decision = Decision::Block;
+        v.policy_id = Some(cut.policy_id.clone());
+        v.mode = Some("enforce");
+        v.reason_codes.push("budget_exceeded_mid_stream".into());
     }
 }
 
