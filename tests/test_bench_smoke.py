@@ -114,3 +114,23 @@ def test_results_carry_reproducibility_and_the_tables(results):
     assert "### Throughput and resources" in table and "### Ratios" in table
     for name in OWN_PATHS:
         assert f"| {name} |" in table, name
+
+
+@pytest.mark.timeout(300)
+def test_component_figures_ledger_guardrails_and_connect_hook(results):
+    c = results["components"]
+    assert c["available"] is True, c.get("reason")
+    for key in ("ledger_records_per_s", "guardrail_mb_per_s"):
+        for part in ("median", "min", "max"):
+            assert is_number(c[key][part]), (key, c["raw"])
+    # Root on a BPF-capable kernel (CI): the hook is measured against no hook; iptables
+    # too when the kernel has nat tables, else a reason is given.
+    modes = c["connect"]
+    assert {"none", "hook_miss", "hook_redirect"} <= set(modes), c["raw"]["connect"]
+    for mode in modes.values():
+        assert is_number(mode["p50_us"]["median"]) and is_number(mode["mean_us"]["median"])
+    ipt = c["raw"]["connect"]["iptables"]
+    assert ipt["available"] is True or ipt["reason"], ipt
+    if ipt["available"]:
+        assert {"iptables_miss", "iptables_redirect"} <= set(modes)
+    assert "### Components" in results["markdown"]

@@ -24,6 +24,7 @@
 //! answers and measures nothing but the client's view.
 
 mod client;
+mod components;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +67,22 @@ enum Command {
         /// Where to write the leaf's private key (PKCS#8 PEM).
         #[arg(long)]
         key_out: PathBuf,
+    },
+    /// Component figures as one JSON object: ledger appends/s, guardrail scan MB/s and
+    /// the connect hook's cost against no hook and an iptables REDIRECT (root).
+    Components {
+        /// Records appended per ledger repetition.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// MiB scanned per guardrail repetition.
+        #[arg(long, default_value_t = 64)]
+        scan_mb: usize,
+        /// Connects per mode and repetition (0: skip the connect figure).
+        #[arg(long, default_value_t = 5_000)]
+        connects: usize,
+        /// Repetitions of each figure.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// Bare Pingora reverse proxy: the baseline of what Sluice adds (see `sluice::minimal`).
     MinimalProxy {
@@ -175,6 +192,15 @@ pub fn run_cli(args: Vec<String>) -> anyhow::Result<()> {
             cert_out,
             key_out,
         } => mint_cert(&hosts, &ca_out, &cert_out, &key_out),
+        Command::Components {
+            records,
+            scan_mb,
+            connects,
+            reps,
+        } => {
+            println!("{}", components::run(records, scan_mb, connects, reps));
+            Ok(())
+        }
         Command::MinimalProxy {
             listen,
             upstream,

@@ -41,7 +41,8 @@ pub struct Options {
     #[arg(long, conflicts_with = "quick")]
     pub smoke: bool,
     /// Only these scenarios (comma-separated): sat_1k, sat_100k, lat1_1k, lat1_100k,
-    /// open_1k, open_100k, sse, newconn.
+    /// open_1k, open_100k, sse, newconn, and `components` (ledger records/s, guardrail
+    /// MB/s, connect-hook cost).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub scenario: Vec<String>,
     /// Only these paths (comma-separated; `direct` is always measured, as the baseline).
@@ -80,6 +81,10 @@ pub struct Profile {
     pub release: bool,
     /// Whether the PyPI peers (litellm, mitmproxy) are installed and measured.
     pub pypi_peers: bool,
+    /// Components: ledger records per repetition, guardrail MiB scanned, connects per mode.
+    pub comp_records: usize,
+    pub comp_scan_mb: usize,
+    pub comp_connects: usize,
 }
 
 impl Profile {
@@ -101,6 +106,9 @@ impl Profile {
             newconn_conns: 8,
             release: true,
             pypi_peers: true,
+            comp_records: 200_000,
+            comp_scan_mb: 64,
+            comp_connects: 5_000,
         };
         if opts.smoke {
             Profile {
@@ -120,6 +128,9 @@ impl Profile {
                 newconn_conns: 2,
                 release: false,
                 pypi_peers: false,
+                comp_records: 2_000,
+                comp_scan_mb: 1,
+                comp_connects: 200,
             }
         } else if opts.quick {
             Profile {
@@ -137,6 +148,9 @@ impl Profile {
                 sse_delay_ms: 1,
                 sse_conns: 2,
                 newconn_conns: 8,
+                comp_records: 50_000,
+                comp_scan_mb: 16,
+                comp_connects: 2_000,
                 ..full
             }
         } else {
@@ -270,7 +284,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         .unwrap_or_default();
     let profile = Profile::of(opts);
     for s in &opts.scenario {
-        if !SCENARIOS.iter().any(|x| x.name == s) {
+        if s != "components" && !SCENARIOS.iter().any(|x| x.name == s) {
             bail!("unknown scenario {s}; known: {}", scenario_names());
         }
     }
@@ -455,11 +469,31 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     drop(mock);
 
+    // Component figures, on the proxy's CPU.
+    let components = if opts.scenario.is_empty() || opts.scenario.iter().any(|s| s == "components")
+    {
+        println!("bench: components: ledger, guardrails, connect hook");
+        // The connect figure compares the hook with an iptables REDIRECT rule.
+        if let Err(e) = peers::ensure_apt(&["iptables"]) {
+            println!("bench: iptables unavailable: {e:#}");
+        }
+        let t = Instant::now();
+        let c = components(&sluice, rig.proxy_cpu, &profile);
+        println!(
+            "bench: components: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        c
+    } else {
+        Json::Null
+    };
+
     let meta = meta(&git, &profile, &placement, &scenarios, started);
     let mut out = Json::obj();
     out.set("meta", meta)
         .set("rig_ceiling", ceiling)
-        .set("paths", results);
+        .set("paths", results)
+        .set("components", components);
     let derived = report::derive(&mut out);
     out.set("ratios", derived);
     let table = report::markdown(&out, &profile);
@@ -480,6 +514,67 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `sluice loadgen components`: raw per-repetition figures, summarised as
+/// `{median, min, max}`; a failure is recorded as the reason.
+fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
+    let mut cmd = peers::pinned(cpu, sluice);
+    cmd.args(["loadgen", "components"])
+        .args(["--records", &p.comp_records.to_string()])
+        .args(["--scan-mb", &p.comp_scan_mb.to_string()])
+        .args(["--connects", &p.comp_connects.to_string()])
+        .args(["--reps", &p.reps.to_string()])
+        .env("SLUICE_LOG", "warn");
+    let line = super::command_line(&cmd);
+    let raw = match cmd.output() {
+        Ok(o) if o.status.success() => Json::parse(String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) => Err(anyhow::anyhow!(
+            "{}",
+            String::from_utf8_lossy(&o.stderr).trim().to_string()
+        )),
+        Err(e) => Err(e.into()),
+    };
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            let mut o = Json::obj();
+            o.set("available", false)
+                .set("reason", format!("`{line}` failed: {e:#}"));
+            return o;
+        }
+    };
+    let list = |v: &Json| -> Vec<f64> {
+        match v {
+            Json::Arr(items) => items.iter().filter_map(Json::num).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut o = Json::obj();
+    o.set("available", true)
+        .set("command", line)
+        .set("raw", raw.clone())
+        .set(
+            "ledger_records_per_s",
+            report::stat(&list(raw.at("ledger/records_per_s"))),
+        )
+        .set(
+            "guardrail_mb_per_s",
+            report::stat(&list(raw.at("guardrails/mb_per_s"))),
+        );
+    let mut connect = Json::obj();
+    for mode in raw.at("connect/modes").keys() {
+        let mut m = Json::obj();
+        for fig in ["p50_us", "p99_us", "mean_us"] {
+            m.set(
+                fig,
+                report::stat(&list(raw.at(&format!("connect/modes/{mode}/{fig}")))),
+            );
+        }
+        connect.set(&mode, m);
+    }
+    o.set("connect", connect);
+    o
 }
 
 fn scenario_names() -> String {

@@ -159,10 +159,12 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path, timeout: Duration
 
 /// Installs nginx and haproxy from apt when missing; the error is the reason.
 pub fn ensure_apt_peers() -> Result<()> {
-    let missing: Vec<&str> = ["nginx", "haproxy"]
-        .into_iter()
-        .filter(|b| !which(b))
-        .collect();
+    ensure_apt(&["nginx", "haproxy"])
+}
+
+/// Installs the Debian packages of these programs (same names) when missing.
+pub fn ensure_apt(programs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = programs.iter().copied().filter(|b| !which(b)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -412,6 +412,8 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
         .map(|p| (*p, out.at(&format!("paths/{p}"))))
         .filter(|(_, v)| v.get("available") == &Json::Bool(false))
         .collect();
+    components_table(&mut t, out.get("components"));
+
     if !missing.is_empty() {
         let _ = writeln!(t, "\n### Paths that did not run\n");
         let _ = writeln!(t, "| path | reason |");
@@ -452,4 +454,78 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
         );
     }
     t
+}
+
+/// Ledger, guardrails and connect hook, each `median (min–max)` over repetitions.
+fn components_table(t: &mut String, c: &Json) {
+    if c == &Json::Null {
+        return;
+    }
+    let _ = writeln!(t, "\n### Components (on the proxy's CPU)\n");
+    if c.get("available") == &Json::Bool(false) {
+        let reason = c.get("reason").str().unwrap_or("?");
+        let _ = writeln!(t, "Not measured: {reason}");
+        return;
+    }
+    let _ = writeln!(t, "| component | figure |");
+    let _ = writeln!(t, "|---|---|");
+    let _ = writeln!(
+        t,
+        "| ledger append, hash chain + HMAC, {} records × 2 threads, sustained | {} records/s |",
+        plain(c.at("raw/ledger/records"), 1.0, 0, false),
+        cell(c, "ledger_records_per_s", 1.0, 0)
+    );
+    let _ = writeln!(
+        t,
+        "| guardrail scan, every detector, typical prompt text | {} MB/s |",
+        cell(c, "guardrail_mb_per_s", 1.0, 1)
+    );
+    let connect = c.get("connect");
+    if connect.keys().is_empty() {
+        let reason = c.at("raw/connect/reason").str().unwrap_or("not measured");
+        let _ = writeln!(t, "\nConnect hook: not measured: {reason}");
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "\nConnect latency on loopback, {} connects per mode and repetition (µs; added = over `none`, medians):\n",
+        plain(c.at("raw/connect/connects"), 1.0, 0, false)
+    );
+    let _ = writeln!(t, "| mode | p50 | p99 | mean | added p50 | added mean |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let base = |fig: &str| connect.at(&format!("none/{fig}/median")).num();
+    for (mode, what) in [
+        ("none", "no hook (floor)"),
+        ("hook_miss", "hook attached, destination not a provider"),
+        (
+            "hook_redirect",
+            "hook attached, provider destination redirected",
+        ),
+        ("iptables_miss", "iptables nat REDIRECT rule, not matching"),
+        (
+            "iptables_redirect",
+            "iptables nat REDIRECT rule, redirected",
+        ),
+    ] {
+        let m = connect.get(mode);
+        if m == &Json::Null {
+            continue;
+        }
+        let added = |fig: &str| match (m.at(&format!("{fig}/median")).num(), base(fig)) {
+            (Some(a), Some(b)) => format!("{:+.1}", a - b),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| `{mode}`: {what} | {} | {} | {} | {} | {} |",
+            cell(m, "p50_us", 1.0, 1),
+            cell(m, "p99_us", 1.0, 1),
+            cell(m, "mean_us", 1.0, 1),
+            added("p50_us"),
+            added("mean_us"),
+        );
+    }
+    if let Some(reason) = c.at("raw/connect/iptables/reason").str() {
+        let _ = writeln!(t, "\niptables: not measured: {reason}");
+    }
 }
