@@ -27,6 +27,7 @@ use crate::{metrics, tls};
 /// Anything that prevents start-up (CA missing, a port taken, state dir unwritable),
 /// with what to do about it.
 pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    log_warnings(&config);
     let config_path_label = config_path.as_ref().map_or_else(
         || "(built-in defaults)".to_string(),
         |p| p.display().to_string(),
@@ -340,6 +341,7 @@ impl ReloadService {
         let outcome = match Config::load(&self.path) {
             Err(e) => Err(e.to_string()),
             Ok(next) => {
+                log_warnings(&next);
                 let engine = self.shared.policy.load_full();
                 match engine.reload(&next.policy) {
                     Err(e) => Err(e.to_string()),
@@ -441,5 +443,12 @@ impl BackgroundService for ReloadService {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// What `sluice policy lint` would warn about, in the log.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(location = %w.location, key = %w.key, "policy lint: {}", w.message);
     }
 }

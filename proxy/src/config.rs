@@ -94,6 +94,10 @@ pub struct Config {
     /// Whether the file named `ledger.dir` (otherwise it follows `state_dir`).
     #[serde(skip)]
     ledger_dir_given: bool,
+    /// What `policy lint` warns about: valid, but not doing what it seems to (see
+    /// [`crate::policy::lint`]). Logged at start and on reload.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 /// Where the organisation CA lives.
@@ -234,6 +238,7 @@ impl Default for Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             ledger_dir_given: false,
+            warnings: Vec::new(),
         }
     }
 }
@@ -310,6 +315,17 @@ impl Config {
             .is_some();
         let problems = config.problems(text, file);
         if problems.is_empty() {
+            config.warnings = crate::policy::lint(&config.policy)
+                .into_iter()
+                .map(|f| {
+                    let p = &config.policy.policies[f.index];
+                    Problem {
+                        location: locate(text, file, &format!("id: {}", p.id)),
+                        key: format!("policy.policies[{}].{}", f.index, f.key),
+                        message: f.message,
+                    }
+                })
+                .collect();
             Ok(config)
         } else {
             Err(ConfigError::Invalid(problems))

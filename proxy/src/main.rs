@@ -234,9 +234,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Lint { file },
         } => {
             return Ok(match Config::load(&file) {
-                Ok(_) => {
+                Ok(c) if c.warnings.is_empty() => {
                     println!("{}: ok", file.display());
                     ExitCode::SUCCESS
+                }
+                Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    eprintln!(
+                        "{}: valid, with {} warning(s): rules that cannot take effect as written",
+                        file.display(),
+                        c.warnings.len()
+                    );
+                    ExitCode::FAILURE
                 }
                 Err(e @ ConfigError::Read { .. }) => {
                     eprintln!("error: {e}");

@@ -29,6 +29,7 @@ mod body;
 mod budget;
 mod keys;
 mod limits;
+mod lint;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use serde::Deserialize;
 
 pub use budget::{Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError};
 pub use limits::{Limited, Limiter, RateLimit};
+pub use lint::{lint, LintFinding};
 
 pub use keys::{
     fingerprint, presented_key, KeyError, ResolvedKey, Secret, VirtualKey, VirtualKeys,
