@@ -38,7 +38,11 @@ DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.
 class Stack:
     """The proxy, the mock provider and helpers to drive clients and read records."""
 
-    def __init__(self, topo, tmp_path: Path, extra_config: str = "", start: bool = True):
+    def __init__(self, topo, tmp_path: Path, extra_config: str = "", start: bool = True,
+                 static_dst: bool = True, hosts_to: str | None = None,
+                 listen: list[str] | None = None):
+        """`static_dst=False` leaves out the static destination table (another source must
+        know); `hosts_to` points the client's provider names elsewhere than the proxy."""
         self.topo = topo
         self.dir = tmp_path
         self.state = tmp_path / "state"
@@ -68,16 +72,14 @@ class Stack:
             f"\n  - host: {PLAIN}\n    tls: false\n    adapter: openai_compatible")
         self.config = tmp_path / "sluice.yaml"
         self.config.write_text(
-            f"""listen: ["{topo.client_gw}:443"]
+            f"""listen: {json.dumps(listen or [f"{topo.client_gw}:443"])}
 metrics_listen: "127.0.0.1:{self.metrics_port}"
 state_dir: "{self.state}"
 upstream:
   ca_file: "{self.provider_ca}"
 providers:
 {providers}
-original_dst:
-  static:
-{static}
+{"original_dst:" + chr(10) + "  static:" + chr(10) + static if static_dst else ""}
 {extra_config}"""
         )
         subprocess.run([sluice_bin(), "ca", "init", "--config", str(self.config)], check=True,
@@ -86,7 +88,8 @@ original_dst:
         self.proxy = None
         if start:
             self.start_proxy()
-        topo.client.hosts({h: topo.client_gw for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
+        topo.client.hosts({h: hosts_to or topo.client_gw
+                           for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
 
     def start_proxy(self):
         self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],

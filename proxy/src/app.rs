@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 use crate::ca::{Ca, LeafResolver};
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSink};
-use crate::original_dst::{Chain, LoopGuard, OriginalDst, StaticDst};
+use crate::original_dst::{Chain, LoopGuard, OriginalDst, SockoptDst, StaticDst};
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
 use crate::redirect::Redirect;
 use crate::sink::{self, Recorder};
@@ -116,6 +116,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
 
     // Original destinations: the probe's maps first, then the static table.
     let mut sources: Vec<Box<dyn OriginalDst>> = Vec::new();
+    if config.original_dst.so_original_dst {
+        sources.push(Box::new(SockoptDst));
+    }
     if let Some(r) = &redirect {
         sources.push(Box::new(r.source()));
     }
@@ -135,7 +138,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
         upstream_h2: config.upstream.http2,
-        mark: config.redirect.enabled.then_some(config.redirect.mark),
+        mark: (config.redirect.enabled || config.original_dst.so_original_dst)
+            .then_some(config.redirect.mark),
         policy: arc_swap::ArcSwap::from_pointee(
             crate::policy::Engine::new(
                 &config.policy,

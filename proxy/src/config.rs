@@ -141,6 +141,11 @@ pub struct OriginalDstConfig {
     /// Use the accepted socket's local address as the destination when no other source
     /// knows it (appliance mode: traffic routed or steered to this host). Default: false.
     pub local_addr: bool,
+    /// Ask the kernel with `getsockopt(SO_ORIGINAL_DST)`: the fallback for hosts without
+    /// cgroup BPF, where an iptables/nftables `REDIRECT` rule sends provider traffic to
+    /// Sluice (`sluice doctor` prints the rules). Asked first; upstream sockets then carry
+    /// `redirect.mark` so a rule can exclude them. Default: false.
+    pub so_original_dst: bool,
 }
 
 /// Upstream (provider-facing) connection settings.

@@ -3,14 +3,18 @@
 //! A transparent proxy only sees a connection to itself; an [`OriginalDst`] source says
 //! which provider address the client dialled. This module holds the trait and the
 //! static source used by tests and gateways (a host → address table, plus "the accepted
-//! socket's local address" for routed appliance traffic). The eBPF probe is another
-//! source behind the same trait.
+//! socket's local address" for routed appliance traffic), and [`SockoptDst`], which asks
+//! the kernel with `getsockopt(SO_ORIGINAL_DST)` — the answer of an iptables/nftables
+//! `REDIRECT` (conntrack) on hosts without cgroup BPF, or of the probe's own
+//! `cgroup/getsockopt` program. The eBPF probe's maps are another source behind the
+//! same trait.
 //!
 //! It also holds the loop guard: a destination that is one of Sluice's own listeners is
 //! never forwarded to, whatever a source says.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::BorrowedFd;
 
 use crate::config::OriginalDstConfig;
 
@@ -62,6 +66,17 @@ pub trait OriginalDst: Send + Sync {
     /// The destination the client meant for `conn`. `host` is the SNI (TLS) or `Host`
     /// header (plain HTTP) when the connection carried one.
     fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<Destination>;
+
+    /// The same, with the accepted socket at hand: sources that ask the kernel about the
+    /// socket itself answer here; the others answer from [`OriginalDst::lookup`].
+    fn lookup_socket(
+        &self,
+        _socket: BorrowedFd<'_>,
+        conn: &Accepted,
+        host: Option<&str>,
+    ) -> Option<Destination> {
+        self.lookup(conn, host)
+    }
 }
 
 /// Sources asked in order; the first that knows wins.
@@ -70,6 +85,54 @@ pub struct Chain(pub Vec<Box<dyn OriginalDst>>);
 impl OriginalDst for Chain {
     fn lookup(&self, conn: &Accepted, host: Option<&str>) -> Option<Destination> {
         self.0.iter().find_map(|s| s.lookup(conn, host))
+    }
+
+    fn lookup_socket(
+        &self,
+        socket: BorrowedFd<'_>,
+        conn: &Accepted,
+        host: Option<&str>,
+    ) -> Option<Destination> {
+        self.0
+            .iter()
+            .find_map(|s| s.lookup_socket(socket, conn, host))
+    }
+}
+
+/// `getsockopt(SO_ORIGINAL_DST)` (`IP6T_SO_ORIGINAL_DST` for IPv6) on the accepted socket:
+/// where a connection was going before an iptables/nftables `REDIRECT` (or the probe's
+/// `cgroup/getsockopt` program) sent it here. A connection that was not redirected has no
+/// answer (or the listener's own address, which is no answer either).
+#[derive(Debug, Default)]
+pub struct SockoptDst;
+
+impl OriginalDst for SockoptDst {
+    fn lookup(&self, _conn: &Accepted, _host: Option<&str>) -> Option<Destination> {
+        None
+    }
+
+    fn lookup_socket(
+        &self,
+        socket: BorrowedFd<'_>,
+        conn: &Accepted,
+        _host: Option<&str>,
+    ) -> Option<Destination> {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let addr = match conn.local {
+            SocketAddr::V4(_) => getsockopt(&socket, sockopt::OriginalDst).ok().map(|a| {
+                SocketAddr::from((
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }),
+            SocketAddr::V6(_) => getsockopt(&socket, sockopt::Ip6tOriginalDst).ok().map(|a| {
+                SocketAddr::from((
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                ))
+            }),
+        }?;
+        (addr != conn.local).then(|| Destination::addr(addr))
     }
 }
 

@@ -241,7 +241,14 @@ impl ServerApp for InterceptApp {
             FirstBytes::Opaque => (None, false),
         };
         let shared = &self.shared;
-        let dst = shared.original_dst.lookup(&accepted, host.as_deref());
+        let dst = {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            // SAFETY: the fd belongs to `l4`, which outlives this borrow.
+            let socket = unsafe { BorrowedFd::borrow_raw(l4.as_raw_fd()) };
+            shared
+                .original_dst
+                .lookup_socket(socket, &accepted, host.as_deref())
+        };
         let identity = identity::of_connection(
             accepted.peer,
             dst.as_ref().and_then(|d| d.attribution.as_ref()),

@@ -11,7 +11,8 @@ use anyhow::{ensure, Context, Result};
 
 /// Debian packages for the build and the tests: clang, llvm and libbpf-dev compile the eBPF
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
-/// network-namespace tests; rsyslog is the real syslog server the export is tested against.
+/// network-namespace tests; rsyslog is the real syslog server the export is tested against;
+/// iptables drives the REDIRECT fallback test and the connect-hook benchmark.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -22,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "procps",
     "rsyslog",
+    "iptables",
 ];
 
 /// Pinned Python packages of the test suite, relative to the repo root.
