@@ -175,6 +175,19 @@ for i in range(3):
     assert recs[-1]["reason_codes"] == ["rate_limit_requests"]
     assert recs[-1]["policy_id"] == "small-quota@v1" and recs[-1]["status"] == 429
     assert len([r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]) == 2
+    # The minute's count survives a restart (saved to the counter store at shutdown).
+    stack.proxy.stop()
+    stack.start_proxy()
+    again = stack.python("""
+import json, openai
+c = openai.OpenAI(api_key="sk-sluice-bob-0002", max_retries=0)
+try:
+    c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "n3"}])
+    print(json.dumps({"ok": True}))
+except openai.RateLimitError as e:
+    print(json.dumps({"ok": False, "status": e.status_code}))
+""")
+    assert again == {"ok": False, "status": 429}
 
 
 # The client asks for at most 10 tokens (worst case $0.00008 of the $0.001 budget), but

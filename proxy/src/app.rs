@@ -175,6 +175,13 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         },
     ));
 
+    // Rate-limit windows saved every few seconds and at shutdown (budgets are written
+    // through as they are settled).
+    server.add_service(background_service(
+        "counters",
+        CountersService(shared.clone()),
+    ));
+
     // Live policy reload on SIGHUP or when the config file changes.
     if let Some(path) = config_path {
         server.add_service(background_service(
@@ -270,6 +277,27 @@ impl BackgroundService for InboxService {
                     }
                 }
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Saves the rate-limit windows every 5 s and once more at shutdown.
+struct CountersService(Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for CountersService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let engine = self.0.policy.load_full();
+            let _ = tokio::task::spawn_blocking(move || engine.save_counters()).await;
+            if stop {
+                return;
             }
         }
     }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use budget::{Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError};
-pub use limits::{Limited, Limiter, RateLimit};
+pub use limits::{Limited, Limiter, RateLimit, WindowRow};
 pub use lint::{lint, LintFinding};
 
 pub use keys::{
@@ -371,10 +371,12 @@ impl Engine {
                 }
             })
             .collect();
+        let limiter = Limiter::default();
+        limiter.restore(spend.load_windows());
         Ok(Engine {
             policies,
             keys: VirtualKeys::new(&cfg.virtual_keys)?,
-            limiter: Arc::new(Limiter::default()),
+            limiter: Arc::new(limiter),
             spend,
             config: cfg.clone(),
         })
@@ -436,6 +438,12 @@ impl Engine {
             "virtual_key_users_before": users(&self.config),
             "virtual_key_users_after": users(&next.config),
         })
+    }
+
+    /// Save the rate-limit windows to the counter store (periodically and at shutdown),
+    /// so a restart keeps the minute's counts.
+    pub fn save_counters(&self) {
+        self.spend.save_windows(&self.limiter.snapshot());
     }
 
     /// Add the real cost of a finished request to every budget that covers its caller.

@@ -67,12 +67,18 @@ impl Period {
     }
 }
 
-/// Where spend is counted.
+/// Where spend (and the rate-limit windows) are kept.
 pub trait CounterStore: Send + Sync {
     /// USD spent under `key` in `period`.
     fn spent(&self, key: &str, period: i64) -> f64;
     /// Add `usd` under `key` in `period`.
     fn add(&self, key: &str, period: i64, usd: f64);
+    /// Rate-limit windows as last saved. Default: none (kept in memory only).
+    fn load_windows(&self) -> Vec<super::limits::WindowRow> {
+        Vec::new()
+    }
+    /// Replace the saved rate-limit windows. Default: nothing is kept.
+    fn save_windows(&self, _rows: &[super::limits::WindowRow]) {}
 }
 
 /// Errors opening the counter store.
@@ -106,7 +112,10 @@ impl SqliteCounters {
         db.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS spend (key TEXT NOT NULL, period INTEGER NOT NULL,
-               usd REAL NOT NULL, PRIMARY KEY (key, period));",
+               usd REAL NOT NULL, PRIMARY KEY (key, period));
+             CREATE TABLE IF NOT EXISTS rate_windows (key TEXT PRIMARY KEY, minute INTEGER NOT NULL,
+               req_now INTEGER NOT NULL, req_before INTEGER NOT NULL,
+               tok_now INTEGER NOT NULL, tok_before INTEGER NOT NULL);",
         )
         .map_err(err)?;
         let mut cache = HashMap::new();
@@ -154,6 +163,47 @@ impl CounterStore for SqliteCounters {
         );
         if let Err(e) = result {
             tracing::error!(key, error = %e, "cannot persist budget spend; it is kept in memory");
+        }
+    }
+
+    fn load_windows(&self) -> Vec<super::limits::WindowRow> {
+        let db = self.db.lock();
+        let rows = db
+            .prepare(
+                "SELECT key, minute, req_now, req_before, tok_now, tok_before FROM rate_windows",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    Ok((r.get(0)?, n(1)?, n(2)?, n(3)?, n(4)?, n(5)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            });
+        rows.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read saved rate-limit windows; starting from zero");
+            Vec::new()
+        })
+    }
+
+    fn save_windows(&self, rows: &[super::limits::WindowRow]) {
+        let mut db = self.db.lock();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = db.transaction()?;
+            tx.execute("DELETE FROM rate_windows", [])?;
+            {
+                let mut ins = tx.prepare(
+                    "INSERT INTO rate_windows (key, minute, req_now, req_before, tok_now, tok_before)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (k, m, rc, rp, tc, tp) in rows {
+                    let i = |v: &u64| i64::try_from(*v).unwrap_or(i64::MAX);
+                    ins.execute(rusqlite::params![k, i(m), i(rc), i(rp), i(tc), i(tp)])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot save rate-limit windows; they are kept in memory");
         }
     }
 }

@@ -7,8 +7,10 @@
 //! response completes (the real count, streams and cancellations included), so a burst
 //! can overshoot `tokens_per_minute` by at most the requests already in flight.
 //!
-//! Counters live in memory: a restart forgets at most one minute of history. Budgets,
-//! which span days and months, are persisted separately.
+//! Counters live in memory, and their windows are saved to the counter store every few
+//! seconds and at shutdown ([`Limiter::snapshot`]) and loaded at start
+//! ([`Limiter::restore`]): a restart within the minute keeps the count (in-flight slots
+//! are not kept: those requests died with the process).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,7 +30,7 @@ pub struct RateLimit {
     pub concurrent: Option<u64>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Window {
     minute: u64,
     current: u64,
@@ -60,6 +62,10 @@ struct Counters {
     tokens: Window,
     in_flight: u64,
 }
+
+/// One key's windows as saved: `(key, minute, requests now, requests before, tokens now,
+/// tokens before)`.
+pub type WindowRow = (String, u64, u64, u64, u64, u64);
 
 /// Why a request was limited, and when to retry.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +134,64 @@ impl Limiter {
         Ok(())
     }
 
+    /// The windows still current (this minute or the last), for saving.
+    pub fn snapshot(&self) -> Vec<WindowRow> {
+        let (minute, _) = now_minute();
+        self.counters
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.requests.minute + 1 >= minute || c.tokens.minute + 1 >= minute)
+            .map(|(k, c)| {
+                // Both windows roll together in `admit`; tokens may be a minute ahead.
+                let mut req = Window { ..c.requests };
+                req.roll(c.tokens.minute.max(c.requests.minute));
+                (
+                    k.clone(),
+                    req.minute,
+                    req.current,
+                    req.previous,
+                    if c.tokens.minute == req.minute {
+                        c.tokens.current
+                    } else {
+                        0
+                    },
+                    if c.tokens.minute == req.minute {
+                        c.tokens.previous
+                    } else {
+                        c.tokens.current
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Load saved windows (at start), keeping only what is still current.
+    pub fn restore(&self, rows: Vec<WindowRow>) {
+        let (minute, _) = now_minute();
+        let mut map = self.counters.lock();
+        for (key, m, rc, rp, tc, tp) in rows {
+            if m + 1 < minute {
+                continue;
+            }
+            let mut c = Counters {
+                requests: Window {
+                    minute: m,
+                    current: rc,
+                    previous: rp,
+                },
+                tokens: Window {
+                    minute: m,
+                    current: tc,
+                    previous: tp,
+                },
+                in_flight: 0,
+            };
+            c.requests.roll(minute);
+            c.tokens.roll(minute);
+            map.insert(key, c);
+        }
+    }
+
     /// Release the concurrency slot and charge the tokens actually used.
     pub fn finish(&self, key: &str, tokens: u64) {
         let (minute, _) = now_minute();
@@ -190,6 +254,31 @@ mod tests {
             l.admit("k", &limit).unwrap_err().reason,
             "rate_limit_tokens"
         );
+    }
+
+    #[test]
+    fn snapshot_and_restore_keep_the_minute() {
+        let l = Limiter::default();
+        let limit = RateLimit {
+            requests_per_minute: Some(2),
+            tokens_per_minute: Some(1000),
+            ..RateLimit::default()
+        };
+        assert!(l.admit("k", &limit).is_ok());
+        l.finish("k", 400);
+        assert!(l.admit("k", &limit).is_ok());
+        let rows = l.snapshot();
+        assert_eq!(rows.len(), 1);
+        let restarted = Limiter::default();
+        restarted.restore(rows);
+        // Same minute (or the next, weighted): the third request is still over the limit,
+        // and no concurrency slot leaked across the restart.
+        let e = restarted.admit("k", &limit).unwrap_err();
+        assert_eq!(e.reason, "rate_limit_requests");
+        // Stale windows are dropped.
+        let old = Limiter::default();
+        old.restore(vec![("k".into(), 5, 9, 9, 9, 9)]);
+        assert!(old.admit("k", &limit).is_ok());
     }
 
     #[test]
