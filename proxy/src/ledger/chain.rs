@@ -38,15 +38,13 @@ pub(crate) fn write_canonical(out: &mut String, v: &Value) {
     match v {
         Value::Object(m) => {
             out.push('{');
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_unstable();
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, v)) in sorted_entries(m).enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 write_str(out, k);
                 out.push(':');
-                write_canonical(out, &m[k.as_str()]);
+                write_canonical(out, v);
             }
             out.push('}');
         }
@@ -69,8 +67,45 @@ pub(crate) fn write_canonical(out: &mut String, v: &Value) {
     }
 }
 
+/// The entries of `m` in key order (UTF-8 bytes). serde_json's default map already
+/// iterates in that order, which is checked (cheaply, without allocating) rather than
+/// assumed; otherwise the keys are sorted here.
+fn sorted_entries(m: &Map<String, Value>) -> SortedEntries<'_> {
+    if m.keys().is_sorted() {
+        SortedEntries::InOrder(m.iter())
+    } else {
+        let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        SortedEntries::Sorted(entries.into_iter())
+    }
+}
+
+enum SortedEntries<'a> {
+    InOrder(serde_json::map::Iter<'a>),
+    Sorted(std::vec::IntoIter<(&'a String, &'a Value)>),
+}
+
+impl<'a> Iterator for SortedEntries<'a> {
+    type Item = (&'a String, &'a Value);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SortedEntries::InOrder(it) => it.next(),
+            SortedEntries::Sorted(it) => it.next(),
+        }
+    }
+}
+
 fn write_str(out: &mut String, s: &str) {
     // serde_json's string escaping (RFC 8259, control characters as \uXXXX or short forms).
+    // It escapes only `"`, `\\` and bytes below 0x20, so a string without those is
+    // written as is, without serde_json's intermediate allocation.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Serialising a &str into a String cannot fail.
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
@@ -199,14 +234,12 @@ pub(crate) struct PreMeta {
 impl PreMeta {
     /// Split the canonical text of `meta` (which must not hold `prev_hash` or `seq`).
     pub(crate) fn new(meta: &Map<String, Value>) -> PreMeta {
-        let mut keys: Vec<&String> = meta.keys().collect();
-        keys.sort_unstable();
         let mut p = PreMeta {
             before: String::with_capacity(512),
             middle: String::with_capacity(128),
             after: String::with_capacity(512),
         };
-        for k in keys {
+        for (k, v) in sorted_entries(meta) {
             let (out, comma_after) = if k.as_str() < "prev_hash" {
                 (&mut p.before, true)
             } else if k.as_str() < "seq" {
@@ -219,7 +252,7 @@ impl PreMeta {
             }
             write_str(out, k);
             out.push(':');
-            write_canonical(out, &meta[k.as_str()]);
+            write_canonical(out, v);
             if comma_after {
                 out.push(',');
             }

@@ -66,10 +66,24 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     let e = sql_err(&path);
     let c = Connection::open(&path).map_err(&e)?;
     c.busy_timeout(Duration::from_secs(10)).map_err(&e)?;
+    // 64 KiB pages for a new index (no effect on an existing one, which keeps its page
+    // size): a record row is about 2 KiB, so 4 KiB pages meant one WAL frame, one
+    // checksum and one `pwrite` per two rows, at commit and again at checkpoint.
+    // Set before the journal mode, as WAL mode fixes the page size.
+    c.pragma_update(None, "page_size", 65_536).map_err(&e)?;
     // WAL: readers never block the indexer. NORMAL: a commit is durable once SQLite
     // checkpoints (which syncs its WAL first); the ledger's own WAL segments are only
     // deleted after such a checkpoint, so a power loss cannot lose an indexed record.
     c.pragma_update(None, "journal_mode", "WAL").map_err(&e)?;
+    // Checkpoint SQLite's WAL every ~32 MiB instead of every 1000 pages (4 MiB at the
+    // old page size): fewer syncs and fewer copies of pages rewritten by successive
+    // batches. Durability is unchanged: the ledger's segments are deleted only after
+    // its own checkpoint (see `delete_covered`), which syncs the index first.
+    let page_size: i64 = c
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .map_err(&e)?;
+    c.pragma_update(None, "wal_autocheckpoint", (32 << 20) / page_size.max(512))
+        .map_err(&e)?;
     c.pragma_update(None, "synchronous", "NORMAL").map_err(&e)?;
     // 64 MiB of page cache: the five secondary indexes stay in memory while indexing,
     // instead of thrashing SQLite's 2 MiB default once the table is large.

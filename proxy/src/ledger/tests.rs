@@ -1277,3 +1277,27 @@ fn million_rows_filtered_query() {
         assert!(took < Duration::from_secs(1), "{took:?}");
     }
 }
+
+/// The canonical form writes strings exactly as serde_json does (it is hashed).
+#[test]
+fn canonical_strings_match_serde_json() {
+    let samples = [
+        "",
+        "plain ascii",
+        "quote \" and backslash \\",
+        "tab\t newline\n cr\r bell\u{7} nul\u{0} esc\u{1b} del\u{7f}",
+        "unicode é 漢字 🦀 \u{2028}",
+        "/slash/",
+    ];
+    for s in samples {
+        assert_eq!(
+            chain::canonical(&Value::String(s.into())),
+            serde_json::to_string(s).unwrap()
+        );
+    }
+    let v = serde_json::json!({"b": [1, 2.5, {"z": null, "a": "x\ny"}], "a": true, "é": "e"});
+    assert_eq!(
+        chain::canonical(&v),
+        r#"{"a":true,"b":[1,2.5,{"a":"x\ny","z":null}],"é":"e"}"#
+    );
+}
