@@ -201,3 +201,40 @@ def test_administrative_changes_are_recorded(topo, tmp_path):
     assert start["target"]["id"] == str(stack.config)
     report = json.loads(stack.cli("report", "--type", "change", "--json").stdout)
     assert len(report["rows"]) >= 2
+
+
+def test_hmac_key_rotation_is_recorded_and_both_keys_verify(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    call = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client", max_retries=0)
+r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "k"}])
+print(json.dumps({"text": r.choices[0].message.content}))
+"""
+    assert stack.python(call)["text"] == "Mock reply to: k"
+    # While the proxy runs: the admin record goes through the inbox, the new key waits for
+    # the next start.
+    out = stack.cli("audit", "rotate-key").stdout
+    assert "until it restarts" in out
+    old_id, new_id = out.split("rotated: ")[1].split(" (")[0].split(" -> ")
+    assert old_id != new_id
+    ledger = stack.state / "ledger"
+    assert (ledger / f"hmac-{old_id}.key").stat().st_mode & 0o777 == 0o600
+    stack.proxy.stop()
+    stack.start_proxy()
+    assert stack.python(call)["text"] == "Mock reply to: k"
+    recs = stack.wait_records(2, "interaction")
+    admin = [r for r in stack.all_records() if r["kind"] == "admin"
+             and r["target"]["type"] == "hmac_key"]
+    assert len(admin) == 1 and admin[0]["action"] == "update"
+    assert admin[0]["details"]["old_key_id"] == old_id
+    assert admin[0]["details"]["new_key_id"] == new_id
+    assert "hmac" not in json.dumps(admin[0]["details"]).replace("hmac-", "").replace("hmac_key", "")
+    # Records under both keys verify (the retired key is picked up from hmac-<id>.key).
+    assert recs[0]["hmac_key_id"] == old_id and recs[-1]["hmac_key_id"] == new_id
+    v = stack.cli("audit", "verify", check=False)
+    assert v.returncode == 0, v.stdout + v.stderr
+    # Without the retired key the old records no longer verify: the key id matters.
+    (ledger / f"hmac-{old_id}.key").rename(tmp_path / "away.key")
+    v = stack.cli("audit", "verify", check=False)
+    assert v.returncode != 0

@@ -290,6 +290,54 @@ pub fn record_admin(dir: &Path, admin: Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sluice audit rotate-key`: a new HMAC key for new records, the old one kept for
+/// verification, and an admin record of both key ids (never the keys).
+///
+/// # Errors
+/// The key is configured elsewhere (file or environment) or cannot be written.
+pub fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    let lc = config.ledger();
+    if let Some(f) = &lc.hmac_key_file {
+        anyhow::bail!(
+            "the HMAC key is configured as {} (ledger.hmac_key_file): put a new key there, keep the old one as {}/hmac-<id>.key for `sluice audit verify`, and restart",
+            f.display(),
+            lc.dir.display()
+        );
+    }
+    let running = matches!(ledger::Ledger::open(&lc), Err(LedgerError::Locked { .. }));
+    let r = ledger::rotate_hmac_key(&lc.dir)
+        .with_context(|| format!("rotating the HMAC key of {}", lc.dir.display()))?;
+    let admin = Admin::new(
+        AdminAction::Update,
+        AdminOutcome::Success,
+        local_initiator(),
+        Target {
+            kind: "hmac_key".into(),
+            id: r.new_key_id.clone(),
+        },
+        serde_json::json!({
+            "event": "hmac_key_rotated",
+            "old_key_id": r.old_key_id,
+            "new_key_id": r.new_key_id,
+            "archived_as": r.archived.display().to_string(),
+            "effective": if running { "at the next start of the running proxy" } else { "now" },
+        }),
+    );
+    record_admin(&lc.dir, admin)?;
+    println!(
+        "HMAC key rotated: {} -> {} (old key kept as {}){}",
+        r.old_key_id,
+        r.new_key_id,
+        r.archived.display(),
+        if running {
+            "; the running proxy signs with the old key until it restarts"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 /// `sluice report`.
 ///
 /// # Errors

@@ -95,7 +95,7 @@ use chain::{Checkpoint, HmacSha256, PreMeta, StoredRecord, GENESIS};
 use index::{Columns, IndexRow};
 
 pub use export::{export, export_with_audit, ExportFormat};
-pub use keys::{load_hmac_keys, HMAC_KEY_ENV, PUBLIC_KEY_FILE};
+pub use keys::{load_hmac_keys, rotate_hmac_key, Rotation, HMAC_KEY_ENV, PUBLIC_KEY_FILE};
 pub use query::{query, tail_after, Filter};
 pub use report::{render_report_text, report, ReportKind};
 pub use verify::{verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport};

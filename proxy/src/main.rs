@@ -174,6 +174,12 @@ enum AuditCommand {
         #[arg(long, default_value = "-")]
         out: String,
     },
+    /// Retire the ledger's HMAC key (kept as hmac-<id>.key for verify) and make a new one
+    /// (recorded as an admin record; a running proxy uses it from its next start).
+    RotateKey {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +322,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 time_arg(until)?,
                 &out,
             )?;
+        }
+        Command::Audit {
+            command: AuditCommand::RotateKey { config },
+        } => {
+            sluice::audit::rotate_key(&load(config.as_deref())?)?;
         }
         Command::Report {
             config,

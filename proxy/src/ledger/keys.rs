@@ -100,6 +100,65 @@ pub(crate) fn current_hmac_key(
     Ok(Some((hmac_key_id(&key), key)))
 }
 
+/// What [`rotate_hmac_key`] did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// Id of the key retired.
+    pub old_key_id: String,
+    /// Id of the key new records are signed with.
+    pub new_key_id: String,
+    /// Where the retired key is kept, for `audit verify`.
+    pub archived: std::path::PathBuf,
+}
+
+/// Retire `<dir>/hmac.key` as `<dir>/hmac-<old id>.key` (kept for verification) and put
+/// a fresh random key in its place. The new key is written and synced before the old one
+/// is moved, so a crash at any point leaves a usable key and every old key on disk.
+///
+/// # Errors
+/// [`LedgerError::Key`] when the key does not live in `<dir>/hmac.key` (a configured
+/// file or the environment variable: rotate it there) or is missing.
+pub fn rotate_hmac_key(dir: &Path) -> Result<Rotation, LedgerError> {
+    if std::env::var_os(HMAC_KEY_ENV).is_some_and(|v| !v.is_empty()) {
+        return Err(key_err(
+            dir,
+            format!("the HMAC key comes from ${HMAC_KEY_ENV}; rotate it there, and keep the old key as {}/hmac-<id>.key for `audit verify`", dir.display()),
+        ));
+    }
+    let current = dir.join(HMAC_KEY_FILE);
+    let Some((old_id, old)) = current_hmac_key(dir, None, false)? else {
+        return Err(key_err(
+            &current,
+            "no HMAC key to rotate (the ledger creates one at first open)",
+        ));
+    };
+    let archived = dir.join(format!("hmac-{old_id}.key"));
+    match create_file(
+        &archived,
+        format!("{}\n", hex::encode(&old)).as_bytes(),
+        0o600,
+    ) {
+        Ok(()) => {}
+        // Already archived (a rotation interrupted after this step): same key, same name.
+        Err(_) if archived.exists() => {}
+        Err(e) => return Err(e),
+    }
+    let fresh = dir.join(format!("{HMAC_KEY_FILE}.new"));
+    let _ = std::fs::remove_file(&fresh);
+    let key = random_bytes::<32>(&fresh)?;
+    create_file(&fresh, format!("{}\n", hex::encode(key)).as_bytes(), 0o600)?;
+    std::fs::rename(&fresh, &current)
+        .map_err(|e| LedgerError::io("install the new HMAC key", &current, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Rotation {
+        old_key_id: old_id,
+        new_key_id: hmac_key_id(&key),
+        archived,
+    })
+}
+
 /// Every HMAC key an auditor can use by default: the current key (file, environment or
 /// `<dir>/hmac.key`) and each retired key kept as `<dir>/hmac-<anything>.key`.
 ///

@@ -461,7 +461,7 @@ fn components_table(t: &mut String, c: &Json) {
     if c == &Json::Null {
         return;
     }
-    let _ = writeln!(t, "\n### Components (on the proxy's CPU)\n");
+    let _ = writeln!(t, "\n### Components (not pinned: both CPUs)\n");
     if c.get("available") == &Json::Bool(false) {
         let reason = c.get("reason").str().unwrap_or("?");
         let _ = writeln!(t, "Not measured: {reason}");
