@@ -150,6 +150,18 @@ impl Interceptor {
         if !reason.is_empty() && !ctx.verdict.reason_codes.iter().any(|r| r == reason) {
             ctx.verdict.reason_codes.push(reason.to_string());
         }
+        // Read what the client is still sending (a small body) before answering: an
+        // HTTP/2 stream answered mid-upload is reset, and some clients report the reset
+        // instead of the answer; HTTP/1.1 keeps the connection reusable.
+        if !ctx.preread {
+            let mut drained = 0usize;
+            while drained <= PREREAD_LIMIT {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => drained += chunk.len(),
+                    _ => break,
+                }
+            }
+        }
         let body = providers::error_body(provider, status, &message);
         let mut header = ResponseHeader::build(status, Some(3))?;
         header.insert_header("content-type", "application/json")?;
