@@ -73,6 +73,11 @@ def assert_figures(name: str, entry: dict) -> None:
         assert is_number(entry["cpu_s_per_10k_requests"]["median"]), name
         for scenario in ("lat1_1k", "open_1k"):
             assert is_number(scenarios[scenario]["added_p50"]), (name, scenario)
+        # Memory with connections held open: idle keep-alive and open streams.
+        for mode in ("idle", "streams"):
+            held = entry["hold"][mode]
+            assert "error" not in held, (name, mode, held)
+            assert held["held"] > 0 and is_number(held["kb_per_1000"]), (name, mode, held)
 
 
 @pytest.mark.timeout(300)

@@ -25,6 +25,7 @@
 
 mod client;
 mod components;
+mod hold;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,19 @@ enum Command {
         /// Where to write the leaf's private key (PKCS#8 PEM).
         #[arg(long)]
         key_out: PathBuf,
+    },
+    /// Open many connections (or streams) and keep them open until stdin closes: what
+    /// they cost the listener's process in memory is read by the harness meanwhile.
+    Hold {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Start one stream per connection (`--sse-chunks` sets its length) instead of one
+        /// plain request.
+        #[arg(long)]
+        stream: bool,
+        /// Longest hold, seconds, if stdin never closes.
+        #[arg(long, default_value_t = 60.0)]
+        hold_secs: f64,
     },
     /// Component figures as one JSON object: ledger appends/s, guardrail scan MB/s and
     /// the connect hook's cost against no hook and an iptables REDIRECT (root).
@@ -192,6 +206,19 @@ pub fn run_cli(args: Vec<String>) -> anyhow::Result<()> {
             cert_out,
             key_out,
         } => mint_cert(&hosts, &ca_out, &cert_out, &key_out),
+        Command::Hold {
+            run,
+            stream,
+            hold_secs,
+        } => {
+            let target = target(&run, run.connect, &run.ca)?;
+            let n = run.connections;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(run.threads.max(1))
+                .enable_all()
+                .build()?
+                .block_on(hold::run(target, n, stream, hold_secs))
+        }
         Command::Components {
             records,
             scan_mb,

@@ -41,8 +41,9 @@ pub struct Options {
     #[arg(long, conflicts_with = "quick")]
     pub smoke: bool,
     /// Only these scenarios (comma-separated): sat_1k, sat_100k, lat1_1k, lat1_100k,
-    /// open_1k, open_100k, sse, newconn, and `components` (ledger records/s, guardrail
-    /// MB/s, connect-hook cost).
+    /// open_1k, open_100k, sse, newconn, `hold` (memory with many idle connections and
+    /// open streams) and `components` (ledger records/s, guardrail MB/s, connect-hook
+    /// cost).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub scenario: Vec<String>,
     /// Only these paths (comma-separated; `direct` is always measured, as the baseline).
@@ -85,6 +86,8 @@ pub struct Profile {
     pub comp_records: usize,
     pub comp_scan_mb: usize,
     pub comp_connects: usize,
+    /// Connections held open for the memory figures (idle keep-alive, open streams).
+    pub hold_conns: usize,
 }
 
 impl Profile {
@@ -109,6 +112,7 @@ impl Profile {
             comp_records: 200_000,
             comp_scan_mb: 64,
             comp_connects: 5_000,
+            hold_conns: 1_000,
         };
         if opts.smoke {
             Profile {
@@ -131,6 +135,7 @@ impl Profile {
                 comp_records: 2_000,
                 comp_scan_mb: 1,
                 comp_connects: 200,
+                hold_conns: 10,
             }
         } else if opts.quick {
             Profile {
@@ -151,6 +156,7 @@ impl Profile {
                 comp_records: 50_000,
                 comp_scan_mb: 16,
                 comp_connects: 2_000,
+                hold_conns: 200,
                 ..full
             }
         } else {
@@ -284,7 +290,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         .unwrap_or_default();
     let profile = Profile::of(opts);
     for s in &opts.scenario {
-        if s != "components" && !SCENARIOS.iter().any(|x| x.name == s) {
+        if s != "components" && s != "hold" && !SCENARIOS.iter().any(|x| x.name == s) {
             bail!("unknown scenario {s}; known: {}", scenario_names());
         }
     }
@@ -447,7 +453,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
         println!("bench: {path}: starting");
         let t = Instant::now();
-        let measured = measure(&rig, &lg, &profile, &scenarios, path);
+        let hold = opts.scenario.is_empty() || opts.scenario.iter().any(|s| s == "hold");
+        let measured = measure(&rig, &lg, &profile, &scenarios, hold, path);
         println!("bench: {path}: done in {:.1} s", t.elapsed().as_secs_f64());
         match measured {
             Ok(m) => {
@@ -717,12 +724,62 @@ impl Loadgen {
     }
 }
 
+impl Loadgen {
+    /// `sluice loadgen hold`: sets up `p.hold_conns` connections (or streams) to the
+    /// path, calls `measure` while they are all open, then lets them go.
+    fn hold(
+        &self,
+        running: &Running,
+        p: &Profile,
+        stream: bool,
+        measure: impl Fn() -> u64,
+    ) -> Result<(Json, u64)> {
+        use std::io::BufRead;
+        let mut cmd = peers::pinned(self.cpu, &self.sluice);
+        cmd.args(["loadgen", "hold", "--threads", "1"])
+            .args(["--url", "https://api.openai.com/v1/chat/completions"])
+            .arg("--connect")
+            .arg(running.addr.to_string())
+            .arg("--ca")
+            .arg(&running.client_ca)
+            .args(["--connections", &p.hold_conns.to_string()])
+            .args(["--prompt-bytes", "1024", "--timeout", "60"]);
+        if stream {
+            // Long, slow streams: all stay open while memory is read.
+            cmd.args(["--stream", "--sse-chunks", "600", "--mock-delay-ms", "100"]);
+        }
+        let line = super::command_line(&cmd);
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let first = rx.recv_timeout(Duration::from_secs(120));
+        let during = measure();
+        drop(child.stdin.take()); // let go of every connection
+        let _ = child.wait();
+        let first = first.map_err(|_| anyhow::anyhow!("`{line}` did not report within 120 s"))?;
+        let report =
+            Json::parse(first.trim()).with_context(|| format!("`{line}` printed {first:?}"))?;
+        Ok((report, during))
+    }
+}
+
 /// Starts `path`, measures every scenario `reps` times (interleaved), stops it.
 fn measure(
     rig: &Rig,
     lg: &Loadgen,
     p: &Profile,
     scenarios: &[&Scenario],
+    hold: bool,
     path: &str,
 ) -> Result<Json> {
     let mut running = peers::start(rig, path)?;
@@ -783,6 +840,35 @@ fn measure(
             runs.entry(s.name).or_default().push(r);
         }
     }
+    // Memory with many connections held open: idle keep-alive, then open streams.
+    let mut held = Json::obj();
+    if let (true, Some(pid)) = (hold && p.hold_conns > 0, pid) {
+        for stream in [false, true] {
+            let before = procfs::status_kb(pid, "VmRSS");
+            let key = if stream { "streams" } else { "idle" };
+            match lg.hold(&running, p, stream, || procfs::status_kb(pid, "VmRSS")) {
+                Ok((report, during)) => {
+                    tally(&report);
+                    let mut h = Json::obj();
+                    h.set("rss_before_kb", before)
+                        .set("rss_held_kb", during)
+                        .set("held", report.get("held").clone())
+                        .set("asked", report.get("asked").clone())
+                        .set("setup_s", report.get("setup_s").clone());
+                    let n = report.get("held").num().unwrap_or(0.0);
+                    if n > 0.0 {
+                        h.set("kb_per_1000", (during as f64 - before as f64) / n * 1000.0);
+                    }
+                    held.set(key, h);
+                }
+                Err(e) => {
+                    let mut h = Json::obj();
+                    h.set("error", format!("{e:#}"));
+                    held.set(key, h);
+                }
+            }
+        }
+    }
     let rss_peak = pid.map(|pid| procfs::status_kb(pid, "VmHWM"));
     running.stop();
 
@@ -792,7 +878,8 @@ fn measure(
         out.set("cpu_s_per_10k_requests", report::stat(&cpu_per_10k));
     }
     out.set("rss_idle_kb", rss_idle)
-        .set("rss_peak_kb", rss_peak);
+        .set("rss_peak_kb", rss_peak)
+        .set("hold", held);
     out.set(
         "audit",
         audit(&rig.sluice, &running, responses_total, connections_total),

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -151,7 +152,23 @@ pub async fn exchange(conn: &mut Conn, target: &Target) -> Result<Outcome, Failu
     }
 }
 
-async fn exchange_inner(conn: &mut Conn, target: &Target) -> Result<Outcome, Failure> {
+/// Sends one request on `conn` and returns once the answer's status and first body frame
+/// have arrived; the rest of the body stays unread (the exchange stays open while the
+/// returned body lives).
+pub async fn open(conn: &mut Conn, target: &Target) -> Result<Incoming, Failure> {
+    let response = send(conn, target).await?;
+    if response.status() != StatusCode::OK {
+        return Err(Failure::Bad(format!("status {}", response.status())));
+    }
+    let mut body = response.into_body();
+    match body.frame().await {
+        Some(Ok(_)) => Ok(body),
+        Some(Err(e)) => Err(Failure::Io(e.into())),
+        None => Err(Failure::Bad("the answer ended at once".into())),
+    }
+}
+
+async fn send(conn: &mut Conn, target: &Target) -> Result<http::Response<Incoming>, Failure> {
     let h2 = matches!(conn, Conn::H2(_));
     let uri = if h2 {
         let scheme = if target.tls.is_some() {
@@ -175,7 +192,7 @@ async fn exchange_inner(conn: &mut Conn, target: &Target) -> Result<Outcome, Fai
     let request = builder
         .body(Full::new(target.body.clone()))
         .map_err(|e| Failure::Io(e.into()))?;
-    let response = match conn {
+    match conn {
         Conn::H1(s) => {
             s.ready().await.map_err(|e| Failure::Io(e.into()))?;
             s.send_request(request).await
@@ -185,7 +202,11 @@ async fn exchange_inner(conn: &mut Conn, target: &Target) -> Result<Outcome, Fai
             s.send_request(request).await
         }
     }
-    .map_err(|e| Failure::Io(e.into()))?;
+    .map_err(|e| Failure::Io(e.into()))
+}
+
+async fn exchange_inner(conn: &mut Conn, target: &Target) -> Result<Outcome, Failure> {
+    let response = send(conn, target).await?;
     let mut out = Outcome::default();
     let status = response.status();
     let mut body = response.into_body();

@@ -318,8 +318,8 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     let sc = |v: &Json, name: &str| v.at(&format!("scenarios/{name}")).clone();
 
     let _ = writeln!(t, "### Throughput and resources\n");
-    let _ = writeln!(t, "| path | req/s 1 KB ({c} conns) | req/s 100 KB | new TLS conn/s | CPU s / 10k req (1 KB) | RSS idle → peak MB | audit records |", c = p.sat_conns);
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "| path | req/s 1 KB ({c} conns) | req/s 100 KB | new TLS conn/s | CPU s / 10k req (1 KB) | RSS idle → peak MB | MB per 1000 idle keep-alive conns | MB with {h} open streams (+ per 1000) | audit records |", c = p.sat_conns, h = p.hold_conns);
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     for (name, v) in &paths {
         let rss = match (v.get("rss_idle_kb").num(), v.get("rss_peak_kb").num()) {
             (Some(a), Some(b)) => format!("{:.1} → {:.1}", a / 1024.0, b / 1024.0),
@@ -339,11 +339,36 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
                 }
             ),
         };
+        let held = |mode: &str| -> String {
+            let h = v.at(&format!("hold/{mode}"));
+            if let Some(e) = h.get("error").str() {
+                return format!("failed: {}", e.replace('|', "/"));
+            }
+            let (Some(per), Some(held), Some(asked)) = (
+                h.get("kb_per_1000").num(),
+                h.get("held").num(),
+                h.get("asked").num(),
+            ) else {
+                return "—".into();
+            };
+            let partial = if held < asked {
+                format!(" (held {held:.0} of {asked:.0})")
+            } else {
+                String::new()
+            };
+            if mode == "idle" {
+                format!("{:.1}{partial}", per / 1024.0)
+            } else {
+                let during = h.get("rss_held_kb").num().unwrap_or(0.0);
+                format!("{:.1} (+{:.1}){partial}", during / 1024.0, per / 1024.0)
+            }
+        };
+        let (idle, streams) = (held("idle"), held("streams"));
         let mut cpu = Json::obj();
         cpu.set("x", v.get("cpu_s_per_10k_requests").clone());
         let _ = writeln!(
             t,
-            "| {name} | {} | {} | {} | {} | {rss} | {audit} |",
+            "| {name} | {} | {} | {} | {} | {rss} | {idle} | {streams} | {audit} |",
             cell(&sc(v, "sat_1k"), "rps", 1.0, 0),
             cell(&sc(v, "sat_100k"), "rps", 1.0, 0),
             cell(&sc(v, "newconn"), "rps", 1.0, 0),
