@@ -144,12 +144,12 @@ template(name="raw" type="string" string="%rawmsg%\\n")
 def test_full_disk_fails_closed_with_a_clear_error(topo, tmp_path):
     ledger = tmp_path / "small"
     ledger.mkdir()
-    run(["mount", "-t", "tmpfs", "-o", "size=256k", "sluice-test", str(ledger)])
+    run(["mount", "-t", "tmpfs", "-o", "size=4m", "sluice-test", str(ledger)])
     try:
         stack = Stack(topo, tmp_path, extra_config=f'ledger:\n  dir: "{ledger}"\non_ledger_failure: fail_closed\n')
         # Fill the disk.
         filler = ledger / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1000"],
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=2000"],
                        capture_output=True)
         statuses = set()
         body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 2000}]})
