@@ -62,6 +62,7 @@
 //! This module does not decide what a record contains ([`crate::record`]) nor what to do
 //! when appending fails (`on_ledger_failure` is the caller's policy).
 
+mod canon;
 mod chain;
 mod export;
 mod index;
@@ -883,33 +884,50 @@ fn replay(dir: &Path, conn: &mut rusqlite::Connection) -> Result<Replay, LedgerE
     Ok(out)
 }
 
+/// `prepare` by way of a `serde_json::Value`: the reference the fast path
+/// (`canon::prepare`) must match byte for byte, and the path taken when it gives up.
+fn prepare_value(
+    record: &Record,
+    mode: ContentMode,
+    hmac_key_id: &str,
+) -> Result<Prepared, LedgerError> {
+    let Value::Object(mut m) = serde_json::to_value(record)? else {
+        return Err(LedgerError::Serialize(serde::ser::Error::custom(
+            "a record must serialise to a JSON object",
+        )));
+    };
+    for k in ["seq", "prev_hash", "hash", "hmac"] {
+        m.remove(k);
+    }
+    let content = chain::split_content(&mut m, mode).map(|c| chain::canonical(&c));
+    if let Some(c) = &content {
+        m.insert(
+            "content_sha256".into(),
+            chain::sha256_hex(c.as_bytes()).into(),
+        );
+        m.insert("content_mode".into(), mode.as_str().into());
+    }
+    m.insert("hmac_key_id".into(), hmac_key_id.to_owned().into());
+    Ok(Prepared {
+        cols: Columns::from_meta(&m),
+        pre: PreMeta::new(&m),
+        content,
+    })
+}
+
 // === impl Inner ===
 
 impl Inner {
     fn prepare(&self, record: &Record) -> Result<Prepared, LedgerError> {
-        let Value::Object(mut m) = serde_json::to_value(record)? else {
-            return Err(LedgerError::Serialize(serde::ser::Error::custom(
-                "a record must serialise to a JSON object",
-            )));
-        };
-        for k in ["seq", "prev_hash", "hash", "hmac"] {
-            m.remove(k);
-        }
         let mode = self.cfg.content_mode;
-        let content = chain::split_content(&mut m, mode).map(|c| chain::canonical(&c));
-        if let Some(c) = &content {
-            m.insert(
-                "content_sha256".into(),
-                chain::sha256_hex(c.as_bytes()).into(),
-            );
-            m.insert("content_mode".into(), mode.as_str().into());
+        match canon::prepare(record, mode, &self.hmac_key_id) {
+            Some(p) => Ok(Prepared {
+                pre: p.pre,
+                content: p.content,
+                cols: p.cols,
+            }),
+            None => prepare_value(record, mode, &self.hmac_key_id),
         }
-        m.insert("hmac_key_id".into(), self.hmac_key_id.clone().into());
-        Ok(Prepared {
-            cols: Columns::from_meta(&m),
-            pre: PreMeta::new(&m),
-            content,
-        })
     }
 
     fn append_counted(&self, record: &Record) -> Result<Appended, LedgerError> {
@@ -926,6 +944,9 @@ impl Inner {
 
     fn append(&self, record: &Record) -> Result<Appended, LedgerError> {
         let p = self.prepare(record)?;
+        // Before taking the writer lock: the indexer takes that lock to publish its
+        // progress, so waiting for it while holding the lock could wait forever.
+        self.wait_for_room();
         let mut w = self.writer.lock();
         if self.stop.load(Ordering::Relaxed) {
             return Err(LedgerError::Closed);
@@ -936,11 +957,10 @@ impl Inner {
                 detail: detail.clone(),
             });
         }
-        self.wait_for_room(&mut w);
         let seq = w.next_seq;
         let meta = p.pre.finish(&w.prev_hash, seq);
         let hash = chain::chain_hash(&w.prev_hash, &meta);
-        let hash_hex = hex::encode(hash);
+        let hash_hex = chain::hex_string(&hash);
         let hmac = chain::hmac_hex(&self.hmac, &hash);
         let line = chain::record_line(&meta, p.content.as_deref(), &hash_hex, &hmac);
         self.write_line(&mut w, &line)?;
@@ -979,8 +999,9 @@ impl Inner {
         })
     }
 
-    /// Backpressure: if the indexer is far behind, wait for it (memory stays bounded).
-    fn wait_for_room(&self, _w: &mut Writer) {
+    /// Backpressure: if the indexer is far behind, wait for it (memory stays bounded:
+    /// each appending thread adds at most one record past the limit).
+    fn wait_for_room(&self) {
         while self.queue.lock().len() >= MAX_QUEUE
             && !self.stop.load(Ordering::Relaxed)
             && !self.paused.load(Ordering::Relaxed)

@@ -18,7 +18,25 @@ pub(crate) type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// SHA-256 of `bytes`, hex.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex_string(&Sha256::digest(bytes))
+}
+
+/// Append `bytes` as lowercase hex (what `hex::encode` gives, without its per-character
+/// iterator).
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+}
+
+/// `bytes` as lowercase hex.
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
 }
 
 /// Decode a 64-hex-digit hash.
@@ -95,7 +113,7 @@ impl<'a> Iterator for SortedEntries<'a> {
     }
 }
 
-fn write_str(out: &mut String, s: &str) {
+pub(crate) fn write_str(out: &mut String, s: &str) {
     // serde_json's string escaping (RFC 8259, control characters as \uXXXX or short forms).
     // It escapes only `"`, `\\` and bytes below 0x20, so a string without those is
     // written as is, without serde_json's intermediate allocation.
@@ -260,6 +278,29 @@ impl PreMeta {
         p
     }
 
+    /// The same from the `"key":value` pieces of the metadata, in key order (keys other
+    /// than `prev_hash` and `seq`).
+    pub(crate) fn from_pieces<'a>(pieces: impl Iterator<Item = (&'a str, &'a str)>) -> PreMeta {
+        let mut p = PreMeta {
+            before: String::with_capacity(512),
+            middle: String::with_capacity(128),
+            after: String::with_capacity(512),
+        };
+        for (k, piece) in pieces {
+            if k < "prev_hash" {
+                p.before.push_str(piece);
+                p.before.push(',');
+            } else if k < "seq" {
+                p.middle.push_str(piece);
+                p.middle.push(',');
+            } else {
+                p.after.push(',');
+                p.after.push_str(piece);
+            }
+        }
+        p
+    }
+
     /// The canonical metadata text with `prev_hash` and `seq` filled in.
     pub(crate) fn finish(&self, prev_hash: &[u8; 32], seq: u64) -> String {
         let mut s =
@@ -267,7 +308,7 @@ impl PreMeta {
         s.push('{');
         s.push_str(&self.before);
         s.push_str("\"prev_hash\":\"");
-        s.push_str(&hex::encode(prev_hash));
+        push_hex(&mut s, prev_hash);
         s.push_str("\",");
         s.push_str(&self.middle);
         let _ = write!(s, "\"seq\":{seq}");
@@ -289,7 +330,7 @@ pub(crate) fn chain_hash(prev_hash: &[u8; 32], meta: &str) -> [u8; 32] {
 pub(crate) fn hmac_hex(keyed: &HmacSha256, hash: &[u8; 32]) -> String {
     let mut m = keyed.clone();
     m.update(hash);
-    hex::encode(m.finalize().into_bytes())
+    hex_string(&m.finalize().into_bytes())
 }
 
 /// A keyed HMAC ready to be cloned per record.
