@@ -238,3 +238,40 @@ print(json.dumps({"text": r.choices[0].message.content}))
     (ledger / f"hmac-{old_id}.key").rename(tmp_path / "away.key")
     v = stack.cli("audit", "verify", check=False)
     assert v.returncode != 0
+
+
+def test_exchanges_open_at_shutdown_are_still_recorded(topo, tmp_path):
+    """A stream and a passthrough connection still open when the proxy stops: both end up
+    in the ledger (what was seen, and that Sluice stopped), and the chain verifies."""
+    stack = Stack(topo, tmp_path)
+    env = stack.client_env()
+    body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"slow"}]}'
+    stream = topo.client.popen(
+        ["curl", "-sS", "-N", "--max-time", "30", "--cacert", str(stack.org_ca),
+         "-H", "content-type: application/json", "-H", "x-mock-chunks: 300",
+         "-H", "x-mock-delay-ms: 100", "--data-binary", body,
+         "https://api.openai.com/v1/chat/completions"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relay = topo.client.popen(
+        ["curl", "-sS", "-N", "--max-time", "30", "--cacert", str(stack.provider_ca),
+         "-H", "content-type: application/json", "-H", "x-mock-chunks: 300",
+         "-H", "x-mock-delay-ms: 100", "--data-binary", body,
+         "https://pass.example/v1/chat/completions"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2)  # both are mid-way: 20 of 300 chunks
+        assert stream.poll() is None and relay.poll() is None
+        stack.proxy.stop()
+    finally:
+        for p in (stream, relay):
+            p.kill()
+            p.wait()
+    stack.start_proxy()  # `events tail` reads the ledger either way; verify sees it whole
+    recs = stack.wait_records(2)
+    inter = [r for r in recs if r["kind"] == "interaction"]
+    conn = [r for r in recs if r["kind"] == "connection"]
+    assert len(inter) == 1 and len(conn) == 1, recs
+    assert inter[0]["outcome"] in ("failed", "cancelled"), inter[0]
+    assert inter[0]["response"]["events"] > 0 and inter[0]["request"]["path"] == "/v1/chat/completions"
+    assert conn[0]["bytes_down"] > 0 and conn[0]["sni"] == "pass.example", conn[0]
+    assert stack.cli("audit", "verify").returncode == 0

@@ -280,30 +280,30 @@ impl ServerApp for InterceptApp {
             .and_then(|h| shared.providers.find(h, is_tls));
         let Some(entry) = entry else {
             // Not inspected: relay byte for byte and say so.
-            let (bytes, err) = relay::passthrough(*l4, dst, shared.mark).await;
             let reason = if is_tls {
                 "sni_not_inspected"
             } else {
                 "not_inspected"
             };
             metrics::PASSTHROUGH.inc();
-            shared
-                .recorder
-                .submit(connection_record(
-                    started,
-                    if err.is_some() && bytes == (0, 0) {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Passthrough
-                    },
-                    reason,
-                    host.clone(),
-                    identity,
-                    Some(dst),
-                    bytes,
-                    err,
-                ))
-                .await;
+            let mut pending = PendingConnection {
+                shared: shared.clone(),
+                started,
+                reason,
+                host: host.clone(),
+                identity: Some(identity),
+                dst,
+                bytes: Arc::new(relay::Bytes::default()),
+            };
+            let err = relay::passthrough(*l4, dst, shared.mark, pending.bytes.clone()).await;
+            let bytes = pending.bytes.get();
+            let outcome = if err.is_some() && bytes == (0, 0) {
+                Outcome::Failed
+            } else {
+                Outcome::Passthrough
+            };
+            let record = pending.record(outcome, err);
+            shared.recorder.submit(record).await;
             return None;
         };
         let info = Arc::new(ConnInfo {
@@ -396,6 +396,50 @@ fn http_host(buf: &[u8]) -> HeadScan {
         ),
         Ok(httparse::Status::Partial) => HeadScan::NeedMore,
         Err(_) => HeadScan::NotHttp,
+    }
+}
+
+/// A relayed connection whose record is still to be written. If the relay is cut off
+/// (the proxy stops while the connection is open), dropping this writes the record
+/// straight to the ledger: a connection that crossed Sluice always has one.
+struct PendingConnection {
+    shared: Arc<Shared>,
+    started: (Instant, SystemTime),
+    reason: &'static str,
+    host: Option<String>,
+    /// Taken when the record is made.
+    identity: Option<Identity>,
+    dst: SocketAddr,
+    bytes: Arc<relay::Bytes>,
+}
+
+impl PendingConnection {
+    fn record(&mut self, outcome: Outcome, err: Option<String>) -> Record {
+        connection_record(
+            self.started,
+            outcome,
+            self.reason,
+            self.host.clone(),
+            self.identity.take().unwrap_or_default(),
+            Some(self.dst),
+            self.bytes.get(),
+            err,
+        )
+    }
+}
+
+impl Drop for PendingConnection {
+    fn drop(&mut self) {
+        if self.identity.is_none() {
+            return; // recorded
+        }
+        let record = self.record(
+            Outcome::Passthrough,
+            Some("Sluice stopped while the connection was open; the relay was cut".into()),
+        );
+        if let Err(e) = self.shared.ledger.append(&record) {
+            tracing::error!(error = %e, "cannot record a relay cut off at shutdown");
+        }
     }
 }
 

@@ -186,6 +186,17 @@ impl Interceptor {
     /// Assemble, price, count and keep the interaction record: appended to the ledger
     /// synchronously, so a record exists before the client can have the whole answer.
     fn finish(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) -> Result<()> {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        record_exchange(&self.shared, e, ctx, status)
+    }
+}
+
+/// Assemble, price, count and keep the interaction record of `ctx` (once).
+fn record_exchange(shared: &Shared, e: Option<&Error>, ctx: &mut Ctx, status: u16) -> Result<()> {
+    {
         if ctx.recorded {
             return Ok(());
         }
@@ -194,28 +205,17 @@ impl Interceptor {
         let Some(conn) = ctx.conn.clone() else {
             return Ok(());
         };
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(ctx.status);
-        let record = build_record(
-            self.shared.max_inspect_bytes,
-            &conn,
-            session,
-            e,
-            ctx,
-            status,
-        );
+        let record = build_record(shared.max_inspect_bytes, &conn, e, ctx, status);
         if let Some(admission) = ctx.admission.take() {
             let tokens =
                 record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
-            self.shared.policy.load().finish(admission, tokens);
+            shared.policy.load().finish(admission, tokens);
         }
         // Budgets are settled with the real cost, streams and cancellations included; a
         // cut stream with at least what the guard counted when it cut.
         if let Some(cost) = record.cost_usd {
             let cost = ctx.cut.as_ref().map_or(cost, |c| cost.max(c.spent_usd));
-            self.shared.policy.load().settle(&record.identity, cost);
+            shared.policy.load().settle(&record.identity, cost);
         }
         let provider = conn.adapter.name();
         let endpoint = record.endpoint.as_deref().unwrap_or("other");
@@ -266,15 +266,17 @@ impl Interceptor {
             _ => Duration::ZERO,
         };
         metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
-        self.keep(Record::Interaction(Box::new(record)))
+        keep(shared, Record::Interaction(Box::new(record)))
     }
+}
 
-    /// Append to the ledger; on failure follow `on_ledger_failure`.
-    fn keep(&self, record: Record) -> Result<()> {
+/// Append to the ledger; on failure follow `on_ledger_failure`.
+fn keep(shared: &Shared, record: Record) -> Result<()> {
+    {
         use std::sync::atomic::Ordering;
-        match self.shared.ledger.append(&record) {
+        match shared.ledger.append(&record) {
             Ok(_) => {
-                self.shared.ledger_failed_at.store(0, Ordering::Relaxed);
+                shared.ledger_failed_at.store(0, Ordering::Relaxed);
                 Ok(())
             }
             Err(err) => {
@@ -282,9 +284,9 @@ impl Interceptor {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(1);
-                self.shared.ledger_failed_at.store(now, Ordering::Relaxed);
+                shared.ledger_failed_at.store(now, Ordering::Relaxed);
                 let id = crate::ledger::record_id(&record).to_string();
-                match self.shared.on_ledger_failure {
+                match shared.on_ledger_failure {
                     OnLedgerFailure::FailClosed => {
                         tracing::error!(record_id = %id, error = %err, "cannot write the audit ledger; response withheld (on_ledger_failure: fail_closed)");
                         Error::e_explain(
@@ -303,7 +305,9 @@ impl Interceptor {
             }
         }
     }
+}
 
+impl Interceptor {
     /// Whether the ledger failed recently and fail_closed says to refuse new requests.
     fn ledger_refusing(&self) -> bool {
         use std::sync::atomic::Ordering;
@@ -376,7 +380,34 @@ pub struct Ctx {
     body_guard: Option<BodyGuard>,
     /// The stream was cut (budget); the error event has gone out.
     cut: Option<Cut>,
+    /// Request method and path, for the record.
+    method: String,
+    path: String,
+    /// The shared state, so a context dropped unrecorded (the proxy stopping mid-exchange)
+    /// can still write its record.
+    shared: Option<Arc<Shared>>,
+    /// Dropped before the exchange ended.
+    aborted: bool,
     cut_at: Option<Instant>,
+}
+
+/// A request that began but was never recorded — its task dropped because the proxy
+/// stopped mid-exchange — is recorded now, with what was seen (`outcome: failed`): a
+/// request Sluice accepted always has a record.
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if self.recorded || self.conn.is_none() || self.started.is_none() {
+            return;
+        }
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        self.aborted = true;
+        let status = self.status;
+        if let Err(e) = record_exchange(&shared, None, self, status) {
+            tracing::error!(error = %e, "cannot record an exchange cut off at shutdown");
+        }
+    }
 }
 
 #[async_trait]
@@ -384,12 +415,21 @@ impl ProxyHttp for Interceptor {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        let mut ctx = Ctx::default();
+        ctx.shared = Some(self.shared.clone());
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let t = Instant::now();
         ctx.started = Some((t, SystemTime::now()));
+        let req = session.req_header();
+        ctx.method = req.method.to_string();
+        ctx.path = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
         let key = session
             .client_addr()
             .and_then(|p| p.as_inet())
@@ -757,7 +797,6 @@ impl ProxyHttp for Interceptor {
 fn build_record(
     max_inspect: usize,
     conn: &ConnInfo,
-    session: &Session,
     e: Option<&Error>,
     ctx: &mut Ctx,
     status: u16,
@@ -766,13 +805,7 @@ fn build_record(
     let (started, started_wall) = ctx
         .started
         .unwrap_or_else(|| (Instant::now(), SystemTime::now()));
-    let req = session.req_header();
-    let path = req
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
+    let path = std::mem::take(&mut ctx.path);
 
     // What was forwarded is what is recorded: a redacted prompt stays redacted at rest.
     let forwarded = ctx
@@ -797,13 +830,21 @@ fn build_record(
 
     let outcome = match e {
         _ if ctx.cut.is_some() => Outcome::Cut,
+        _ if ctx.aborted => Outcome::Failed,
         Some(err) if *err.esource() == ErrorSource::Downstream => Outcome::Cancelled,
         Some(_) => Outcome::Failed,
         None if ctx.refused => Outcome::Refused,
         None if status >= 400 || status == 0 => Outcome::UpstreamError,
         None => Outcome::Success,
     };
-    let error = e.map(|err| describe_error(err, conn));
+    let error = match e {
+        Some(err) => Some(describe_error(err, conn)),
+        None if ctx.aborted => Some(
+            "Sluice stopped (shutdown) before the exchange ended; recorded with what was seen"
+                .to_string(),
+        ),
+        None => None,
+    };
 
     let model = parsed_req
         .as_ref()
@@ -869,7 +910,7 @@ fn build_record(
             .clone()
             .unwrap_or_else(|| conn.identity.clone()),
         request: RequestPart {
-            method: req.method.to_string(),
+            method: std::mem::take(&mut ctx.method),
             path,
             params,
             messages,

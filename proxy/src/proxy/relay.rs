@@ -6,6 +6,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,38 +19,52 @@ use crate::metrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Relay `client` to `dst` until both sides close. Returns bytes (client→dst, dst→client)
-/// and the error that ended the relay, if any.
+/// Bytes relayed so far, client→dst and dst→client; readable while the relay runs (and
+/// after it was cut off, so a record can still say what crossed).
+#[derive(Debug, Default)]
+pub struct Bytes {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+}
+
+impl Bytes {
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Relay `client` to `dst` until both sides close, counting into `bytes`. Returns the
+/// error that ended the relay, if any.
 pub async fn passthrough(
     client: L4Stream,
     dst: SocketAddr,
     mark: Option<u32>,
-) -> ((u64, u64), Option<String>) {
+    bytes: Arc<Bytes>,
+) -> Option<String> {
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(dst, mark)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return ((0, 0), Some(format!("connect to {dst} failed: {e}"))),
+        Ok(Err(e)) => return Some(format!("connect to {dst} failed: {e}")),
         Err(_) => {
-            return (
-                (0, 0),
-                Some(format!(
-                    "connect to {dst} timed out after {CONNECT_TIMEOUT:?}"
-                )),
-            )
+            return Some(format!(
+                "connect to {dst} timed out after {CONNECT_TIMEOUT:?}"
+            ))
         }
     };
     let _ = upstream.set_nodelay(true);
-    let mut client = Counted::new(client);
-    let mut upstream = Counted::new(upstream);
+    let mut client = Counted::new(client, bytes.clone(), true);
+    let mut upstream = Counted::new(upstream, bytes.clone(), false);
     let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    let (up, down) = (client.read, upstream.read);
+    let (up, down) = bytes.get();
     metrics::PASSTHROUGH_BYTES
         .with_label_values(&["up"])
         .inc_by(up);
     metrics::PASSTHROUGH_BYTES
         .with_label_values(&["down"])
         .inc_by(down);
-    let err = result.err().map(|e| format!("relay to {dst} ended: {e}"));
-    ((up, down), err)
+    result.err().map(|e| format!("relay to {dst} ended: {e}"))
 }
 
 /// Connect to `dst`, marking the socket first so the redirect probe lets it through.
@@ -70,15 +86,16 @@ pub fn set_mark(socket: &impl std::os::fd::AsFd, mark: u32) -> std::io::Result<(
         .map_err(std::io::Error::from)
 }
 
-/// Counts the bytes read from the inner stream.
+/// Counts the bytes read from the inner stream (as `up` when it is the client's).
 struct Counted<S> {
     inner: S,
-    read: u64,
+    bytes: Arc<Bytes>,
+    up: bool,
 }
 
 impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Counted { inner, read: 0 }
+    fn new(inner: S, bytes: Arc<Bytes>, up: bool) -> Self {
+        Counted { inner, bytes, up }
     }
 }
 
@@ -90,7 +107,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        let counter = if self.up {
+            &self.bytes.up
+        } else {
+            &self.bytes.down
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
         r
     }
 }
