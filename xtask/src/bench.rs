@@ -156,7 +156,7 @@ impl Profile {
                 comp_records: 50_000,
                 comp_scan_mb: 16,
                 comp_connects: 2_000,
-                hold_conns: 200,
+                hold_conns: 50,
                 ..full
             }
         } else {
