@@ -26,7 +26,7 @@ use serde::ser::{self, Serialize};
 use serde_json::Value;
 
 use super::chain::{self, PreMeta, CONTENT_FIELDS};
-use super::index::{ts_millis, Columns};
+use super::index::Columns;
 use super::ContentMode;
 use crate::record::Record;
 
@@ -818,16 +818,6 @@ fn columns(entries: &[Entry], out: &str) -> Columns {
             .ok()
             .map(|i| &out[entries[i].val..entries[i].end])
     };
-    let s = |k: &str| get(k).and_then(json_str);
-    let ts = s("ts").unwrap_or_default();
-    let kind = s("kind").unwrap_or_default();
-    let identity = get(if kind == "admin" {
-        "initiator"
-    } else {
-        "identity"
-    })
-    .filter(|v| *v != "null")
-    .map(str::to_owned);
     #[derive(serde::Deserialize)]
     struct Tokens {
         input_tokens: Option<Value>,
@@ -835,20 +825,15 @@ fn columns(entries: &[Entry], out: &str) -> Columns {
     }
     let usage = get("usage").and_then(|u| serde_json::from_str::<Tokens>(u).ok());
     let tok = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n as i64);
-    Columns {
-        ts_ms: ts_millis(&ts),
-        ts,
-        provider: s("provider"),
-        model: s("model"),
-        decision: s("decision"),
-        outcome: s("outcome"),
-        action: s("action"),
-        identity,
-        input_tokens: tok(usage.as_ref().and_then(|u| u.input_tokens.as_ref())),
-        output_tokens: tok(usage.as_ref().and_then(|u| u.output_tokens.as_ref())),
-        cost_usd: get("cost_usd").and_then(json_f64),
-        kind,
-    }
+    Columns::assemble(
+        |k| get(k).and_then(json_str),
+        |k| get(k).filter(|v| *v != "null").map(str::to_owned),
+        (
+            tok(usage.as_ref().and_then(|u| u.input_tokens.as_ref())),
+            tok(usage.as_ref().and_then(|u| u.output_tokens.as_ref())),
+        ),
+        get("cost_usd").and_then(json_f64),
+    )
 }
 
 /// The string a canonical JSON text holds (`Value::as_str`), if it is a string.

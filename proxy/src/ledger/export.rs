@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::index::{self, display};
+use super::index::{self, display_row};
 use super::query::{where_clause, Filter};
 use super::{Ledger, LedgerError};
 use crate::record::{AdminAction, AdminOutcome, Initiator, Target};
@@ -67,12 +67,7 @@ pub fn export(
         out.write_all(b"[").map_err(out_err)?;
     }
     while let Some(r) = rows.next().map_err(&e)? {
-        let rec = display(
-            &r.get::<_, String>(0).map_err(&e)?,
-            r.get::<_, Option<String>>(1).map_err(&e)?.as_deref(),
-            &r.get::<_, String>(2).map_err(&e)?,
-            &r.get::<_, String>(3).map_err(&e)?,
-        );
+        let rec = display_row(r).map_err(&e)?;
         let line = match format {
             ExportFormat::Json => {
                 let sep = if n == 0 { "\n" } else { ",\n" };

@@ -136,18 +136,39 @@ pub(crate) fn ts_millis(ts: &str) -> i64 {
 }
 
 impl Columns {
+    /// The columns from a record's top-level fields, however they are read: `text(key)`
+    /// is a string field's value, `object(key)` the canonical text of a non-null field
+    /// (the caller or initiator), then the token counts of `usage` and `cost_usd`.
+    pub(crate) fn assemble(
+        text: impl Fn(&str) -> Option<String>,
+        object: impl FnOnce(&str) -> Option<String>,
+        (input_tokens, output_tokens): (Option<i64>, Option<i64>),
+        cost_usd: Option<f64>,
+    ) -> Columns {
+        let ts = text("ts").unwrap_or_default();
+        let kind = text("kind").unwrap_or_default();
+        let identity = object(if kind == "admin" {
+            "initiator"
+        } else {
+            "identity"
+        });
+        Columns {
+            ts_ms: ts_millis(&ts),
+            ts,
+            provider: text("provider"),
+            model: text("model"),
+            decision: text("decision"),
+            outcome: text("outcome"),
+            action: text("action"),
+            identity,
+            input_tokens,
+            output_tokens,
+            cost_usd,
+            kind,
+        }
+    }
+
     pub(crate) fn from_meta(m: &serde_json::Map<String, Value>) -> Columns {
-        let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-        let ts = s("ts").unwrap_or_default();
-        let kind = s("kind").unwrap_or_default();
-        let identity = m
-            .get(if kind == "admin" {
-                "initiator"
-            } else {
-                "identity"
-            })
-            .filter(|v| !v.is_null())
-            .map(canonical);
         let usage = m.get("usage");
         let tok = |k: &str| {
             usage
@@ -155,20 +176,12 @@ impl Columns {
                 .and_then(Value::as_u64)
                 .map(|n| n as i64)
         };
-        Columns {
-            ts_ms: ts_millis(&ts),
-            ts,
-            provider: s("provider"),
-            model: s("model"),
-            decision: s("decision"),
-            outcome: s("outcome"),
-            action: s("action"),
-            identity,
-            input_tokens: tok("input_tokens"),
-            output_tokens: tok("output_tokens"),
-            cost_usd: m.get("cost_usd").and_then(Value::as_f64),
-            kind,
-        }
+        Columns::assemble(
+            |k| m.get(k).and_then(Value::as_str).map(str::to_owned),
+            |k| m.get(k).filter(|v| !v.is_null()).map(canonical),
+            (tok("input_tokens"), tok("output_tokens")),
+            m.get("cost_usd").and_then(Value::as_f64),
+        )
     }
 }
 
@@ -270,6 +283,16 @@ pub(crate) fn last_checkpoint(c: &Connection) -> rusqlite::Result<Option<u64>> {
         r.get::<_, Option<i64>>(0)
     })
     .map(|s| s.map(|s| s as u64))
+}
+
+/// [`display`] of a row whose first columns are `meta, content, hash, hmac`.
+pub(crate) fn display_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
+    Ok(display(
+        &r.get::<_, String>(0)?,
+        r.get::<_, Option<String>>(1)?.as_deref(),
+        &r.get::<_, String>(2)?,
+        &r.get::<_, String>(3)?,
+    ))
 }
 
 /// Rebuild a record for display: metadata with the content merged back, plus `hash`

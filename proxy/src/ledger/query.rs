@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use rusqlite::types::Value as Sql;
 use serde_json::Value;
 
-use super::index::{self, display};
+use super::index::{self, display_row};
 use super::LedgerError;
 
 /// Which records a query returns. Empty fields do not filter.
@@ -121,14 +121,7 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Value>, LedgerError> {
     );
     let mut stmt = conn.prepare(&sql).map_err(&e)?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(params), |r| {
-            Ok(display(
-                &r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?.as_deref(),
-                &r.get::<_, String>(2)?,
-                &r.get::<_, String>(3)?,
-            ))
-        })
+        .query_map(rusqlite::params_from_iter(params), display_row)
         .map_err(&e)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(&e)
 }
@@ -148,14 +141,7 @@ pub fn tail_after(dir: &Path, after_seq: u64) -> Result<Vec<Value>, LedgerError>
         )
         .map_err(&e)?;
     let rows = stmt
-        .query_map([after_seq as i64], |r| {
-            Ok(display(
-                &r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?.as_deref(),
-                &r.get::<_, String>(2)?,
-                &r.get::<_, String>(3)?,
-            ))
-        })
+        .query_map([after_seq as i64], display_row)
         .map_err(&e)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(&e)
 }

@@ -134,33 +134,21 @@ impl Limiter {
         Ok(())
     }
 
-    /// The windows still current (this minute or the last), for saving.
+    /// The windows still current (this minute or the last), rolled to now, for saving.
     pub fn snapshot(&self) -> Vec<WindowRow> {
         let (minute, _) = now_minute();
         self.counters
             .lock()
             .iter()
-            .filter(|(_, c)| c.requests.minute + 1 >= minute || c.tokens.minute + 1 >= minute)
-            .map(|(k, c)| {
-                // Both windows roll together in `admit`; tokens may be a minute ahead.
-                let mut req = Window { ..c.requests };
-                req.roll(c.tokens.minute.max(c.requests.minute));
-                (
-                    k.clone(),
-                    req.minute,
-                    req.current,
-                    req.previous,
-                    if c.tokens.minute == req.minute {
-                        c.tokens.current
-                    } else {
-                        0
-                    },
-                    if c.tokens.minute == req.minute {
-                        c.tokens.previous
-                    } else {
-                        c.tokens.current
-                    },
-                )
+            .filter_map(|(k, c)| {
+                let (mut req, mut tok) = (c.requests, c.tokens);
+                req.roll(minute);
+                tok.roll(minute);
+                let live = req.current + req.previous + tok.current + tok.previous > 0;
+                live.then(|| {
+                    let (rc, rp, tc, tp) = (req.current, req.previous, tok.current, tok.previous);
+                    (k.clone(), minute, rc, rp, tc, tp)
+                })
             })
             .collect()
     }

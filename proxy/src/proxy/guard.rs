@@ -154,31 +154,13 @@ impl StreamGuard {
             changed |= self.found.len() > before;
             // Remember the event (text emptied) as the shape for text released later.
             if !pieces.is_empty() {
+                let template = (event.to_owned(), json);
                 for (lane, _) in &pieces {
-                    let template = Some((event.to_owned(), json.clone()));
-                    self.lane(*lane, &scanner).template = template;
+                    self.lane(*lane, &scanner).template = Some(template.clone());
                 }
+                json = template.1;
             }
-            // A closing event carries its lanes' held text itself, or is preceded by it.
-            let closing: Vec<u32> = match end {
-                LaneEnd::None => Vec::new(),
-                LaneEnd::Lane(id) => vec![id],
-                LaneEnd::All => self.lanes.iter().map(|l| l.id).collect(),
-            };
-            for id in closing {
-                let rest = match self.lanes.iter_mut().find(|l| l.id == id) {
-                    Some(l) => l.redactor.finish(),
-                    None => continue,
-                };
-                if rest.is_empty() {
-                    continue;
-                }
-                changed = true;
-                match pieces.iter_mut().rev().find(|(l, _)| *l == id) {
-                    Some((_, text)) => text.push_str(&rest),
-                    None => self.emit_from_template(id, &rest, out),
-                }
-            }
+            changed |= self.close_lanes(end, &mut pieces, out);
             self.collect_findings();
         }
         if changed {
@@ -212,17 +194,40 @@ impl StreamGuard {
 
     /// Release every lane's held text, each as its own event.
     fn flush_lanes(&mut self, out: &mut Vec<u8>) {
-        let ids: Vec<u32> = self.lanes.iter().map(|l| l.id).collect();
-        for id in ids {
+        self.close_lanes(LaneEnd::All, &mut [], out);
+        self.collect_findings();
+    }
+
+    /// Release the held text of the lanes `end` closes: into the closing event's own
+    /// delta for that lane when it has one (`pieces`), else as a copy of the lane's last
+    /// delta event placed before it. Whether any text was released.
+    fn close_lanes(
+        &mut self,
+        end: LaneEnd,
+        pieces: &mut [(u32, String)],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let closing: Vec<u32> = match end {
+            LaneEnd::None => return false,
+            LaneEnd::Lane(id) => vec![id],
+            LaneEnd::All => self.lanes.iter().map(|l| l.id).collect(),
+        };
+        let mut released = false;
+        for id in closing {
             let rest = match self.lanes.iter_mut().find(|l| l.id == id) {
                 Some(l) => l.redactor.finish(),
                 None => continue,
             };
-            if !rest.is_empty() {
-                self.emit_from_template(id, &rest, out);
+            if rest.is_empty() {
+                continue;
+            }
+            released = true;
+            match pieces.iter_mut().rev().find(|(l, _)| *l == id) {
+                Some((_, text)) => text.push_str(&rest),
+                None => self.emit_from_template(id, &rest, out),
             }
         }
-        self.collect_findings();
+        released
     }
 
     /// An event shaped like the lane's last delta, carrying `text` for that lane only.

@@ -196,111 +196,107 @@ impl Interceptor {
 
 /// Assemble, price, count and keep the interaction record of `ctx` (once).
 fn record_exchange(shared: &Shared, e: Option<&Error>, ctx: &mut Ctx, status: u16) -> Result<()> {
-    {
-        if ctx.recorded {
-            return Ok(());
-        }
-        ctx.recorded = true;
-        let t = Instant::now();
-        let Some(conn) = ctx.conn.clone() else {
-            return Ok(());
-        };
-        let record = build_record(shared.max_inspect_bytes, &conn, e, ctx, status);
-        if let Some(admission) = ctx.admission.take() {
-            let tokens =
-                record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
-            shared.policy.load().finish(admission, tokens);
-        }
-        // Budgets are settled with the real cost, streams and cancellations included; a
-        // cut stream with at least what the guard counted when it cut.
-        if let Some(cost) = record.cost_usd {
-            let cost = ctx.cut.as_ref().map_or(cost, |c| cost.max(c.spent_usd));
-            shared.policy.load().settle(&record.identity, cost);
-        }
-        let provider = conn.adapter.name();
-        let endpoint = record.endpoint.as_deref().unwrap_or("other");
-        metrics::REQUESTS
-            .with_label_values(&[provider, endpoint, record.outcome.as_str()])
-            .inc();
-        metrics::DECISIONS
-            .with_label_values(&[record.decision])
-            .inc();
-        if record.outcome != Outcome::Success {
-            metrics::ERRORS
-                .with_label_values(&[provider, record.outcome.as_str()])
-                .inc();
-        }
-        if let Some(n) = record.usage.input_tokens {
-            metrics::TOKENS
-                .with_label_values(&[provider, "input"])
-                .inc_by(n);
-        }
-        if let Some(n) = record.usage.output_tokens {
-            metrics::TOKENS
-                .with_label_values(&[provider, "output"])
-                .inc_by(n);
-        }
-        match record.cost_usd {
-            Some(c) => metrics::COST_MICRO_USD
-                .with_label_values(&[provider])
-                .inc_by((c * 1e6).round() as u64),
-            None if record.endpoint.is_some() && record.model.is_some() => {
-                metrics::UNPRICED.with_label_values(&[provider]).inc()
-            }
-            None => {}
-        }
-        if let Some(sent) = ctx.upstream_sent {
-            metrics::UPSTREAM_LATENCY
-                .with_label_values(&[provider])
-                .observe(sent.elapsed().as_secs_f64());
-        }
-        for (cap, dir) in [(&ctx.request, "request"), (&ctx.response, "response")] {
-            if cap.truncated {
-                metrics::TRUNCATED.with_label_values(&[dir]).inc();
-            }
-        }
-        ctx.own += t.elapsed();
-        // Time before the upstream was asked, plus our own processing afterwards.
-        let before_upstream = match (ctx.started, ctx.upstream_sent) {
-            (Some((s, _)), Some(u)) => u.saturating_duration_since(s),
-            _ => Duration::ZERO,
-        };
-        metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
-        keep(shared, Record::Interaction(Box::new(record)))
+    if ctx.recorded {
+        return Ok(());
     }
+    ctx.recorded = true;
+    let t = Instant::now();
+    let Some(conn) = ctx.conn.clone() else {
+        return Ok(());
+    };
+    let record = build_record(shared.max_inspect_bytes, &conn, e, ctx, status);
+    if let Some(admission) = ctx.admission.take() {
+        let tokens =
+            record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
+        shared.policy.load().finish(admission, tokens);
+    }
+    // Budgets are settled with the real cost, streams and cancellations included; a
+    // cut stream with at least what the guard counted when it cut.
+    if let Some(cost) = record.cost_usd {
+        let cost = ctx.cut.as_ref().map_or(cost, |c| cost.max(c.spent_usd));
+        shared.policy.load().settle(&record.identity, cost);
+    }
+    let provider = conn.adapter.name();
+    let endpoint = record.endpoint.as_deref().unwrap_or("other");
+    metrics::REQUESTS
+        .with_label_values(&[provider, endpoint, record.outcome.as_str()])
+        .inc();
+    metrics::DECISIONS
+        .with_label_values(&[record.decision])
+        .inc();
+    if record.outcome != Outcome::Success {
+        metrics::ERRORS
+            .with_label_values(&[provider, record.outcome.as_str()])
+            .inc();
+    }
+    if let Some(n) = record.usage.input_tokens {
+        metrics::TOKENS
+            .with_label_values(&[provider, "input"])
+            .inc_by(n);
+    }
+    if let Some(n) = record.usage.output_tokens {
+        metrics::TOKENS
+            .with_label_values(&[provider, "output"])
+            .inc_by(n);
+    }
+    match record.cost_usd {
+        Some(c) => metrics::COST_MICRO_USD
+            .with_label_values(&[provider])
+            .inc_by((c * 1e6).round() as u64),
+        None if record.endpoint.is_some() && record.model.is_some() => {
+            metrics::UNPRICED.with_label_values(&[provider]).inc()
+        }
+        None => {}
+    }
+    if let Some(sent) = ctx.upstream_sent {
+        metrics::UPSTREAM_LATENCY
+            .with_label_values(&[provider])
+            .observe(sent.elapsed().as_secs_f64());
+    }
+    for (cap, dir) in [(&ctx.request, "request"), (&ctx.response, "response")] {
+        if cap.truncated {
+            metrics::TRUNCATED.with_label_values(&[dir]).inc();
+        }
+    }
+    ctx.own += t.elapsed();
+    // Time before the upstream was asked, plus our own processing afterwards.
+    let before_upstream = match (ctx.started, ctx.upstream_sent) {
+        (Some((s, _)), Some(u)) => u.saturating_duration_since(s),
+        _ => Duration::ZERO,
+    };
+    metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.own)).as_secs_f64());
+    keep(shared, Record::Interaction(Box::new(record)))
 }
 
 /// Append to the ledger; on failure follow `on_ledger_failure`.
 fn keep(shared: &Shared, record: Record) -> Result<()> {
-    {
-        use std::sync::atomic::Ordering;
-        match shared.ledger.append(&record) {
-            Ok(_) => {
-                shared.ledger_failed_at.store(0, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(err) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(1);
-                shared.ledger_failed_at.store(now, Ordering::Relaxed);
-                let id = crate::ledger::record_id(&record).to_string();
-                match shared.on_ledger_failure {
-                    OnLedgerFailure::FailClosed => {
-                        tracing::error!(record_id = %id, error = %err, "cannot write the audit ledger; response withheld (on_ledger_failure: fail_closed)");
-                        Error::e_explain(
-                            ErrorType::HTTPStatus(503),
-                            format!("audit ledger unwritable: {err}"),
-                        )
+    use std::sync::atomic::Ordering;
+    match shared.ledger.append(&record) {
+        Ok(_) => {
+            shared.ledger_failed_at.store(0, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(err) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(1);
+            shared.ledger_failed_at.store(now, Ordering::Relaxed);
+            let id = crate::ledger::record_id(&record).to_string();
+            match shared.on_ledger_failure {
+                OnLedgerFailure::FailClosed => {
+                    tracing::error!(record_id = %id, error = %err, "cannot write the audit ledger; response withheld (on_ledger_failure: fail_closed)");
+                    Error::e_explain(
+                        ErrorType::HTTPStatus(503),
+                        format!("audit ledger unwritable: {err}"),
+                    )
+                }
+                OnLedgerFailure::FailOpen => {
+                    // Not silent: the record's metadata goes to the log, never its content.
+                    if let Record::Interaction(i) = &record {
+                        tracing::error!(record_id = %id, provider = %i.provider, model = ?i.model, input_tokens = ?i.usage.input_tokens, output_tokens = ?i.usage.output_tokens, cost_usd = ?i.cost_usd, error = %err, "audit record lost (on_ledger_failure: fail_open)");
                     }
-                    OnLedgerFailure::FailOpen => {
-                        // Not silent: the record's metadata goes to the log, never its content.
-                        if let Record::Interaction(i) = &record {
-                            tracing::error!(record_id = %id, provider = %i.provider, model = ?i.model, input_tokens = ?i.usage.input_tokens, output_tokens = ?i.usage.output_tokens, cost_usd = ?i.cost_usd, error = %err, "audit record lost (on_ledger_failure: fail_open)");
-                        }
-                        Ok(())
-                    }
+                    Ok(())
                 }
             }
         }
