@@ -243,6 +243,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     if let Some(r) = redirect {
         r.shutdown();
     }
+    // The rate-limit windows as of now (the background saver may not get its last turn).
+    shared.policy.load().save_counters();
     flush(&recorder);
     drop(recorder);
     drop(writer);
@@ -282,7 +284,8 @@ impl BackgroundService for InboxService {
     }
 }
 
-/// Saves the rate-limit windows every 5 s and once more at shutdown.
+/// Saves the rate-limit windows every 5 s (and once more after the server stops, in
+/// `run`).
 struct CountersService(Arc<Shared>);
 
 #[async_trait]
@@ -290,15 +293,12 @@ impl BackgroundService for CountersService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
-            let stop = tokio::select! {
-                _ = tick.tick() => false,
-                _ = shutdown.changed() => true,
-            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
             let engine = self.0.policy.load_full();
             let _ = tokio::task::spawn_blocking(move || engine.save_counters()).await;
-            if stop {
-                return;
-            }
         }
     }
 }
