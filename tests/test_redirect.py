@@ -180,7 +180,7 @@ def fail_closed(topo, tmp_path):
 
 
 SDKS = """
-import json, socket, openai, anthropic
+import json, os, socket, openai, anthropic
 o = openai.OpenAI(api_key="sk-pod-key")
 r = o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "captured from a pod"}])
 a = anthropic.Anthropic(api_key="sk-ant-pod")
@@ -188,7 +188,7 @@ m = a.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[{"role"
 s = socket.create_connection(("api.openai.com", 443), timeout=5)
 peer = s.getpeername()
 print(json.dumps({"openai": r.choices[0].message.content, "anthropic": m.content[0].text,
-                  "peer": [peer[0], peer[1]]}))
+                  "peer": [peer[0], peer[1]], "pid": os.getpid()}))
 """
 
 
@@ -209,7 +209,7 @@ def test_unmodified_clients_are_captured_with_attribution(fail_open):
         ident = rec["identity"]
         assert ident["process"] == "python3" or ident["process"].startswith("python")
         assert ident["uid"] == os.geteuid()
-        assert ident["pid"] > 0
+        assert ident["pid"] == out["pid"], "the process that connected (tgid)"
         assert ident["cgroup"] is None or ident["cgroup"].endswith(r.cg.path.name)
         assert ident["cgroup_id"] == r.cg.path.stat().st_ino
     r.wait_metric('sluice_redirect_events_total{event="redirected"}', 3)
