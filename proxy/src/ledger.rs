@@ -7,11 +7,13 @@
 //! write-ahead segment `wal-<first_seq>.jsonl` with a single `write(2)`. Once `append`
 //! returns the record survives a crash of the proxy (it is in the page cache); against
 //! power loss `fsync: interval` (default) syncs the segment every 100 ms from a
-//! background thread, `fsync: always` syncs inside `append`. A background indexer
-//! inserts the records, in order and in batched transactions, into SQLite
-//! (`ledger.sqlite`, WAL journal mode) for queries. On open the segments are replayed
-//! into SQLite idempotently (keyed by `seq`). A segment is deleted only once every record
-//! in it is indexed, a checkpoint covers it and SQLite has synced its own WAL.
+//! background thread (a segment closed at 16 MiB too, on that thread's next turn: never
+//! under the writer lock), `fsync: always` syncs inside `append`. A background indexer
+//! inserts the records, in order and in transactions of up to 4,096, into SQLite
+//! (`ledger.sqlite`, WAL journal mode) for queries; `append` waits only when 32k records
+//! are queued for it. On open the segments are replayed into SQLite idempotently (keyed
+//! by `seq`). A third thread deletes a segment once every record in it is indexed, a
+//! checkpoint covers it and a complete SQLite checkpoint has synced those rows.
 //!
 //! # Hashing scheme
 //! The JSON object of a [`Record`] is split in two:
@@ -107,6 +109,8 @@ const SEGMENT_BYTES: u64 = 16 << 20;
 const SEGMENT_AGE: Duration = Duration::from_secs(3600);
 /// Records queued for the indexer before `append` waits for it (backpressure).
 const MAX_QUEUE: usize = 32 * 1024;
+/// Items indexed per SQLite transaction at most.
+const INDEX_BATCH: usize = 4096;
 /// How often the ledger applies retention by itself.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// The initiator of records the ledger writes about itself.
@@ -414,6 +418,9 @@ struct Writer {
     last_checkpoint_seq: u64,
     last_checkpoint_at: Instant,
     dirty: bool,
+    /// Closed segments not yet synced: the maintenance thread syncs them outside the lock
+    /// (a 16 MiB sync under it stalled every appender for tens of milliseconds).
+    unsynced: Vec<(Arc<File>, PathBuf)>,
     /// Items handed to the indexer so far.
     pushed: u64,
     broken: Option<String>,
@@ -447,7 +454,7 @@ struct Inner {
     signing: ed25519_dalek::SigningKey,
     public_pem: String,
     writer: Mutex<Writer>,
-    queue: Mutex<Vec<Item>>,
+    queue: Mutex<std::collections::VecDeque<Item>>,
     queue_cv: Condvar,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
@@ -457,6 +464,9 @@ struct Inner {
     /// Test hook: the indexer takes nothing from its queue.
     paused: AtomicBool,
     retention: Mutex<Option<Instant>>,
+    /// Closed segments whose items the indexer committed: `(path, last_seq)`, for the
+    /// collector to delete once covered.
+    closed: Mutex<Vec<(PathBuf, u64)>>,
 }
 
 /// An open ledger. Cheap to share (`Arc<Ledger>`); `append` may be called from any
@@ -558,10 +568,11 @@ impl Ledger {
                 last_checkpoint_seq: last_cp,
                 last_checkpoint_at: Instant::now(),
                 dirty: false,
+                unsynced: Vec::new(),
                 pushed: 0,
                 broken: None,
             }),
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(std::collections::VecDeque::new()),
             queue_cv: Condvar::new(),
             progress: Mutex::new(Progress {
                 done: 0,
@@ -572,6 +583,7 @@ impl Ledger {
             crashed: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             retention: Mutex::new(None),
+            closed: Mutex::new(Vec::new()),
             cfg: cfg.clone(),
         });
         {
@@ -604,6 +616,8 @@ impl Ledger {
             "sluice-ledger-sync",
             Box::new(move || maintenance(i)),
         )?);
+        let i = inner.clone();
+        threads.push(spawn("sluice-ledger-gc", Box::new(move || collector(i)))?);
         let ledger = Ledger {
             inner,
             threads: Mutex::new(threads),
@@ -660,10 +674,12 @@ impl Ledger {
         if !self.inner.crashed.load(Ordering::SeqCst) {
             let mut w = self.inner.writer.lock();
             result = self.inner.checkpoint_locked(&mut w).and_then(|()| {
-                w.seg
-                    .file
-                    .sync_data()
-                    .map_err(|e| LedgerError::io("sync WAL segment", &w.seg.path, e))
+                let current = (w.seg.file.clone(), w.seg.path.clone());
+                for (file, path) in std::mem::take(&mut w.unsynced).iter().chain([&current]) {
+                    file.sync_data()
+                        .map_err(|e| LedgerError::io("sync WAL segment", path, e))?;
+                }
+                Ok(())
             });
         }
         self.inner.stop.store(true, Ordering::SeqCst);
@@ -674,6 +690,9 @@ impl Ledger {
         }
         for t in threads {
             let _ = t.join();
+        }
+        if !self.inner.crashed.load(Ordering::SeqCst) {
+            collect(&self.inner, &mut None);
         }
         result
     }
@@ -969,7 +988,7 @@ impl Inner {
         w.since_checkpoint += 1;
         w.dirty = true;
         w.pushed += 1;
-        self.queue.lock().push(Item::Record(IndexRow {
+        self.enqueue(Item::Record(IndexRow {
             seq,
             cols: p.cols,
             rec: StoredRecord {
@@ -979,7 +998,6 @@ impl Inner {
                 hmac,
             },
         }));
-        self.queue_cv.notify_one();
         if w.since_checkpoint >= self.cfg.checkpoint_every.max(1) {
             // The record is kept; a failed checkpoint is retried with the next record.
             if let Err(e) = self.checkpoint_locked(&mut w) {
@@ -997,6 +1015,18 @@ impl Inner {
             seq,
             hash: hash_hex,
         })
+    }
+
+    /// Hand an item to the indexer, waking it only when the queue was empty: it sleeps
+    /// only then, and a wake-up per record cost a futex call per append.
+    fn enqueue(&self, item: Item) {
+        let mut q = self.queue.lock();
+        let was_empty = q.is_empty();
+        q.push_back(item);
+        drop(q);
+        if was_empty {
+            self.queue_cv.notify_one();
+        }
     }
 
     /// Backpressure: if the indexer is far behind, wait for it (memory stays bounded:
@@ -1047,8 +1077,7 @@ impl Inner {
         w.last_checkpoint_at = Instant::now();
         w.dirty = true;
         w.pushed += 1;
-        self.queue.lock().push(Item::Checkpoint(cp));
-        self.queue_cv.notify_one();
+        self.enqueue(Item::Checkpoint(cp));
         CHECKPOINTS_TOTAL.inc();
         if w.seg.len >= SEGMENT_BYTES || w.seg.opened.elapsed() >= SEGMENT_AGE {
             self.rotate_locked(w)?;
@@ -1061,14 +1090,13 @@ impl Inner {
         if w.seg.first_seq == w.next_seq {
             return Ok(()); // nothing in it yet
         }
-        w.seg
-            .file
-            .sync_data()
-            .map_err(|e| LedgerError::io("sync WAL segment", &w.seg.path, e))?;
         let path = self.cfg.dir.join(wal::segment_name(w.next_seq));
         let old = std::mem::replace(&mut w.seg, open_segment(w.next_seq, path)?);
+        if std::mem::take(&mut w.dirty) {
+            w.unsynced.push((old.file, old.path.clone()));
+        }
         w.pushed += 1;
-        self.queue.lock().push(Item::SegmentClosed {
+        self.enqueue(Item::SegmentClosed {
             path: old.path,
             last_seq: w.next_seq - 1,
         });
@@ -1209,7 +1237,6 @@ impl Inner {
 fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
     let db = index::db_path(&inner.cfg.dir);
     let mut ins = index::Inserter::new();
-    let mut closed: Vec<(PathBuf, u64)> = Vec::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -1229,7 +1256,8 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
             if q.is_empty() || inner.paused.load(Ordering::SeqCst) {
                 return; // stopping, and everything is indexed (or paused for a test)
             }
-            std::mem::swap(&mut *q, &mut batch);
+            let n = q.len().min(INDEX_BATCH);
+            batch.extend(q.drain(..n));
         }
         let result = (|| -> rusqlite::Result<u64> {
             let tx = conn.transaction()?;
@@ -1250,12 +1278,15 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
         match result {
             Ok(max_seq) => {
                 backoff = Duration::from_millis(50);
+                let mut closed = Vec::new();
                 for item in batch.drain(..) {
                     if let Item::SegmentClosed { path, last_seq } = item {
                         closed.push((path, last_seq));
                     }
                 }
-                delete_covered(&conn, &db, &mut closed);
+                if !closed.is_empty() {
+                    inner.closed.lock().append(&mut closed);
+                }
                 let w = inner.writer.lock();
                 let queued = inner.queue.lock().len() as u64;
                 let mut p = inner.progress.lock();
@@ -1283,8 +1314,45 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
     }
 }
 
+/// Delete WAL segments the indexer is done with, on a thread of its own: a segment
+/// goes only after SQLite has checkpointed (and so synced) the rows it holds, and that
+/// checkpoint's syncs and the unlinking of 16 MiB files cost the indexer more than the
+/// indexing itself when it did this between batches.
+/// [`Ledger::close`] makes a last pass once the indexer has stopped.
+fn collector(inner: Arc<Inner>) {
+    let mut conn = None;
+    loop {
+        std::thread::park_timeout(Duration::from_millis(250));
+        if inner.stop.load(Ordering::SeqCst) || inner.crashed.load(Ordering::SeqCst) {
+            return;
+        }
+        collect(&inner, &mut conn);
+    }
+}
+
+/// One collection pass over the segments handed over so far; those not deletable yet
+/// stay for the next.
+fn collect(inner: &Inner, conn: &mut Option<rusqlite::Connection>) {
+    let mut pending = std::mem::take(&mut *inner.closed.lock());
+    if pending.is_empty() {
+        return;
+    }
+    if conn.is_none() {
+        match index::open_rw(&inner.cfg.dir) {
+            Ok(c) => *conn = Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger: cannot open the index to collect WAL segments; keeping them");
+            }
+        }
+    }
+    if let Some(c) = conn {
+        delete_covered(c, &index::db_path(&inner.cfg.dir), &mut pending);
+    }
+    inner.closed.lock().append(&mut pending);
+}
+
 /// Delete closed segments whose records are indexed and covered by a checkpoint, after
-/// SQLite has synced its WAL (a passive checkpoint syncs it first).
+/// SQLite has checkpointed all of its WAL (which syncs it first).
 fn delete_covered(conn: &rusqlite::Connection, db: &Path, closed: &mut Vec<(PathBuf, u64)>) {
     if closed.is_empty() {
         return;
@@ -1296,9 +1364,21 @@ fn delete_covered(conn: &rusqlite::Connection, db: &Path, closed: &mut Vec<(Path
     if !closed.iter().any(|(_, last)| *last <= covered) {
         return;
     }
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(db = %db.display(), error = %e, "ledger: index checkpoint failed; keeping WAL segments");
-        return;
+    // (busy, frames in SQLite's WAL, frames checkpointed): only a complete checkpoint
+    // says every committed row, the covered ones included, is synced.
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    }) {
+        Ok((0, log, done)) if done == log => {}
+        Ok(_) => return, // another checkpoint running, or a reader holds old frames
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %e, "ledger: index checkpoint failed; keeping WAL segments");
+            return;
+        }
     }
     closed.retain(|(path, last)| {
         if *last > covered {
@@ -1331,6 +1411,7 @@ fn maintenance(inner: Arc<Inner>) {
             return;
         }
         let mut to_sync = None;
+        let closed;
         {
             let mut w = inner.writer.lock();
             if w.last_checkpoint_at.elapsed() >= inner.cfg.checkpoint_interval
@@ -1351,13 +1432,25 @@ fn maintenance(inner: Arc<Inner>) {
                     to_sync = Some((w.seg.file.clone(), w.seg.path.clone()));
                 }
             }
+            closed = std::mem::take(&mut w.unsynced);
         }
-        // Sync outside the lock: appends continue meanwhile.
+        // Syncs outside the lock: appends continue meanwhile.
+        for (file, path) in closed {
+            if let Err(e) = file.sync_data() {
+                tracing::error!(segment = %path.display(), error = %e, "ledger: WAL sync of a closed segment failed; retrying");
+                inner.writer.lock().unsynced.push((file, path));
+            }
+        }
         if let Some((file, path)) = to_sync {
             last_sync = Instant::now();
             if let Err(e) = file.sync_data() {
                 tracing::error!(segment = %path.display(), error = %e, "ledger: WAL sync failed");
-                inner.writer.lock().dirty = true;
+                let mut w = inner.writer.lock();
+                if w.seg.path == path {
+                    w.dirty = true;
+                } else {
+                    w.unsynced.push((file, path)); // rotated meanwhile
+                }
             }
         }
         let due = {

@@ -40,7 +40,9 @@ CREATE INDEX IF NOT EXISTS records_ts ON records(ts_ms);
 CREATE INDEX IF NOT EXISTS records_provider_model ON records(provider, model);
 CREATE INDEX IF NOT EXISTS records_decision ON records(decision);
 CREATE INDEX IF NOT EXISTS records_identity ON records(identity_id);
-CREATE INDEX IF NOT EXISTS records_kind ON records(kind);
+DROP INDEX IF EXISTS records_kind;
+CREATE INDEX IF NOT EXISTS records_admin ON records(kind) WHERE kind = 'admin';
+CREATE INDEX IF NOT EXISTS records_connection ON records(kind) WHERE kind = 'connection';
 CREATE TABLE IF NOT EXISTS checkpoints (
   seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL, signature TEXT NOT NULL
 );
@@ -195,13 +197,13 @@ pub(crate) struct IndexRow {
 
 /// Inserts rows within one transaction; keeps the identity dictionary cached.
 pub(crate) struct Inserter {
-    identities: HashMap<String, i64>,
+    identities: HashMap<String, i64, foldhash::fast::RandomState>,
 }
 
 impl Inserter {
     pub(crate) fn new() -> Inserter {
         Inserter {
-            identities: HashMap::new(),
+            identities: HashMap::default(),
         }
     }
 

@@ -68,7 +68,12 @@ pub(crate) fn where_clause(f: &Filter) -> (String, Vec<Sql>) {
     eq("provider", &f.provider);
     eq("model", &f.model);
     eq("decision", &f.decision);
-    eq("kind", &f.kind);
+    match f.kind.as_deref() {
+        // Literal, not a parameter: SQLite uses the partial indexes on `kind` only for a
+        // query that names the same value.
+        Some(k @ ("admin" | "connection" | "interaction")) => conds.push(format!("kind = '{k}'")),
+        _ => eq("kind", &f.kind),
+    }
     if let Some(id) = &f.identity {
         params.push(Sql::Text(id.clone()));
         conds.push(format!(

@@ -1227,6 +1227,29 @@ fn filtered_query_uses_indexes() {
         .map(Result::unwrap)
         .collect();
     assert!(plan.iter().any(|p| p.contains("USING INDEX")), "{plan:?}");
+    // The kinds other than interactions have partial indexes, used for a kind filter.
+    for kind in ["admin", "connection"] {
+        let f = Filter {
+            kind: Some(kind.into()),
+            ..Filter::default()
+        };
+        let (w, params) = query::where_clause(&f);
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT meta FROM records {w} ORDER BY seq DESC LIMIT 50"
+            ))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|p| p.contains(&format!("records_{kind}"))),
+            "{kind}: {plan:?}"
+        );
+    }
 }
 
 /// One million rows; filtered queries must answer well under a second.
