@@ -249,18 +249,17 @@ def test_exchanges_open_at_shutdown_are_still_recorded(topo, tmp_path):
     stack = Stack(topo, tmp_path)
     env = stack.client_env()
     body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"slow"}]}'
-    stream = topo.client.popen(
-        ["curl", "-sS", "-N", "--max-time", "30", "--cacert", str(stack.org_ca),
-         "-H", "content-type: application/json", "-H", "x-mock-chunks: 300",
-         "-H", "x-mock-delay-ms: 100", "--data-binary", body,
-         "https://api.openai.com/v1/chat/completions"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    relay = topo.client.popen(
-        ["curl", "-sS", "-N", "--max-time", "30", "--cacert", str(stack.provider_ca),
-         "-H", "content-type: application/json", "-H", "x-mock-chunks: 300",
-         "-H", "x-mock-delay-ms: 100", "--data-binary", body,
-         "https://pass.example/v1/chat/completions"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def slow_stream(ca, host):  # 300 chunks, 100 ms apart
+        return topo.client.popen(
+            ["curl", "-sS", "-N", "--max-time", "30", "--cacert", str(ca),
+             "-H", "content-type: application/json", "-H", "x-mock-chunks: 300",
+             "-H", "x-mock-delay-ms: 100", "--data-binary", body,
+             f"https://{host}/v1/chat/completions"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    stream = slow_stream(stack.org_ca, "api.openai.com")
+    relay = slow_stream(stack.provider_ca, "pass.example")
     try:
         time.sleep(2)  # both are mid-way: 20 of 300 chunks
         assert stream.poll() is None and relay.poll() is None

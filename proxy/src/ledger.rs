@@ -674,8 +674,9 @@ impl Ledger {
         if !self.inner.crashed.load(Ordering::SeqCst) {
             let mut w = self.inner.writer.lock();
             result = self.inner.checkpoint_locked(&mut w).and_then(|()| {
-                let current = (w.seg.file.clone(), w.seg.path.clone());
-                for (file, path) in std::mem::take(&mut w.unsynced).iter().chain([&current]) {
+                let mut files = std::mem::take(&mut w.unsynced);
+                files.push((w.seg.file.clone(), w.seg.path.clone()));
+                for (file, path) in &files {
                     file.sync_data()
                         .map_err(|e| LedgerError::io("sync WAL segment", path, e))?;
                 }
@@ -1354,9 +1355,6 @@ fn collect(inner: &Inner, conn: &mut Option<rusqlite::Connection>) {
 /// Delete closed segments whose records are indexed and covered by a checkpoint, after
 /// SQLite has checkpointed all of its WAL (which syncs it first).
 fn delete_covered(conn: &rusqlite::Connection, db: &Path, closed: &mut Vec<(PathBuf, u64)>) {
-    if closed.is_empty() {
-        return;
-    }
     let covered = match (index::head(conn), index::last_checkpoint(conn)) {
         (Ok(h), Ok(cp)) => h.map_or(0, |h| h.0).min(cp.unwrap_or(0)),
         _ => return,
@@ -1410,8 +1408,8 @@ fn maintenance(inner: Arc<Inner>) {
         if inner.stop.load(Ordering::SeqCst) || inner.crashed.load(Ordering::SeqCst) {
             return;
         }
-        let mut to_sync = None;
-        let closed;
+        // Closed segments, and the current one when the interval is up.
+        let to_sync;
         {
             let mut w = inner.writer.lock();
             if w.last_checkpoint_at.elapsed() >= inner.cfg.checkpoint_interval
@@ -1426,30 +1424,26 @@ fn maintenance(inner: Arc<Inner>) {
                     tracing::error!(error = %e, "ledger: segment rotation failed");
                 }
             }
+            let mut files = std::mem::take(&mut w.unsynced);
             if let FsyncPolicy::Interval(d) = inner.cfg.fsync {
                 if w.dirty && last_sync.elapsed() >= d {
                     w.dirty = false;
-                    to_sync = Some((w.seg.file.clone(), w.seg.path.clone()));
+                    last_sync = Instant::now();
+                    files.push((w.seg.file.clone(), w.seg.path.clone()));
                 }
             }
-            closed = std::mem::take(&mut w.unsynced);
+            to_sync = files;
         }
-        // Syncs outside the lock: appends continue meanwhile.
-        for (file, path) in closed {
+        // Syncs outside the lock: appends continue meanwhile. A failed one is retried on
+        // the next turn (the current segment marked dirty again, a closed one queued).
+        for (file, path) in to_sync {
             if let Err(e) = file.sync_data() {
-                tracing::error!(segment = %path.display(), error = %e, "ledger: WAL sync of a closed segment failed; retrying");
-                inner.writer.lock().unsynced.push((file, path));
-            }
-        }
-        if let Some((file, path)) = to_sync {
-            last_sync = Instant::now();
-            if let Err(e) = file.sync_data() {
-                tracing::error!(segment = %path.display(), error = %e, "ledger: WAL sync failed");
+                tracing::error!(segment = %path.display(), error = %e, "ledger: WAL sync failed; retrying");
                 let mut w = inner.writer.lock();
                 if w.seg.path == path {
                     w.dirty = true;
                 } else {
-                    w.unsynced.push((file, path)); // rotated meanwhile
+                    w.unsynced.push((file, path));
                 }
             }
         }

@@ -357,49 +357,28 @@ impl Seq<'_> {
     }
 }
 
-impl ser::SerializeSeq for Seq<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.finish()
-    }
+/// serde's four sequence shapes are one JSON array here.
+macro_rules! seq_shapes {
+    ($($shape:ident::$element:ident),*) => {$(
+        impl ser::$shape for Seq<'_> {
+            type Ok = ();
+            type Error = GiveUp;
+            fn $element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+                self.element(value)
+            }
+            fn end(self) -> R {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleVariant for Seq<'_> {
-    type Ok = ();
-    type Error = GiveUp;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.finish()
-    }
-}
+seq_shapes!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object being written: its pieces are `entries[base..]`, its text starts at `start`.
 struct Obj<'a> {

@@ -250,30 +250,42 @@ pub(crate) struct PreMeta {
 }
 
 impl PreMeta {
-    /// Split the canonical text of `meta` (which must not hold `prev_hash` or `seq`).
-    pub(crate) fn new(meta: &Map<String, Value>) -> PreMeta {
-        let mut p = PreMeta {
+    fn empty() -> PreMeta {
+        PreMeta {
             before: String::with_capacity(512),
             middle: String::with_capacity(128),
             after: String::with_capacity(512),
+        }
+    }
+
+    /// Append the `"key":value` piece `write` produces to the part `key` sorts into,
+    /// with the comma that joins it to its neighbours.
+    fn push(&mut self, key: &str, write: impl FnOnce(&mut String)) {
+        let (out, comma_after) = if key < "prev_hash" {
+            (&mut self.before, true)
+        } else if key < "seq" {
+            (&mut self.middle, true)
+        } else {
+            (&mut self.after, false)
         };
+        if !comma_after {
+            out.push(',');
+        }
+        write(out);
+        if comma_after {
+            out.push(',');
+        }
+    }
+
+    /// Split the canonical text of `meta` (which must not hold `prev_hash` or `seq`).
+    pub(crate) fn new(meta: &Map<String, Value>) -> PreMeta {
+        let mut p = PreMeta::empty();
         for (k, v) in sorted_entries(meta) {
-            let (out, comma_after) = if k.as_str() < "prev_hash" {
-                (&mut p.before, true)
-            } else if k.as_str() < "seq" {
-                (&mut p.middle, true)
-            } else {
-                (&mut p.after, false)
-            };
-            if !comma_after {
-                out.push(',');
-            }
-            write_str(out, k);
-            out.push(':');
-            write_canonical(out, v);
-            if comma_after {
-                out.push(',');
-            }
+            p.push(k, |out| {
+                write_str(out, k);
+                out.push(':');
+                write_canonical(out, v);
+            });
         }
         p
     }
@@ -281,22 +293,9 @@ impl PreMeta {
     /// The same from the `"key":value` pieces of the metadata, in key order (keys other
     /// than `prev_hash` and `seq`).
     pub(crate) fn from_pieces<'a>(pieces: impl Iterator<Item = (&'a str, &'a str)>) -> PreMeta {
-        let mut p = PreMeta {
-            before: String::with_capacity(512),
-            middle: String::with_capacity(128),
-            after: String::with_capacity(512),
-        };
+        let mut p = PreMeta::empty();
         for (k, piece) in pieces {
-            if k < "prev_hash" {
-                p.before.push_str(piece);
-                p.before.push(',');
-            } else if k < "seq" {
-                p.middle.push_str(piece);
-                p.middle.push(',');
-            } else {
-                p.after.push(',');
-                p.after.push_str(piece);
-            }
+            p.push(k, |out| out.push_str(piece));
         }
         p
     }
