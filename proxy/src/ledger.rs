@@ -81,7 +81,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -111,6 +111,15 @@ const SEGMENT_AGE: Duration = Duration::from_secs(3600);
 const MAX_QUEUE: usize = 32 * 1024;
 /// Items indexed per SQLite transaction at most.
 const INDEX_BATCH: usize = 4096;
+/// How often the collector checkpoints SQLite's WAL and deletes covered segments.
+const COLLECT_EVERY: Duration = Duration::from_millis(100);
+/// Records indexed between two checkpoints of SQLite's WAL (about 10 MiB of it)…
+const CHECKPOINT_ROWS: u64 = 16 * 1024;
+/// …or how long a closed segment waits for one.
+const SEGMENT_WAIT: Duration = Duration::from_secs(1);
+/// SQLite WAL frames (pages) past which the collector has the indexer finish a
+/// checkpoint, so the WAL starts over: 16 MiB at the 16 KiB pages of a new index.
+const FINISH_FRAMES: i64 = 1024;
 /// How often the ledger applies retention by itself.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// The initiator of records the ledger writes about itself.
@@ -467,6 +476,13 @@ struct Inner {
     /// Closed segments whose items the indexer committed: `(path, last_seq)`, for the
     /// collector to delete once covered.
     closed: Mutex<Vec<(PathBuf, u64)>>,
+    /// Records up to this seq are in SQLite's database file, synced (a complete
+    /// checkpoint covered them): their segments may go.
+    synced_seq: AtomicU64,
+    /// Set by the collector when SQLite's WAL grew large without a complete
+    /// checkpoint: the indexer finishes one between two transactions, so the WAL starts
+    /// over.
+    finish_checkpoint: AtomicBool,
 }
 
 /// An open ledger. Cheap to share (`Arc<Ledger>`); `append` may be called from any
@@ -534,6 +550,11 @@ impl Ledger {
         let mut conn = index::open_rw(dir)?;
         let replay = replay(dir, &mut conn)?;
         let db = index::db_path(dir);
+        let ins = index::Inserter::new(&conn).map_err(index::sql_err(&db))?;
+        // The collector checkpoints SQLite's WAL (see `collect`): a checkpoint's two
+        // syncs in the indexer's commit had it waiting on the disk about half its time.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(index::sql_err(&db))?;
         let (head_seq, head_hash) = index::head(&conn)
             .map_err(index::sql_err(&db))?
             .map(|(s, h)| (s, chain::decode_hash(&h).unwrap_or(GENESIS)))
@@ -584,6 +605,8 @@ impl Ledger {
             paused: AtomicBool::new(false),
             retention: Mutex::new(None),
             closed: Mutex::new(Vec::new()),
+            synced_seq: AtomicU64::new(0),
+            finish_checkpoint: AtomicBool::new(false),
             cfg: cfg.clone(),
         });
         {
@@ -609,7 +632,7 @@ impl Ledger {
         let i = inner.clone();
         threads.push(spawn(
             "sluice-ledger-index",
-            Box::new(move || indexer(i, conn)),
+            Box::new(move || indexer(i, conn, ins)),
         )?);
         let i = inner.clone();
         threads.push(spawn(
@@ -693,7 +716,7 @@ impl Ledger {
             let _ = t.join();
         }
         if !self.inner.crashed.load(Ordering::SeqCst) {
-            collect(&self.inner, &mut None);
+            collect(&self.inner, &mut Collector::default(), true);
         }
         result
     }
@@ -837,7 +860,7 @@ fn replay(dir: &Path, conn: &mut rusqlite::Connection) -> Result<Replay, LedgerE
         torn: None,
     };
     let tx = conn.transaction().map_err(&e)?;
-    let mut ins = index::Inserter::new();
+    let mut ins = index::Inserter::new(&tx).map_err(&e)?;
     for (i, (first, path)) in segs.into_iter().enumerate() {
         let Some(seg) = wal::read_segment(&path)? else {
             continue;
@@ -1235,9 +1258,8 @@ impl Inner {
 // === threads ===
 
 /// Insert queued records into SQLite in batches; delete segments once covered.
-fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
+fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins: index::Inserter) {
     let db = index::db_path(&inner.cfg.dir);
-    let mut ins = index::Inserter::new();
     let mut batch: Vec<Item> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -1279,6 +1301,11 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
         match result {
             Ok(max_seq) => {
                 backoff = Duration::from_millis(50);
+                if inner.finish_checkpoint.swap(false, Ordering::SeqCst) {
+                    // The collector copied and synced most of the WAL already; this
+                    // copies the rest, with no transaction of ours in the way.
+                    checkpoint_index(&inner, &conn, &db);
+                }
                 let mut closed = Vec::new();
                 for item in batch.drain(..) {
                     if let Item::SegmentClosed { path, last_seq } = item {
@@ -1315,71 +1342,72 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection) {
     }
 }
 
-/// Delete WAL segments the indexer is done with, on a thread of its own: a segment
-/// goes only after SQLite has checkpointed (and so synced) the rows it holds, and that
-/// checkpoint's syncs and the unlinking of 16 MiB files cost the indexer more than the
-/// indexing itself when it did this between batches.
+/// Checkpoint SQLite's WAL and delete the WAL segments the indexer is done with, on a
+/// thread of its own: a segment goes only after SQLite has checkpointed (and so synced)
+/// the rows it holds. Checkpoints' syncs and the unlinking of 16 MiB files had the
+/// indexer waiting on the disk about half its time when it did them itself.
 /// [`Ledger::close`] makes a last pass once the indexer has stopped.
 fn collector(inner: Arc<Inner>) {
-    let mut conn = None;
+    let mut state = Collector::default();
     loop {
-        std::thread::park_timeout(Duration::from_millis(250));
+        std::thread::park_timeout(COLLECT_EVERY);
         if inner.stop.load(Ordering::SeqCst) || inner.crashed.load(Ordering::SeqCst) {
             return;
         }
-        collect(&inner, &mut conn);
+        collect(&inner, &mut state, false);
     }
 }
 
-/// One collection pass over the segments handed over so far; those not deletable yet
-/// stay for the next.
-fn collect(inner: &Inner, conn: &mut Option<rusqlite::Connection>) {
-    let mut pending = std::mem::take(&mut *inner.closed.lock());
-    if pending.is_empty() {
+/// The collector's connection and where its last complete checkpoint left off.
+#[derive(Default)]
+struct Collector {
+    conn: Option<rusqlite::Connection>,
+    /// Records indexed when the last complete checkpoint was taken.
+    checkpointed_seq: u64,
+    last: Option<Instant>,
+}
+
+/// One pass: checkpoint SQLite's WAL into the database, then delete the segments
+/// handed over so far whose records that checkpoint covered; the others stay for the
+/// next pass.
+fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
+    // Checkpoint when the WAL has grown or a closed segment waits, not every pass: each
+    // checkpoint copies the pages every commit rewrites (the newest leaf of the table
+    // and of each index) once more.
+    let indexed = inner.progress.lock().indexed_seq;
+    let waiting = !inner.closed.lock().is_empty();
+    let since = state.last.map_or(Duration::MAX, |t| t.elapsed());
+    let due = last_pass
+        || indexed >= state.checkpointed_seq + CHECKPOINT_ROWS
+        || (waiting && since >= SEGMENT_WAIT);
+    if !due {
         return;
     }
+    let conn = &mut state.conn;
     if conn.is_none() {
         match index::open_rw(&inner.cfg.dir) {
             Ok(c) => *conn = Some(c),
             Err(e) => {
-                tracing::warn!(error = %e, "ledger: cannot open the index to collect WAL segments; keeping them");
+                tracing::warn!(error = %e, "ledger: cannot open the index to checkpoint it; keeping WAL segments");
+                return;
             }
         }
     }
-    if let Some(c) = conn {
-        delete_covered(c, &index::db_path(&inner.cfg.dir), &mut pending);
-    }
-    inner.closed.lock().append(&mut pending);
-}
-
-/// Delete closed segments whose records are indexed and covered by a checkpoint, after
-/// SQLite has checkpointed all of its WAL (which syncs it first).
-fn delete_covered(conn: &rusqlite::Connection, db: &Path, closed: &mut Vec<(PathBuf, u64)>) {
-    let covered = match (index::head(conn), index::last_checkpoint(conn)) {
-        (Ok(h), Ok(cp)) => h.map_or(0, |h| h.0).min(cp.unwrap_or(0)),
-        _ => return,
-    };
-    if !closed.iter().any(|(_, last)| *last <= covered) {
-        return;
-    }
-    // (busy, frames in SQLite's WAL, frames checkpointed): only a complete checkpoint
-    // says every committed row, the covered ones included, is synced.
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    }) {
-        Ok((0, log, done)) if done == log => {}
-        Ok(_) => return, // another checkpoint running, or a reader holds old frames
-        Err(e) => {
-            tracing::warn!(db = %db.display(), error = %e, "ledger: index checkpoint failed; keeping WAL segments");
-            return;
+    let Some(c) = conn else { return };
+    let db = index::db_path(&inner.cfg.dir);
+    state.last = Some(Instant::now());
+    if let Some((complete, frames)) = checkpoint_index(inner, c, &db) {
+        if complete {
+            state.checkpointed_seq = indexed;
+        }
+        if frames >= FINISH_FRAMES && !last_pass {
+            inner.finish_checkpoint.store(true, Ordering::SeqCst);
         }
     }
-    closed.retain(|(path, last)| {
-        if *last > covered {
+    let synced = inner.synced_seq.load(Ordering::SeqCst);
+    let mut pending = std::mem::take(&mut *inner.closed.lock());
+    pending.retain(|(path, last)| {
+        if *last > synced {
             return true;
         }
         match std::fs::remove_file(path) {
@@ -1391,6 +1419,46 @@ fn delete_covered(conn: &rusqlite::Connection, db: &Path, closed: &mut Vec<(Path
             }
         }
     });
+    inner.closed.lock().append(&mut pending);
+}
+
+/// A PASSIVE checkpoint of SQLite's WAL (it waits for nobody); when it is complete,
+/// every record indexed and covered by a ledger checkpoint before it is in the synced
+/// database, and `synced_seq` moves up to them. `(complete, frames in the WAL)`, `None`
+/// on error.
+/// SQLite starts its WAL over only when a write transaction begins with the WAL fully
+/// checkpointed, and under steady load the indexer is always mid-transaction when the
+/// collector's checkpoint ends, so the WAL would only grow (to 200 MiB in a 200k-record
+/// run): once it is large the collector has the indexer checkpoint the last few frames
+/// between two of its transactions (see `finish_checkpoint`).
+fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Path) -> Option<(bool, i64)> {
+    // Read before checkpointing: what a complete checkpoint syncs includes these rows.
+    let covered = match (index::head(c), index::last_checkpoint(c)) {
+        (Ok(h), Ok(cp)) => h.map_or(0, |h| h.0).min(cp.unwrap_or(0)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(db = %db.display(), error = %e, "ledger: cannot read the index head; keeping WAL segments");
+            return None;
+        }
+    };
+    // (busy, frames in the WAL, frames checkpointed)
+    let result = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    match result {
+        Ok((0, log, done)) if done == log => {
+            inner.synced_seq.fetch_max(covered, Ordering::SeqCst);
+            Some((true, log))
+        }
+        Ok((_, log, _)) => Some((false, log)),
+        Err(e) => {
+            tracing::warn!(db = %db.display(), error = %e, "ledger: index checkpoint failed; keeping WAL segments");
+            None
+        }
+    }
 }
 
 /// Background sync (`fsync: interval`), timed checkpoints, segment age rotation and

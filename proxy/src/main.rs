@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, ConfigError};
 
+/// mimalloc: per-thread heaps and cheap frees of memory another thread allocated (the
+/// ledger's records are built by the threads appending them and freed by its indexer).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::index::{self, display_row};
+use super::index::{self, Unpacker};
 use super::query::{where_clause, Filter};
 use super::{Ledger, LedgerError};
 use crate::record::{AdminAction, AdminOutcome, Initiator, Target};
@@ -54,6 +54,7 @@ pub fn export(
         until,
         ..Filter::default()
     });
+    let mut u = Unpacker::new(&conn).map_err(&e)?;
     let mut stmt = conn
         .prepare(&format!(
             "SELECT meta, content, hash, hmac FROM records {w} ORDER BY seq"
@@ -67,7 +68,7 @@ pub fn export(
         out.write_all(b"[").map_err(out_err)?;
     }
     while let Some(r) = rows.next().map_err(&e)? {
-        let rec = display_row(r).map_err(&e)?;
+        let rec = u.display_row(r).map_err(&e)?;
         let line = match format {
             ExportFormat::Json => {
                 let sep = if n == 0 { "\n" } else { ",\n" };

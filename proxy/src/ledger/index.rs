@@ -1,13 +1,25 @@
 //! The SQLite index: one row per record (the hashed texts plus columns for filtering),
 //! checkpoints and retention anchors. WAL journal mode, so readers (`query`, `verify`,
 //! `export`) work while the proxy writes.
+//!
+//! A row's `meta` and `content` are stored compressed: a BLOB holding one byte, the id
+//! of a row of the `dictionaries` table, then a Zstandard frame compressed with that
+//! dictionary (rows written before compression hold TEXT and are read as they are).
+//! The dictionary is the key skeleton of each record kind in canonical order plus the
+//! values most records share, so a ~1.2 KiB metadata text shrinks about fourfold. Every
+//! byte of a row is written twice by SQLite (its WAL, then the database at checkpoint)
+//! and had made the index the ledger's largest disk cost. The dictionary is kept in the
+//! index itself, so any zstd tool can read a row: `zstd -d -D <dictionary>` of the BLOB
+//! without its first byte.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rusqlite::types::{Type, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
+use zstd::bulk::{Compressor, Decompressor};
 
 use super::chain::{canonical, Checkpoint, StoredRecord};
 use super::LedgerError;
@@ -46,10 +58,24 @@ CREATE INDEX IF NOT EXISTS records_connection ON records(kind) WHERE kind = 'con
 CREATE TABLE IF NOT EXISTS checkpoints (
   seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL, signature TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dictionaries (
+  id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 255), bytes BLOB NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS anchors (
   seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, record_seq INTEGER NOT NULL
 );
 ";
+
+/// The dictionary new rows are compressed with. Never edit it: a changed dictionary is
+/// stored as a new row of `dictionaries`, and rows name the one they were written with.
+const DICTIONARY: &[u8] = include_bytes!("zdict-1.bin");
+
+/// zstd level for rows: level 1 with the dictionary compresses a record within a few
+/// percent of level 3 at about half the CPU, on the indexer thread that paces appends.
+const LEVEL: i32 = 1;
+
+/// The largest text a row may decompress to (a record's bodies are capped far below).
+const MAX_TEXT: u64 = 256 << 20;
 
 pub(crate) fn db_path(dir: &Path) -> PathBuf {
     dir.join(DB_FILE)
@@ -68,19 +94,21 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     let e = sql_err(&path);
     let c = Connection::open(&path).map_err(&e)?;
     c.busy_timeout(Duration::from_secs(10)).map_err(&e)?;
-    // 64 KiB pages for a new index (no effect on an existing one, which keeps its page
-    // size): a record row is about 2 KiB, so 4 KiB pages meant one WAL frame, one
-    // checksum and one `pwrite` per two rows, at commit and again at checkpoint.
-    // Set before the journal mode, as WAL mode fixes the page size.
-    c.pragma_update(None, "page_size", 65_536).map_err(&e)?;
+    // 16 KiB pages for a new index (no effect on an existing one, which keeps its page
+    // size). A compressed row is about 700 bytes; every commit rewrites whole pages (the
+    // newest leaf of the table and of each index), so 64 KiB pages wrote ~2 KiB per
+    // record more than 16 KiB ones, and 4 KiB pages saved nothing more but cost a WAL
+    // frame, a checksum and a `pwrite` per few rows. Measured with `loadgen components`
+    // and /proc/<pid>/io. Set before the journal mode, as WAL mode fixes the page size.
+    c.pragma_update(None, "page_size", 16_384).map_err(&e)?;
     // WAL: readers never block the indexer. NORMAL: a commit is durable once SQLite
     // checkpoints (which syncs its WAL first); the ledger's own WAL segments are only
     // deleted after such a checkpoint, so a power loss cannot lose an indexed record.
     c.pragma_update(None, "journal_mode", "WAL").map_err(&e)?;
-    // Checkpoint SQLite's WAL every ~32 MiB instead of every 1000 pages (4 MiB at the
-    // old page size): fewer syncs and fewer copies of pages rewritten by successive
-    // batches. Durability is unchanged: the ledger's segments are deleted only after
-    // its own checkpoint (see `delete_covered`), which syncs the index first.
+    // Connections other than the indexer's (which checkpoints nothing: the ledger's
+    // collector does, see `collect`) checkpoint SQLite's WAL every ~32 MiB instead of
+    // every 1000 pages. Durability does not rest on it: the ledger's segments are deleted
+    // only after a complete checkpoint, which syncs the index first.
     let page_size: i64 = c
         .pragma_query_value(None, "page_size", |r| r.get(0))
         .map_err(&e)?;
@@ -195,16 +223,77 @@ pub(crate) struct IndexRow {
     pub rec: StoredRecord,
 }
 
+/// Compresses `meta` and `content` texts into the BLOBs rows hold.
+pub(crate) struct Packer {
+    id: u8,
+    cctx: Compressor<'static>,
+    meta: Vec<u8>,
+    content: Vec<u8>,
+}
+
+/// A value that could not be written to or read from the index.
+fn conversion(err: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(err))
+}
+
+impl Packer {
+    /// A packer for the index `c` writes to, registering the current dictionary there.
+    pub(crate) fn new(c: &Connection) -> rusqlite::Result<Packer> {
+        c.prepare_cached("INSERT OR IGNORE INTO dictionaries(id, bytes) VALUES ((SELECT coalesce(max(id), 0) + 1 FROM dictionaries), ?1)")?
+            .execute([DICTIONARY])?;
+        let id: i64 = c.query_row(
+            "SELECT id FROM dictionaries WHERE bytes = ?1",
+            [DICTIONARY],
+            |r| r.get(0),
+        )?;
+        let id = u8::try_from(id).map_err(conversion)?;
+        Ok(Packer {
+            id,
+            cctx: Compressor::with_dictionary(LEVEL, DICTIONARY).map_err(conversion)?,
+            meta: Vec::new(),
+            content: Vec::new(),
+        })
+    }
+
+    /// `text` as a row would hold it (for tests that tamper with rows).
+    #[cfg(test)]
+    pub(crate) fn pack(&mut self, text: &str) -> rusqlite::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Packer::pack_into(&mut self.cctx, self.id, text, &mut out)?;
+        Ok(out)
+    }
+
+    /// `text` compressed into `out`, behind the dictionary id.
+    fn pack_into(
+        cctx: &mut Compressor<'static>,
+        id: u8,
+        text: &str,
+        out: &mut Vec<u8>,
+    ) -> rusqlite::Result<()> {
+        out.clear();
+        out.resize(1 + zstd::zstd_safe::compress_bound(text.len()), 0);
+        out[0] = id;
+        let n = cctx
+            .compress_to_buffer(text.as_bytes(), &mut out[1..])
+            .map_err(conversion)?;
+        out.truncate(1 + n);
+        Ok(())
+    }
+}
+
 /// Inserts rows within one transaction; keeps the identity dictionary cached.
 pub(crate) struct Inserter {
     identities: HashMap<String, i64, foldhash::fast::RandomState>,
+    packer: Packer,
 }
 
 impl Inserter {
-    pub(crate) fn new() -> Inserter {
-        Inserter {
+    /// An inserter for the index `c` writes to.
+    pub(crate) fn new(c: &Connection) -> rusqlite::Result<Inserter> {
+        Ok(Inserter {
             identities: HashMap::default(),
-        }
+            packer: Packer::new(c)?,
+        })
     }
 
     fn identity_id(&mut self, tx: &Connection, json: &str) -> rusqlite::Result<i64> {
@@ -231,6 +320,15 @@ impl Inserter {
             Some(j) => Some(self.identity_id(tx, j)?),
             None => None,
         };
+        let p = &mut self.packer;
+        Packer::pack_into(&mut p.cctx, p.id, &row.rec.meta, &mut p.meta)?;
+        let content = match &row.rec.content {
+            Some(text) => {
+                Packer::pack_into(&mut p.cctx, p.id, text, &mut p.content)?;
+                Some(&p.content[..])
+            }
+            None => None,
+        };
         tx.prepare_cached(
             "INSERT OR IGNORE INTO records (seq, ts, ts_ms, kind, provider, model, decision,
                outcome, action, identity_id, input_tokens, output_tokens, cost_usd, hash, hmac,
@@ -253,8 +351,8 @@ impl Inserter {
             c.cost_usd,
             row.rec.hash,
             row.rec.hmac,
-            row.rec.meta,
-            row.rec.content,
+            p.meta,
+            content,
         ])?;
         Ok(())
     }
@@ -287,14 +385,87 @@ pub(crate) fn last_checkpoint(c: &Connection) -> rusqlite::Result<Option<u64>> {
     .map(|s| s.map(|s| s as u64))
 }
 
-/// [`display`] of a row whose first columns are `meta, content, hash, hmac`.
-pub(crate) fn display_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    Ok(display(
-        &r.get::<_, String>(0)?,
-        r.get::<_, Option<String>>(1)?.as_deref(),
-        &r.get::<_, String>(2)?,
-        &r.get::<_, String>(3)?,
-    ))
+/// Reads the `meta` and `content` columns back into text, whichever way a row holds
+/// them.
+pub(crate) struct Unpacker {
+    dicts: HashMap<u8, Decompressor<'static>>,
+}
+
+/// Why a stored text could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreadable(String);
+
+impl Unpacker {
+    /// An unpacker knowing the dictionaries of the index `c` (none in an index written
+    /// before compression).
+    pub(crate) fn new(c: &Connection) -> rusqlite::Result<Unpacker> {
+        let mut dicts = HashMap::new();
+        let has_table: bool = c.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'dictionaries'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_table {
+            let mut stmt = c.prepare("SELECT id, bytes FROM dictionaries")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                let bytes: Vec<u8> = r.get(1)?;
+                let id = u8::try_from(id).map_err(conversion)?;
+                dicts.insert(
+                    id,
+                    Decompressor::with_dictionary(&bytes).map_err(conversion)?,
+                );
+            }
+        }
+        Ok(Unpacker { dicts })
+    }
+
+    /// The text in column `idx` of `r`: NULL as `None`, TEXT as it is, a BLOB
+    /// decompressed with the dictionary it names.
+    pub(crate) fn text(
+        &mut self,
+        r: &rusqlite::Row<'_>,
+        idx: usize,
+    ) -> rusqlite::Result<Option<String>> {
+        let bad = |detail: String| {
+            rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, Box::new(Unreadable(detail)))
+        };
+        let blob = match r.get_ref(idx)? {
+            ValueRef::Null => return Ok(None),
+            ValueRef::Blob(b) => b,
+            _ => return r.get(idx),
+        };
+        let (&id, frame) = blob
+            .split_first()
+            .ok_or_else(|| bad("an empty BLOB where a compressed text belongs".into()))?;
+        let d = self.dicts.get_mut(&id).ok_or_else(|| {
+            bad(format!(
+                "compressed with dictionary {id}, which the index does not hold"
+            ))
+        })?;
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(n)) if n <= MAX_TEXT => n as usize,
+            _ => return Err(bad("not a zstd frame of a known, bounded size".into())),
+        };
+        let bytes = d
+            .decompress(frame, size)
+            .map_err(|e| bad(format!("does not decompress: {e}")))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| bad(format!("decompresses to invalid UTF-8: {e}")))
+    }
+
+    /// [`display`] of a row whose first columns are `meta, content, hash, hmac`.
+    pub(crate) fn display_row(&mut self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
+        Ok(display(
+            &self.text(r, 0)?.unwrap_or_default(),
+            self.text(r, 1)?.as_deref(),
+            &r.get::<_, String>(2)?,
+            &r.get::<_, String>(3)?,
+        ))
+    }
 }
 
 /// Rebuild a record for display: metadata with the content merged back, plus `hash`

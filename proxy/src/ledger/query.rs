@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use rusqlite::types::Value as Sql;
 use serde_json::Value;
 
-use super::index::{self, display_row};
+use super::index::{self, Unpacker};
 use super::LedgerError;
 
 /// Which records a query returns. Empty fields do not filter.
@@ -124,9 +124,10 @@ pub fn query(dir: &Path, filter: &Filter) -> Result<Vec<Value>, LedgerError> {
         "SELECT meta, content, hash, hmac FROM records {w} ORDER BY {order} LIMIT ?{}",
         params.len()
     );
+    let mut u = Unpacker::new(&conn).map_err(&e)?;
     let mut stmt = conn.prepare(&sql).map_err(&e)?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(params), display_row)
+        .query_map(rusqlite::params_from_iter(params), |r| u.display_row(r))
         .map_err(&e)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(&e)
 }
@@ -145,8 +146,9 @@ pub fn tail_after(dir: &Path, after_seq: u64) -> Result<Vec<Value>, LedgerError>
             "SELECT meta, content, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1000",
         )
         .map_err(&e)?;
+    let mut u = Unpacker::new(&conn).map_err(&e)?;
     let rows = stmt
-        .query_map([after_seq as i64], display_row)
+        .query_map([after_seq as i64], |r| u.display_row(r))
         .map_err(&e)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(&e)
 }

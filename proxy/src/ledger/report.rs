@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::index::{self, display};
+use super::index::{self, Unpacker};
 use super::query::{where_clause, Filter};
 use super::LedgerError;
 
@@ -161,19 +161,13 @@ pub fn report(
                  OR (kind = 'connection' AND outcome = 'refused')"
             };
             let sql = format!(
-                "SELECT meta, content, hash, hmac FROM records {} ORDER BY seq",
+                "SELECT meta, NULL, hash, hmac FROM records {} ORDER BY seq",
                 and(cond)
             );
+            let mut u = Unpacker::new(&conn).map_err(&e)?;
             let mut stmt = conn.prepare(&sql).map_err(&e)?;
             let recs = stmt
-                .query_map(p(), |r| {
-                    Ok(display(
-                        &r.get::<_, String>(0)?,
-                        None,
-                        &r.get::<_, String>(2)?,
-                        &r.get::<_, String>(3)?,
-                    ))
-                })
+                .query_map(p(), |r| u.display_row(r))
                 .map_err(&e)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;

@@ -67,6 +67,38 @@ fn rw(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(index::db_path(dir)).unwrap()
 }
 
+/// The `meta` and `content` texts of row `seq`, decompressed.
+fn texts(c: &rusqlite::Connection, seq: u64) -> (String, Option<String>) {
+    let mut u = index::Unpacker::new(c).unwrap();
+    c.query_row(
+        "SELECT meta, content FROM records WHERE seq = ?1",
+        [seq as i64],
+        |r| Ok((u.text(r, 0)?.unwrap(), u.text(r, 1)?)),
+    )
+    .unwrap()
+}
+
+/// Tamper with row `seq`: replace `from` by `to` in its `column` (`meta` or
+/// `content`), compressed again the way the indexer stores it.
+fn edit_text(c: &rusqlite::Connection, seq: u64, column: &str, from: &str, to: &str) {
+    let (meta, content) = texts(c, seq);
+    let text = if column == "meta" {
+        meta
+    } else {
+        content.unwrap()
+    };
+    assert!(text.contains(from), "{from} not in {column} of seq {seq}");
+    let packed = index::Packer::new(c)
+        .unwrap()
+        .pack(&text.replace(from, to))
+        .unwrap();
+    c.execute(
+        &format!("UPDATE records SET {column} = ?1 WHERE seq = ?2"),
+        rusqlite::params![packed, seq as i64],
+    )
+    .unwrap();
+}
+
 fn check(dir: &Path) -> VerifyReport {
     verify(dir, &VerifyOptions::default()).unwrap()
 }
@@ -115,10 +147,9 @@ fn appended_records_chain_and_verify() {
     assert_eq!(recs[24]["prev_hash"], hex::encode(GENESIS));
     // The hash is SHA-256(prev_hash bytes ‖ canonical metadata), documented.
     let conn = rw(&t.ledger());
-    let (meta, hash): (String, String) = conn
-        .query_row("SELECT meta, hash FROM records WHERE seq = 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+    let (meta, _) = texts(&conn, 1);
+    let hash: String = conn
+        .query_row("SELECT hash FROM records WHERE seq = 1", [], |r| r.get(0))
         .unwrap();
     assert_eq!(hex::encode(chain::chain_hash(&GENESIS, &meta)), hash);
     let v: Value = serde_json::from_str(&meta).unwrap();
@@ -297,11 +328,119 @@ fn filtered_queries_and_tail() {
 fn edited_field_is_detected() {
     let t = TempDir::new("edit");
     fill(&t.ledger(), 12);
-    rw(&t.ledger())
-        .execute("UPDATE records SET meta = replace(meta, '\"status\":200', '\"status\":201') WHERE seq = 7", [])
-        .unwrap();
+    edit_text(
+        &rw(&t.ledger()),
+        7,
+        "meta",
+        "\"status\":200",
+        "\"status\":201",
+    );
     let e = first(&t.ledger());
     assert_eq!((e.seq, e.kind), (7, VerifyErrorKind::Edited), "{e:?}");
+}
+
+#[test]
+fn rows_are_compressed_with_a_dictionary_the_index_holds_and_text_rows_still_read() {
+    let t = TempDir::new("zrows");
+    fill(&t.ledger(), 6);
+    let c = rw(&t.ledger());
+    let kinds: Vec<String> = c
+        .prepare("SELECT DISTINCT typeof(meta) || '/' || typeof(content) FROM records")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(kinds, ["blob/blob"]);
+    // Self-describing: the BLOB is the dictionary's id, then a plain zstd frame that
+    // zstd decodes with the dictionary stored beside it.
+    let blob: Vec<u8> = c
+        .query_row("SELECT meta FROM records WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    let dict: Vec<u8> = c
+        .query_row(
+            "SELECT bytes FROM dictionaries WHERE id = ?1",
+            [blob[0]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let plain = zstd::bulk::Decompressor::with_dictionary(&dict)
+        .unwrap()
+        .decompress(&blob[1..], 1 << 20)
+        .unwrap();
+    let (meta, content) = texts(&c, 2);
+    assert_eq!(String::from_utf8(plain).unwrap(), meta);
+    assert!(
+        blob.len() * 2 < meta.len(),
+        "{} bytes stored for {} of metadata",
+        blob.len(),
+        meta.len()
+    );
+    let before = query(
+        &t.ledger(),
+        &Filter {
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    // A row written before compression holds TEXT: it reads and verifies the same.
+    c.execute(
+        "UPDATE records SET meta = ?1, content = ?2 WHERE seq = 2",
+        rusqlite::params![meta, content],
+    )
+    .unwrap();
+    assert_eq!(
+        c.query_row("SELECT typeof(meta) FROM records WHERE seq = 2", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap(),
+        "text"
+    );
+    assert!(check(&t.ledger()).ok, "{:?}", check(&t.ledger()));
+    let after = query(
+        &t.ledger(),
+        &Filter {
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn undecodable_rows_are_reported_as_edited() {
+    let t = TempDir::new("zbad");
+    fill(&t.ledger(), 6);
+    let c = rw(&t.ledger());
+    // A flipped byte inside the frame, then a frame naming a dictionary not held.
+    c.execute(
+        "UPDATE records SET meta = CAST(substr(meta, 1, 20) || zeroblob(1) || substr(meta, 22) AS BLOB) WHERE seq = 5",
+        [],
+    )
+    .unwrap();
+    let e = first(&t.ledger());
+    assert_eq!((e.seq, e.kind), (5, VerifyErrorKind::Edited), "{e:?}");
+    assert!(e.detail.contains("decompress"), "{e:?}");
+    c.execute(
+        "UPDATE records SET content = CAST(x'09' || substr(content, 2) AS BLOB) WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    let e = first(&t.ledger());
+    assert_eq!((e.seq, e.kind), (3, VerifyErrorKind::Edited), "{e:?}");
+    assert!(e.detail.contains("dictionary 9"), "{e:?}");
+    // Readers fail with the reason rather than show a wrong record.
+    let err = query(
+        &t.ledger(),
+        &Filter {
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not decompress"), "{err}");
 }
 
 #[test]
@@ -315,11 +454,7 @@ fn edited_index_column_and_content_are_detected() {
     assert_eq!((e.seq, e.kind), (2, VerifyErrorKind::Edited), "{e:?}");
     c.execute("UPDATE records SET model = 'gpt-4o-mini' WHERE seq = 2", [])
         .unwrap();
-    c.execute(
-        "UPDATE records SET content = replace(content, 'quarterly', 'annual') WHERE seq = 4",
-        [],
-    )
-    .unwrap();
+    edit_text(&c, 4, "content", "quarterly", "annual");
     let e = first(&t.ledger());
     assert_eq!((e.seq, e.kind), (4, VerifyErrorKind::Edited), "{e:?}");
 }
@@ -718,13 +853,9 @@ fn metadata_mode_stores_digests_not_text() {
     let output = x.response.output.clone();
     let mut stored = std::fs::read_to_string(&segments(&dir)[0]).unwrap();
     let c = rw(&dir);
-    let (meta, content): (String, String) = c
-        .query_row("SELECT meta, content FROM records", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let (meta, content) = texts(&c, 1);
     stored.push_str(&meta);
-    stored.push_str(&content);
+    stored.push_str(&content.unwrap());
     for secret in [
         &user_text[..20],
         &output[..20],
@@ -1156,7 +1287,7 @@ fn append_throughput() {
 fn bulk_fill(dir: &Path, n: u64) {
     let mut conn = index::open_rw(dir).unwrap();
     let tx = conn.transaction().unwrap();
-    let mut ins = index::Inserter::new();
+    let mut ins = index::Inserter::new(&tx).unwrap();
     let hmac = chain::hmac_for(&[1u8; 32]);
     let mut prev = GENESIS;
     let base = SystemTime::now() - Duration::from_secs(n);

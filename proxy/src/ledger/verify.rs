@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::chain::{self, Checkpoint, HmacSha256, StoredRecord, WalLine, GENESIS};
-use super::index::{self, Columns};
+use super::index::{self, Columns, Unpacker};
 use super::{keys, wal, LedgerError};
 
 /// What an auditor supplies.
@@ -378,12 +378,27 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
                         outcome, action FROM records ORDER BY seq",
             )
             .map_err(&e)?;
+        let mut u = Unpacker::new(&tx).map_err(&e)?;
         let mut rows = stmt.query([]).map_err(&e)?;
         while let Some(r) = rows.next().map_err(&e)? {
             let pos = r.get::<_, i64>(0).map_err(&e)? as u64;
+            let texts = u.text(r, 1).and_then(|m| Ok((m, u.text(r, 2)?)));
+            let (meta, content) = match texts {
+                Ok((meta, content)) => (meta.unwrap_or_default(), content),
+                Err(err) => {
+                    ck.records += 1;
+                    ck.err(
+                        pos,
+                        Edited,
+                        format!("index: seq {pos} cannot be read back: {err}"),
+                    );
+                    max_index_seq = max_index_seq.max(pos);
+                    continue;
+                }
+            };
             let rec = StoredRecord {
-                meta: r.get(1).map_err(&e)?,
-                content: r.get(2).map_err(&e)?,
+                meta,
+                content,
                 hash: r.get(3).map_err(&e)?,
                 hmac: r.get(4).map_err(&e)?,
             };
