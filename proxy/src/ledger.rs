@@ -117,9 +117,12 @@ const COLLECT_EVERY: Duration = Duration::from_millis(100);
 const CHECKPOINT_ROWS: u64 = 16 * 1024;
 /// …or how long a closed segment waits for one.
 const SEGMENT_WAIT: Duration = Duration::from_secs(1);
-/// SQLite WAL frames (pages) past which the collector has the indexer finish a
-/// checkpoint, so the WAL starts over: 16 MiB at the 16 KiB pages of a new index.
-const FINISH_FRAMES: i64 = 1024;
+/// Bytes the indexer writes to SQLite's WAL (estimated) before it checkpoints it
+/// itself, between two transactions, so the WAL starts over.
+const FINISH_BYTES: u64 = 16 << 20;
+/// Pages every commit rewrites whole, over and above the rows: the newest leaf of the
+/// table and of each index, and their parents (an estimate for `FINISH_BYTES`).
+const PAGES_PER_COMMIT: u64 = 10;
 /// How often the ledger applies retention by itself.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// The initiator of records the ledger writes about itself.
@@ -479,10 +482,6 @@ struct Inner {
     /// Records up to this seq are in SQLite's database file, synced (a complete
     /// checkpoint covered them): their segments may go.
     synced_seq: AtomicU64,
-    /// Set by the collector when SQLite's WAL grew large without a complete
-    /// checkpoint: the indexer finishes one between two transactions, so the WAL starts
-    /// over.
-    finish_checkpoint: AtomicBool,
 }
 
 /// An open ledger. Cheap to share (`Arc<Ledger>`); `append` may be called from any
@@ -606,7 +605,6 @@ impl Ledger {
             retention: Mutex::new(None),
             closed: Mutex::new(Vec::new()),
             synced_seq: AtomicU64::new(0),
-            finish_checkpoint: AtomicBool::new(false),
             cfg: cfg.clone(),
         });
         {
@@ -1262,6 +1260,11 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins: index::In
     let db = index::db_path(&inner.cfg.dir);
     let mut batch: Vec<Item> = Vec::new();
     let mut backoff = Duration::from_millis(50);
+    // SQLite's WAL written since the indexer's own last complete checkpoint.
+    let mut wal_bytes = 0u64;
+    let page_size: u64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap_or(16_384);
     loop {
         if inner.crashed.load(Ordering::SeqCst) {
             return;
@@ -1301,10 +1304,13 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins: index::In
         match result {
             Ok(max_seq) => {
                 backoff = Duration::from_millis(50);
-                if inner.finish_checkpoint.swap(false, Ordering::SeqCst) {
-                    // The collector copied and synced most of the WAL already; this
+                wal_bytes += ins.take_written() + PAGES_PER_COMMIT * page_size;
+                if wal_bytes >= FINISH_BYTES {
+                    // The collector has copied and synced most of the WAL already; this
                     // copies the rest, with no transaction of ours in the way.
-                    checkpoint_index(&inner, &conn, &db);
+                    if checkpoint_index(&inner, &conn, &db) == Some(true) {
+                        wal_bytes = 0;
+                    }
                 }
                 let mut closed = Vec::new();
                 for item in batch.drain(..) {
@@ -1396,13 +1402,8 @@ fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
     let Some(c) = conn else { return };
     let db = index::db_path(&inner.cfg.dir);
     state.last = Some(Instant::now());
-    if let Some((complete, frames)) = checkpoint_index(inner, c, &db) {
-        if complete {
-            state.checkpointed_seq = indexed;
-        }
-        if frames >= FINISH_FRAMES && !last_pass {
-            inner.finish_checkpoint.store(true, Ordering::SeqCst);
-        }
+    if checkpoint_index(inner, c, &db) == Some(true) {
+        state.checkpointed_seq = indexed;
     }
     let synced = inner.synced_seq.load(Ordering::SeqCst);
     let mut pending = std::mem::take(&mut *inner.closed.lock());
@@ -1424,14 +1425,15 @@ fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
 
 /// A PASSIVE checkpoint of SQLite's WAL (it waits for nobody); when it is complete,
 /// every record indexed and covered by a ledger checkpoint before it is in the synced
-/// database, and `synced_seq` moves up to them. `(complete, frames in the WAL)`, `None`
-/// on error.
-/// SQLite starts its WAL over only when a write transaction begins with the WAL fully
-/// checkpointed, and under steady load the indexer is always mid-transaction when the
-/// collector's checkpoint ends, so the WAL would only grow (to 200 MiB in a 200k-record
-/// run): once it is large the collector has the indexer checkpoint the last few frames
-/// between two of its transactions (see `finish_checkpoint`).
-fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Path) -> Option<(bool, i64)> {
+/// database, and `synced_seq` moves up to them. `Some(complete)`, `None` on error.
+///
+/// The collector takes these off the indexer's path. But SQLite starts its WAL over
+/// only when a write transaction begins with the WAL fully checkpointed, and under
+/// steady load the indexer is always mid-transaction when the collector's checkpoint
+/// ends, so the WAL would only grow (to 200 MiB in a 200k-record run): every
+/// `FINISH_BYTES` the indexer checkpoints the last frames itself, between two of its
+/// transactions.
+fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Path) -> Option<bool> {
     // Read before checkpointing: what a complete checkpoint syncs includes these rows.
     let covered = match (index::head(c), index::last_checkpoint(c)) {
         (Ok(h), Ok(cp)) => h.map_or(0, |h| h.0).min(cp.unwrap_or(0)),
@@ -1451,9 +1453,9 @@ fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Path) -> Optio
     match result {
         Ok((0, log, done)) if done == log => {
             inner.synced_seq.fetch_max(covered, Ordering::SeqCst);
-            Some((true, log))
+            Some(true)
         }
-        Ok((_, log, _)) => Some((false, log)),
+        Ok(_) => Some(false),
         Err(e) => {
             tracing::warn!(db = %db.display(), error = %e, "ledger: index checkpoint failed; keeping WAL segments");
             None

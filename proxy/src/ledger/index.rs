@@ -285,6 +285,8 @@ impl Packer {
 pub(crate) struct Inserter {
     identities: HashMap<String, i64, foldhash::fast::RandomState>,
     packer: Packer,
+    /// Bytes of rows inserted since the last [`Inserter::take_written`].
+    written: u64,
 }
 
 impl Inserter {
@@ -293,7 +295,14 @@ impl Inserter {
         Ok(Inserter {
             identities: HashMap::default(),
             packer: Packer::new(c)?,
+            written: 0,
         })
+    }
+
+    /// Bytes of rows inserted since the last call: the texts as stored, the hashes and
+    /// about 100 bytes of columns and index entries each.
+    pub(crate) fn take_written(&mut self) -> u64 {
+        std::mem::take(&mut self.written)
     }
 
     fn identity_id(&mut self, tx: &Connection, json: &str) -> rusqlite::Result<i64> {
@@ -354,6 +363,7 @@ impl Inserter {
             p.meta,
             content,
         ])?;
+        self.written += (p.meta.len() + content.map_or(0, <[u8]>::len) + 228) as u64;
         Ok(())
     }
 }
