@@ -12,8 +12,10 @@
 //! inserts the records, in order and in transactions of up to 4,096, into SQLite
 //! (`ledger.sqlite`, WAL journal mode) for queries; `append` waits only when 32k records
 //! are queued for it. On open the segments are replayed into SQLite idempotently (keyed
-//! by `seq`). A third thread deletes a segment once every record in it is indexed, a
-//! checkpoint covers it and a complete SQLite checkpoint has synced those rows.
+//! by `seq`). A third thread checkpoints SQLite's WAL (the indexer finishes one itself
+//! every 16 MiB it writes, so that WAL starts over) and deletes a segment once every
+//! record in it is indexed, a checkpoint covers it and a complete SQLite checkpoint has
+//! synced those rows.
 //!
 //! # Hashing scheme
 //! The JSON object of a [`Record`] is split in two:
@@ -33,7 +35,8 @@
 //! ```
 //!
 //! The exact canonical texts are stored (WAL line `{"meta":…,"content":…,"hash":…,
-//! "hmac":…}`, SQLite columns `meta`/`content`), so verification hashes bytes and never
+//! "hmac":…}`, SQLite columns `meta`/`content`, compressed there with a zstd dictionary
+//! the index keeps: see `index`), so verification hashes bytes and never
 //! depends on re-serialisation. Because the content enters the chain only through its
 //! digest, retention can delete the content and the chain still verifies; while content
 //! is present, verify checks it against `content_sha256`.
