@@ -1392,17 +1392,16 @@ fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
     if !due {
         return;
     }
-    let conn = &mut state.conn;
-    if conn.is_none() {
+    if state.conn.is_none() {
         match index::open_rw(&inner.cfg.dir) {
-            Ok(c) => *conn = Some(c),
+            Ok(c) => state.conn = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "ledger: cannot open the index to checkpoint it; keeping WAL segments");
                 return;
             }
         }
     }
-    let Some(c) = conn else { return };
+    let Some(c) = &state.conn else { return };
     let db = index::db_path(&inner.cfg.dir);
     state.last = Some(Instant::now());
     if checkpoint_index(inner, c, &db) == Some(true) {

@@ -88,15 +88,28 @@ fn edit_text(c: &rusqlite::Connection, seq: u64, column: &str, from: &str, to: &
         content.unwrap()
     };
     assert!(text.contains(from), "{from} not in {column} of seq {seq}");
-    let packed = index::Packer::new(c)
+    let mut packed = Vec::new();
+    index::Packer::new(c)
         .unwrap()
-        .pack(&text.replace(from, to))
+        .pack_into(&text.replace(from, to), &mut packed)
         .unwrap();
     c.execute(
         &format!("UPDATE records SET {column} = ?1 WHERE seq = ?2"),
         rusqlite::params![packed, seq as i64],
     )
     .unwrap();
+}
+
+/// The newest `limit` records, unfiltered.
+fn newest(dir: &Path, limit: usize) -> Vec<Value> {
+    query(
+        dir,
+        &Filter {
+            limit,
+            ..Filter::default()
+        },
+    )
+    .unwrap()
 }
 
 fn check(dir: &Path) -> VerifyReport {
@@ -130,14 +143,7 @@ fn appended_records_chain_and_verify() {
         last = Some(a);
     }
     l.flush();
-    let recs = query(
-        &t.ledger(),
-        &Filter {
-            limit: 100,
-            ..Filter::default()
-        },
-    )
-    .unwrap();
+    let recs = newest(&t.ledger(), 100);
     assert_eq!(recs.len(), 25);
     assert_eq!(recs[0]["seq"], 25, "newest first");
     assert_eq!(recs[0]["hash"], last.unwrap().hash);
@@ -376,14 +382,7 @@ fn rows_are_compressed_with_a_dictionary_the_index_holds_and_text_rows_still_rea
         blob.len(),
         meta.len()
     );
-    let before = query(
-        &t.ledger(),
-        &Filter {
-            limit: 10,
-            ..Filter::default()
-        },
-    )
-    .unwrap();
+    let before = newest(&t.ledger(), 10);
     // A row written before compression holds TEXT: it reads and verifies the same.
     c.execute(
         "UPDATE records SET meta = ?1, content = ?2 WHERE seq = 2",
@@ -398,14 +397,7 @@ fn rows_are_compressed_with_a_dictionary_the_index_holds_and_text_rows_still_rea
         "text"
     );
     assert!(check(&t.ledger()).ok, "{:?}", check(&t.ledger()));
-    let after = query(
-        &t.ledger(),
-        &Filter {
-            limit: 10,
-            ..Filter::default()
-        },
-    )
-    .unwrap();
+    let after = newest(&t.ledger(), 10);
     assert_eq!(before, after);
 }
 
@@ -1658,9 +1650,6 @@ fn canonical_fast_path_gives_up_when_unsure() {
     // opening a ledger in metadata mode and appending (the existing metadata-mode tests).
 }
 
-/// A segment that fills up is closed at the next checkpoint, synced off the writer lock
-/// and deleted by the collector while the ledger keeps running, once its records are
-/// indexed and SQLite has checkpointed them; nothing is lost on the way.
 #[test]
 fn sqlite_wal_stays_bounded_under_steady_load() {
     let t = TempDir::new("walbound");
@@ -1701,6 +1690,9 @@ fn sqlite_wal_stays_bounded_under_steady_load() {
     assert!(check(&dir).ok);
 }
 
+/// A segment that fills up is closed at the next checkpoint, synced off the writer lock
+/// and deleted by the collector while the ledger keeps running, once its records are
+/// indexed and SQLite has checkpointed them; nothing is lost on the way.
 #[test]
 fn full_segments_are_closed_and_collected_while_running() {
     let t = TempDir::new("collect");

@@ -382,6 +382,7 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
         let mut rows = stmt.query([]).map_err(&e)?;
         while let Some(r) = rows.next().map_err(&e)? {
             let pos = r.get::<_, i64>(0).map_err(&e)? as u64;
+            max_index_seq = max_index_seq.max(pos);
             let texts = u.text(r, 1).and_then(|m| Ok((m, u.text(r, 2)?)));
             let (meta, content) = match texts {
                 Ok((meta, content)) => (meta.unwrap_or_default(), content),
@@ -392,7 +393,6 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
                         Edited,
                         format!("index: seq {pos} cannot be read back: {err}"),
                     );
-                    max_index_seq = max_index_seq.max(pos);
                     continue;
                 }
             };
@@ -402,7 +402,6 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
                 hash: r.get(3).map_err(&e)?,
                 hmac: r.get(4).map_err(&e)?,
             };
-            max_index_seq = max_index_seq.max(pos);
             if let Some(meta) = ck.check(&rec, Some(pos), "index", &|_| false) {
                 let cols = Columns::from_meta(&meta);
                 let stored: [(&str, Option<String>, Option<String>); 7] = [
