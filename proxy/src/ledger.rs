@@ -1055,13 +1055,19 @@ impl Inner {
     }
 
     /// Backpressure: if the indexer is far behind, wait for it (memory stays bounded:
-    /// each appending thread adds at most one record past the limit).
+    /// each appending thread adds at most one record past the limit). The indexer wakes it as soon as it takes a batch off a full queue (not only once
+    /// the batch is committed), so appending goes on while the batch is indexed.
     fn wait_for_room(&self) {
         while self.queue.lock().len() >= MAX_QUEUE
             && !self.stop.load(Ordering::Relaxed)
             && !self.paused.load(Ordering::Relaxed)
         {
             let mut p = self.progress.lock();
+            // Looked at again with `progress` held, which the indexer takes to wake us:
+            // a wake-up between the look and the wait is not missed.
+            if self.queue.lock().len() < MAX_QUEUE {
+                break;
+            }
             self.progress_cv.wait_for(&mut p, Duration::from_millis(50));
         }
     }
@@ -1285,8 +1291,15 @@ fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins: index::In
             if q.is_empty() || inner.paused.load(Ordering::SeqCst) {
                 return; // stopping, and everything is indexed (or paused for a test)
             }
+            let full = q.len() >= MAX_QUEUE;
             let n = q.len().min(INDEX_BATCH);
             batch.extend(q.drain(..n));
+            drop(q);
+            if full {
+                // Appenders wait for room (`wait_for_room`): there is some now.
+                let _p = inner.progress.lock();
+                inner.progress_cv.notify_all();
+            }
         }
         let result = (|| -> rusqlite::Result<u64> {
             let tx = conn.transaction()?;

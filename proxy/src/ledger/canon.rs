@@ -4,11 +4,11 @@
 //! It produces exactly what the `Value` path produces (`serde_json::to_value`, then
 //! `chain::split_content`, `PreMeta::new`, `Columns::from_meta`):
 //!
-//! - every scalar is turned into a `Value` by `serde_json::value::Serializer` (the
-//!   serializer `to_value` uses; no allocation for numbers, booleans and null) and
-//!   written by `chain::write_canonical`, so numbers print as they always did (non-finite
-//!   floats as `null`, `f32` widened to `f64`, integers as integers); strings go through
-//!   `chain::write_str`, the same escaping;
+//! - integers up to 64 bits and booleans are written directly (itoa, as serde_json
+//!   does); every other scalar is turned into a `Value` by `serde_json::value::Serializer`
+//!   (the serializer `to_value` uses) and written by `chain::write_canonical`, so numbers
+//!   print as they always did (non-finite floats as `null`, `f32` widened to `f64`);
+//!   strings go through `chain::write_str`, the same escaping;
 //! - every object is written field by field into one arena, then its `"key":value`
 //!   pieces are sorted by the keys' UTF-8 bytes and joined in place;
 //! - the top-level object is kept as pieces, so content fields can be set aside, the
@@ -165,6 +165,13 @@ impl Ser<'_> {
         Ok(())
     }
 
+    /// An integer, written as serde_json writes it (itoa), without the `Value` detour.
+    fn int(self, v: impl itoa::Integer) -> R {
+        let s = self.plain()?;
+        s.st.out.push_str(itoa::Buffer::new().format(v));
+        Ok(())
+    }
+
     fn plain(self) -> R<Self> {
         match self.role {
             Role::Root { .. } => Err(GiveUp),
@@ -190,34 +197,36 @@ impl<'a> ser::Serializer for Ser<'a> {
     type SerializeStructVariant = Obj<'a>;
 
     fn serialize_bool(self, v: bool) -> R {
-        self.scalar(ser::Serializer::serialize_bool(VS {}, v))
+        let s = self.plain()?;
+        s.st.out.push_str(if v { "true" } else { "false" });
+        Ok(())
     }
     fn serialize_i8(self, v: i8) -> R {
-        self.scalar(ser::Serializer::serialize_i8(VS {}, v))
+        self.int(v)
     }
     fn serialize_i16(self, v: i16) -> R {
-        self.scalar(ser::Serializer::serialize_i16(VS {}, v))
+        self.int(v)
     }
     fn serialize_i32(self, v: i32) -> R {
-        self.scalar(ser::Serializer::serialize_i32(VS {}, v))
+        self.int(v)
     }
     fn serialize_i64(self, v: i64) -> R {
-        self.scalar(ser::Serializer::serialize_i64(VS {}, v))
+        self.int(v)
     }
     fn serialize_i128(self, v: i128) -> R {
         self.scalar(ser::Serializer::serialize_i128(VS {}, v))
     }
     fn serialize_u8(self, v: u8) -> R {
-        self.scalar(ser::Serializer::serialize_u8(VS {}, v))
+        self.int(v)
     }
     fn serialize_u16(self, v: u16) -> R {
-        self.scalar(ser::Serializer::serialize_u16(VS {}, v))
+        self.int(v)
     }
     fn serialize_u32(self, v: u32) -> R {
-        self.scalar(ser::Serializer::serialize_u32(VS {}, v))
+        self.int(v)
     }
     fn serialize_u64(self, v: u64) -> R {
-        self.scalar(ser::Serializer::serialize_u64(VS {}, v))
+        self.int(v)
     }
     fn serialize_u128(self, v: u128) -> R {
         self.scalar(ser::Serializer::serialize_u128(VS {}, v))

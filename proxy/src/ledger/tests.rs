@@ -1440,6 +1440,34 @@ fn canonical_strings_match_serde_json() {
     );
 }
 
+/// Every ASCII byte at every place of strings 1 to 40 bytes long (both scans the
+/// escaping check uses, and their borders), plus non-ASCII text: escaped exactly as
+/// serde_json escapes.
+#[test]
+fn string_escaping_is_found_wherever_it_is() {
+    for len in 1..=40 {
+        for at in 0..len {
+            for b in 0..0x80u8 {
+                let mut s = vec![b'a'; len];
+                s[at] = b;
+                let s = String::from_utf8(s).unwrap();
+                assert_eq!(
+                    chain::canonical(&Value::String(s.clone())),
+                    serde_json::to_string(&s).unwrap(),
+                    "{s:?}"
+                );
+            }
+            // Two-byte characters: the quote lands at every even offset up to 80.
+            let mut s = "é".repeat(len);
+            s.insert(2 * at, '"');
+            assert_eq!(
+                chain::canonical(&Value::String(s.clone())),
+                serde_json::to_string(&s).unwrap()
+            );
+        }
+    }
+}
+
 // === canonical fast path ===
 
 /// `canon::prepare` against the `Value` path: same metadata text (holes filled), content
