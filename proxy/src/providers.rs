@@ -318,10 +318,18 @@ pub fn estimate_tokens(text: &str) -> u64 {
         // The vocabulary is compiled in, so this cannot really happen; be safe.
         return text.len().div_ceil(4) as u64;
     };
+    token_slices(text)
+        .map(|s| bpe.encode_ordinary(s).len() as u64)
+        .sum()
+}
+
+/// The slices [`estimate_tokens`] encodes one by one: cut at whitespace once a slice
+/// reaches `SLICE` bytes, and inside any run (of whitespace or of anything else) every
+/// `RUN` bytes, so no slice holds a run longer than `RUN` bytes (+ one character).
+fn token_slices(text: &str) -> impl Iterator<Item = &str> {
     const SLICE: usize = 8 * 1024;
     const RUN: usize = 256;
-    let count = |s: &str| bpe.encode_ordinary(s).len() as u64;
-    let mut total = 0;
+    let mut cuts = Vec::new();
     let mut start = 0; // of the slice being gathered
     let mut run_start = 0; // of the current run of whitespace or non-whitespace
     let mut run_is_space = false;
@@ -331,16 +339,22 @@ pub fn estimate_tokens(text: &str) -> u64 {
             run_is_space = space;
             run_start = i;
             if space && i - start >= SLICE {
-                total += count(&text[start..i]);
+                cuts.push(i);
                 start = i;
             }
         } else if i - run_start >= RUN {
-            total += count(&text[start..i]);
+            cuts.push(i);
             start = i;
             run_start = i;
         }
     }
-    total + count(&text[start..])
+    cuts.push(text.len());
+    let mut from = 0;
+    cuts.into_iter().map(move |to| {
+        let s = &text[from..to];
+        from = to;
+        s
+    })
 }
 
 /// Whether a `Content-Type` value is `text/event-stream` (parameters ignored).
