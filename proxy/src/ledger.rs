@@ -1055,8 +1055,9 @@ impl Inner {
     }
 
     /// Backpressure: if the indexer is far behind, wait for it (memory stays bounded:
-    /// each appending thread adds at most one record past the limit). The indexer wakes it as soon as it takes a batch off a full queue (not only once
-    /// the batch is committed), so appending goes on while the batch is indexed.
+    /// each appending thread adds at most one record past the limit). The indexer wakes
+    /// the waiters as soon as it takes a batch off the full queue, not once it has
+    /// committed the batch, so appending goes on while the batch is indexed.
     fn wait_for_room(&self) {
         while self.queue.lock().len() >= MAX_QUEUE
             && !self.stop.load(Ordering::Relaxed)
