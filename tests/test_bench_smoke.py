@@ -130,6 +130,15 @@ def test_component_figures_ledger_guardrails_and_connect_hook(results):
     for key in ("ledger_records_per_s", "guardrail_mb_per_s"):
         for part in ("median", "min", "max"):
             assert is_number(c[key][part]), (key, c["raw"])
+    # Every filtered query of `events tail` timed on a filled ledger, each finding rows.
+    queries = c["ledger_query"]
+    assert set(queries) == {
+        "provider_model", "decision", "identity", "time_window", "decision_identity"
+    }, c["raw"]["ledger_query"]
+    for name, q in queries.items():
+        assert is_number(q["ms"]["median"]) and q["ms"]["n"] >= 3, (name, q)
+        assert q["rows"] > 0, (name, q)
+    assert "`events tail` query on 2000 records: decision" in results["markdown"]
     # Root on a BPF-capable kernel (CI): the hook is measured against no hook; iptables
     # too when the kernel has nat tables, else a reason is given.
     modes = c["connect"]

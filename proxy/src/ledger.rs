@@ -1605,40 +1605,154 @@ impl RecordSink for LedgerSink {
 /// # Errors
 /// The ledger could not be opened or written.
 pub fn bench_append(n: usize) -> Result<f64, LedgerError> {
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-ledger-bench-{}-{}",
-        std::process::id(),
-        crate::record::new_id()
-    ));
-    let cfg = LedgerConfig {
-        dir: dir.clone(),
-        retention_days: 0,
-        ..LedgerConfig::default()
-    };
-    let ledger = Arc::new(Ledger::open(&cfg)?);
+    let bench = BenchLedger::open("append")?;
     let sample = sample_interaction(0);
     let start = Instant::now();
-    let threads = 2;
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let ledger = ledger.clone();
-            let rec = sample.clone();
-            std::thread::spawn(move || -> Result<(), LedgerError> {
-                for _ in (t..n).step_by(threads) {
-                    ledger.append(&rec)?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| LedgerError::Closed)??;
-    }
+    append_in_two_threads(&bench.ledger, n, |_| &sample)?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    ledger.flush();
-    drop(ledger);
-    let _ = std::fs::remove_dir_all(&dir);
+    bench.ledger.flush();
     Ok(rate)
+}
+
+/// The filters `bench_query` times, by name: what `sluice events tail` is asked most.
+const BENCH_QUERIES: [&str; 5] = [
+    "provider_model",
+    "decision",
+    "identity",
+    "time_window",
+    "decision_identity",
+];
+
+/// Fill a fresh ledger with `n` varied interaction records (through `append`, from two
+/// threads: four providers, ten models, one decision in 50 a block, a thousand pids),
+/// then time each of [`BENCH_QUERIES`] `reps` times (at least three) as `sluice events
+/// tail` runs it (`query`: index opened read-only, newest 100). Returns
+/// `{records, fill_records_per_s, queries: {name: {ms: [..], rows}}}`; the directory is
+/// removed afterwards.
+///
+/// # Errors
+/// The ledger could not be opened, written or queried.
+pub fn bench_query(n: usize, reps: usize) -> Result<Value, LedgerError> {
+    let bench = BenchLedger::open("query")?;
+    let (t0, start) = (SystemTime::now(), Instant::now());
+    append_in_two_threads(&bench.ledger, n, bench_varied)?;
+    bench.ledger.flush();
+    let fill = start.elapsed();
+    let at = |share: f64| t0 + fill.mul_f64(share);
+    let block = || Some("block".to_string());
+    let pid = |p: u32| Some(format!("\"pid\":{p},"));
+    let mut queries = serde_json::Map::new();
+    for name in BENCH_QUERIES {
+        let filter = match name {
+            "provider_model" => Filter {
+                provider: Some("anthropic".into()),
+                model: Some("model-3".into()),
+                ..Filter::default()
+            },
+            "decision" => Filter {
+                decision: block(),
+                ..Filter::default()
+            },
+            "identity" => Filter {
+                identity: pid(123),
+                ..Filter::default()
+            },
+            "time_window" => Filter {
+                since: Some(at(0.4)),
+                until: Some(at(0.6)),
+                ..Filter::default()
+            },
+            _ => Filter {
+                decision: block(),
+                identity: pid(300),
+                ..Filter::default()
+            },
+        };
+        let mut ms = Vec::new();
+        let mut rows = 0;
+        for _ in 0..reps.max(3) {
+            let t = Instant::now();
+            rows = query(&bench.dir, &filter)?.len();
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        queries.insert(name.into(), serde_json::json!({"ms": ms, "rows": rows}));
+    }
+    Ok(serde_json::json!({
+        "records": n,
+        "fill_records_per_s": n as f64 / fill.as_secs_f64(),
+        "queries": queries,
+    }))
+}
+
+/// A ledger in a fresh temporary directory, removed on drop.
+struct BenchLedger {
+    ledger: Ledger,
+    dir: PathBuf,
+}
+
+impl BenchLedger {
+    fn open(what: &str) -> Result<BenchLedger, LedgerError> {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-ledger-bench-{what}-{}-{}",
+            std::process::id(),
+            crate::record::new_id()
+        ));
+        let cfg = LedgerConfig {
+            dir: dir.clone(),
+            retention_days: 0,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(&cfg)?;
+        Ok(BenchLedger { ledger, dir })
+    }
+}
+
+impl Drop for BenchLedger {
+    fn drop(&mut self) {
+        // Closed first: its threads write to the directory until then.
+        let _ = self.ledger.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Append `record(i)` for every `i < n`, the even ones from one thread and the odd ones
+/// from another.
+fn append_in_two_threads<R: std::borrow::Borrow<Record>>(
+    ledger: &Ledger,
+    n: usize,
+    record: impl Fn(usize) -> R + Sync,
+) -> Result<(), LedgerError> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let record = &record;
+                s.spawn(move || -> Result<(), LedgerError> {
+                    for i in (t..n).step_by(2) {
+                        ledger.append(record(i).borrow())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| LedgerError::Closed)??;
+        }
+        Ok(())
+    })
+}
+
+/// Record `i` of `bench_query`'s ledger.
+fn bench_varied(i: usize) -> Record {
+    let mut r = sample_interaction(i as u64);
+    if let Record::Interaction(x) = &mut r {
+        x.provider = ["openai", "anthropic", "gemini", "mistral"][i % 4].into();
+        x.model = Some(format!("model-{}", i % 10));
+        x.identity.pid = Some((i % 1000) as u32);
+        if i % 50 == 0 {
+            x.decision = "block";
+        }
+    }
+    r
 }
 
 /// A realistic interaction record (two messages, an answer, usage, cost).

@@ -82,12 +82,16 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         hold_secs: f64,
     },
-    /// Component figures as one JSON object: ledger appends/s, guardrail scan MB/s and
-    /// the connect hook's cost against no hook and an iptables REDIRECT (root).
+    /// Component figures as one JSON object: ledger appends/s, filtered ledger queries on
+    /// a large ledger, guardrail scan MB/s and the connect hook's cost against no hook
+    /// and an iptables REDIRECT (root).
     Components {
         /// Records appended per ledger repetition.
         #[arg(long, default_value_t = 200_000)]
         records: usize,
+        /// Records in the ledger the query figure is taken on (0: skip it).
+        #[arg(long, default_value_t = 1_000_000)]
+        query_records: usize,
         /// MiB scanned per guardrail repetition.
         #[arg(long, default_value_t = 64)]
         scan_mb: usize,
@@ -221,11 +225,15 @@ pub fn run_cli(args: Vec<String>) -> anyhow::Result<()> {
         }
         Command::Components {
             records,
+            query_records,
             scan_mb,
             connects,
             reps,
         } => {
-            println!("{}", components::run(records, scan_mb, connects, reps));
+            println!(
+                "{}",
+                components::run(records, query_records, scan_mb, connects, reps)
+            );
             Ok(())
         }
         Command::MinimalProxy {

@@ -84,6 +84,8 @@ pub struct Profile {
     pub pypi_peers: bool,
     /// Components: ledger records per repetition, guardrail MiB scanned, connects per mode.
     pub comp_records: usize,
+    /// Records in the ledger the query figure is taken on.
+    pub comp_query_records: usize,
     pub comp_scan_mb: usize,
     pub comp_connects: usize,
     /// Connections held open for the memory figures (idle keep-alive, open streams).
@@ -110,6 +112,7 @@ impl Profile {
             release: true,
             pypi_peers: true,
             comp_records: 200_000,
+            comp_query_records: 1_000_000,
             comp_scan_mb: 64,
             comp_connects: 5_000,
             hold_conns: 1_000,
@@ -133,6 +136,7 @@ impl Profile {
                 release: false,
                 pypi_peers: false,
                 comp_records: 2_000,
+                comp_query_records: 2_000,
                 comp_scan_mb: 1,
                 comp_connects: 200,
                 hold_conns: 10,
@@ -154,6 +158,7 @@ impl Profile {
                 sse_conns: 2,
                 newconn_conns: 8,
                 comp_records: 50_000,
+                comp_query_records: 200_000,
                 comp_scan_mb: 16,
                 comp_connects: 2_000,
                 hold_conns: 50,
@@ -530,6 +535,7 @@ fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
     let mut cmd = peers::pinned(cpu, sluice);
     cmd.args(["loadgen", "components"])
         .args(["--records", &p.comp_records.to_string()])
+        .args(["--query-records", &p.comp_query_records.to_string()])
         .args(["--scan-mb", &p.comp_scan_mb.to_string()])
         .args(["--connects", &p.comp_connects.to_string()])
         .args(["--reps", &p.reps.to_string()])
@@ -570,6 +576,15 @@ fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
             "guardrail_mb_per_s",
             report::stat(&list(raw.at("guardrails/mb_per_s"))),
         );
+    let mut query = Json::obj();
+    for name in raw.at("ledger_query/queries").keys() {
+        let q = raw.at(&format!("ledger_query/queries/{name}"));
+        let mut m = Json::obj();
+        m.set("ms", report::stat(&list(q.get("ms"))))
+            .set("rows", q.get("rows").clone());
+        query.set(&name, m);
+    }
+    o.set("ledger_query", query);
     let mut connect = Json::obj();
     for mode in raw.at("connect/modes").keys() {
         let mut m = Json::obj();

@@ -1,5 +1,6 @@
-//! Component figures for the bench harness: ledger appends per second, guardrail scanning
-//! MB/s, and what the connect hook costs a client's `connect(2)`.
+//! Component figures for the bench harness: ledger appends per second, how long the
+//! ledger's filtered queries take on a large ledger, guardrail scanning MB/s, and what the
+//! connect hook costs a client's `connect(2)`.
 //!
 //! The connect figure compares, in one process and one run, the latency of a TCP connect
 //! on loopback:
@@ -25,7 +26,13 @@ use serde_json::{json, Value};
 use sluice_probe::{Probe, ProbeConfig, ProxyDownPolicy};
 
 /// Runs every component figure `reps` times; one JSON object with per-repetition lists.
-pub fn run(records: usize, scan_mb: usize, connects: usize, reps: usize) -> Value {
+pub fn run(
+    records: usize,
+    query_records: usize,
+    scan_mb: usize,
+    connects: usize,
+    reps: usize,
+) -> Value {
     let reps = reps.max(1);
     let mut ledger = Vec::new();
     let mut ledger_err = None;
@@ -37,6 +44,16 @@ pub fn run(records: usize, scan_mb: usize, connects: usize, reps: usize) -> Valu
         }
         scan.push(crate::guardrails::bench_scan(scan_mb));
     }
+    // Filled once (a million records take about half a minute), each query timed `reps`
+    // times.
+    let query = if query_records == 0 {
+        json!({"available": false, "reason": "not asked for (--query-records 0)"})
+    } else {
+        match crate::ledger::bench_query(query_records, reps) {
+            Ok(v) => v,
+            Err(e) => json!({"available": false, "reason": e.to_string()}),
+        }
+    };
     let connect = if connects == 0 {
         json!({"available": false, "reason": "not asked for (--connects 0)"})
     } else {
@@ -52,6 +69,7 @@ pub fn run(records: usize, scan_mb: usize, connects: usize, reps: usize) -> Valu
             "error": ledger_err,
             "what": "Ledger::append from 2 threads, ~1 KiB interaction records, hash chain + HMAC, fsync interval; sustained (the SQLite indexer paces appends once 32k are queued)",
         },
+        "ledger_query": query,
         "guardrails": {
             "mb": scan_mb,
             "mb_per_s": scan,

@@ -500,6 +500,37 @@ fn components_table(t: &mut String, c: &Json) {
         plain(c.at("raw/ledger/records"), 1.0, 0, false),
         cell(c, "ledger_records_per_s", 1.0, 0)
     );
+    let queries = c.get("ledger_query");
+    if queries.keys().is_empty() {
+        let reason = c
+            .at("raw/ledger_query/reason")
+            .str()
+            .unwrap_or("not measured");
+        let _ = writeln!(
+            t,
+            "| ledger query | not measured: {} |",
+            reason.replace('|', "/")
+        );
+    }
+    for (name, what) in [
+        ("provider_model", "provider + model"),
+        ("decision", "decision"),
+        ("identity", "identity substring"),
+        ("time_window", "time window"),
+        ("decision_identity", "decision + identity"),
+    ] {
+        let q = queries.get(name);
+        if q == &Json::Null {
+            continue;
+        }
+        let _ = writeln!(
+            t,
+            "| `events tail` query on {} records: {what} (newest 100; {} rows) | {} ms |",
+            plain(c.at("raw/ledger_query/records"), 1.0, 0, false),
+            plain(q.get("rows"), 1.0, 0, false),
+            cell(q, "ms", 1.0, 1)
+        );
+    }
     let _ = writeln!(
         t,
         "| guardrail scan, every detector, typical prompt text | {} MB/s |",
