@@ -137,7 +137,19 @@ def test_component_figures_ledger_guardrails_and_connect_hook(results):
     }, c["raw"]["ledger_query"]
     for name, q in queries.items():
         assert is_number(q["ms"]["median"]) and q["ms"]["n"] >= 3, (name, q)
-        assert q["rows"] > 0, (name, q)
+    # The 2,000 records: record i is anthropic for i % 4 == 1, model-3 for i % 10 == 3, a
+    # block for i % 50 == 0, pid i % 1000; at most the newest 100 are returned.
+    n = c["raw"]["ledger_query"]["records"]
+    assert n == 2000, n
+    expect = {
+        "provider_model": min(100, sum(1 for i in range(n) if i % 4 == 1 and i % 10 == 3)),
+        "decision": sum(1 for i in range(n) if i % 50 == 0),
+        "identity": sum(1 for i in range(n) if i % 1000 == 123),
+        "decision_identity": sum(1 for i in range(n) if i % 50 == 0 and i % 1000 == 300),
+    }
+    assert {k: queries[k]["rows"] for k in expect} == expect, queries
+    # A fifth of the fill's duration: some records, not all of them.
+    assert 0 < queries["time_window"]["rows"] <= 100, queries["time_window"]
     assert "`events tail` query on 2000 records: decision" in results["markdown"]
     # Root on a BPF-capable kernel (CI): the hook is measured against no hook; iptables
     # too when the kernel has nat tables, else a reason is given.

@@ -1614,19 +1614,10 @@ pub fn bench_append(n: usize) -> Result<f64, LedgerError> {
     Ok(rate)
 }
 
-/// The filters `bench_query` times, by name: what `sluice events tail` is asked most.
-const BENCH_QUERIES: [&str; 5] = [
-    "provider_model",
-    "decision",
-    "identity",
-    "time_window",
-    "decision_identity",
-];
-
 /// Fill a fresh ledger with `n` varied interaction records (through `append`, from two
 /// threads: four providers, ten models, one decision in 50 a block, a thousand pids),
-/// then time each of [`BENCH_QUERIES`] `reps` times (at least three) as `sluice events
-/// tail` runs it (`query`: index opened read-only, newest 100). Returns
+/// then time each filter `sluice events tail` offers `reps` times (at least three) as it
+/// runs it (`query`: index opened read-only, newest 100). Returns
 /// `{records, fill_records_per_s, queries: {name: {ms: [..], rows}}}`; the directory is
 /// removed afterwards.
 ///
@@ -1638,36 +1629,51 @@ pub fn bench_query(n: usize, reps: usize) -> Result<Value, LedgerError> {
     append_in_two_threads(&bench.ledger, n, bench_varied)?;
     bench.ledger.flush();
     let fill = start.elapsed();
-    let at = |share: f64| t0 + fill.mul_f64(share);
+    let at = |share: f64| Some(t0 + fill.mul_f64(share));
     let block = || Some("block".to_string());
     let pid = |p: u32| Some(format!("\"pid\":{p},"));
-    let mut queries = serde_json::Map::new();
-    for name in BENCH_QUERIES {
-        let filter = match name {
-            "provider_model" => Filter {
+    let filters = [
+        (
+            "provider_model",
+            Filter {
                 provider: Some("anthropic".into()),
                 model: Some("model-3".into()),
                 ..Filter::default()
             },
-            "decision" => Filter {
+        ),
+        (
+            "decision",
+            Filter {
                 decision: block(),
                 ..Filter::default()
             },
-            "identity" => Filter {
+        ),
+        (
+            "identity",
+            Filter {
                 identity: pid(123),
                 ..Filter::default()
             },
-            "time_window" => Filter {
-                since: Some(at(0.4)),
-                until: Some(at(0.6)),
+        ),
+        (
+            "time_window",
+            Filter {
+                since: at(0.4),
+                until: at(0.6),
                 ..Filter::default()
             },
-            _ => Filter {
+        ),
+        (
+            "decision_identity",
+            Filter {
                 decision: block(),
                 identity: pid(300),
                 ..Filter::default()
             },
-        };
+        ),
+    ];
+    let mut queries = serde_json::Map::new();
+    for (name, filter) in filters {
         let mut ms = Vec::new();
         let mut rows = 0;
         for _ in 0..reps.max(3) {

@@ -7,9 +7,8 @@
 //! dictionary (rows written before compression hold TEXT and are read as they are).
 //! The dictionary, trained on synthetic records of every kind in canonical form (see
 //! `zdict-1.py`), knows their keys and common values, so a ~1.2 KiB metadata text
-//! shrinks about fourfold. Every
-//! byte of a row is written twice by SQLite (its WAL, then the database at checkpoint)
-//! and had made the index the ledger's largest disk cost. The dictionary is kept in the
+//! shrinks about fourfold. Every byte of a row is written twice by SQLite (its WAL, then
+//! the database at checkpoint) and had made the index the ledger's largest disk cost. The dictionary is kept in the
 //! index itself, so any zstd tool can read a row: `zstd -d -D <dictionary>` of the BLOB
 //! without its first byte.
 
