@@ -323,6 +323,14 @@ def sluice_bin() -> Path:
     return path
 
 
+def mock_bin() -> Path:
+    """The mock provider, `sluice-mock`, built beside `sluice` by the same workspace build."""
+    path = sluice_bin().with_name("sluice-mock")
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: run `cargo xtask build`", pytrace=False)
+    return path
+
+
 # === impl Proc ===
 
 

@@ -5,7 +5,7 @@ Layout (all made by the test, removed after it):
     client netns  ──veth──▶  root netns: `sluice run` on topo.client_gw:443
       /etc/hosts: provider names → client_gw          │ static original destinations
                                                        ▼
-                                  provider netns: `sluice mock-provider` on provider_addr:443
+                                  provider netns: `sluice-mock` on provider_addr:443
                                   (TLS, its own test CA, certificate for INSPECTED + PASSTHROUGH)
 
 `api.mistral.ai` is routed to the mock too, whose certificate does not cover it: the
@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from netns import Proc, free_port, run, sluice_bin, wait_for_port
+from netns import Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
 
 INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
 PASSTHROUGH = "pass.example"
@@ -50,7 +50,7 @@ class Stack:
         self.mock_addr = f"{topo.provider_addr}:443"
         self.mock = Proc(
             [
-                "ip", "netns", "exec", topo.provider.name, sluice_bin(), "mock-provider",
+                "ip", "netns", "exec", topo.provider.name, mock_bin(),
                 "--listen", self.mock_addr,
                 "--tls-hosts", ",".join(INSPECTED + [PASSTHROUGH]),
                 "--ca-out", str(self.provider_ca),
@@ -58,7 +58,7 @@ class Stack:
             tmp_path / "mock.log",
         )
         self.plain_mock = Proc(
-            ["ip", "netns", "exec", topo.provider.name, sluice_bin(), "mock-provider",
+            ["ip", "netns", "exec", topo.provider.name, mock_bin(),
              "--listen", f"{topo.provider_addr}:{PLAIN_PORT}"],
             tmp_path / "mock-plain.log",
         )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import Proc, free_port, run, sluice_bin, wait_for_port
+from netns import Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
 
 UNIFIED = None
 for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -72,7 +72,7 @@ class Redirected:
         self.pins = Path(f"/sys/fs/bpf/sluice-e2e-{os.getpid()}")
         self.provider_ca = tmp_path / "provider-ca.pem"
         self.mock = Proc(
-            ["ip", "netns", "exec", topo.provider.name, sluice_bin(), "mock-provider",
+            ["ip", "netns", "exec", topo.provider.name, mock_bin(),
              "--listen", f"{topo.provider_addr}:443,[{topo.provider_addr6}]:443,{topo.provider_addr}:8000",
              "--tls-hosts", "api.openai.com,api.anthropic.com",
              "--ca-out", str(self.provider_ca)],

@@ -217,7 +217,8 @@ pub fn export(
     until: Option<SystemTime>,
     out: &str,
 ) -> anyhow::Result<u64> {
-    let dir = config.ledger().dir;
+    let lc = config.ledger();
+    let dir = &lc.dir;
     let mut sink: Box<dyn Write> = if out == "-" {
         Box::new(std::io::stdout().lock())
     } else if let Some(addr) = out.strip_prefix("tcp://") {
@@ -231,26 +232,31 @@ pub fn export(
             std::fs::File::create(out).with_context(|| format!("creating {out}"))?,
         ))
     };
-    let n = ledger::export(&dir, format, since, until, &mut sink)
+    let n = ledger::export(dir, format, since, until, &mut sink)
         .with_context(|| format!("exporting from {}", dir.display()))?;
     sink.flush()?;
     drop(sink);
-    record_export(&dir, format, out, n)?;
+    record_export(&lc, format, out, n)?;
     eprintln!("exported {n} records to {out}");
     Ok(n)
 }
 
 /// The export is an admin record.
-fn record_export(dir: &Path, format: ExportFormat, out: &str, n: u64) -> anyhow::Result<()> {
+fn record_export(
+    lc: &ledger::LedgerConfig,
+    format: ExportFormat,
+    out: &str,
+    n: u64,
+) -> anyhow::Result<()> {
     record_admin(
-        dir,
+        lc,
         Admin::new(
             AdminAction::Export,
             AdminOutcome::Success,
             local_initiator(),
             Target {
                 kind: "ledger".into(),
-                id: dir.display().to_string(),
+                id: lc.dir.display().to_string(),
             },
             serde_json::json!({"format": format!("{format:?}").to_lowercase(), "destination": out, "records": n}),
         ),
@@ -267,16 +273,15 @@ pub fn local_initiator() -> Initiator {
 }
 
 /// Append an admin record: directly when no proxy holds the ledger, else through the
-/// inbox for the running proxy to append.
+/// inbox for the running proxy to append. The ledger is opened with the node's own
+/// settings (`lc`, from [`Config::ledger`]), so the record is signed with the configured
+/// HMAC key (`ledger.hmac_key_file`, the environment), never with a key made up here.
 ///
 /// # Errors
 /// The ledger cannot be opened for another reason, or the inbox cannot be written.
-pub fn record_admin(dir: &Path, admin: Admin) -> anyhow::Result<()> {
-    let cfg = ledger::LedgerConfig {
-        dir: dir.to_path_buf(),
-        ..Default::default()
-    };
-    match ledger::Ledger::open(&cfg) {
+pub fn record_admin(lc: &ledger::LedgerConfig, admin: Admin) -> anyhow::Result<()> {
+    let dir = &lc.dir;
+    match ledger::Ledger::open(lc) {
         Ok(l) => {
             l.append(&crate::record::Record::Admin(Box::new(admin)))?;
             l.close()?;
@@ -287,6 +292,30 @@ pub fn record_admin(dir: &Path, admin: Admin) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
+    Ok(())
+}
+
+/// `sluice ca init`: create the organisation CA and record its creation.
+///
+/// # Errors
+/// The CA exists already or cannot be written, or the admin record cannot be appended.
+pub fn ca_init(config: &Config, name: &str) -> anyhow::Result<()> {
+    let (cert, key) = (config.ca_cert_path(), config.ca_key_path());
+    crate::ca::init(&cert, &key, name)?;
+    let admin = Admin::new(
+        AdminAction::Create,
+        AdminOutcome::Success,
+        local_initiator(),
+        Target {
+            kind: "ca".into(),
+            id: cert.display().to_string(),
+        },
+        serde_json::json!({ "common_name": name }),
+    );
+    record_admin(&config.ledger(), admin)?;
+    println!("CA certificate: {}", cert.display());
+    println!("CA key (0600):  {}", key.display());
+    println!("Distribute the certificate to clients (`sluice ca show`).");
     Ok(())
 }
 
@@ -323,7 +352,7 @@ pub fn rotate_key(config: &Config) -> anyhow::Result<()> {
             "effective": if running { "at the next start of the running proxy" } else { "now" },
         }),
     );
-    record_admin(&lc.dir, admin)?;
+    record_admin(&lc, admin)?;
     println!(
         "HMAC key rotated: {} -> {} (old key kept as {}){}",
         r.old_key_id,
@@ -375,5 +404,52 @@ mod tests {
         assert!((7199..=7201).contains(&secs));
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("5w").is_err());
+    }
+
+    /// `ca init` and `audit export` run without a proxy append their admin records with
+    /// the node's configured ledger settings: the HMAC key from `ledger.hmac_key_file`,
+    /// not a key generated in the ledger directory.
+    #[test]
+    fn cli_admin_records_use_the_configured_hmac_key() {
+        let tmp = std::env::temp_dir().join(format!("sluice-audit-{}", crate::record::new_id()));
+        std::fs::create_dir_all(tmp.join("keys")).unwrap();
+        let key_file = tmp.join("keys/hmac.key");
+        std::fs::write(&key_file, "0f".repeat(32)).unwrap();
+        let yaml = format!(
+            "state_dir: {}\nledger:\n  hmac_key_file: {}\n",
+            tmp.join("state").display(),
+            key_file.display()
+        );
+        let config = Config::from_yaml(&yaml, "test.yaml").unwrap();
+        ca_init(&config, "Test CA").unwrap();
+        let out = tmp.join("export.jsonl");
+        export(
+            &config,
+            ExportFormat::Jsonl,
+            None,
+            None,
+            out.to_str().unwrap(),
+        )
+        .unwrap();
+
+        let dir = config.ledger().dir;
+        assert!(
+            !dir.join("hmac.key").exists(),
+            "a key was generated in the ledger directory beside the configured one"
+        );
+        let lines = ledger::query(
+            &dir,
+            &ledger::Filter {
+                limit: 10,
+                ..ledger::Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(lines.len(), 2, "ca init and the export are both recorded");
+        assert!(
+            verify(&config, None).unwrap(),
+            "the ledger verifies with the configured key"
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -14,17 +14,14 @@
 //!
 //! No traffic leaves loopback.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-use crate::mock::{self, MockOptions, MockProvider};
+use sluice_mock::pki::TestPki;
+use sluice_mock::{MockOptions, MockProvider};
 
 /// The provider hosts the demo and the mock serve.
 pub const DEMO_HOSTS: &[&str] = &[
@@ -32,77 +29,6 @@ pub const DEMO_HOSTS: &[&str] = &[
     "api.anthropic.com",
     "generativelanguage.googleapis.com",
 ];
-
-/// A throw-away PKI for a mock provider: the CA's PEM and a server config whose leaf
-/// covers `hosts`.
-///
-/// # Errors
-/// Certificate generation errors.
-pub fn provider_pki(hosts: &[String]) -> anyhow::Result<(String, Arc<rustls::ServerConfig>)> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Sluice mock provider test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(hosts.to_vec())?.signed_by(&leaf_key, &issuer)?;
-    pingora::tls::install_default_crypto_provider();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-        leaf_key.serialize_der(),
-    ));
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)?;
-    config.alpn_protocols = mock::alpn_protocols();
-    Ok((ca_cert.pem(), Arc::new(config)))
-}
-
-/// Serve the mock provider until interrupted (`sluice mock-provider`).
-///
-/// # Errors
-/// Bind and certificate errors.
-pub fn serve_mock(
-    listen: &[SocketAddr],
-    tls_hosts: &[String],
-    ca_out: Option<&Path>,
-    chunk_delay_ms: u64,
-) -> anyhow::Result<()> {
-    let tls = if tls_hosts.is_empty() {
-        None
-    } else {
-        let (ca_pem, config) = provider_pki(tls_hosts)?;
-        if let Some(path) = ca_out {
-            std::fs::write(path, ca_pem)
-                .with_context(|| format!("writing the mock CA to {}", path.display()))?;
-        }
-        Some(config)
-    };
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let mut handles = Vec::new();
-        for addr in listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            let opts = MockOptions {
-                chunk_delay: Duration::from_millis(chunk_delay_ms),
-                ..MockOptions::default()
-            };
-            let handle = MockProvider::start(listener, tls.clone(), opts)?;
-            println!("mock provider listening on {}", handle.local_addr());
-            handles.push(handle);
-        }
-        std::io::stdout().flush()?;
-        tokio::signal::ctrl_c().await?;
-        for h in handles {
-            h.shutdown().await;
-        }
-        anyhow::Ok(())
-    })
-}
 
 /// One request the demo sends.
 struct DemoCall {
@@ -197,7 +123,11 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     // 2. A mock provider on loopback with its own test CA.
     let hosts: Vec<String> = DEMO_HOSTS.iter().map(|h| h.to_string()).collect();
-    let (provider_ca, server_config) = provider_pki(&hosts)?;
+    let pki = TestPki::mint("Sluice mock provider test CA", &hosts)?;
+    let (provider_ca, server_config) = (
+        pki.ca_pem().to_owned(),
+        pki.server_config(sluice_mock::alpn_protocols())?,
+    );
     let provider_ca_path = dir.join("provider-ca.pem");
     std::fs::write(&provider_ca_path, provider_ca)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -24,8 +24,8 @@
 //! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
-//! | [`mock`] | a mock LLM provider for the demo, tests and benchmarks |
-//! | [`demo`] | the hermetic end-to-end demo |
+//! | [`demo`] | the hermetic end-to-end demo (the mock provider comes from `sluice-mock`) |
+//! | `testing` | fixtures for tests and the bench crate (`cfg(test)` or feature `testing`) |
 
 pub mod app;
 pub mod audit;
@@ -36,10 +36,7 @@ pub mod guardrails;
 pub mod identity;
 pub mod inbox;
 pub mod ledger;
-pub mod loadgen;
 pub mod metrics;
-pub mod minimal;
-pub mod mock;
 pub mod original_dst;
 pub mod policy;
 pub mod pricing;
@@ -48,4 +45,6 @@ pub mod proxy;
 pub mod record;
 pub mod redirect;
 pub mod sink;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;

@@ -7,7 +7,6 @@
 //! `probe-ebpf`'s build script. It depends on clap and anyhow only, so it builds in seconds
 //! on a bare machine, and it drives every tool through `std::process::Command`.
 
-mod bench;
 mod setup;
 
 use std::os::unix::process::CommandExt;
@@ -32,8 +31,15 @@ enum Cli {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmark Sluice against direct, nginx, HAProxy, bare Pingora, LiteLLM, mitmproxy.
-    Bench(bench::Options),
+    /// Benchmark Sluice against direct, nginx, HAProxy, bare Pingora, LiteLLM, mitmproxy:
+    /// builds sluice, sluice-mock and sluice-bench (release; debug with `--smoke`) and runs
+    /// `sluice-bench suite ARGS` (`cargo xtask bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for `sluice-bench suite`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, run `cargo test`, then the pytest suite under tests/.
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
         Cli::Setup => setup::run(&root, Venv::Install),
         Cli::Build => build(&root),
         Cli::Demo { args } => demo(&root, &args),
-        Cli::Bench(opts) => bench::run(&root, &opts),
+        Cli::Bench { args } => bench(&root, &args),
         Cli::Test { filter } => test(&root, filter.as_deref()),
     };
     match result {
@@ -79,6 +85,30 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     run(cargo(root).args(["build", "-p", "sluice"]))?;
     let bin = root.join("target/debug/sluice");
     let err = Command::new(&bin).arg("demo").args(args).exec();
+    Err(err).with_context(|| format!("cannot execute {}", bin.display()))
+}
+
+/// Builds the three binaries of a benchmark in one profile and replaces this process with
+/// `sluice-bench suite ARGS`. `--smoke` (the test suite's quick check) uses the debug build
+/// the tests share; every other run measures release binaries.
+///
+/// # Errors
+/// When setup or the build fails, or the binary cannot be executed.
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    setup::run(root, Venv::Skip)?;
+    let release = !args.iter().any(|a| a == "--smoke");
+    if release {
+        let packages = ["-p", "sluice", "-p", "sluice-mock", "-p", "sluice-bench"];
+        run(cargo(root).args(["build", "--release"]).args(packages))?;
+    } else {
+        // The very build the test stage made (same packages, same features): a no-op there.
+        build(root)?;
+    }
+    let bin = root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("sluice-bench");
+    let err = Command::new(&bin).arg("suite").args(args).exec();
     Err(err).with_context(|| format!("cannot execute {}", bin.display()))
 }
 

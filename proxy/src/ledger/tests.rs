@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::record::{rfc3339, Connection as ConnRecord, Outcome, Upstream};
+use crate::testing::sample_interaction;
 
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
@@ -1262,20 +1263,6 @@ fn fsync_always_and_timed_checkpoints() {
 }
 
 // === scale (run with --ignored, in release) ===
-
-/// Throughput of `append` with chain + HMAC, two threads. Prints records/s.
-#[test]
-#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
-fn append_throughput() {
-    // Below the indexer queue bound: the cost of `append` itself. Above it: sustained,
-    // paced by the SQLite indexer (backpressure).
-    for n in [30_000, 200_000] {
-        let rate = bench_append(n).unwrap();
-        println!(
-            "ledger append: {rate:.0} records/s ({n} records, 2 threads, chain + HMAC, fsync interval)"
-        );
-    }
-}
 
 /// Insert `n` chained rows straight into the index in one transaction (bulk path).
 fn bulk_fill(dir: &Path, n: u64) {

@@ -32,6 +32,8 @@ const PYPI_PEERS: &[(&str, &str)] = &[
 pub struct Rig {
     pub root: PathBuf,
     pub sluice: PathBuf,
+    /// `sluice-bench`, for the bare Pingora baseline.
+    pub bench: PathBuf,
     pub work: PathBuf,
     pub mock: SocketAddr,
     pub mock_ca: PathBuf,
@@ -289,7 +291,7 @@ pub fn version(rig: &Rig, path: &str) -> String {
         )
     };
     match path {
-        "direct" => "sluice mock-provider (no proxy)".into(),
+        "direct" => "sluice-mock (no proxy)".into(),
         "nginx" => first_line(Command::new(sbin("nginx")).arg("-v")),
         "haproxy" => first_line(Command::new(sbin("haproxy")).arg("-v")),
         "sluice" | "sluice-passthrough" => {
@@ -361,8 +363,8 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
             c
         }
         "pingora-minimal" => {
-            let mut c = pinned(rig.proxy_cpu, &rig.sluice);
-            c.args(["loadgen", "minimal-proxy", "--threads", "1"])
+            let mut c = pinned(rig.proxy_cpu, &rig.bench);
+            c.args(["minimal-proxy", "--threads", "1"])
                 .arg("--listen")
                 .arg(addr.to_string())
                 .arg("--upstream")
@@ -492,7 +494,7 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
 
 fn nginx_conf(rig: &Rig, dir: &Path, addr: SocketAddr) -> String {
     fill(
-        include_str!("../../../bench/nginx.conf.tmpl"),
+        include_str!("../../nginx.conf.tmpl"),
         &[
             ("DIR", dir.display().to_string()),
             ("MOCK_CA", rig.mock_ca.display().to_string()),
@@ -506,7 +508,7 @@ fn nginx_conf(rig: &Rig, dir: &Path, addr: SocketAddr) -> String {
 
 fn haproxy_conf(rig: &Rig, addr: SocketAddr) -> String {
     fill(
-        include_str!("../../../bench/haproxy.cfg.tmpl"),
+        include_str!("../../haproxy.cfg.tmpl"),
         &[
             ("LISTEN", addr.to_string()),
             ("PEM", rig.peer_pem.display().to_string()),
@@ -524,7 +526,7 @@ fn sluice_conf(rig: &Rig, state: &Path, addr: SocketAddr, passthrough: bool) -> 
         ""
     };
     fill(
-        include_str!("../../../bench/sluice.yaml.tmpl"),
+        include_str!("../../sluice.yaml.tmpl"),
         &[
             ("LISTEN", addr.to_string()),
             ("STATE", state.display().to_string()),
@@ -537,7 +539,7 @@ fn sluice_conf(rig: &Rig, state: &Path, addr: SocketAddr, passthrough: bool) -> 
 
 fn litellm_conf(rig: &Rig) -> String {
     fill(
-        include_str!("../../../bench/litellm.yaml.tmpl"),
+        include_str!("../../litellm.yaml.tmpl"),
         &[
             ("MOCK_PORT", rig.mock.port().to_string()),
             ("MOCK_CA", rig.mock_ca.display().to_string()),

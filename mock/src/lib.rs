@@ -46,6 +46,7 @@ mod anthropic;
 mod body;
 mod gemini;
 mod openai;
+pub mod pki;
 mod reply;
 mod scan;
 #[cfg(test)]

@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use self::json::Json;
+use self::json::JsonExt;
 use self::peers::{Records, Rig, Running, PATHS};
+use serde_json::Value as Json;
+use sluice_mock::pki::TestPki;
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -284,8 +286,9 @@ fn loadgen_args(p: &Profile, name: &str) -> Vec<String> {
 /// # Errors
 /// When the build fails, the mock cannot start, or results cannot be written. A path that
 /// cannot run is not an error: its reason goes into the results.
-pub fn run(root: &Path, opts: &Options) -> Result<()> {
+pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
+    let root = &repo_root();
     // The tree measured: taken now, before anyone edits it during a long run.
     let git = Command::new("git")
         .current_dir(root)
@@ -341,8 +344,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
     }
 
-    // The one binary: proxy, mock and load generator.
-    let sluice = build(root, profile.release)?;
+    // The binaries under test and of the rig, built together by `cargo xtask bench`.
+    let bins = Bins::beside_current_exe()?;
+    let sluice = bins.sluice.clone();
     let work = root.join("target/bench/work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -365,16 +369,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let peer_ca = work.join("peer-ca.pem");
     let peer_cert = work.join("peer.crt");
     let peer_key = work.join("peer.key");
-    check(
-        Command::new(&sluice)
-            .args(["loadgen", "mint-cert", "--hosts", "api.openai.com"])
-            .arg("--ca-out")
-            .arg(&peer_ca)
-            .arg("--cert-out")
-            .arg(&peer_cert)
-            .arg("--key-out")
-            .arg(&peer_key),
-    )?;
+    TestPki::mint("Sluice benchmark peers CA", &["api.openai.com".to_owned()])?
+        .write_files(&peer_ca, &peer_cert, &peer_key)?;
     let peer_pem = work.join("peer.pem");
     std::fs::write(
         &peer_pem,
@@ -385,9 +381,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let mock_addr = peers::free_addr()?;
     let mock_ca = work.join("mock-ca.pem");
     let mock_log = work.join("mock.log");
-    let mut mock_cmd = peers::pinned(rig_cpu, &sluice);
+    let mut mock_cmd = peers::pinned(rig_cpu, &bins.mock);
     mock_cmd
-        .args(["mock-provider", "--tls-hosts", "api.openai.com,127.0.0.1"])
+        .args(["--tls-hosts", "api.openai.com,127.0.0.1"])
         .arg("--listen")
         .arg(mock_addr.to_string())
         .arg("--ca-out")
@@ -405,6 +401,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let rig = Rig {
         root: root.to_path_buf(),
         sluice: sluice.clone(),
+        bench: bins.bench.clone(),
         work: work.clone(),
         mock: mock_addr,
         mock_ca: mock_ca.clone(),
@@ -415,7 +412,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         proxy_cpu: pin.then_some(1),
     };
     let lg = Loadgen {
-        sluice: sluice.clone(),
+        bench: bins.bench.clone(),
         cpu: rig_cpu,
         mock: mock_addr,
         mock_ca: mock_ca.clone(),
@@ -437,7 +434,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         for _ in 0..profile.reps {
             runs.push(lg.run(mock_addr, &mock_ca, &args, &profile, 30.0)?);
         }
-        let rps: Vec<f64> = runs.iter().filter_map(|r| r.get("rps").num()).collect();
+        let rps: Vec<f64> = runs.iter().filter_map(|r| r.member("rps").num()).collect();
         println!(
             "bench: rig ceiling {name}: {:.0} req/s",
             report::median(&rps)
@@ -464,7 +461,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         match measured {
             Ok(m) => {
                 entry.set("available", true);
-                if let Json::Obj(map) = m {
+                if let Json::Object(map) = m {
                     for (k, v) in map {
                         entry.set(&k, v);
                     }
@@ -491,7 +488,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             println!("bench: iptables unavailable: {e:#}");
         }
         let t = Instant::now();
-        let c = components(&sluice, None, &profile);
+        let c = components(&bins.bench, None, &profile);
         println!(
             "bench: components: done in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -529,23 +526,23 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// `sluice loadgen components`: raw per-repetition figures, summarised as
+/// `sluice-bench components`: raw per-repetition figures, summarised as
 /// `{median, min, max}`; a failure is recorded as the reason.
-fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
-    let mut cmd = peers::pinned(cpu, sluice);
-    cmd.args(["loadgen", "components"])
+fn components(bench: &Path, cpu: Option<u32>, p: &Profile) -> Json {
+    let mut cmd = peers::pinned(cpu, bench);
+    cmd.arg("components")
         .args(["--records", &p.comp_records.to_string()])
         .args(["--query-records", &p.comp_query_records.to_string()])
         .args(["--scan-mb", &p.comp_scan_mb.to_string()])
         .args(["--connects", &p.comp_connects.to_string()])
         .args(["--reps", &p.reps.to_string()])
         .env("SLUICE_LOG", "warn");
-    let line = super::command_line(&cmd);
+    let line = command_line(&cmd);
     let raw = match cmd.output() {
         Ok(o) if o.status.success() => Json::parse(String::from_utf8_lossy(&o.stdout).trim()),
         Ok(o) => Err(anyhow::anyhow!(
             "{}",
-            String::from_utf8_lossy(&o.stderr).trim().to_string()
+            String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Err(e.into()),
     };
@@ -560,7 +557,7 @@ fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
     };
     let list = |v: &Json| -> Vec<f64> {
         match v {
-            Json::Arr(items) => items.iter().filter_map(Json::num).collect(),
+            Json::Array(items) => items.iter().filter_map(Json::num).collect(),
             _ => Vec::new(),
         }
     };
@@ -580,8 +577,8 @@ fn components(sluice: &Path, cpu: Option<u32>, p: &Profile) -> Json {
     for name in raw.at("ledger_query/queries").keys() {
         let q = raw.at(&format!("ledger_query/queries/{name}"));
         let mut m = Json::obj();
-        m.set("ms", report::stat(&list(q.get("ms"))))
-            .set("rows", q.get("rows").clone());
+        m.set("ms", report::stat(&list(q.member("ms"))))
+            .set("rows", q.member("rows").clone());
         query.set(&name, m);
     }
     o.set("ledger_query", query);
@@ -637,48 +634,9 @@ fn wait_port(addr: std::net::SocketAddr, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Builds `sluice` (release for real numbers, debug for the smoke run) and returns it.
-/// A debug run under `cargo xtask test` reuses the binary the test stage built
-/// (`$SLUICE_BIN`), so the smoke test does not rebuild with other features.
-fn build(root: &Path, release: bool) -> Result<PathBuf> {
-    if !release {
-        if let Some(bin) = std::env::var_os("SLUICE_BIN").map(PathBuf::from) {
-            if bin.is_file() {
-                println!("bench: using $SLUICE_BIN={}", bin.display());
-                return Ok(bin);
-            }
-        }
-    }
-    let mut cmd = super::cargo(root);
-    cmd.args(["build", "-p", "sluice"]);
-    if release {
-        cmd.arg("--release");
-    }
-    super::run(&mut cmd)?;
-    Ok(root.join(if release {
-        "target/release/sluice"
-    } else {
-        "target/debug/sluice"
-    }))
-}
-
-fn check(cmd: &mut Command) -> Result<()> {
-    let line = super::command_line(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// The load generator, pinned to the rig CPU.
 struct Loadgen {
-    sluice: PathBuf,
+    bench: PathBuf,
     cpu: Option<u32>,
     mock: std::net::SocketAddr,
     mock_ca: PathBuf,
@@ -705,8 +663,8 @@ impl Loadgen {
         warmup: f64,
         timeout: f64,
     ) -> Result<Json> {
-        let mut cmd = peers::pinned(self.cpu, &self.sluice);
-        cmd.args(["loadgen", "run", "--threads", "1"])
+        let mut cmd = peers::pinned(self.cpu, &self.bench);
+        cmd.args(["run", "--threads", "1"])
             .args(["--url", "https://api.openai.com/v1/chat/completions"])
             .arg("--connect")
             .arg(addr.to_string())
@@ -724,7 +682,7 @@ impl Loadgen {
             ])
             .args(["--timeout", &timeout.to_string()])
             .args(args);
-        let line = super::command_line(&cmd);
+        let line = command_line(&cmd);
         let out = cmd
             .output()
             .with_context(|| format!("cannot start `{line}`"))?;
@@ -740,7 +698,7 @@ impl Loadgen {
 }
 
 impl Loadgen {
-    /// `sluice loadgen hold`: sets up `p.hold_conns` connections (or streams) to the
+    /// `sluice-bench hold`: sets up `p.hold_conns` connections (or streams) to the
     /// path, calls `measure` while they are all open, then lets them go.
     fn hold(
         &self,
@@ -750,8 +708,8 @@ impl Loadgen {
         measure: impl Fn() -> u64,
     ) -> Result<(Json, u64)> {
         use std::io::BufRead;
-        let mut cmd = peers::pinned(self.cpu, &self.sluice);
-        cmd.args(["loadgen", "hold", "--threads", "1"])
+        let mut cmd = peers::pinned(self.cpu, &self.bench);
+        cmd.args(["hold", "--threads", "1"])
             .args(["--url", "https://api.openai.com/v1/chat/completions"])
             .arg("--connect")
             .arg(running.addr.to_string())
@@ -763,7 +721,7 @@ impl Loadgen {
             // Long, slow streams: all stay open while memory is read.
             cmd.args(["--stream", "--sse-chunks", "600", "--mock-delay-ms", "100"]);
         }
-        let line = super::command_line(&cmd);
+        let line = command_line(&cmd);
         let mut child = cmd
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -803,8 +761,8 @@ fn measure(
     let mut responses_total = 0.0;
     let mut connections_total = 0.0;
     let mut tally = |r: &Json| {
-        responses_total += r.get("responses_total").num().unwrap_or(0.0);
-        connections_total += r.get("connections_total").num().unwrap_or(0.0);
+        responses_total += r.member("responses_total").num().unwrap_or(0.0);
+        connections_total += r.member("connections_total").num().unwrap_or(0.0);
     };
 
     // Warm-up and preflight: the path must answer correctly before it is measured.
@@ -818,7 +776,7 @@ fn measure(
     );
     let first = first.map_err(|e| e.context(format!("log: {}", peers::tail(&running.log, 3))))?;
     tally(&first);
-    if first.get("ok").num().unwrap_or(0.0) == 0.0 {
+    if first.member("ok").num().unwrap_or(0.0) == 0.0 {
         bail!(
             "no correct answer during the warm-up: {}; log: {}",
             samples(&first),
@@ -846,7 +804,7 @@ fn measure(
             let cpu_before = pid.map(procfs::cpu_seconds);
             let r = lg.run(running.addr, &running.client_ca, &args, p, 30.0)?;
             if let (Some(pid), Some(before), "sat_1k") = (pid, cpu_before, s.name) {
-                let n = r.get("responses_total").num().unwrap_or(0.0);
+                let n = r.member("responses_total").num().unwrap_or(0.0);
                 if n > 0.0 {
                     cpu_per_10k.push((procfs::cpu_seconds(pid) - before) / n * 10_000.0);
                 }
@@ -867,10 +825,10 @@ fn measure(
                     let mut h = Json::obj();
                     h.set("rss_before_kb", before)
                         .set("rss_held_kb", during)
-                        .set("held", report.get("held").clone())
-                        .set("asked", report.get("asked").clone())
-                        .set("setup_s", report.get("setup_s").clone());
-                    let n = report.get("held").num().unwrap_or(0.0);
+                        .set("held", report.member("held").clone())
+                        .set("asked", report.member("asked").clone())
+                        .set("setup_s", report.member("setup_s").clone());
+                    let n = report.member("held").num().unwrap_or(0.0);
                     if n > 0.0 {
                         h.set("kb_per_1000", (during as f64 - before as f64) / n * 1000.0);
                     }
@@ -901,15 +859,15 @@ fn measure(
     );
     let mut raw = Json::obj();
     for (k, v) in runs {
-        raw.set(k, Json::Arr(v));
+        raw.set(k, Json::Array(v));
     }
     out.set("runs", raw);
     Ok(out)
 }
 
 fn samples(r: &Json) -> String {
-    match r.get("error_samples") {
-        Json::Arr(a) if !a.is_empty() => a
+    match r.member("error_samples") {
+        Json::Array(a) if !a.is_empty() => a
             .iter()
             .filter_map(Json::str)
             .collect::<Vec<_>>()
@@ -1066,4 +1024,53 @@ fn meta(
     .set("scenarios", sc)
     .set("elapsed_s", started.elapsed().as_secs_f64());
     m
+}
+
+/// The binaries a run uses, from the directory this one was built into.
+struct Bins {
+    /// The proxy under test (`sluice run`), also read back with `sluice events tail`.
+    sluice: PathBuf,
+    /// The upstream of every path.
+    mock: PathBuf,
+    /// This binary: load generator, component figures, the bare Pingora baseline.
+    bench: PathBuf,
+}
+
+impl Bins {
+    fn beside_current_exe() -> Result<Bins> {
+        let bench = std::env::current_exe().context("cannot find the running binary")?;
+        let dir = bench
+            .parent()
+            .context("the running binary has no directory")?;
+        let bins = Bins {
+            sluice: dir.join("sluice"),
+            mock: dir.join("sluice-mock"),
+            bench: bench.clone(),
+        };
+        for bin in [&bins.sluice, &bins.mock] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing: run the benchmark with `cargo xtask bench`, which builds \
+                     sluice, sluice-mock and sluice-bench together",
+                    bin.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// The workspace root (the bench crate's parent), where results and peer venvs go.
+fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `cmd` as one would type it (arguments unquoted), for messages.
+fn command_line(cmd: &Command) -> String {
+    let words: Vec<_> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|word| word.to_string_lossy())
+        .collect();
+    words.join(" ")
 }

@@ -1,7 +1,7 @@
-//! The load generator of the benchmark harness (`sluice loadgen`, driven by `cargo xtask
-//! bench`). It lives in the `sluice` binary so that xtask stays free of heavy dependencies.
+//! The load generator of the benchmark harness (`sluice-bench run`, driven by
+//! `sluice-bench suite`).
 //!
-//! `sluice loadgen run` sends OpenAI chat-completion requests (plain or SSE) to one listener,
+//! `sluice-bench run` sends OpenAI chat-completion requests (plain or SSE) to one listener,
 //! with the URL's host as SNI and `Host` (`--connect` says where to connect), trusting only
 //! the given CAs, and prints one JSON object on stdout:
 //! - closed loop (`--connections N`): N connections send back to back; saturation req/s;
@@ -17,14 +17,10 @@
 //! Every answer is verified (status 200; a plain answer contains the mock's reply text; a
 //! stream ends with `data: [DONE]`); anything else is an error, with samples in the output.
 //!
-//! Two helpers for the harness share the binary: `mint-cert` (a throwaway CA and a leaf
-//! for the fixed-certificate peers) and `minimal-proxy` (see [`crate::minimal`]).
-//!
 //! What it is **not**: a general HTTP benchmarking tool; it speaks the one API the mock
 //! answers and measures nothing but the client's view.
 
 mod client;
-mod components;
 mod hold;
 
 use std::net::SocketAddr;
@@ -34,226 +30,95 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use self::client::{Conn, Failure, Outcome, Target};
 
-#[derive(Parser)]
-#[command(
-    name = "sluice loadgen",
-    about = "Load generator of the benchmark harness"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Send load to one listener and print the figures as one JSON object.
-    Run(RunArgs),
-    /// Write a throwaway CA and a leaf certificate for the fixed-certificate peers.
-    MintCert {
-        /// Host names of the leaf (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        hosts: Vec<String>,
-        /// Where to write the CA certificate (PEM).
-        #[arg(long)]
-        ca_out: PathBuf,
-        /// Where to write the leaf chain (leaf, then CA; PEM).
-        #[arg(long)]
-        cert_out: PathBuf,
-        /// Where to write the leaf's private key (PKCS#8 PEM).
-        #[arg(long)]
-        key_out: PathBuf,
-    },
-    /// Open many connections (or streams) and keep them open until stdin closes: what
-    /// they cost the listener's process in memory is read by the harness meanwhile.
-    Hold {
-        #[command(flatten)]
-        run: RunArgs,
-        /// Start one stream per connection (`--sse-chunks` sets its length) instead of one
-        /// plain request.
-        #[arg(long)]
-        stream: bool,
-        /// Longest hold, seconds, if stdin never closes.
-        #[arg(long, default_value_t = 60.0)]
-        hold_secs: f64,
-    },
-    /// Component figures as one JSON object: ledger appends/s, filtered ledger queries on
-    /// a large ledger, guardrail scan MB/s and the connect hook's cost against no hook
-    /// and an iptables REDIRECT (root).
-    Components {
-        /// Records appended per ledger repetition.
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        /// Records in the ledger the query figure is taken on (0: skip it).
-        #[arg(long, default_value_t = 1_000_000)]
-        query_records: usize,
-        /// MiB scanned per guardrail repetition.
-        #[arg(long, default_value_t = 64)]
-        scan_mb: usize,
-        /// Connects per mode and repetition (0: skip the connect figure).
-        #[arg(long, default_value_t = 5_000)]
-        connects: usize,
-        /// Repetitions of each figure.
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-    },
-    /// Bare Pingora reverse proxy: the baseline of what Sluice adds (see `sluice::minimal`).
-    MinimalProxy {
-        /// Listener (TLS with `--cert`/`--key`).
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Upstream TLS server.
-        #[arg(long)]
-        upstream: SocketAddr,
-        /// SNI and `Host` sent upstream.
-        #[arg(long, default_value = "api.openai.com")]
-        sni: String,
-        /// CA bundle that verifies the upstream.
-        #[arg(long)]
-        upstream_ca: PathBuf,
-        /// Certificate chain of the listener (PEM).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Private key of the listener (PEM).
-        #[arg(long)]
-        key: PathBuf,
-        /// Worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-    },
-}
-
 #[derive(Args, Clone)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Request URL; its host is the SNI and `Host`.
     #[arg(long, default_value = "https://api.openai.com/v1/chat/completions")]
-    url: String,
+    pub(crate) url: String,
     /// Address to connect to (the listener under test); default: the URL's host and port.
     #[arg(long)]
-    connect: Option<SocketAddr>,
+    pub(crate) connect: Option<SocketAddr>,
     /// CA certificates (PEM) to trust; repeatable. Only these are trusted.
     #[arg(long = "ca")]
-    ca: Vec<PathBuf>,
+    pub(crate) ca: Vec<PathBuf>,
     /// Concurrent connections (closed loop) or the connection pool (open loop).
     #[arg(long, default_value_t = 1)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Open loop at this many requests per second; closed loop when absent.
     #[arg(long)]
-    rate: Option<f64>,
+    pub(crate) rate: Option<f64>,
     /// Measured seconds.
     #[arg(long, default_value_t = 5.0)]
-    duration: f64,
+    pub(crate) duration: f64,
     /// Unmeasured seconds before the measurement (connections warm, pools filled).
     #[arg(long, default_value_t = 1.0)]
-    warmup: f64,
+    pub(crate) warmup: f64,
     /// A new connection (TCP + full TLS handshake, no resumption) for every request.
     #[arg(long)]
-    new_conn: bool,
+    pub(crate) new_conn: bool,
     /// Offer HTTP/2.
     #[arg(long)]
-    http2: bool,
+    pub(crate) http2: bool,
     /// Size of the user prompt in bytes.
     #[arg(long, default_value_t = 1024)]
-    prompt_bytes: usize,
+    pub(crate) prompt_bytes: usize,
     /// Ask for a stream (`stream: true`) of this many content chunks (`x-mock-chunks`).
     #[arg(long)]
-    sse_chunks: Option<usize>,
+    pub(crate) sse_chunks: Option<usize>,
     /// Pad the mock's reply text to this many bytes (`x-mock-body-bytes`).
     #[arg(long)]
-    reply_bytes: Option<usize>,
+    pub(crate) reply_bytes: Option<usize>,
     /// Pause between streamed frames at the mock, milliseconds (`x-mock-delay-ms`).
     #[arg(long)]
-    mock_delay_ms: Option<u64>,
+    pub(crate) mock_delay_ms: Option<u64>,
     /// Expected text in every plain answer.
     #[arg(long, default_value = "Mock reply to: ")]
-    expect: String,
+    pub(crate) expect: String,
     /// For streams: ask the mock directly at this address once, and hold every stream to
     /// the same event count and byte count.
     #[arg(long)]
-    reference_connect: Option<SocketAddr>,
+    pub(crate) reference_connect: Option<SocketAddr>,
     /// CA of the mock for `--reference-connect`.
     #[arg(long)]
-    reference_ca: Vec<PathBuf>,
+    pub(crate) reference_ca: Vec<PathBuf>,
     /// Longest wait for one complete answer, seconds.
     #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
+    pub(crate) timeout: f64,
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub(crate) threads: usize,
 }
 
-/// Entry point of `sluice loadgen ARGS…`.
+/// `sluice-bench run`: the load, then its figures as one JSON line on stdout.
 ///
 /// # Errors
 /// Bad arguments, unreadable CA files, or a failed reference request.
-pub fn run_cli(args: Vec<String>) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(std::iter::once("sluice loadgen".to_string()).chain(args))
-        .unwrap_or_else(|e| e.exit());
-    match cli.command {
-        Command::Run(args) => {
-            let out = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.threads.max(1))
-                .enable_all()
-                .build()?
-                .block_on(run(args))?;
-            println!("{out}");
-            Ok(())
-        }
-        Command::MintCert {
-            hosts,
-            ca_out,
-            cert_out,
-            key_out,
-        } => mint_cert(&hosts, &ca_out, &cert_out, &key_out),
-        Command::Hold {
-            run,
-            stream,
-            hold_secs,
-        } => {
-            let target = target(&run, run.connect, &run.ca)?;
-            let n = run.connections;
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(run.threads.max(1))
-                .enable_all()
-                .build()?
-                .block_on(hold::run(target, n, stream, hold_secs))
-        }
-        Command::Components {
-            records,
-            query_records,
-            scan_mb,
-            connects,
-            reps,
-        } => {
-            println!(
-                "{}",
-                components::run(records, query_records, scan_mb, connects, reps)
-            );
-            Ok(())
-        }
-        Command::MinimalProxy {
-            listen,
-            upstream,
-            sni,
-            upstream_ca,
-            cert,
-            key,
-            threads,
-        } => crate::minimal::run_with_cert(crate::minimal::Options {
-            listen,
-            upstream,
-            sni,
-            ca_file: upstream_ca,
-            cert,
-            key,
-            threads,
-        }),
-    }
+pub(crate) fn run_blocking(args: RunArgs) -> anyhow::Result<()> {
+    let out = runtime(args.threads)?.block_on(run(args))?;
+    println!("{out}");
+    Ok(())
+}
+
+/// `sluice-bench hold`: see [`hold`].
+///
+/// # Errors
+/// Bad arguments or unreadable CA files.
+pub(crate) fn hold_blocking(args: RunArgs, stream: bool, hold_secs: f64) -> anyhow::Result<()> {
+    let target = target(&args, args.connect, &args.ca)?;
+    runtime(args.threads)?.block_on(hold::run(target, args.connections, stream, hold_secs))
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
 }
 
 // === the run ===
@@ -645,31 +510,6 @@ async fn open_worker(plan: Arc<Plan>, first: Instant, period: Duration) -> Tally
     tally
 }
 
-// === mint-cert ===
-
-fn mint_cert(
-    hosts: &[String],
-    ca_out: &std::path::Path,
-    cert_out: &std::path::Path,
-    key_out: &std::path::Path,
-) -> anyhow::Result<()> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Sluice benchmark peers CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(hosts.to_vec())?.signed_by(&leaf_key, &issuer)?;
-    std::fs::write(ca_out, ca_cert.pem())?;
-    std::fs::write(cert_out, format!("{}{}", leaf.pem(), ca_cert.pem()))?;
-    std::fs::write(key_out, leaf_key.serialize_pem())?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,25 +521,5 @@ mod tests {
             let prompt = body["messages"][1]["content"].as_str().unwrap();
             assert_eq!(prompt.len(), n);
         }
-    }
-
-    #[test]
-    fn run_arguments_parse() {
-        let cli = Cli::try_parse_from([
-            "sluice loadgen",
-            "run",
-            "--connect",
-            "127.0.0.1:1",
-            "--rate",
-            "100",
-            "--sse-chunks",
-            "200",
-        ])
-        .unwrap();
-        let Command::Run(a) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(a.rate, Some(100.0));
-        assert_eq!(a.sse_chunks, Some(200));
     }
 }

@@ -17,6 +17,9 @@
 //! host is redirected; every address is on loopback. The cgroup, the rule and the
 //! programs are removed at the end, also on error.
 
+mod guardrails;
+mod ledger;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,31 +28,52 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_probe::{Probe, ProbeConfig, ProxyDownPolicy};
 
-/// Runs every component figure `reps` times; one JSON object with per-repetition lists.
-pub fn run(
+/// What `sluice-bench components` measures, and how much.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Options {
+    /// Records appended per ledger repetition.
+    #[arg(long, default_value_t = 200_000)]
     records: usize,
+    /// Records in the ledger the query figure is taken on (0: skip it).
+    #[arg(long, default_value_t = 1_000_000)]
     query_records: usize,
+    /// MiB scanned per guardrail repetition.
+    #[arg(long, default_value_t = 64)]
     scan_mb: usize,
+    /// Connects per mode and repetition (0: skip the connect figure).
+    #[arg(long, default_value_t = 5_000)]
     connects: usize,
+    /// Repetitions of each figure.
+    #[arg(long, default_value_t = 3)]
     reps: usize,
-) -> Value {
+}
+
+/// Runs every component figure `reps` times; one JSON object with per-repetition lists.
+pub fn run(opts: &Options) -> Value {
+    let Options {
+        records,
+        query_records,
+        scan_mb,
+        connects,
+        reps,
+    } = *opts;
     let reps = reps.max(1);
     let mut ledger = Vec::new();
     let mut ledger_err = None;
     let mut scan = Vec::new();
     for _ in 0..reps {
-        match crate::ledger::bench_append(records) {
+        match ledger::append(records) {
             Ok(r) => ledger.push(r),
             Err(e) => ledger_err = Some(e.to_string()),
         }
-        scan.push(crate::guardrails::bench_scan(scan_mb));
+        scan.push(guardrails::scan(scan_mb));
     }
     // Filled once (a million records take about half a minute), each query timed `reps`
     // times.
     let query = if query_records == 0 {
         json!({"available": false, "reason": "not asked for (--query-records 0)"})
     } else {
-        match crate::ledger::bench_query(query_records, reps) {
+        match ledger::query(query_records, reps) {
             Ok(v) => v,
             Err(e) => json!({"available": false, "reason": e.to_string()}),
         }
@@ -204,7 +228,7 @@ fn attach(cgroup: &Path, target: SocketAddrV4) -> Result<Probe, String> {
         pin_dir: None,
     })
     .map_err(|e| e.to_string())?;
-    let prefix = crate::redirect::parse_prefix("127.0.0.2/32:443").map_err(|e| e.to_string())?;
+    let prefix = sluice::redirect::parse_prefix("127.0.0.2/32:443").map_err(|e| e.to_string())?;
     probe.set_providers(&[prefix]).map_err(|e| e.to_string())?;
     probe.attach(cgroup).map_err(|e| e.to_string())?;
     Ok(probe)

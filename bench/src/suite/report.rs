@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::json::Json;
+use super::json::JsonExt;
 use super::peers::PATHS;
 use super::{Kind, Profile, SCENARIOS};
+use serde_json::Value as Json;
 
 /// Error rate above which a figure is marked.
 pub const ERROR_MARK: f64 = 0.001;
@@ -92,7 +93,7 @@ pub fn figures(runs: &BTreeMap<&str, Vec<Json>>) -> Json {
                 .set(
                     "reference",
                     reps.first()
-                        .map_or(Json::Null, |r| r.get("sse_reference").clone()),
+                        .map_or(Json::Null, |r| r.member("sse_reference").clone()),
                 );
             }
         }
@@ -104,7 +105,7 @@ pub fn figures(runs: &BTreeMap<&str, Vec<Json>>) -> Json {
 fn first_samples(reps: &[Json]) -> Json {
     let mut seen: Vec<Json> = Vec::new();
     for r in reps {
-        if let Json::Arr(a) = r.get("error_samples") {
+        if let Json::Array(a) = r.member("error_samples") {
             for s in a {
                 if seen.len() < 3 && !seen.contains(s) {
                     seen.push(s.clone());
@@ -112,11 +113,11 @@ fn first_samples(reps: &[Json]) -> Json {
             }
         }
     }
-    Json::Arr(seen)
+    Json::Array(seen)
 }
 
 fn med(v: &Json, path: &str) -> Option<f64> {
-    v.at(path).get("median").num().filter(|n| n.is_finite())
+    v.at(path).member("median").num().filter(|n| n.is_finite())
 }
 
 /// Adds `added_*` (over `direct`) and `rig_bound` into each path's figures and returns
@@ -125,7 +126,7 @@ pub fn derive(out: &mut Json) -> Json {
     let direct = out.at("paths/direct/scenarios").clone();
     // The rig's ceiling is the best it did: at high concurrency, or direct at the
     // saturation concurrency (one load-generator thread can do better with fewer).
-    let mut ceiling = out.get("rig_ceiling").clone();
+    let mut ceiling = out.member("rig_ceiling").clone();
     for name in ceiling.keys() {
         if let (Some(top), Some(d)) = (med(&ceiling, &name), med(&direct, &format!("{name}/rps"))) {
             if d > top {
@@ -153,7 +154,7 @@ pub fn derive(out: &mut Json) -> Json {
             for q in [
                 "p50", "p90", "p99", "p999", "ttfe_p50", "ttfe_p99", "gap_p50", "gap_p99",
             ] {
-                if !matches!(f.get(q), Json::Null) {
+                if !matches!(f.member(q), Json::Null) {
                     adds.push((format!("added_{q}"), added(f, q, q)));
                 }
             }
@@ -232,12 +233,12 @@ fn num_at(out: &Json, path: &str, key: &str) -> Option<f64> {
 
 /// `median (min–max)` with marks: `⚠x%` errors above 0.1%, `‡` rig-bound.
 fn cell(f: &Json, key: &str, scale: f64, digits: usize) -> String {
-    let s = f.get(key);
-    let Some(m) = s.get("median").num().filter(|n| n.is_finite()) else {
+    let s = f.member(key);
+    let Some(m) = s.member("median").num().filter(|n| n.is_finite()) else {
         return "—".into();
     };
-    let lo = s.get("min").num().unwrap_or(m);
-    let hi = s.get("max").num().unwrap_or(m);
+    let lo = s.member("min").num().unwrap_or(m);
+    let hi = s.member("max").num().unwrap_or(m);
     let mut text = if (hi - lo).abs() < f64::EPSILON {
         format!("{:.*}", digits, m / scale)
     } else {
@@ -257,12 +258,12 @@ fn cell(f: &Json, key: &str, scale: f64, digits: usize) -> String {
 
 fn marks(f: &Json) -> String {
     let mut m = String::new();
-    if let Some(e) = f.get("error_rate").num() {
+    if let Some(e) = f.member("error_rate").num() {
         if e > ERROR_MARK {
             let _ = write!(m, " ⚠{:.1}% err", e * 100.0);
         }
     }
-    if f.get("rig_bound") == &Json::Bool(true) {
+    if f.member("rig_bound") == &Json::Bool(true) {
         m.push_str(" ‡");
     }
     m
@@ -279,11 +280,11 @@ fn plain(v: &Json, scale: f64, digits: usize, sign: bool) -> String {
 /// The tables, in reading order; ratios last.
 pub fn markdown(out: &Json, p: &Profile) -> String {
     let mut t = String::new();
-    let meta = out.get("meta");
+    let meta = out.member("meta");
     let _ = writeln!(
         t,
         "Sluice benchmark — {} ({} profile, {} build, {} rep(s) × {} s), {} × {}, kernel {}",
-        meta.get("date").str().unwrap_or("?"),
+        meta.member("date").str().unwrap_or("?"),
         p.name,
         if p.release { "release" } else { "debug" },
         p.reps,
@@ -295,13 +296,13 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     let _ = writeln!(
         t,
         "Placement: {}",
-        meta.get("placement").str().unwrap_or("?")
+        meta.member("placement").str().unwrap_or("?")
     );
     let _ = writeln!(
         t,
         "Cells: median (min–max) over repetitions. ⚠ = errors above 0.1%. ‡ = within 10% of the rig's ceiling (measures the load generator, not the path).\n"
     );
-    let ceiling = out.get("rig_ceiling");
+    let ceiling = out.member("rig_ceiling");
     let _ = writeln!(
         t,
         "Rig ceiling (load generator → mock; median = best of {} connections and direct's own run): 1 KB {} req/s, 100 KB {} req/s, new TLS {} conn/s\n",
@@ -313,7 +314,7 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     let paths: Vec<(&str, &Json)> = PATHS
         .iter()
         .map(|p| (*p, out.at(&format!("paths/{p}"))))
-        .filter(|(_, v)| v.get("available") == &Json::Bool(true))
+        .filter(|(_, v)| v.member("available") == &Json::Bool(true))
         .collect();
     let sc = |v: &Json, name: &str| v.at(&format!("scenarios/{name}")).clone();
 
@@ -321,18 +322,18 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     let _ = writeln!(t, "| path | req/s 1 KB ({c} conns) | req/s 100 KB | new TLS conn/s | CPU s / 10k req (1 KB) | RSS idle → peak MB | MB per 1000 idle keep-alive conns | MB with {h} open streams (+ per 1000) | audit records |", c = p.sat_conns, h = p.hold_conns);
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     for (name, v) in &paths {
-        let rss = match (v.get("rss_idle_kb").num(), v.get("rss_peak_kb").num()) {
+        let rss = match (v.member("rss_idle_kb").num(), v.member("rss_peak_kb").num()) {
             (Some(a), Some(b)) => format!("{:.1} → {:.1}", a / 1024.0, b / 1024.0),
             _ => "—".into(),
         };
-        let audit = match v.get("audit") {
+        let audit = match v.member("audit") {
             Json::Null => "—".to_string(),
             a => format!(
                 "{}/{} {}{}",
-                plain(a.get("records"), 1.0, 0, false),
-                plain(a.get("expected"), 1.0, 0, false),
-                a.get("kind").str().unwrap_or(""),
-                if a.get("complete") == &Json::Bool(true) {
+                plain(a.member("records"), 1.0, 0, false),
+                plain(a.member("expected"), 1.0, 0, false),
+                a.member("kind").str().unwrap_or(""),
+                if a.member("complete") == &Json::Bool(true) {
                     " ✓"
                 } else {
                     " ✗"
@@ -341,13 +342,13 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
         };
         let held = |mode: &str| -> String {
             let h = v.at(&format!("hold/{mode}"));
-            if let Some(e) = h.get("error").str() {
+            if let Some(e) = h.member("error").str() {
                 return format!("failed: {}", e.replace('|', "/"));
             }
             let (Some(per), Some(held), Some(asked)) = (
-                h.get("kb_per_1000").num(),
-                h.get("held").num(),
-                h.get("asked").num(),
+                h.member("kb_per_1000").num(),
+                h.member("held").num(),
+                h.member("asked").num(),
             ) else {
                 return "—".into();
             };
@@ -359,13 +360,13 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
             if mode == "idle" {
                 format!("{:.1}{partial}", per / 1024.0)
             } else {
-                let during = h.get("rss_held_kb").num().unwrap_or(0.0);
+                let during = h.member("rss_held_kb").num().unwrap_or(0.0);
                 format!("{:.1} (+{:.1}){partial}", during / 1024.0, per / 1024.0)
             }
         };
         let (idle, streams) = (held("idle"), held("streams"));
         let mut cpu = Json::obj();
-        cpu.set("x", v.get("cpu_s_per_10k_requests").clone());
+        cpu.set("x", v.member("cpu_s_per_10k_requests").clone());
         let _ = writeln!(
             t,
             "| {name} | {} | {} | {} | {} | {rss} | {idle} | {streams} | {audit} |",
@@ -396,13 +397,13 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
                 cell(&a, "p90", 1.0, 0),
                 cell(&a, "p99", 1.0, 0),
                 cell(&a, "p999", 1.0, 0),
-                plain(a.get("added_p50"), 1.0, 0, true),
-                plain(a.get("added_p99"), 1.0, 0, true),
+                plain(a.member("added_p50"), 1.0, 0, true),
+                plain(a.member("added_p99"), 1.0, 0, true),
                 cell(&b, "p50", 1.0, 0),
                 cell(&b, "p99", 1.0, 0),
                 cell(&b, "p999", 1.0, 0),
-                plain(b.get("added_p50"), 1.0, 0, true),
-                plain(b.get("added_p99"), 1.0, 0, true),
+                plain(b.member("added_p50"), 1.0, 0, true),
+                plain(b.member("added_p99"), 1.0, 0, true),
             );
         }
     }
@@ -416,7 +417,7 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
     for (name, v) in &paths {
         let s = sc(v, "sse");
-        let fidelity = match s.get("fidelity").num() {
+        let fidelity = match s.member("fidelity").num() {
             Some(f) => format!("{:.1}%", f * 100.0),
             None => "—".into(),
         };
@@ -424,27 +425,27 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
             t,
             "| {name} | {} | {} | {} | {} | {} | {} | {fidelity} |",
             cell(&s, "ttfe_p50", 1.0, 0),
-            plain(s.get("added_ttfe_p50"), 1.0, 0, true),
+            plain(s.member("added_ttfe_p50"), 1.0, 0, true),
             cell(&s, "ttfe_p99", 1.0, 0),
             cell(&s, "gap_p50", 1.0, 0),
             cell(&s, "gap_p99", 1.0, 0),
-            plain(s.get("added_gap_p99"), 1.0, 0, true),
+            plain(s.member("added_gap_p99"), 1.0, 0, true),
         );
     }
 
     let missing: Vec<(&str, &Json)> = PATHS
         .iter()
         .map(|p| (*p, out.at(&format!("paths/{p}"))))
-        .filter(|(_, v)| v.get("available") == &Json::Bool(false))
+        .filter(|(_, v)| v.member("available") == &Json::Bool(false))
         .collect();
-    components_table(&mut t, out.get("components"));
+    components_table(&mut t, out.member("components"));
 
     if !missing.is_empty() {
         let _ = writeln!(t, "\n### Paths that did not run\n");
         let _ = writeln!(t, "| path | reason |");
         let _ = writeln!(t, "|---|---|");
         for (name, v) in missing {
-            let reason = v.get("reason").str().unwrap_or("?").replace('|', "/");
+            let reason = v.member("reason").str().unwrap_or("?").replace('|', "/");
             let _ = writeln!(t, "| {name} | {reason} |");
         }
     }
@@ -462,20 +463,20 @@ pub fn markdown(out: &Json, p: &Profile) -> String {
     );
     let _ = writeln!(t, "| A/B | req/s 1 KB | req/s 100 KB | new TLS conn/s | p50 1 conn 1 KB | added p50 1 KB | added p99 1 KB |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|");
-    let mut keys = out.get("ratios").keys();
+    let mut keys = out.member("ratios").keys();
     // Sluice against each reference first, then each peer against Sluice.
     keys.sort_by_key(|k| (!k.starts_with("sluice/"), k.clone()));
     for key in keys {
-        let r = out.at("ratios").get(&key);
+        let r = out.at("ratios").member(&key);
         let _ = writeln!(
             t,
             "| {key} | {} | {} | {} | {} | {} | {} |",
-            plain(r.get("throughput_1k"), 1.0, 2, false),
-            plain(r.get("throughput_100k"), 1.0, 2, false),
-            plain(r.get("new_tls_conns"), 1.0, 2, false),
-            plain(r.get("p50_1k"), 1.0, 2, false),
-            plain(r.get("added_p50_1k"), 1.0, 2, false),
-            plain(r.get("added_p99_1k"), 1.0, 2, false),
+            plain(r.member("throughput_1k"), 1.0, 2, false),
+            plain(r.member("throughput_100k"), 1.0, 2, false),
+            plain(r.member("new_tls_conns"), 1.0, 2, false),
+            plain(r.member("p50_1k"), 1.0, 2, false),
+            plain(r.member("added_p50_1k"), 1.0, 2, false),
+            plain(r.member("added_p99_1k"), 1.0, 2, false),
         );
     }
     t
@@ -487,8 +488,8 @@ fn components_table(t: &mut String, c: &Json) {
         return;
     }
     let _ = writeln!(t, "\n### Components (not pinned: both CPUs)\n");
-    if c.get("available") == &Json::Bool(false) {
-        let reason = c.get("reason").str().unwrap_or("?");
+    if c.member("available") == &Json::Bool(false) {
+        let reason = c.member("reason").str().unwrap_or("?");
         let _ = writeln!(t, "Not measured: {reason}");
         return;
     }
@@ -500,7 +501,7 @@ fn components_table(t: &mut String, c: &Json) {
         plain(c.at("raw/ledger/records"), 1.0, 0, false),
         cell(c, "ledger_records_per_s", 1.0, 0)
     );
-    let queries = c.get("ledger_query");
+    let queries = c.member("ledger_query");
     if queries.keys().is_empty() {
         let reason = c
             .at("raw/ledger_query/reason")
@@ -519,7 +520,7 @@ fn components_table(t: &mut String, c: &Json) {
         ("time_window", "time window"),
         ("decision_identity", "decision + identity"),
     ] {
-        let q = queries.get(name);
+        let q = queries.member(name);
         if q == &Json::Null {
             continue;
         }
@@ -527,7 +528,7 @@ fn components_table(t: &mut String, c: &Json) {
             t,
             "| `events tail` query on {} records: {what} (newest 100; {} rows) | {} ms |",
             plain(c.at("raw/ledger_query/records"), 1.0, 0, false),
-            plain(q.get("rows"), 1.0, 0, false),
+            plain(q.member("rows"), 1.0, 0, false),
             cell(q, "ms", 1.0, 1)
         );
     }
@@ -536,7 +537,7 @@ fn components_table(t: &mut String, c: &Json) {
         "| guardrail scan, every detector, typical prompt text | {} MB/s |",
         cell(c, "guardrail_mb_per_s", 1.0, 1)
     );
-    let connect = c.get("connect");
+    let connect = c.member("connect");
     if connect.keys().is_empty() {
         let reason = c.at("raw/connect/reason").str().unwrap_or("not measured");
         let _ = writeln!(t, "\nConnect hook: not measured: {reason}");
@@ -563,7 +564,7 @@ fn components_table(t: &mut String, c: &Json) {
             "iptables nat REDIRECT rule, redirected",
         ),
     ] {
-        let m = connect.get(mode);
+        let m = connect.member(mode);
         if m == &Json::Null {
             continue;
         }

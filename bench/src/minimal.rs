@@ -9,62 +9,41 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
-/// What [`run_with_cert`] serves.
-#[derive(Clone, Debug)]
+/// What [`run`] serves (`sluice-bench minimal-proxy`).
+#[derive(clap::Args, Clone, Debug)]
 pub struct Options {
-    /// TLS listener.
+    /// Listener (TLS with `--cert`/`--key`).
+    #[arg(long)]
     pub listen: SocketAddr,
-    /// The one upstream (TLS).
+    /// Upstream TLS server.
+    #[arg(long)]
     pub upstream: SocketAddr,
-    /// SNI sent upstream and the name its certificate must carry.
+    /// SNI and `Host` sent upstream; the name its certificate must carry.
+    #[arg(long, default_value = "api.openai.com")]
     pub sni: String,
     /// CA bundle that verifies the upstream.
+    #[arg(long = "upstream-ca")]
     pub ca_file: PathBuf,
     /// Certificate chain of the listener (PEM).
+    #[arg(long)]
     pub cert: PathBuf,
     /// Private key of the listener (PEM).
+    #[arg(long)]
     pub key: PathBuf,
     /// Worker threads.
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
-}
-
-/// Serves the baseline until SIGINT/SIGTERM, with the listener certificate read from
-/// `$SLUICE_MINIMAL_CERT` and `$SLUICE_MINIMAL_KEY` (one worker thread).
-///
-/// # Errors
-/// When either variable is unset, or when the listener cannot start.
-pub fn run(
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    sni: String,
-    ca_file: PathBuf,
-) -> anyhow::Result<()> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .map(PathBuf::from)
-            .with_context(|| format!("set {name} to the listener's PEM file"))
-    };
-    run_with_cert(Options {
-        listen,
-        upstream,
-        sni,
-        ca_file,
-        cert: var("SLUICE_MINIMAL_CERT")?,
-        key: var("SLUICE_MINIMAL_KEY")?,
-        threads: 1,
-    })
 }
 
 /// Serves the baseline described by `opts` until SIGINT/SIGTERM.
 ///
 /// # Errors
 /// When the certificate cannot be loaded or the listener cannot start.
-pub fn run_with_cert(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: Options) -> anyhow::Result<()> {
     pingora::tls::install_default_crypto_provider();
     let conf = ServerConf {
         threads: opts.threads.max(1),
