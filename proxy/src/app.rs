@@ -62,7 +62,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
 
     // The audit ledger: interactions are appended on the request path; connection and
     // admin records reach it through the writer thread and its bounded channel.
-    let ledger_config = config.ledger();
+    let ledger_config = config.ledger.clone();
     let ledger = Arc::new(Ledger::open(&ledger_config).with_context(|| {
         format!(
             "opening the audit ledger in {} (set ledger.dir to a writable directory)",

@@ -56,7 +56,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
 /// # Errors
 /// The ledger cannot be read.
 pub fn tail(config: &Config, filter: &Filter, json: bool, follow: bool) -> anyhow::Result<()> {
-    let dir = config.ledger().dir;
+    let dir = config.ledger.dir.clone();
     let rows = read(&dir, || ledger::query(&dir, filter))?;
     let mut out = std::io::stdout().lock();
     let mut last = 0;
@@ -166,7 +166,7 @@ fn print_row(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()>
 /// # Errors
 /// The ledger or the public key cannot be read.
 pub fn verify(config: &Config, public_key: Option<&Path>) -> anyhow::Result<bool> {
-    let dir = config.ledger().dir;
+    let dir = config.ledger.dir.clone();
     let pem = public_key
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
@@ -217,7 +217,7 @@ pub fn export(
     until: Option<SystemTime>,
     out: &str,
 ) -> anyhow::Result<u64> {
-    let lc = config.ledger();
+    let lc = config.ledger.clone();
     let dir = &lc.dir;
     let mut sink: Box<dyn Write> = if out == "-" {
         Box::new(std::io::stdout().lock())
@@ -312,7 +312,7 @@ pub fn ca_init(config: &Config, name: &str) -> anyhow::Result<()> {
         },
         serde_json::json!({ "common_name": name }),
     );
-    record_admin(&config.ledger(), admin)?;
+    record_admin(&config.ledger, admin)?;
     println!("CA certificate: {}", cert.display());
     println!("CA key (0600):  {}", key.display());
     println!("Distribute the certificate to clients (`sluice ca show`).");
@@ -325,7 +325,7 @@ pub fn ca_init(config: &Config, name: &str) -> anyhow::Result<()> {
 /// # Errors
 /// The key is configured elsewhere (file or environment) or cannot be written.
 pub fn rotate_key(config: &Config) -> anyhow::Result<()> {
-    let lc = config.ledger();
+    let lc = config.ledger.clone();
     if let Some(f) = &lc.hmac_key_file {
         anyhow::bail!(
             "the HMAC key is configured as {} (ledger.hmac_key_file): put a new key there, keep the old one as {}/hmac-<id>.key for `sluice audit verify`, and restart",
@@ -378,7 +378,7 @@ pub fn report(
     until: Option<SystemTime>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let dir = config.ledger().dir;
+    let dir = config.ledger.dir.clone();
     let r = ledger::report(&dir, kind, since, until)
         .with_context(|| format!("reading the ledger in {}", dir.display()))?;
     if json {
@@ -432,7 +432,7 @@ mod tests {
         )
         .unwrap();
 
-        let dir = config.ledger().dir;
+        let dir = config.ledger.dir.clone();
         assert!(
             !dir.join("hmac.key").exists(),
             "a key was generated in the ledger directory beside the configured one"

@@ -7,7 +7,6 @@
 //!
 //! This module does not open sockets or files other than the config itself.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +53,7 @@ impl std::fmt::Display for Problem {
 
 /// The whole configuration of one node.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default = "Config::unresolved")]
 pub struct Config {
     /// Data-plane listeners. Each accepts TLS and plain HTTP (told apart by the first byte).
     /// Default: `["127.0.0.1:15443"]`.
@@ -69,7 +68,7 @@ pub struct Config {
     /// Destinations whose traffic is inspected. Default: the well-known LLM API hosts on 443.
     pub providers: Vec<ProviderConfig>,
     /// How the real destination of an accepted connection is found.
-    pub original_dst: OriginalDstConfig,
+    pub original_dst: crate::original_dst::OriginalDstConfig,
     /// Connections to the providers.
     pub upstream: UpstreamConfig,
     /// Hand-off of records to the ledger.
@@ -91,9 +90,6 @@ pub struct Config {
     pub max_inspect_bytes: usize,
     /// Worker threads of the data plane. Default: the number of CPUs.
     pub threads: usize,
-    /// Whether the file named `ledger.dir` (otherwise it follows `state_dir`).
-    #[serde(skip)]
-    ledger_dir_given: bool,
     /// What `policy lint` warns about: valid, but not doing what it seems to (see
     /// [`crate::policy::lint`]). Logged at start and on reload.
     #[serde(skip)]
@@ -127,25 +123,6 @@ pub struct ProviderConfig {
     /// Default: chosen from the built-in host table.
     #[serde(default)]
     pub adapter: Option<String>,
-}
-
-/// Sources of original destinations, in the order they are asked.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OriginalDstConfig {
-    /// Host name → upstream address, used by tests and by gateways that resolve names
-    /// themselves. Keyed by SNI (TLS) or `Host` (plain HTTP). A host listed here that is
-    /// not a provider is passed through untouched.
-    #[serde(rename = "static")]
-    pub static_map: BTreeMap<String, String>,
-    /// Use the accepted socket's local address as the destination when no other source
-    /// knows it (appliance mode: traffic routed or steered to this host). Default: false.
-    pub local_addr: bool,
-    /// Ask the kernel with `getsockopt(SO_ORIGINAL_DST)`: the fallback for hosts without
-    /// cgroup BPF, where an iptables/nftables `REDIRECT` rule sends provider traffic to
-    /// Sluice (`sluice doctor` prints the rules). Asked first; upstream sockets then carry
-    /// `redirect.mark` so a rule can exclude them. Default: false.
-    pub so_original_dst: bool,
 }
 
 /// Upstream (provider-facing) connection settings.
@@ -217,7 +194,18 @@ pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
 ];
 
 impl Default for Config {
+    /// The built-in defaults, with every path resolved.
     fn default() -> Self {
+        let mut config = Config::unresolved();
+        config.resolve_paths();
+        config
+    }
+}
+
+impl Config {
+    /// The defaults before paths that follow `state_dir` are resolved: what a YAML file's
+    /// missing keys take, so that `ledger.dir` follows the file's own `state_dir`.
+    fn unresolved() -> Config {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 15443))],
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15090))),
@@ -231,7 +219,7 @@ impl Default for Config {
                     adapter: None,
                 })
                 .collect(),
-            original_dst: OriginalDstConfig::default(),
+            original_dst: crate::original_dst::OriginalDstConfig::default(),
             upstream: UpstreamConfig::default(),
             records: RecordsConfig::default(),
             ledger: crate::ledger::LedgerConfig::default(),
@@ -242,8 +230,16 @@ impl Default for Config {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            ledger_dir_given: false,
             warnings: Vec::new(),
+        }
+    }
+
+    /// Resolves, once, the paths whose default depends on another key: an empty
+    /// `ledger.dir` becomes `<state_dir>/ledger`. Every section handed down from here
+    /// carries final paths.
+    fn resolve_paths(&mut self) {
+        if self.ledger.dir.as_os_str().is_empty() {
+            self.ledger.dir = self.state_dir.join("ledger");
         }
     }
 }
@@ -314,10 +310,7 @@ impl Config {
                 }
             })?
         };
-        config.ledger_dir_given = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
-            .ok()
-            .and_then(|v| v.get("ledger").and_then(|l| l.get("dir")).cloned())
-            .is_some();
+        config.resolve_paths();
         let problems = config.problems(text, file);
         if problems.is_empty() {
             config.warnings = crate::policy::lint(&config.policy)
@@ -530,16 +523,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.state_dir.join("ca").join("ca.key"))
     }
-
-    /// The ledger settings with the directory resolved: an explicit `ledger.dir` wins,
-    /// otherwise `<state_dir>/ledger`.
-    pub fn ledger(&self) -> crate::ledger::LedgerConfig {
-        let mut l = self.ledger.clone();
-        if !self.ledger_dir_given {
-            l.dir = self.state_dir.join("ledger");
-        }
-        l
-    }
 }
 
 fn validate_host_pattern(host: &str) -> Result<(), String> {
@@ -580,7 +563,24 @@ mod tests {
         assert_eq!(c.listen, vec!["127.0.0.1:15443".parse().unwrap()]);
         assert_eq!(c.max_inspect_bytes, 8 << 20);
         assert!(c.providers.iter().any(|p| p.host == "api.anthropic.com"));
-        assert_eq!(c.ledger().dir, default_state_dir().join("ledger"));
+        assert_eq!(c.ledger.dir, default_state_dir().join("ledger"));
+    }
+
+    /// The ledger directory follows the file's own `state_dir` unless the file names one,
+    /// whatever else the `ledger:` section says; resolved once, at load.
+    #[test]
+    fn ledger_dir_follows_state_dir_unless_named() {
+        let dir = |yaml: &str| Config::from_yaml(yaml, "x.yaml").unwrap().ledger.dir;
+        assert_eq!(dir("state_dir: /s\n"), Path::new("/s/ledger"));
+        assert_eq!(
+            dir("state_dir: /s\nledger: {retention_days: 3}\n"),
+            Path::new("/s/ledger")
+        );
+        assert_eq!(
+            dir("state_dir: /s\nledger: {dir: /elsewhere}\n"),
+            Path::new("/elsewhere")
+        );
+        assert_eq!(dir("ledger: {dir: /l}\n"), Path::new("/l"));
     }
 
     #[test]

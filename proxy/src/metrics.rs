@@ -32,6 +32,14 @@ fn counter(name: &str, help: &str) -> IntCounter {
     c
 }
 
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
 fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("static metric definition");
@@ -170,15 +178,10 @@ pub static RECORD_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 /// Records waiting between the request path and the writer.
 pub static RECORD_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
-    let g = IntGauge::new(
+    gauge(
         "sluice_record_queue_depth",
         "Records accepted but not yet written",
     )
-    .expect("static metric definition");
-    REGISTRY
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
 });
 /// Bodies cut at `max_inspect_bytes`.
 pub static TRUNCATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -224,6 +227,36 @@ pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Records appended to the audit ledger, by kind.
+pub static LEDGER_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_ledger_records_total",
+        "Records appended to the audit ledger",
+        &["kind"],
+    )
+});
+/// Ledger appends that failed (the caller's `on_ledger_failure` decides what happens).
+pub static LEDGER_APPEND_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_ledger_append_errors_total",
+        "Records that could not be appended to the audit ledger",
+    )
+});
+/// Records appended but not yet in the ledger's SQLite index.
+pub static LEDGER_INDEX_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_ledger_index_lag",
+        "Records in the ledger WAL not yet indexed into SQLite",
+    )
+});
+/// Signed ledger checkpoints written.
+pub static LEDGER_CHECKPOINTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_ledger_checkpoints_total",
+        "Signed checkpoints written to the audit ledger",
+    )
+});
+
 /// Text exposition of every Sluice metric.
 pub fn render() -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -255,6 +288,10 @@ pub fn init() {
     LazyLock::force(&GUARDRAIL_FINDINGS);
     LazyLock::force(&DECISIONS);
     LazyLock::force(&CONFIG_RELOADS);
+    LazyLock::force(&LEDGER_RECORDS);
+    LazyLock::force(&LEDGER_APPEND_ERRORS);
+    LazyLock::force(&LEDGER_INDEX_LAG);
+    LazyLock::force(&LEDGER_CHECKPOINTS);
 }
 
 /// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.

@@ -12,11 +12,30 @@
 //! It also holds the loop guard: a destination that is one of Sluice's own listeners is
 //! never forwarded to, whatever a source says.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::BorrowedFd;
 
-use crate::config::OriginalDstConfig;
+use serde::Deserialize;
+
+/// Sources of original destinations, in the order they are asked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginalDstConfig {
+    /// Host name → upstream address, used by tests and by gateways that resolve names
+    /// themselves. Keyed by SNI (TLS) or `Host` (plain HTTP). A host listed here that is
+    /// not a provider is passed through untouched.
+    #[serde(rename = "static")]
+    pub static_map: BTreeMap<String, String>,
+    /// Use the accepted socket's local address as the destination when no other source
+    /// knows it (appliance mode: traffic routed or steered to this host). Default: false.
+    pub local_addr: bool,
+    /// Ask the kernel with `getsockopt(SO_ORIGINAL_DST)`: the fallback for hosts without
+    /// cgroup BPF, where an iptables/nftables `REDIRECT` rule sends provider traffic to
+    /// Sluice (`sluice doctor` prints the rules). Asked first; upstream sockets then carry
+    /// `redirect.mark` so a rule can exclude them. Default: false.
+    pub so_original_dst: bool,
+}
 
 /// The two ends of an accepted connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
