@@ -108,7 +108,7 @@ def test_unknown_virtual_key_is_refused(stack):
                    "https://api.openai.com/v1/chat/completions")
     body, code = r.stdout.rsplit("\n", 1)
     assert code == "401"
-    assert json.loads(body)["error"]["code"] == "sluice_error"
+    assert json.loads(body)["error"]["code"] == "sluice_invalid_key"
     (rec,) = stack.wait_records(1, "interaction")
     assert rec["reason_codes"] == ["invalid_virtual_key"]
 

@@ -178,21 +178,6 @@ fn default_true() -> bool {
     true
 }
 
-/// The built-in inspected hosts: the providers the adapters know.
-pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
-    "api.openai.com",
-    "api.anthropic.com",
-    "generativelanguage.googleapis.com",
-    "*.openai.azure.com",
-    "api.mistral.ai",
-    "api.groq.com",
-    "api.deepseek.com",
-    "api.x.ai",
-    "openrouter.ai",
-    "api.together.xyz",
-    "api.fireworks.ai",
-];
-
 impl Default for Config {
     /// The built-in defaults, with every path resolved.
     fn default() -> Self {
@@ -211,10 +196,9 @@ impl Config {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15090))),
             state_dir: default_state_dir(),
             ca: CaConfig::default(),
-            providers: DEFAULT_PROVIDER_HOSTS
-                .iter()
+            providers: crate::providers::registry::default_hosts()
                 .map(|h| ProviderConfig {
-                    host: (*h).to_string(),
+                    host: h.to_string(),
                     tls: true,
                     adapter: None,
                 })
@@ -471,7 +455,8 @@ impl Config {
                         format!("providers[{i}].adapter"),
                         name,
                         format!(
-                            "unknown adapter {name:?}; known: openai, anthropic, gemini, azure_openai, openai_compatible"
+                            "unknown adapter {name:?}; known: {}",
+                            crate::providers::registry::adapter_names().join(", ")
                         ),
                     );
                 }
@@ -490,7 +475,7 @@ impl Config {
             if let Err(why) = validate_host_pattern(host) {
                 bad(format!("original_dst.static.{host}"), host, why);
             }
-            if host.starts_with("*.") {
+            if host.contains('*') {
                 bad(
                     format!("original_dst.static.{host}"),
                     host,
@@ -526,23 +511,7 @@ impl Config {
 }
 
 fn validate_host_pattern(host: &str) -> Result<(), String> {
-    let bare = host.strip_prefix("*.").unwrap_or(host);
-    let ok = !bare.is_empty()
-        && bare.len() <= 253
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{host:?} is not a host name; use e.g. \"api.openai.com\" or \"*.openai.azure.com\""
-        ))
-    }
+    crate::providers::HostPattern::parse(host).map(|_| ())
 }
 
 /// `file:line` of the first line mentioning `needle`, or `file` alone.

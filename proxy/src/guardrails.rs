@@ -52,7 +52,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use injection::InjectionVerdict;
-pub use stream::StreamRedactor;
+pub use stream::{StreamRedactor, DEFAULT_WINDOW};
 
 /// The kind of a sensitive span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

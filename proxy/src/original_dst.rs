@@ -18,6 +18,8 @@ use std::os::fd::BorrowedFd;
 
 use serde::Deserialize;
 
+use crate::providers::normalize_host;
+
 /// Sources of original destinations, in the order they are asked.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -185,17 +187,6 @@ impl OriginalDst for StaticDst {
     }
 }
 
-/// Lower-case, without a trailing dot or a `:port`.
-pub fn normalize_host(host: &str) -> String {
-    let host = host.trim();
-    // Strip a port, but leave bracketed IPv6 literals intact.
-    let host = match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[..i].find(':').is_none() => &host[..i],
-        _ => host,
-    };
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// Refuses destinations that would loop back into Sluice.
 #[derive(Debug, Clone)]
 pub struct LoopGuard {
@@ -269,12 +260,5 @@ mod tests {
         assert!(g.is_self("10.0.0.5:15443".parse().unwrap(), on));
         assert!(!g.is_self("198.19.0.2:443".parse().unwrap(), on));
         assert!(!g.is_self("127.0.0.1:443".parse().unwrap(), on));
-    }
-
-    #[test]
-    fn host_normalization() {
-        assert_eq!(normalize_host("Api.X.ai.:8443"), "api.x.ai");
-        assert_eq!(normalize_host("[::1]"), "[::1]");
-        assert_eq!(normalize_host("::1"), "::1");
     }
 }

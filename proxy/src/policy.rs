@@ -290,8 +290,8 @@ pub struct Verdict {
 
 /// What a request looks like to the policy.
 pub struct Facts<'a> {
-    /// Provider label.
-    pub provider: &'a str,
+    /// The provider's adapter (its label, its prices).
+    pub adapter: &'a dyn crate::providers::Adapter,
     /// Model, when known.
     pub model: Option<&'a str>,
     /// The caller.
@@ -519,9 +519,9 @@ impl Engine {
 
             // 2. Provider and model rules.
             if let Some(rule) = &p.providers {
-                if !allowed(rule, facts.provider) {
+                if !allowed(rule, facts.adapter.name()) {
                     v.reason_codes.push("provider_denied".into());
-                    block = Some(format!("provider {} is not allowed", facts.provider));
+                    block = Some(format!("provider {} is not allowed", facts.adapter.name()));
                 }
             }
             if let (Some(rule), None) = (&p.models, &block) {
@@ -587,7 +587,7 @@ impl Engine {
             if let (Some(b), None) = (&p.budget, &block) {
                 let price = facts
                     .model
-                    .and_then(|m| crate::pricing::PriceTable::embedded().lookup(facts.provider, m));
+                    .and_then(|m| crate::pricing::PriceTable::embedded().lookup(facts.adapter, m));
                 match price {
                     None => {
                         v.reason_codes.push("budget_unpriced_model".into());

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::providers::{self, Usage};
+use crate::providers::{Adapter, Usage};
 
 /// Per-million-token prices of one model, in USD.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,16 +196,16 @@ impl PriceTable {
     /// An exact (ASCII case-insensitive) match wins; otherwise the longest listed
     /// model that is a prefix of `model` followed by `-` (so `gpt-4o-2024-08-06` is
     /// `gpt-4o` and `gpt-4o-mini-2024-07-18` is `gpt-4o-mini`). A `models/` prefix
-    /// (Gemini) is ignored. A provider speaking the OpenAI format with no price of
-    /// its own for the model (Azure OpenAI deployments, OpenAI-compatible gateways)
-    /// gets OpenAI's price for the same model name. `None` for an unknown model.
-    pub fn lookup(&self, provider: &str, model: &str) -> Option<&Price> {
+    /// (Gemini) is ignored. A provider with no price of its own for the model gets the
+    /// price of its [`Adapter::price_fallback`] (Azure OpenAI deployments and
+    /// OpenAI-compatible gateways: OpenAI's). `None` for an unknown model.
+    pub fn lookup(&self, adapter: &dyn Adapter, model: &str) -> Option<&Price> {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
-        self.lookup_in(provider, model).or_else(|| {
-            (!provider.eq_ignore_ascii_case("openai") && providers::is_openai_format(provider))
-                .then(|| self.lookup_in("openai", model))
-                .flatten()
+        self.lookup_in(adapter.name(), model).or_else(|| {
+            adapter
+                .price_fallback()
+                .and_then(|other| self.lookup_in(other, model))
         })
     }
 
@@ -234,18 +234,18 @@ impl PriceTable {
     /// has no price. Missing counts are taken as zero.
     ///
     /// Cached tokens are charged at the cached rate. Where the provider counts them
-    /// inside `input_tokens` (every provider but Anthropic, see [`Usage`]) they are
-    /// subtracted from the input first; Anthropic reports cache reads apart from
-    /// `input_tokens`, so they are added. Cache writes are charged as plain input.
-    pub fn cost_usd(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
-        let p = self.lookup(provider, model)?;
+    /// inside `input_tokens` ([`Adapter::cached_within_input`]; every provider but
+    /// Anthropic, see [`Usage`]) they are subtracted from the input first; otherwise they
+    /// are added. Cache writes are charged as plain input.
+    pub fn cost_usd(&self, adapter: &dyn Adapter, model: &str, usage: &Usage) -> Option<f64> {
+        let p = self.lookup(adapter, model)?;
         let input = usage.input_tokens.unwrap_or(0);
         let output = usage.output_tokens.unwrap_or(0);
         let cached = usage.cached_tokens.unwrap_or(0);
-        let uncached = if provider.eq_ignore_ascii_case("anthropic") {
-            input
-        } else {
+        let uncached = if adapter.cached_within_input() {
             input.saturating_sub(cached)
+        } else {
+            input
         };
         let cached_rate = p.cached_input_per_mtok.unwrap_or(p.input_per_mtok);
         let micro_usd = uncached as f64 * p.input_per_mtok
@@ -276,6 +276,10 @@ fn is_date(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn a(name: &str) -> &'static dyn Adapter {
+        crate::providers::adapter_by_name(name).unwrap()
+    }
 
     fn usage(input: u64, output: u64, cached: u64) -> Usage {
         Usage {
@@ -325,15 +329,19 @@ models:
             ("groq", "llama-3.3-70b-versatile"),
             ("xai", "grok-4"),
         ] {
-            assert!(t.lookup(provider, model).is_some(), "{provider}/{model}");
+            assert!(t.lookup(a(provider), model).is_some(), "{provider}/{model}");
         }
         // Dated ids resolve to the right family, not a shorter one.
-        let mini = t.lookup("openai", "gpt-4o-mini-2024-07-18").unwrap();
-        assert_eq!(mini, t.lookup("openai", "gpt-4o-mini").unwrap());
-        assert_ne!(mini, t.lookup("openai", "gpt-4o").unwrap());
-        let s45 = t.lookup("anthropic", "claude-sonnet-4-5-20250929").unwrap();
-        assert_eq!(s45, t.lookup("anthropic", "claude-sonnet-4-5").unwrap());
-        let opus45 = t.lookup("anthropic", "claude-opus-4-5-20251101").unwrap();
+        let mini = t.lookup(a("openai"), "gpt-4o-mini-2024-07-18").unwrap();
+        assert_eq!(mini, t.lookup(a("openai"), "gpt-4o-mini").unwrap());
+        assert_ne!(mini, t.lookup(a("openai"), "gpt-4o").unwrap());
+        let s45 = t
+            .lookup(a("anthropic"), "claude-sonnet-4-5-20250929")
+            .unwrap();
+        assert_eq!(s45, t.lookup(a("anthropic"), "claude-sonnet-4-5").unwrap());
+        let opus45 = t
+            .lookup(a("anthropic"), "claude-opus-4-5-20251101")
+            .unwrap();
         assert_eq!(opus45.input_per_mtok, 5.0);
     }
 
@@ -341,56 +349,61 @@ models:
     fn exact_then_longest_dash_prefix() {
         let t = PriceTable::from_yaml(SMALL).unwrap();
         assert_eq!(t.prices_read(), "2026-11-23");
-        assert_eq!(t.lookup("openai", "gpt-4o").unwrap().input_per_mtok, 2.5);
-        assert_eq!(t.lookup("openai", "GPT-4o").unwrap().input_per_mtok, 2.5);
+        assert_eq!(t.lookup(a("openai"), "gpt-4o").unwrap().input_per_mtok, 2.5);
+        assert_eq!(t.lookup(a("openai"), "GPT-4o").unwrap().input_per_mtok, 2.5);
         assert_eq!(
-            t.lookup("openai", "gpt-4o-2024-08-06")
+            t.lookup(a("openai"), "gpt-4o-2024-08-06")
                 .unwrap()
                 .input_per_mtok,
             2.5
         );
         assert_eq!(
-            t.lookup("openai", "gpt-4o-mini").unwrap().input_per_mtok,
+            t.lookup(a("openai"), "gpt-4o-mini").unwrap().input_per_mtok,
             0.15
         );
         assert_eq!(
-            t.lookup("openai", "gpt-4o-mini-2024-07-18")
+            t.lookup(a("openai"), "gpt-4o-mini-2024-07-18")
                 .unwrap()
                 .input_per_mtok,
             0.15
         );
-        let s45 = t.lookup("anthropic", "claude-sonnet-4-5-20250929").unwrap();
+        let s45 = t
+            .lookup(a("anthropic"), "claude-sonnet-4-5-20250929")
+            .unwrap();
         assert_eq!(s45.input_per_mtok, 3.5);
-        let s4 = t.lookup("anthropic", "claude-sonnet-4-20250514").unwrap();
+        let s4 = t
+            .lookup(a("anthropic"), "claude-sonnet-4-20250514")
+            .unwrap();
         assert_eq!(s4.input_per_mtok, 3.0);
         // A prefix without `-` after it is not the family.
-        assert!(t.lookup("openai", "gpt-4omni").is_none());
-        assert!(t.lookup("openai", "gpt-4").is_none());
-        assert!(t.lookup("openai", "gpt-4o.1").is_none());
+        assert!(t.lookup(a("openai"), "gpt-4omni").is_none());
+        assert!(t.lookup(a("openai"), "gpt-4").is_none());
+        assert!(t.lookup(a("openai"), "gpt-4o.1").is_none());
         // Gemini's `models/` prefix is ignored.
-        assert!(t.lookup("gemini", "models/gemini-2.5-flash").is_some());
+        assert!(t.lookup(a("gemini"), "models/gemini-2.5-flash").is_some());
         // Unknown model, unknown provider.
-        assert!(t.lookup("openai", "no-such-model").is_none());
-        assert!(t.lookup("nobody", "gpt-4o").is_none());
+        assert!(t.lookup(a("openai"), "no-such-model").is_none());
         // The provider matters: anthropic has no gpt-4o.
-        assert!(t.lookup("anthropic", "gpt-4o").is_none());
+        assert!(t.lookup(a("anthropic"), "gpt-4o").is_none());
     }
 
     #[test]
     fn openai_format_providers_fall_back_to_openai_prices() {
         let t = PriceTable::from_yaml(SMALL).unwrap();
         assert_eq!(
-            t.lookup("azure_openai", "gpt-4o").unwrap().input_per_mtok,
+            t.lookup(a("azure_openai"), "gpt-4o")
+                .unwrap()
+                .input_per_mtok,
             2.5
         );
         assert_eq!(
-            t.lookup("openai_compatible", "gpt-4o-mini")
+            t.lookup(a("openai_compatible"), "gpt-4o-mini")
                 .unwrap()
                 .input_per_mtok,
             0.15
         );
         // Not for other formats.
-        assert!(t.lookup("gemini", "gpt-4o").is_none());
+        assert!(t.lookup(a("gemini"), "gpt-4o").is_none());
     }
 
     #[test]
@@ -400,7 +413,7 @@ models:
         // 600k * 2.5 + 400k * 1.25 + 100k * 10 = 1.5 + 0.5 + 1.0 = $3.00
         let c = t
             .cost_usd(
-                "openai",
+                a("openai"),
                 "gpt-4o-2024-08-06",
                 &usage(1_000_000, 100_000, 400_000),
             )
@@ -408,14 +421,14 @@ models:
         assert!((c - 3.0).abs() < 1e-9, "{c}");
         // No cached rate: cached tokens cost plain input. 1000*0.15 + 500*0.6 = 450 µ$
         let c = t
-            .cost_usd("openai", "gpt-4o-mini", &usage(1000, 500, 200))
+            .cost_usd(a("openai"), "gpt-4o-mini", &usage(1000, 500, 200))
             .unwrap();
         assert!((c - 0.00045).abs() < 1e-12, "{c}");
         // Anthropic: cache reads are *not* inside input_tokens.
         // 1000 * 3 + 2000 * 0.3 + 100 * 15 = 3000 + 600 + 1500 = 5100 µ$
         let c = t
             .cost_usd(
-                "anthropic",
+                a("anthropic"),
                 "claude-sonnet-4-20250514",
                 &usage(1000, 100, 2000),
             )
@@ -424,15 +437,24 @@ models:
         // Gemini counts cached inside the prompt: (10k - 4k) * 0.3 + 4k * 0.03 + 1k * 2.5
         // = 1800 + 120 + 2500 = 4420 µ$
         let c = t
-            .cost_usd("gemini", "gemini-2.5-flash", &usage(10_000, 1_000, 4_000))
+            .cost_usd(
+                a("gemini"),
+                "gemini-2.5-flash",
+                &usage(10_000, 1_000, 4_000),
+            )
             .unwrap();
         assert!((c - 0.00442).abs() < 1e-12, "{c}");
         // Cached above input (inconsistent report) never goes negative.
-        let c = t.cost_usd("openai", "gpt-4o", &usage(10, 0, 20)).unwrap();
+        let c = t
+            .cost_usd(a("openai"), "gpt-4o", &usage(10, 0, 20))
+            .unwrap();
         assert!(c >= 0.0);
         // No usage at all: known model, zero cost.
-        assert_eq!(t.cost_usd("openai", "gpt-4o", &Usage::default()), Some(0.0));
-        assert_eq!(t.cost_usd("openai", "nope", &usage(1, 1, 0)), None);
+        assert_eq!(
+            t.cost_usd(a("openai"), "gpt-4o", &Usage::default()),
+            Some(0.0)
+        );
+        assert_eq!(t.cost_usd(a("openai"), "nope", &usage(1, 1, 0)), None);
     }
 
     #[test]

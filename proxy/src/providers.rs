@@ -9,9 +9,8 @@
 //! Three wire formats are understood: OpenAI's (chat completions, responses, legacy
 //! completions, embeddings; also spoken by Azure OpenAI, Mistral, Groq, DeepSeek, xAI,
 //! OpenRouter, Together, Fireworks and self-hosted servers), Anthropic's messages API
-//! and Gemini's `generateContent`/`streamGenerateContent`. [`adapter_for_host`] maps
-//! the built-in provider hosts to adapters; [`adapter_by_name`] serves configuration
-//! overrides.
+//! and Gemini's `generateContent`/`streamGenerateContent`. The [`registry`] maps the
+//! built-in provider hosts to adapters and owns host normalisation and matching.
 //!
 //! What this module is not: it does no I/O, holds no connection state, makes no
 //! policy decision and never alters traffic. Parsing is lenient by design (JSON is
@@ -32,12 +31,17 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 
 mod anthropic;
+mod azure;
 mod gemini;
 mod openai;
+pub mod registry;
 mod sse;
 #[cfg(test)]
 mod tests;
 
+pub use registry::{
+    adapter_by_name, adapter_for_host, default_adapter, normalize_host, HostPattern,
+};
 pub(crate) use sse::SseDecoder;
 use sse::{JsonArrayDecoder, Problems};
 
@@ -172,6 +176,92 @@ pub trait Adapter: Send + Sync {
     fn stream_lane_end(&self, _ep: &Endpoint, _event: &str, _data: &Value) -> LaneEnd {
         LaneEnd::None
     }
+    /// A refusal Sluice answers itself, in this provider's own error format, so SDKs
+    /// raise their usual exception (`PermissionDeniedError`, `RateLimitError`, …) with
+    /// `message`. `status` picks the error type: 400 invalid request, 401 authentication,
+    /// 403 permission, 408 timeout, 413 too large, 421 misdirected, 429 rate limit, 503
+    /// unavailable, anything else a generic API error. Default: OpenAI's shape.
+    fn error_reply(&self, status: u16, message: &str) -> ErrorReply {
+        ErrorReply::json(status, openai_error_body(status, message))
+    }
+    /// A complete in-stream error in this provider's stream framing, so an SDK iterating
+    /// the stream raises its usual error with `message`. Default: one SSE `data:` frame
+    /// carrying [`Adapter::error_reply`]'s body (OpenAI and Gemini).
+    fn stream_error(&self, status: u16, message: &str) -> Vec<u8> {
+        sse_frame(None, &self.error_reply(status, message).body)
+    }
+    /// The most output tokens the request asks for, when it says (for a budget's worst
+    /// case). Default: OpenAI's `max_tokens`, `max_completion_tokens` or
+    /// `max_output_tokens` (Responses API), whichever is present.
+    fn max_output_tokens(&self, req: &ParsedRequest) -> Option<u64> {
+        ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| req.params.get(*k).and_then(Value::as_u64))
+    }
+    /// Whether [`Usage::input_tokens`] includes [`Usage::cached_tokens`] (true for every
+    /// provider but Anthropic, which reports cache reads apart), for pricing.
+    fn cached_within_input(&self) -> bool {
+        true
+    }
+    /// Another provider whose price list applies to a model this provider has no price
+    /// for (an Azure deployment of `gpt-4o` costs what OpenAI's does). Default: none.
+    fn price_fallback(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// A response Sluice writes itself in a provider's format: status, extra headers (the
+/// content type is always set) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// Headers an SDK reads to pick its exception (e.g. AWS's `x-amzn-ErrorType`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl ErrorReply {
+    /// A JSON body with no extra headers.
+    pub fn json(status: u16, body: Value) -> ErrorReply {
+        ErrorReply {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        }
+    }
+}
+
+/// OpenAI's error object, which most OpenAI-format providers and SDKs share.
+pub(crate) fn openai_error_body(status: u16, message: &str) -> Value {
+    let (kind, code) = match status {
+        400 | 413 | 421 => ("invalid_request_error", "sluice_invalid_request"),
+        401 => ("authentication_error", "sluice_invalid_key"),
+        403 => ("permission_denied", "sluice_policy"),
+        408 => ("timeout", "sluice_timeout"),
+        429 => ("rate_limit_exceeded", "sluice_rate_limit"),
+        503 => ("service_unavailable", "sluice_unavailable"),
+        _ => ("api_error", "sluice_error"),
+    };
+    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+/// One SSE frame: an optional `event:` line, then `data: {body}`.
+pub(crate) fn sse_frame(event: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(event) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
 }
 
 /// Which text lanes of a stream an event closes; see [`Adapter::stream_deltas`].
@@ -183,126 +273,6 @@ pub enum LaneEnd {
     Lane(u32),
     /// Every lane: the generated text is complete.
     All,
-}
-
-static HOSTS: &[(&str, &dyn Adapter)] = &[
-    ("api.openai.com", &openai::OPENAI),
-    ("api.anthropic.com", &anthropic::ANTHROPIC),
-    ("generativelanguage.googleapis.com", &gemini::GEMINI),
-    ("*.openai.azure.com", &openai::AZURE_OPENAI),
-    ("api.mistral.ai", &openai::MISTRAL),
-    ("api.groq.com", &openai::GROQ),
-    ("api.deepseek.com", &openai::DEEPSEEK),
-    ("api.x.ai", &openai::XAI),
-    ("openrouter.ai", &openai::OPENROUTER),
-    ("api.together.xyz", &openai::TOGETHER),
-    ("api.fireworks.ai", &openai::FIREWORKS),
-];
-
-static BY_NAME: &[&dyn Adapter] = &[
-    &openai::OPENAI,
-    &anthropic::ANTHROPIC,
-    &gemini::GEMINI,
-    &openai::AZURE_OPENAI,
-    &openai::MISTRAL,
-    &openai::GROQ,
-    &openai::DEEPSEEK,
-    &openai::XAI,
-    &openai::OPENROUTER,
-    &openai::TOGETHER,
-    &openai::FIREWORKS,
-    &openai::OPENAI_COMPATIBLE,
-];
-
-/// The adapter for a built-in provider host.
-///
-/// Matching is ASCII case-insensitive and ignores a `:port` and a trailing dot;
-/// `*.openai.azure.com` matches any Azure OpenAI resource host (and the wildcard
-/// pattern itself, as written in configuration).
-pub fn adapter_for_host(host: &str) -> Option<&'static dyn Adapter> {
-    let host = normalize_host(host)?;
-    HOSTS.iter().find_map(|&(pattern, adapter)| {
-        let hit = match pattern.strip_prefix('*') {
-            Some(suffix) => host.len() > suffix.len() && ends_with_ignore_case(host, suffix),
-            None => host.eq_ignore_ascii_case(pattern),
-        };
-        hit.then_some(adapter)
-    })
-}
-
-/// The adapter with this label (ASCII case-insensitive), for configuration
-/// overrides; `openai_compatible` is the OpenAI format on any path prefix (vLLM,
-/// Ollama, LiteLLM and other self-hosted servers).
-pub fn adapter_by_name(name: &str) -> Option<&'static dyn Adapter> {
-    let name = name.trim();
-    BY_NAME
-        .iter()
-        .copied()
-        .find(|a| a.name().eq_ignore_ascii_case(name))
-}
-
-/// Whether a provider label speaks the OpenAI wire format (used by pricing to fall
-/// back to OpenAI's price for a model of the same name).
-pub(crate) fn is_openai_format(provider: &str) -> bool {
-    let provider = provider.trim();
-    openai::ALL
-        .iter()
-        .any(|a| a.name().eq_ignore_ascii_case(provider))
-}
-
-/// A refusal Sluice answers itself, in the provider's own error format, so SDKs raise
-/// their usual exception (`PermissionDeniedError`, `RateLimitError`, …) with `message`.
-///
-/// `status` picks the error type: 403 permission, 429 rate limit, 503 unavailable,
-/// anything else a generic API error. Returns the JSON body.
-pub fn error_body(provider: &str, status: u16, message: &str) -> Vec<u8> {
-    let body = match provider {
-        "anthropic" => {
-            let kind = match status {
-                403 => "permission_error",
-                429 => "rate_limit_error",
-                503 | 529 => "overloaded_error",
-                400 => "invalid_request_error",
-                _ => "api_error",
-            };
-            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
-        }
-        "gemini" => {
-            let kind = match status {
-                403 => "PERMISSION_DENIED",
-                429 => "RESOURCE_EXHAUSTED",
-                503 => "UNAVAILABLE",
-                400 => "INVALID_ARGUMENT",
-                _ => "INTERNAL",
-            };
-            serde_json::json!({"error": {"code": status, "message": message, "status": kind}})
-        }
-        _ => {
-            let (kind, code) = match status {
-                403 => ("permission_denied", "sluice_policy"),
-                429 => ("rate_limit_exceeded", "sluice_rate_limit"),
-                503 => ("service_unavailable", "sluice_unavailable"),
-                _ => ("api_error", "sluice_error"),
-            };
-            serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
-        }
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-/// A complete SSE frame carrying an in-stream error in the provider's own format, so an
-/// SDK iterating the stream raises its usual error with `message` (OpenAI and Gemini:
-/// a `data:` object with `error`; Anthropic: an `event: error`).
-pub fn stream_error_frame(provider: &str, status: u16, message: &str) -> Vec<u8> {
-    let body = error_body(provider, status, message);
-    let mut out = Vec::with_capacity(body.len() + 24);
-    if provider == "anthropic" {
-        out.extend_from_slice(b"event: error\n");
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&body);
-    out.extend_from_slice(b"\n\n");
-    out
 }
 
 /// Counts the tokens of `text` with the o200k_base tokenizer (GPT-4o and later).
@@ -374,24 +344,6 @@ const MAX_TEXT: usize = 16 << 20;
 /// Choices/candidates beyond this index are ignored (they are never this many;
 /// an index from garbage must not size an allocation).
 const MAX_CHOICES: usize = 16;
-
-fn normalize_host(host: &str) -> Option<&str> {
-    let host = host.trim();
-    if host.starts_with('[') {
-        return None; // an IPv6 literal is never a provider host
-    }
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let host = host.trim_end_matches('.');
-    (!host.is_empty()).then_some(host)
-}
-
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len()
-        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-}
 
 /// `path` without its query string or fragment.
 fn path_only(path: &str) -> &str {

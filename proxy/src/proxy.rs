@@ -34,8 +34,8 @@ pub use http::Interceptor;
 use crate::config::Config;
 use crate::identity;
 use crate::metrics;
-use crate::original_dst::{normalize_host, Accepted, Destination, LoopGuard, OriginalDst};
-use crate::providers::{self, Adapter};
+use crate::original_dst::{Accepted, Destination, LoopGuard, OriginalDst};
+use crate::providers::{self, normalize_host, Adapter, HostPattern};
 use crate::record::{self, Connection, Identity, Outcome, Record, Upstream};
 use crate::sink::Recorder;
 use crate::tls::{self, Sniffed};
@@ -48,16 +48,15 @@ const MAX_HTTP_HEAD: usize = 16 * 1024;
 
 /// One inspected destination, resolved from config.
 pub struct ProviderEntry {
-    /// Exact host, or a `.suffix` for wildcards.
-    pattern: String,
-    wildcard: bool,
+    /// Which hosts.
+    pattern: HostPattern,
     /// TLS (true) or plain HTTP.
     pub tls: bool,
     /// The provider format.
     pub adapter: &'static dyn Adapter,
 }
 
-/// The inspected hosts.
+/// The inspected hosts, most specific first (exact names before wildcards).
 pub struct ProviderTable {
     entries: Vec<ProviderEntry>,
 }
@@ -65,7 +64,7 @@ pub struct ProviderTable {
 impl ProviderTable {
     /// Build from validated config.
     pub fn from_config(config: &Config) -> ProviderTable {
-        let entries = config
+        let mut entries: Vec<ProviderEntry> = config
             .providers
             .iter()
             .filter_map(|p| {
@@ -73,19 +72,14 @@ impl ProviderTable {
                     Some(name) => providers::adapter_by_name(name)?,
                     None => providers::adapter_for_host(&p.host)?,
                 };
-                let host = p.host.to_ascii_lowercase();
-                let (pattern, wildcard) = match host.strip_prefix('*') {
-                    Some(suffix) => (suffix.to_string(), true),
-                    None => (host, false),
-                };
                 Some(ProviderEntry {
-                    pattern,
-                    wildcard,
+                    pattern: HostPattern::parse(&p.host).ok()?,
                     tls: p.tls,
                     adapter,
                 })
             })
             .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.pattern.specificity()));
         ProviderTable { entries }
     }
 
@@ -93,12 +87,7 @@ impl ProviderTable {
     pub fn find(&self, host: &str, tls: bool) -> Option<&ProviderEntry> {
         self.entries
             .iter()
-            .find(|e| !e.wildcard && e.tls == tls && e.pattern == host)
-            .or_else(|| {
-                self.entries
-                    .iter()
-                    .find(|e| e.wildcard && e.tls == tls && host.ends_with(&e.pattern))
-            })
+            .find(|e| e.tls == tls && e.pattern.matches(host))
     }
 }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use super::{redact, secrets, Category, Finding, Scanner};
 
-/// Default bytes held back.
-pub(super) const DEFAULT_WINDOW: usize = 256;
+/// Default bytes held back: the longest fixed-shape secret caught whole across stream
+/// events, with margin (also the window the proxy gives each stream lane).
+pub const DEFAULT_WINDOW: usize = 256;
 /// The smallest window we accept: the longest fixed-shape token we promise to catch.
 pub(super) const MIN_WINDOW: usize = 128;
 /// Released text kept as left context (the AWS secret-keyword look-behind is 96 bytes).

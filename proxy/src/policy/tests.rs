@@ -7,7 +7,7 @@ fn engine(yaml: &str) -> Engine {
 
 fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
     Facts {
-        provider: "openai",
+        adapter: crate::providers::adapter_by_name("openai").unwrap(),
         model: Some(model),
         identity: id,
         body: Some(body),

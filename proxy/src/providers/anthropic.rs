@@ -14,9 +14,9 @@ use serde_json::Value;
 
 use super::{
     arguments_text, count, owned_text, parse_body, path_only, pending, provider_error, push_capped,
-    push_line, request_object, str_field, take_bool, take_field, take_string, tool_call,
-    tool_call_summary, Adapter, Endpoint, Framed, LaneEnd, Message, ParsedRequest, ParsedResponse,
-    PendingCall, StreamHandler, StreamParser, Usage, MAX_TEXT,
+    push_line, request_object, sse_frame, str_field, take_bool, take_field, take_string, tool_call,
+    tool_call_summary, Adapter, Endpoint, ErrorReply, Framed, LaneEnd, Message, ParsedRequest,
+    ParsedResponse, PendingCall, StreamHandler, StreamParser, Usage, MAX_TEXT,
 };
 
 /// The Anthropic adapter.
@@ -28,6 +28,30 @@ pub(crate) static ANTHROPIC: Anthropic = Anthropic;
 impl Adapter for Anthropic {
     fn name(&self) -> &'static str {
         "anthropic"
+    }
+
+    fn error_reply(&self, status: u16, message: &str) -> ErrorReply {
+        let kind = match status {
+            400 | 413 | 421 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            408 => "timeout_error",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        ErrorReply::json(
+            status,
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}),
+        )
+    }
+
+    fn stream_error(&self, status: u16, message: &str) -> Vec<u8> {
+        sse_frame(Some("error"), &self.error_reply(status, message).body)
+    }
+
+    fn cached_within_input(&self) -> bool {
+        false
     }
 
     fn endpoint(&self, method: &str, path: &str) -> Option<Endpoint> {

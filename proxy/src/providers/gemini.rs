@@ -22,8 +22,8 @@ use serde_json::{Map, Value};
 
 use super::{
     arguments_text, count, parse_body, path_only, provider_error, push_line, request_object,
-    str_field, take_string, tool_call, tool_call_summary, Adapter, Choices, Endpoint, Framed,
-    LaneEnd, Message, ParsedRequest, ParsedResponse, StreamHandler, StreamParser, Usage,
+    str_field, take_string, tool_call, tool_call_summary, Adapter, Choices, Endpoint, ErrorReply,
+    Framed, LaneEnd, Message, ParsedRequest, ParsedResponse, StreamHandler, StreamParser, Usage,
     MAX_CHOICES,
 };
 
@@ -42,6 +42,27 @@ fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
 impl Adapter for Gemini {
     fn name(&self) -> &'static str {
         "gemini"
+    }
+
+    fn error_reply(&self, status: u16, message: &str) -> ErrorReply {
+        let kind = match status {
+            400 | 413 | 421 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            408 => "DEADLINE_EXCEEDED",
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        };
+        ErrorReply::json(
+            status,
+            serde_json::json!({"error": {"code": status, "message": message, "status": kind}}),
+        )
+    }
+
+    fn max_output_tokens(&self, req: &ParsedRequest) -> Option<u64> {
+        // `generationConfig` is lifted into the parameters by `parse_request`.
+        req.params.get("maxOutputTokens").and_then(Value::as_u64)
     }
 
     fn endpoint(&self, method: &str, path: &str) -> Option<Endpoint> {

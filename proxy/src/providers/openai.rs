@@ -3,7 +3,7 @@
 //!
 //! One [`OpenAi`] type serves every provider that speaks this format; instances
 //! differ only in their label and the path prefixes they accept (`/v1` for OpenAI,
-//! `/openai/v1` for Groq, Azure's `/openai/deployments/{deployment}`, any prefix for
+//! `/openai/v1` for Groq, any prefix for
 //! `openai_compatible`). Provider-specific extras are read where they matter to the
 //! record (DeepSeek's `prompt_cache_hit_tokens`) and otherwise ignored.
 //!
@@ -24,8 +24,6 @@ use super::{
 pub(crate) enum Paths {
     /// `{prefix}/chat/completions` etc. for one of these prefixes.
     Prefixes(&'static [&'static str]),
-    /// Azure OpenAI: `/openai/deployments/{deployment}/…`, `/openai/v1/…`, `/openai/…`.
-    Azure,
     /// Any path ending in a known endpoint (self-hosted servers mount anywhere).
     Any,
 }
@@ -37,13 +35,20 @@ pub(crate) struct OpenAi {
     paths: Paths,
 }
 
+impl OpenAi {
+    /// The OpenAI format under another label, on any path ending in a known endpoint
+    /// (for adapters that route paths themselves, like Azure's deployments).
+    pub(crate) const fn any_path(label: &'static str) -> OpenAi {
+        OpenAi {
+            label,
+            paths: Paths::Any,
+        }
+    }
+}
+
 pub(crate) static OPENAI: OpenAi = OpenAi {
     label: "openai",
     paths: Paths::Prefixes(&["/v1"]),
-};
-pub(crate) static AZURE_OPENAI: OpenAi = OpenAi {
-    label: "azure_openai",
-    paths: Paths::Azure,
 };
 pub(crate) static MISTRAL: OpenAi = OpenAi {
     label: "mistral",
@@ -78,20 +83,6 @@ pub(crate) static OPENAI_COMPATIBLE: OpenAi = OpenAi {
     paths: Paths::Any,
 };
 
-/// Every provider served by this format.
-pub(crate) static ALL: &[&OpenAi] = &[
-    &OPENAI,
-    &AZURE_OPENAI,
-    &MISTRAL,
-    &GROQ,
-    &DEEPSEEK,
-    &XAI,
-    &OPENROUTER,
-    &TOGETHER,
-    &FIREWORKS,
-    &OPENAI_COMPATIBLE,
-];
-
 /// Endpoint suffixes; `/chat/completions` must be tried before `/completions`.
 const ENDPOINTS: &[(&str, &str)] = &[
     ("/chat/completions", "chat.completions"),
@@ -100,7 +91,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("/embeddings", "embeddings"),
 ];
 
-fn exact_endpoint(rest: &str) -> Option<&'static str> {
+pub(crate) fn exact_endpoint(rest: &str) -> Option<&'static str> {
     ENDPOINTS
         .iter()
         .find_map(|&(suffix, name)| (rest == suffix).then_some(name))
@@ -112,7 +103,7 @@ fn suffix_endpoint(path: &str) -> Option<&'static str> {
         .find_map(|&(suffix, name)| path.ends_with(suffix).then_some(name))
 }
 
-fn plain(name: &'static str) -> Endpoint {
+pub(crate) fn plain(name: &'static str) -> Endpoint {
     Endpoint {
         name,
         streaming_hint: false,
@@ -123,6 +114,12 @@ fn plain(name: &'static str) -> Endpoint {
 impl Adapter for OpenAi {
     fn name(&self) -> &'static str {
         self.label
+    }
+
+    fn price_fallback(&self) -> Option<&'static str> {
+        // A model this provider serves without a price of its own costs what OpenAI's
+        // model of the same name does (OpenAI-compatible gateways, hosted copies).
+        (self.label != "openai").then_some("openai")
     }
 
     fn endpoint(&self, method: &str, path: &str) -> Option<Endpoint> {
@@ -137,24 +134,6 @@ impl Adapter for OpenAi {
                 exact_endpoint(rest).map(plain)
             }),
             Paths::Any => suffix_endpoint(path).map(plain),
-            Paths::Azure => {
-                if let Some(rest) = path.strip_prefix("/openai/deployments/") {
-                    let (deployment, rest) = rest.split_once('/')?;
-                    if deployment.is_empty() {
-                        return None;
-                    }
-                    let name = exact_endpoint(&path[path.len() - rest.len() - 1..])?;
-                    return Some(Endpoint {
-                        name,
-                        streaming_hint: false,
-                        model_from_path: Some(deployment.to_owned()),
-                    });
-                }
-                let rest = path
-                    .strip_prefix("/openai/v1")
-                    .or_else(|| path.strip_prefix("/openai"))?;
-                exact_endpoint(rest).map(plain)
-            }
         }
     }
 

@@ -154,10 +154,12 @@ fn adapters_by_name() {
     }
     assert_eq!(adapter_by_name("OpenAI").map(|a| a.name()), Some("openai"));
     assert!(adapter_by_name("vllm").is_none());
-    assert!(is_openai_format("azure_openai"));
-    assert!(is_openai_format("openai_compatible"));
-    assert!(!is_openai_format("anthropic"));
-    assert!(!is_openai_format("gemini"));
+    let fallback = |n: &str| adapter_by_name(n).and_then(|a| a.price_fallback());
+    assert_eq!(fallback("azure_openai"), Some("openai"));
+    assert_eq!(fallback("openai_compatible"), Some("openai"));
+    assert_eq!(fallback("openai"), None);
+    assert_eq!(fallback("anthropic"), None);
+    assert_eq!(fallback("gemini"), None);
 }
 
 #[test]
@@ -442,6 +444,44 @@ fn groq_chat_stream_with_crlf_and_x_groq_usage() {
         (Some(18), Some(4))
     );
     assert_eq!(r.events, 5);
+}
+
+/// What Sluice answers itself, in each provider's format, is read back by that provider's
+/// own parser as an error carrying the message: plain and inside a stream.
+#[test]
+fn error_replies_round_trip_through_each_adapter() {
+    for (host_name, path) in [
+        ("api.openai.com", "/v1/chat/completions"),
+        ("api.anthropic.com", "/v1/messages"),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        ),
+        (
+            "res.openai.azure.com",
+            "/openai/deployments/d/chat/completions",
+        ),
+    ] {
+        let a = host(host_name);
+        let ep = post(a, path);
+        for status in [400, 401, 403, 408, 413, 421, 429, 500, 503] {
+            let reply = a.error_reply(status, "refused by policy p@v1");
+            assert_eq!(reply.status, status);
+            assert_eq!(reply.content_type, "application/json");
+            let r = a.parse_response(&ep, &reply.body);
+            let e = r.error.unwrap_or_default();
+            assert!(
+                e.contains("refused by policy p@v1"),
+                "{host_name} {status}: {e}"
+            );
+            let r = run(a, &ep, &[&a.stream_error(status, "cut mid-stream")]);
+            let e = r.error.unwrap_or_default();
+            assert!(
+                e.contains("cut mid-stream"),
+                "{host_name} {status} stream: {e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -26,13 +26,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::guardrails::{Category, Scanner, StreamRedactor};
+use crate::guardrails::{Category, Scanner, StreamRedactor, DEFAULT_WINDOW};
 use crate::policy::{self, StreamBudget};
 use crate::providers::{self, Adapter, Endpoint, LaneEnd, SseDecoder};
-
-/// Bytes a lane holds back: the longest fixed-shape secret we promise to catch whole
-/// across events, with margin (see [`StreamRedactor`]).
-const WINDOW: usize = 256;
 
 /// Why a stream was cut.
 #[derive(Debug, Clone)]
@@ -183,7 +179,7 @@ impl StreamGuard {
             None => {
                 self.lanes.push(Lane {
                     id,
-                    redactor: StreamRedactor::new(scanner.clone(), WINDOW),
+                    redactor: StreamRedactor::new(scanner.clone(), DEFAULT_WINDOW),
                     template: None,
                 });
                 self.lanes.len() - 1
@@ -289,11 +285,7 @@ impl StreamGuard {
             "Stream stopped by Sluice policy {}: budget exhausted mid-stream (${:.6} left before this request, about ${spent:.6} spent by it so far).",
             b.policy_id, b.headroom_usd
         );
-        out.extend_from_slice(&providers::stream_error_frame(
-            self.adapter.name(),
-            429,
-            &message,
-        ));
+        out.extend_from_slice(&self.adapter.stream_error(429, &message));
         self.cut = Some(Cut {
             policy_id: b.policy_id.clone(),
             spent_usd: spent,

@@ -27,7 +27,7 @@ use crate::metrics;
 use crate::original_dst::Accepted;
 use crate::policy::{self, Decision, Verdict};
 use crate::pricing::PriceTable;
-use crate::providers::{self, Endpoint, ParsedResponse, StreamParser};
+use crate::providers::{self, Adapter, Endpoint, ParsedResponse, StreamParser};
 use crate::record::{
     self, Identity, Interaction, Outcome, Record, RequestPart, ResponsePart, Upstream,
 };
@@ -97,20 +97,12 @@ impl Interceptor {
                 .map(|m| providers::estimate_tokens(&m.content))
                 .sum()
         });
-        let max_output_tokens = parsed.as_ref().and_then(|p| {
-            ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-                .iter()
-                .find_map(|k| p.params.get(*k).and_then(|v| v.as_u64()))
-                .or_else(|| {
-                    p.params
-                        .get("generationConfig")
-                        .and_then(|g| g.get("maxOutputTokens"))
-                        .and_then(|v| v.as_u64())
-                })
-        });
+        let max_output_tokens = parsed
+            .as_ref()
+            .and_then(|p| conn.adapter.max_output_tokens(p));
         let before = std::mem::take(&mut ctx.verdict);
         ctx.verdict = self.shared.policy.load().evaluate(&policy::Facts {
-            provider: conn.adapter.name(),
+            adapter: conn.adapter,
             model: model.as_deref(),
             identity: &identity,
             body: Some(&ctx.request.buf),
@@ -139,7 +131,7 @@ impl Interceptor {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        provider: &'static str,
+        adapter: &'static dyn Adapter,
         status: u16,
         reason: &str,
         message: String,
@@ -162,24 +154,15 @@ impl Interceptor {
                 }
             }
         }
-        let body = providers::error_body(provider, status, &message);
-        let mut header = ResponseHeader::build(status, Some(3))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header("content-length", body.len().to_string())?;
-        match ctx.retry_after {
-            // Over a limit: tell the client when; SDKs honour Retry-After.
-            Some(secs) => header.insert_header("retry-after", secs.to_string())?,
-            // A policy refusal will not change on retry.
-            None => header.insert_header("x-should-retry", "false")?,
-        }
         ctx.status = status;
         ctx.refused = true;
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        let retry = match ctx.retry_after {
+            // Over a limit: tell the client when; SDKs honour Retry-After.
+            Some(secs) => ("retry-after", secs.to_string()),
+            // A policy refusal will not change on retry.
+            None => ("x-should-retry", "false".to_string()),
+        };
+        write_error(session, adapter, status, &message, Some(retry)).await?;
         Ok(true)
     }
 
@@ -192,6 +175,31 @@ impl Interceptor {
             .unwrap_or(ctx.status);
         record_exchange(&self.shared, e, ctx, status)
     }
+}
+
+/// The one writer of every response Sluice answers itself (refusals, proxy failures): the
+/// provider's own error format ([`Adapter::error_reply`]), so SDKs raise their usual
+/// exception with a message that says what happened; `extra` is one more header.
+async fn write_error(
+    session: &mut Session,
+    adapter: &dyn Adapter,
+    status: u16,
+    message: &str,
+    extra: Option<(&'static str, String)>,
+) -> Result<()> {
+    let reply = adapter.error_reply(status, message);
+    let mut header = ResponseHeader::build(reply.status, Some(3 + reply.headers.len()))?;
+    header.insert_header("content-type", reply.content_type)?;
+    header.insert_header("content-length", reply.body.len().to_string())?;
+    for (name, value) in reply.headers.into_iter().chain(extra) {
+        header.insert_header(name, value)?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(reply.body)), true)
+        .await
 }
 
 /// Assemble, price, count and keep the interaction record of `ctx` (once).
@@ -445,7 +453,8 @@ impl ProxyHttp for Interceptor {
         let req = session.req_header();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), path);
-        let provider = conn.adapter.name();
+        let adapter = conn.adapter;
+        let provider = adapter.name();
         ctx.conn = Some(conn.clone());
 
         // Identity: virtual key, else the fingerprint of the client's own key.
@@ -456,7 +465,7 @@ impl ProxyHttp for Interceptor {
                 let Some(vk) = engine.keys.resolve(&key) else {
                     ctx.identity = Some(identity);
                     return self
-                        .refuse(session, ctx, provider, 401, "invalid_virtual_key",
+                        .refuse(session, ctx, adapter, 401, "invalid_virtual_key",
                             "Sluice does not know this virtual key (sk-sluice-…); ask your administrator for a valid one.".into())
                         .await;
                 };
@@ -469,7 +478,7 @@ impl ProxyHttp for Interceptor {
                         .refuse(
                             session,
                             ctx,
-                            provider,
+                            adapter,
                             403,
                             "no_provider_key",
                             format!("Sluice holds no {provider} key for this virtual key."),
@@ -489,7 +498,7 @@ impl ProxyHttp for Interceptor {
                 "request refused: the audit ledger is failing (on_ledger_failure: fail_closed)"
             );
             return self
-                .refuse(session, ctx, provider, 503, "ledger_unavailable",
+                .refuse(session, ctx, adapter, 503, "ledger_unavailable",
                     "Sluice cannot write its audit ledger (disk full or unwritable); requests are refused until it recovers (on_ledger_failure: fail_closed).".into())
                 .await;
         }
@@ -509,7 +518,7 @@ impl ProxyHttp for Interceptor {
                     limited.detail, limited.retry_after
                 );
                 return self
-                    .refuse(session, ctx, provider, 429, limited.reason, message)
+                    .refuse(session, ctx, adapter, 429, limited.reason, message)
                     .await;
             }
         }
@@ -532,7 +541,7 @@ impl ProxyHttp for Interceptor {
                     .cloned()
                     .unwrap_or_default();
                 return self
-                    .refuse(session, ctx, provider, status, &code, message)
+                    .refuse(session, ctx, adapter, status, &code, message)
                     .await;
             }
         }
@@ -753,26 +762,16 @@ impl ProxyHttp for Interceptor {
         // Answer in the provider's error format, so SDKs raise their usual error with a
         // message that says what happened.
         if code > 0 && session.response_written().is_none() {
-            let provider = ctx.conn.as_ref().map_or("openai", |c| c.adapter.name());
+            let adapter = ctx
+                .conn
+                .as_ref()
+                .map_or(providers::default_adapter(), |c| c.adapter);
             let message = match code {
                 503 => format!("Sluice could not record this request in its audit ledger, so the answer is withheld (on_ledger_failure: fail_closed): {e}"),
                 502 => format!("Sluice could not get an answer from the provider: {e}"),
                 _ => format!("Sluice failed to proxy this request: {e}"),
             };
-            let body = providers::error_body(provider, code, &message);
-            let written = async {
-                let mut header = ResponseHeader::build(code, Some(2))?;
-                header.insert_header("content-type", "application/json")?;
-                header.insert_header("content-length", body.len().to_string())?;
-                session
-                    .write_response_header(Box::new(header), false)
-                    .await?;
-                session
-                    .write_response_body(Some(Bytes::from(body)), true)
-                    .await
-            }
-            .await;
-            if let Err(err) = written {
+            if let Err(err) = write_error(session, adapter, code, &message, None).await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
         }
@@ -874,7 +873,7 @@ fn build_record(
     }
     let cost_usd = model
         .as_deref()
-        .and_then(|m| PriceTable::embedded().cost_usd(adapter.name(), m, &parsed_resp.usage));
+        .and_then(|m| PriceTable::embedded().cost_usd(adapter, m, &parsed_resp.usage));
 
     let (params, messages, req_error, req_stream) = match parsed_req {
         Some(r) => (r.params, r.messages, r.error, r.stream),
