@@ -1,51 +1,63 @@
 //! Governance: who is calling, and what may pass.
 //!
-//! A request goes through [`Engine::evaluate`] once its body has been read (before
-//! anything is sent upstream). The order is one explicit function, [`Engine::evaluate`],
-//! and it is the order a compliance reader should expect:
+//! [`Engine::apply_request_policies`] is the one place that states the order in which a
+//! request is governed, before anything is sent upstream; each step lives in its own
+//! file:
 //!
-//! 1. **identity** — the virtual key (`sk-sluice-…`) or the fingerprint of the client's own
-//!    provider key, plus the workload identity from the probe, select the policies in scope;
-//! 2. **provider and model rules** — cheapest, and a denied model makes everything after it moot;
-//! 3. **prompt guardrails** — secrets, PII and prompt injection in the text that would leave.
-//!    Redaction rewrites the body the provider receives; block answers the client with the
-//!    provider's own error format.
+//! | step | file | decides |
+//! |---|---|---|
+//! | 1. identity and key | `policy/keys.rs` | who is calling: a virtual key (`sk-sluice-…`, swapped for the real provider key) or the fingerprint of the client's own key, plus the workload from the probe |
+//! | 2. rate limits | `policy/limits.rs` | requests, tokens and concurrency per identity |
+//! | 3. provider and model rules | `policy/rules.rs` | allow/deny globs |
+//! | 4. prompt guardrails | `policy/prompt.rs` | secrets, PII, prompt injection: block, redact, alert |
+//! | 5. budgets | `policy/budget.rs` | the worst case must fit in what is left |
+//! | 6. response plan | `policy/response.rs` | how the answer is checked as it flows |
+//!
+//! How decisions combine (the first enforcing refusal wins, shadow decisions are only
+//! recorded, …) is written once, as methods of [`Verdict`] (`policy/verdict.rs`).
 //!
 //! Each policy runs in `enforce` or `shadow` mode. A shadow policy records the decision it
-//! would have taken (`shadow_block`, `shadow_redact`) and lets the request through untouched,
-//! so a rollout can be judged on real traffic first. The first enforcing block wins; all
-//! triggered reasons are recorded.
+//! would have taken (`shadow_block`, `shadow_redact`) and lets the request through
+//! untouched, so a rollout can be judged on real traffic first.
 //!
-//! 4. **budgets** — the worst case must fit in what is left (see [`budget`]); the tightest
-//!    enforcing budget also travels with the request ([`StreamBudget`]) so a stream whose
-//!    real output spends past it is cut mid-way;
-//! 5. **response guardrails** — the first policy in scope with a `response:` section
-//!    decides how the answer is checked ([`ResponsePlan`]): redacted on the fly (streams
-//!    through a bounded window, see [`crate::guardrails::StreamRedactor`]) or recorded.
-//!
-//! Rate limits are decided earlier, on identity alone, by [`Engine::admit`].
+//! What this module is not: it does no I/O of its own (the request body comes through
+//! [`RequestBody`]), writes no records and answers no client; the proxy does that with
+//! the [`Verdict`].
 
 mod body;
 mod budget;
 mod keys;
 mod limits;
 mod lint;
+mod prompt;
+mod response;
+mod rules;
+mod verdict;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use budget::{Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError};
-pub use limits::{Limited, Limiter, RateLimit, WindowRow};
-pub use lint::{lint, LintFinding};
-
+pub use budget::{
+    Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError, StreamBudget,
+};
 pub use keys::{
-    fingerprint, presented_key, KeyError, ResolvedKey, Secret, VirtualKey, VirtualKeys,
+    fingerprint, presented_key, KeyError, KeySwap, ResolvedKey, Secret, VirtualKey, VirtualKeys,
     VIRTUAL_KEY_PREFIX,
 };
+pub use limits::{Limited, Limiter, RateLimit, WindowRow};
+pub use lint::{lint, LintFinding};
+pub use prompt::{Action, Guardrails};
+pub use response::{response_reason, ResponseGuardrails, ResponsePlan};
+pub use rules::{glob, AllowDeny};
+pub use verdict::{Decision, Refusal, Verdict};
 
 use crate::guardrails::{Category, Group, Scanner};
+use crate::providers::{Adapter, Endpoint};
 use crate::record::Identity;
+use prompt::PromptBody;
+use verdict::PolicyOutcome;
 
 /// The `policy:` section of the config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -129,171 +141,12 @@ pub struct Scope {
     pub pods: Vec<String>,
 }
 
-/// Allow and deny globs; deny wins; an empty allow list allows everything not denied.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AllowDeny {
-    /// Globs allowed.
-    pub allow: Vec<String>,
-    /// Globs denied.
-    pub deny: Vec<String>,
-}
-
-/// What to do when a detector group fires.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Nothing.
-    #[default]
-    Allow,
-    /// Record only.
-    Alert,
-    /// Replace the spans with typed markers.
-    Redact,
-    /// Refuse the request.
-    Block,
-}
-
-/// Guardrail actions per detector group.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Guardrails {
-    /// Emails, phones, cards, IBANs, SSNs, IPs.
-    pub pii: Action,
-    /// Cloud keys, tokens, private keys, JWTs, connection strings.
-    pub secrets: Action,
-    /// Prompt injection and jailbreaks (`redact` is treated as `block`).
-    pub injection: Action,
-    /// Injection score from which the detector fires, 0–1. Default 0.5.
-    pub injection_threshold: f32,
-}
-
-impl Default for Guardrails {
-    fn default() -> Self {
-        Guardrails {
-            pii: Action::Allow,
-            secrets: Action::Allow,
-            injection: Action::Allow,
-            injection_threshold: 0.5,
-        }
-    }
-}
-
-/// Guardrail actions on the answer. `block` is not offered: the status line has left by
-/// the time the answer arrives, so the strongest action is to redact.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResponseGuardrails {
-    /// Emails, phones, cards, IBANs, SSNs, IPs in the answer.
-    pub pii: Action,
-    /// Keys, tokens, private keys, JWTs, connection strings in the answer.
-    pub secrets: Action,
-}
-
-/// How the answer to one request is guarded, from the governing policy.
-#[derive(Clone)]
-pub struct ResponsePlan {
-    /// The governing policy, `id@vN`.
-    pub policy_id: String,
-    /// `shadow`: findings are recorded as `shadow_redact`, nothing is changed.
-    pub shadow: bool,
-    /// Categories to redact in what the client receives (enforce mode only).
-    pub redact: Option<Arc<Scanner>>,
-    /// Categories only recorded (`alert`, and everything a shadow policy would redact).
-    pub detect: Option<Arc<Scanner>>,
-}
-
-impl std::fmt::Debug for ResponsePlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponsePlan")
-            .field("policy_id", &self.policy_id)
-            .field("shadow", &self.shadow)
-            .field("redact", &self.redact.is_some())
-            .field("detect", &self.detect.is_some())
-            .finish()
-    }
-}
-
-/// What is left of the tightest enforcing budget once a request was admitted, so a
-/// stream can be cut when its real output spends it.
-#[derive(Debug, Clone)]
-pub struct StreamBudget {
-    /// The budget's policy, `id@vN`.
-    pub policy_id: String,
-    /// USD left in the budget before this request.
-    pub headroom_usd: f64,
-    /// The prompt's estimated cost.
-    pub input_usd: f64,
-    /// Price of one output token.
-    pub output_usd_per_token: f64,
-}
-
-impl StreamBudget {
-    /// Whether `output_tokens` more would spend past the budget.
-    pub fn exceeded(&self, output_tokens: u64) -> bool {
-        self.input_usd + output_tokens as f64 * self.output_usd_per_token > self.headroom_usd
-    }
-}
-
-/// The decision recorded on an interaction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    /// Passed untouched.
-    #[default]
-    Allow,
-    /// Passed with spans redacted.
-    Redact,
-    /// Refused.
-    Block,
-    /// A shadow policy would have refused it.
-    ShadowBlock,
-    /// A shadow policy would have redacted it.
-    ShadowRedact,
-}
-
-impl Decision {
-    /// Label for metrics and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allow => "allow",
-            Decision::Redact => "redact",
-            Decision::Block => "block",
-            Decision::ShadowBlock => "shadow_block",
-            Decision::ShadowRedact => "shadow_redact",
-        }
-    }
-}
-
-/// The outcome of evaluating one request.
-#[derive(Debug, Clone, Default)]
-pub struct Verdict {
-    /// What happens.
-    pub decision: Decision,
-    /// Why, e.g. `model_denied`, `pii:email`, `secret:aws_key`, `prompt_injection`.
-    pub reason_codes: Vec<String>,
-    /// The deciding policy, `id@vN`.
-    pub policy_id: Option<String>,
-    /// Detector categories that fired (any mode).
-    pub triggered: Vec<Category>,
-    /// `enforce` or `shadow`, for the deciding policy.
-    pub mode: Option<&'static str>,
-    /// The body to forward instead of the client's (redaction).
-    pub rewritten_body: Option<Vec<u8>>,
-    /// HTTP status and message for a refusal.
-    pub refusal: Option<(u16, String)>,
-    /// How the answer is guarded, when a policy in scope has `response:` guardrails.
-    pub response: Option<ResponsePlan>,
-    /// The tightest enforcing budget, for cutting a stream that spends past it.
-    pub stream_budget: Option<StreamBudget>,
-}
-
-/// What a request looks like to the policy.
+/// What a request looks like to steps 3–6.
 pub struct Facts<'a> {
     /// The provider's adapter (its label, its prices).
-    pub adapter: &'a dyn crate::providers::Adapter,
-    /// Model, when known.
-    pub model: Option<&'a str>,
+    pub adapter: &'a dyn Adapter,
+    /// Model, when known: from the body, else from the path.
+    pub model: Option<String>,
     /// The caller.
     pub identity: &'a Identity,
     /// The request body as read (JSON), when it could be read whole.
@@ -302,6 +155,32 @@ pub struct Facts<'a> {
     pub input_tokens: u64,
     /// The maximum output the request asks for, when it says.
     pub max_output_tokens: Option<u64>,
+}
+
+impl<'a> Facts<'a> {
+    /// The facts of a request whose whole body is `body`: the model from the body or the
+    /// path, the input estimated from the messages, the requested maximum output.
+    pub fn of(
+        adapter: &'a dyn Adapter,
+        endpoint: &Endpoint,
+        identity: &'a Identity,
+        body: &'a [u8],
+    ) -> Facts<'a> {
+        let parsed = adapter.parse_request(endpoint, body);
+        let input_tokens = parsed
+            .messages
+            .iter()
+            .map(|m| crate::providers::estimate_tokens(&m.content))
+            .sum();
+        Facts {
+            adapter,
+            max_output_tokens: adapter.max_output_tokens(&parsed),
+            model: parsed.model.or_else(|| endpoint.model_from_path.clone()),
+            identity,
+            body: Some(body),
+            input_tokens,
+        }
+    }
 }
 
 /// The compiled policy set.
@@ -329,20 +208,6 @@ struct Compiled {
     response_detect: Option<Arc<Scanner>>,
 }
 
-/// A scanner for the categories of the groups whose action passes `pick`, if any.
-fn response_scanner(g: &ResponseGuardrails, pick: impl Fn(Action) -> bool) -> Option<Arc<Scanner>> {
-    let cats: Vec<Category> = Category::ALL
-        .iter()
-        .copied()
-        .filter(|c| match c.group() {
-            Group::Pii => pick(g.pii),
-            Group::Secret => pick(g.secrets),
-            Group::Injection => false,
-        })
-        .collect();
-    (!cats.is_empty()).then(|| Arc::new(Scanner::new(&cats)))
-}
-
 impl Engine {
     /// Compile a validated config section.
     ///
@@ -353,20 +218,14 @@ impl Engine {
             .policies
             .iter()
             .map(|p| {
-                let shadow = p.mode == Mode::Shadow;
-                let response = p.response.as_ref();
+                let (response_redact, response_detect) =
+                    response::scanners(p.response.as_ref(), p.mode);
                 Compiled {
                     scanner: p.prompt.as_ref().map(|g| {
                         Arc::new(Scanner::all().with_injection_threshold(g.injection_threshold))
                     }),
-                    response_redact: response
-                        .filter(|_| !shadow)
-                        .and_then(|g| response_scanner(g, |a| a == Action::Redact)),
-                    response_detect: response.and_then(|g| {
-                        response_scanner(g, |a| {
-                            a == Action::Alert || (shadow && a >= Action::Redact)
-                        })
-                    }),
+                    response_redact,
+                    response_detect,
                     policy: p.clone(),
                 }
             })
@@ -445,48 +304,165 @@ impl Engine {
     pub fn save_counters(&self) {
         self.spend.save_windows(&self.limiter.snapshot());
     }
+}
 
-    /// Add the real cost of a finished request to every budget that covers its caller.
-    pub fn settle(&self, identity: &Identity, cost_usd: f64) {
-        let period_now = now_secs();
-        for c in &self.policies {
-            if let (Some(b), true) = (&c.policy.budget, in_scope(&c.policy.scope, identity)) {
-                let key = budget_key(&c.policy, b, identity);
-                self.spend.add(&key, b.period.index(period_now), cost_usd);
-            }
-        }
-    }
+/// A request as governance sees it before its body is read.
+pub struct Request<'a> {
+    /// The provider's adapter.
+    pub adapter: &'static dyn Adapter,
+    /// The endpoint, when the adapter knows it (`None`: not an LLM call it parses).
+    pub endpoint: Option<&'a Endpoint>,
+    /// The credential the client presented and the header it came in
+    /// ([`presented_key`]).
+    pub presented_key: Option<(&'static str, String)>,
+    /// The connection's workload identity (process, pod, client address).
+    pub workload: Identity,
+}
 
-    /// Rate limits, decided on identity alone before the body is read, so an over-limit
-    /// client costs nothing more. On refusal, the deciding policy (`id@vN`) and why; a
-    /// shadow policy's would-be refusal is only noted in `shadow`.
-    pub fn admit(
+/// Where governance reads the request body from, once the steps that need no body have
+/// passed (the proxy's session, or a buffer in tests).
+pub trait RequestBody {
+    /// Why the body could not be read (the client went away, …).
+    type Error;
+    /// The whole body, read before anything is forwarded; `None` when it is not read
+    /// whole (larger than can be held for replay, or of unknown length).
+    fn read_whole(&mut self) -> impl Future<Output = Result<Option<&[u8]>, Self::Error>> + Send;
+}
+
+/// The outcome of [`Engine::apply_request_policies`]: who is calling and what happens.
+#[derive(Debug, Default)]
+pub struct Governed {
+    /// The caller: the workload plus what the key says (user, team, project, key
+    /// fingerprint).
+    pub identity: Identity,
+    /// The decision; `verdict.refusal` is set when the request must not be forwarded.
+    pub verdict: Verdict,
+    /// The real provider key to send instead of the client's virtual key.
+    pub swap_key: Option<KeySwap>,
+    /// Rate-limit slots held until the exchange ends ([`Engine::finish`]).
+    pub admission: Option<Admission>,
+    /// The body was read (and judged) whole.
+    pub body_read: bool,
+}
+
+impl Engine {
+    /// Governs one request, in this order, before anything is sent upstream:
+    ///
+    /// 1. **Identity and key** — who is calling selects the policies in scope, so it
+    ///    comes first; an unknown virtual key is refused (401) before anything is counted.
+    /// 2. **Rate limits** — on identity alone, before the body is read, so an
+    ///    over-limit client costs nothing more (429 with `Retry-After`).
+    ///
+    /// Then the body is read whole, and for every policy in scope, in config order:
+    ///
+    /// 3. **Provider and model rules** — the cheapest check, and a denied model makes
+    ///    everything after it moot.
+    /// 4. **Prompt guardrails** — on what would leave; redaction rewrites the body later
+    ///    policies see and the provider receives.
+    /// 5. **Budget** — only a request that would otherwise pass reserves its worst case,
+    ///    so a refused request never counts against anyone's spend.
+    /// 6. **Response plan** — decided last: a refused request has no answer to check.
+    ///
+    /// The first enforcing refusal ends evaluation.
+    ///
+    /// # Errors
+    /// Only when reading the body fails; every policy outcome is in [`Governed`].
+    pub async fn apply_request_policies<B: RequestBody + Send>(
         &self,
-        identity: &Identity,
-        shadow: &mut Vec<(String, Limited)>,
-    ) -> Result<Admission, (String, Limited)> {
-        let who = limit_key(identity);
-        let mut held = Admission::default();
-        for c in &self.policies {
-            let (Some(limit), true) = (&c.policy.rate_limit, in_scope(&c.policy.scope, identity))
-            else {
-                continue;
-            };
-            let id = format!("{}@v{}", c.policy.id, c.policy.version);
-            let key = format!("{id}|{who}");
-            match self.limiter.admit(&key, limit) {
-                Ok(()) => held.keys.push(key),
-                Err(l) if c.policy.mode == Mode::Shadow => shadow.push((id, l)),
-                Err(l) => {
-                    self.finish(held, 0);
-                    return Err((id, l));
-                }
+        req: Request<'_>,
+        body: &mut B,
+    ) -> Result<Governed, B::Error> {
+        let mut v = Verdict::default();
+        let provider = req.adapter.name();
+        // 1. Identity and key.
+        let mut identity = req.workload;
+        let swap_key = match self
+            .keys
+            .identify(req.presented_key, provider, &mut identity)
+        {
+            Ok(swap) => swap,
+            Err((reason, refusal)) => {
+                v.refuse(None, reason, refusal);
+                return Ok(Governed::refused(identity, v));
             }
-        }
-        Ok(held)
+        };
+        // 2. Rate limits.
+        let admission = match self.admit(&identity, &mut v) {
+            Ok(admission) => admission,
+            Err(()) => return Ok(Governed::refused(identity, v)),
+        };
+        let mut governed = Governed {
+            identity,
+            verdict: v,
+            swap_key,
+            admission: Some(admission),
+            body_read: false,
+        };
+        let Some(endpoint) = req.endpoint.filter(|_| self.needs_body()) else {
+            return Ok(governed);
+        };
+        let Some(bytes) = body.read_whole().await? else {
+            governed.verdict.note("body_not_inspected_by_policy");
+            return Ok(governed);
+        };
+        governed.body_read = true;
+        let facts = Facts::of(req.adapter, endpoint, &governed.identity, bytes);
+        // 3.–6. Every policy in scope.
+        self.evaluate_into(&facts, &mut governed.verdict);
+        Ok(governed)
     }
 
-    /// Release rate-limit slots and charge the tokens the request used.
+    /// Steps 3–6 of [`Engine::apply_request_policies`] for every policy in scope, folded
+    /// into `v`.
+    fn evaluate_into(&self, facts: &Facts<'_>, v: &mut Verdict) {
+        let mut prompt = PromptBody::default();
+        for c in self.in_scope(facts.identity) {
+            let p = &c.policy;
+            let id = format!("{}@v{}", p.id, p.version);
+            let mut out = PolicyOutcome::default();
+            // 3. Provider and model rules.
+            rules::check(p, facts, v, &mut out);
+            // 4. Prompt guardrails.
+            if out.refuse.is_none() {
+                prompt::check(c, facts, &mut prompt, v, &mut out);
+            }
+            // 5. Budget.
+            if out.refuse.is_none() {
+                budget::check(self, p, &id, facts, v, &mut out);
+            }
+            // 6. Response plan.
+            if out.refuse.is_none() {
+                response::plan(c, &id, v);
+            }
+            if v.merge_policy(id, p.mode, out) {
+                return;
+            }
+        }
+        if v.decision == Decision::Redact {
+            v.rewritten_body = prompt.into_rewritten();
+        }
+    }
+
+    /// Steps 3–6 alone, on facts already gathered (tests, tools).
+    pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
+        let mut v = Verdict::default();
+        self.evaluate_into(facts, &mut v);
+        v
+    }
+
+    /// The policies whose scope covers `identity`, in config order.
+    fn in_scope<'s>(&'s self, identity: &'s Identity) -> impl Iterator<Item = &'s Compiled> {
+        self.policies
+            .iter()
+            .filter(move |c| in_scope(&c.policy.scope, identity))
+    }
+
+    /// Adds the real cost of a finished request to every budget that covers its caller.
+    pub fn settle(&self, identity: &Identity, cost_usd: f64) {
+        budget::settle(self, identity, cost_usd);
+    }
+
+    /// Releases rate-limit slots and charges the tokens the request used.
     pub fn finish(&self, admission: Admission, tokens: u64) {
         for key in admission.keys {
             self.limiter.finish(&key, tokens);
@@ -497,184 +473,24 @@ impl Engine {
     pub fn needs_body(&self) -> bool {
         self.policies.iter().any(|c| {
             let p = &c.policy;
-            p.prompt.is_some() || p.models.is_some() || p.budget.is_some() || p.response.is_some()
+            p.prompt.is_some()
+                || p.models.is_some()
+                || p.providers.is_some()
+                || p.budget.is_some()
+                || p.response.is_some()
         })
     }
+}
 
-    /// Evaluate a request, in the order documented at the top of this module.
-    pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
-        let mut v = Verdict::default();
-        // The redacted body is built once and shared by later redacting policies.
-        let mut body: Option<serde_json::Value> = None;
-        for c in &self.policies {
-            let p = &c.policy;
-            // 1. Identity: is this policy about this caller at all?
-            if !in_scope(&p.scope, facts.identity) {
-                continue;
-            }
-            let id = format!("{}@v{}", p.id, p.version);
-            let mut block: Option<String> = None;
-            let mut redact = false;
-            let mut budget_block = false;
-
-            // 2. Provider and model rules.
-            if let Some(rule) = &p.providers {
-                if !allowed(rule, facts.adapter.name()) {
-                    v.reason_codes.push("provider_denied".into());
-                    block = Some(format!("provider {} is not allowed", facts.adapter.name()));
-                }
-            }
-            if let (Some(rule), None) = (&p.models, &block) {
-                let model = facts.model.unwrap_or("");
-                if !allowed(rule, model) {
-                    v.reason_codes.push("model_denied".into());
-                    block = Some(format!("model {model:?} is not allowed"));
-                }
-            }
-
-            // 3. Prompt guardrails over every text field of the body.
-            if let (Some(g), Some(scanner), None) = (&p.prompt, &c.scanner, &block) {
-                let source = match &body {
-                    Some(b) => Some(b.clone()),
-                    None => facts.body.and_then(|b| serde_json::from_slice(b).ok()),
-                };
-                if let Some(mut json) = source {
-                    let found = body::scan(&json, scanner);
-                    for cat in &found {
-                        if !v.triggered.contains(cat) {
-                            v.triggered.push(*cat);
-                        }
-                    }
-                    let action_of = |cat: &Category| match cat.group() {
-                        Group::Pii => g.pii,
-                        Group::Secret => g.secrets,
-                        Group::Injection => match g.injection {
-                            Action::Redact => Action::Block,
-                            a => a,
-                        },
-                    };
-                    let worst = found.iter().map(action_of).max().unwrap_or(Action::Allow);
-                    for cat in found.iter().filter(|c| action_of(c) != Action::Allow) {
-                        v.reason_codes.push(reason(*cat));
-                    }
-                    match worst {
-                        Action::Block => {
-                            let names: Vec<_> = found
-                                .iter()
-                                .filter(|c| action_of(c) == Action::Block)
-                                .map(|c| c.as_str())
-                                .collect();
-                            block = Some(format!("the prompt contains {}", names.join(", ")));
-                        }
-                        Action::Redact => {
-                            let cats: Vec<Category> = found
-                                .iter()
-                                .copied()
-                                .filter(|c| action_of(c) == Action::Redact)
-                                .collect();
-                            body::redact(&mut json, scanner, &cats);
-                            redact = true;
-                            if p.mode == Mode::Enforce {
-                                body = Some(json);
-                            }
-                        }
-                        Action::Alert | Action::Allow => {}
-                    }
-                }
-            }
-
-            // 4. Budget: only a request that would otherwise pass reserves its worst case.
-            if let (Some(b), None) = (&p.budget, &block) {
-                let price = facts
-                    .model
-                    .and_then(|m| crate::pricing::PriceTable::embedded().lookup(facts.adapter, m));
-                match price {
-                    None => {
-                        v.reason_codes.push("budget_unpriced_model".into());
-                        block = Some(format!(
-                            "model {:?} has no price, so its spend cannot be budgeted",
-                            facts.model.unwrap_or("")
-                        ));
-                    }
-                    Some(price) => {
-                        let out = facts.max_output_tokens.unwrap_or(b.default_max_tokens);
-                        let worst = (facts.input_tokens as f64 * price.input_per_mtok
-                            + out as f64 * price.output_per_mtok)
-                            / 1e6;
-                        let key = budget_key(p, b, facts.identity);
-                        let spent = self.spend.spent(&key, b.period.index(now_secs()));
-                        let headroom = b.usd - spent;
-                        let tighter = v
-                            .stream_budget
-                            .as_ref()
-                            .is_none_or(|s| headroom < s.headroom_usd);
-                        if p.mode == Mode::Enforce && tighter {
-                            v.stream_budget = Some(StreamBudget {
-                                policy_id: id.clone(),
-                                headroom_usd: headroom,
-                                input_usd: facts.input_tokens as f64 * price.input_per_mtok / 1e6,
-                                output_usd_per_token: price.output_per_mtok / 1e6,
-                            });
-                        }
-                        if spent + worst > b.usd {
-                            v.reason_codes.push("budget_exceeded".into());
-                            block = Some(format!(
-                                "budget exhausted: ${spent:.6} of ${:.6} spent this {:?} period, this request may cost up to ${worst:.6}",
-                                b.usd, b.period
-                            ));
-                            budget_block = true;
-                        }
-                    }
-                }
-            }
-
-            // 5. The answer's guardrails: the first policy in scope that has them.
-            if let (Some(_), None, None) = (&p.response, &block, &v.response) {
-                v.response = Some(ResponsePlan {
-                    policy_id: id.clone(),
-                    shadow: p.mode == Mode::Shadow,
-                    redact: c.response_redact.clone(),
-                    detect: c.response_detect.clone(),
-                });
-            }
-
-            // Combine: the first enforcing block decides; shadow decisions are recorded.
-            match (block, p.mode) {
-                (Some(why), Mode::Enforce) => {
-                    v.decision = Decision::Block;
-                    v.policy_id = Some(id.clone());
-                    v.mode = Some("enforce");
-                    v.refusal = Some((
-                        if budget_block { 429 } else { 403 },
-                        format!("Request blocked by Sluice policy {id}: {why}."),
-                    ));
-                    v.rewritten_body = None;
-                    return v;
-                }
-                (Some(_), Mode::Shadow)
-                    if matches!(v.decision, Decision::Allow | Decision::ShadowRedact) =>
-                {
-                    v.decision = Decision::ShadowBlock;
-                    v.policy_id = Some(id);
-                    v.mode = Some("shadow");
-                }
-                (None, Mode::Enforce) if redact => {
-                    v.decision = Decision::Redact;
-                    v.policy_id = Some(id);
-                    v.mode = Some("enforce");
-                }
-                (None, Mode::Shadow) if redact && v.decision == Decision::Allow => {
-                    v.decision = Decision::ShadowRedact;
-                    v.policy_id = Some(id);
-                    v.mode = Some("shadow");
-                }
-                _ => {}
-            }
+impl Governed {
+    fn refused(identity: Identity, verdict: Verdict) -> Governed {
+        Governed {
+            identity,
+            verdict,
+            swap_key: None,
+            admission: None,
+            body_read: false,
         }
-        if v.decision == Decision::Redact {
-            v.rewritten_body = body.and_then(|b| serde_json::to_vec(&b).ok());
-        }
-        v
     }
 }
 
@@ -683,15 +499,6 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// A budget counter: shared by name, else per policy (not version: a policy edit must not
-/// reset spend) and identity.
-fn budget_key(p: &Policy, b: &Budget, identity: &Identity) -> String {
-    match &b.shared {
-        Some(name) => format!("shared:{name}"),
-        None => format!("{}|{}", p.id, limit_key(identity)),
-    }
 }
 
 /// The identity rate limits count against: the strongest one known.
@@ -722,12 +529,6 @@ fn reason(cat: Category) -> String {
     }
 }
 
-/// The reason code of a finding in the answer: `response_pii:email`,
-/// `response_secret:aws_key`.
-pub fn response_reason(cat: Category) -> String {
-    format!("response_{}", reason(cat))
-}
-
 /// Redact everything `scanner` finds in every text leaf of a JSON document (an answer,
 /// an event); the categories found are added to `found`.
 pub fn redact_body(doc: &mut serde_json::Value, scanner: &Scanner, found: &mut Vec<Category>) {
@@ -744,40 +545,6 @@ fn in_scope(s: &Scope, id: &Identity) -> bool {
         && any(&s.processes, id.process.as_deref())
         && any(&s.pods, id.pod_uid.as_deref())
         && (s.uids.is_empty() || id.uid.is_some_and(|u| s.uids.contains(&u)))
-}
-
-fn allowed(rule: &AllowDeny, value: &str) -> bool {
-    if rule.deny.iter().any(|p| glob(p, value)) {
-        return false;
-    }
-    rule.allow.is_empty() || rule.allow.iter().any(|p| glob(p, value))
-}
-
-/// Shell-style glob with `*` (any run) and `?` (one char), case-insensitive.
-pub fn glob(pattern: &str, value: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let v: Vec<char> = value.to_lowercase().chars().collect();
-    let (mut pi, mut vi, mut star, mut mark) = (0, 0, None, 0);
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = vi;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            vi = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //!
 //! Nothing here parses provider formats or decides policy; it only routes connections.
 
+mod exchange;
 mod guard;
 mod http;
 mod relay;

@@ -7,6 +7,9 @@
 //! and is refused by a budgeted policy (`budget_unpriced_model`): spend that cannot be
 //! counted cannot be capped.
 //!
+//! This is step 5 of the governance order: only a request that passed the rules and the
+//! prompt guardrails reserves its worst case.
+//!
 //! Counters are kept behind [`CounterStore`]; [`SqliteCounters`] is the embedded default
 //! (a fleet shares one store later). Reads come from memory; every spend is written
 //! through, so a crash loses nothing already settled.
@@ -16,6 +19,10 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 use serde::Deserialize;
+
+use super::verdict::{PolicyOutcome, Verdict};
+use super::{limit_key, now_secs, Engine, Facts, Mode, Policy};
+use crate::record::Identity;
 
 /// `budget:` of a policy.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +44,104 @@ pub struct Budget {
 
 fn default_max_tokens() -> u64 {
     4096
+}
+
+/// What is left of the tightest enforcing budget once a request was admitted, so a
+/// stream can be cut when its real output spends it.
+#[derive(Debug, Clone)]
+pub struct StreamBudget {
+    /// The budget's policy, `id@vN`.
+    pub policy_id: String,
+    /// USD left in the budget before this request.
+    pub headroom_usd: f64,
+    /// The prompt's estimated cost.
+    pub input_usd: f64,
+    /// Price of one output token.
+    pub output_usd_per_token: f64,
+}
+
+impl StreamBudget {
+    /// Whether `output_tokens` more would spend past the budget.
+    pub fn exceeded(&self, output_tokens: u64) -> bool {
+        self.input_usd + output_tokens as f64 * self.output_usd_per_token > self.headroom_usd
+    }
+}
+
+/// Checks policy `p`'s budget: the worst case must fit in what is left (429 otherwise);
+/// an unpriced model cannot be budgeted (refused). The tightest enforcing budget travels
+/// with the request so a stream can be cut when it spends past it.
+pub(super) fn check(
+    engine: &Engine,
+    p: &Policy,
+    id: &str,
+    facts: &Facts<'_>,
+    v: &mut Verdict,
+    out: &mut PolicyOutcome,
+) {
+    let Some(b) = &p.budget else { return };
+    let price = facts
+        .model
+        .as_deref()
+        .and_then(|m| crate::pricing::PriceTable::embedded().lookup(facts.adapter, m));
+    let Some(price) = price else {
+        v.note("budget_unpriced_model");
+        out.refuse = Some((
+            403,
+            format!(
+                "model {:?} has no price, so its spend cannot be budgeted",
+                facts.model.as_deref().unwrap_or("")
+            ),
+        ));
+        return;
+    };
+    let max_out = facts.max_output_tokens.unwrap_or(b.default_max_tokens);
+    let input_usd = facts.input_tokens as f64 * price.input_per_mtok / 1e6;
+    let worst = input_usd + max_out as f64 * price.output_per_mtok / 1e6;
+    let key = budget_key(p, b, facts.identity);
+    let spent = engine.spend.spent(&key, b.period.index(now_secs()));
+    let headroom = b.usd - spent;
+    let tighter = v
+        .stream_budget
+        .as_ref()
+        .is_none_or(|s| headroom < s.headroom_usd);
+    if p.mode == Mode::Enforce && tighter {
+        v.stream_budget = Some(StreamBudget {
+            policy_id: id.to_owned(),
+            headroom_usd: headroom,
+            input_usd,
+            output_usd_per_token: price.output_per_mtok / 1e6,
+        });
+    }
+    if spent + worst > b.usd {
+        v.note("budget_exceeded");
+        out.refuse = Some((
+            429,
+            format!(
+                "budget exhausted: ${spent:.6} of ${:.6} spent this {:?} period, this request may cost up to ${worst:.6}",
+                b.usd, b.period
+            ),
+        ));
+    }
+}
+
+/// Adds the real cost of a finished request to every budget that covers its caller.
+pub(super) fn settle(engine: &Engine, identity: &Identity, cost_usd: f64) {
+    let period_now = now_secs();
+    for c in engine.in_scope(identity) {
+        if let Some(b) = &c.policy.budget {
+            let key = budget_key(&c.policy, b, identity);
+            engine.spend.add(&key, b.period.index(period_now), cost_usd);
+        }
+    }
+}
+
+/// A budget counter: shared by name, else per policy (not version: a policy edit must not
+/// reset spend) and identity.
+fn budget_key(p: &Policy, b: &Budget, identity: &Identity) -> String {
+    match &b.shared {
+        Some(name) => format!("shared:{name}"),
+        None => format!("{}|{}", p.id, limit_key(identity)),
+    }
 }
 
 /// Budget period.

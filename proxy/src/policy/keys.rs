@@ -1,4 +1,4 @@
-//! Virtual keys and key fingerprints.
+//! Step 1 of the governance order: who is calling. Virtual keys and key fingerprints.
 //!
 //! A client configured with a virtual key (`sk-sluice-…`) never holds a provider key:
 //! Sluice maps the virtual key to a user, team and project, and swaps in the real provider
@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use super::verdict::Refusal;
+use crate::record::Identity;
 
 /// The prefix that marks a Sluice virtual key.
 pub const VIRTUAL_KEY_PREFIX: &str = "sk-sluice-";
@@ -194,4 +197,77 @@ pub fn presented_key(headers: &http::HeaderMap) -> Option<(&'static str, String)
         }
     }
     None
+}
+
+/// The real provider key sent upstream in place of a virtual key, in the header the
+/// client used.
+#[derive(Clone)]
+pub struct KeySwap {
+    /// `authorization`, `x-api-key`, `x-goog-api-key` or `api-key`.
+    pub header: &'static str,
+    /// The provider key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for KeySwap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself, not even in a debug log.
+        f.debug_struct("KeySwap")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySwap {
+    /// The header value to send: `Bearer <key>` for `authorization`, the key otherwise.
+    pub fn header_value(&self) -> String {
+        if self.header == "authorization" {
+            format!("Bearer {}", self.key)
+        } else {
+            self.key.clone()
+        }
+    }
+}
+
+impl VirtualKeys {
+    /// Step 1 of the governance order: who is calling. A virtual key (`sk-sluice-…`)
+    /// names the user, team and project in `identity` and is swapped for the real
+    /// `provider` key Sluice holds; any other key is recorded only as its fingerprint.
+    /// On refusal (an unknown virtual key, 401; no provider key for it, 403): the reason
+    /// code and the answer (`identity` keeps what was learnt).
+    pub fn identify(
+        &self,
+        presented: Option<(&'static str, String)>,
+        provider: &str,
+        identity: &mut Identity,
+    ) -> Result<Option<KeySwap>, (&'static str, Refusal)> {
+        let Some((header, key)) = presented else {
+            return Ok(None);
+        };
+        if !key.starts_with(VIRTUAL_KEY_PREFIX) {
+            identity.api_key_fingerprint = Some(fingerprint(&key));
+            return Ok(None);
+        }
+        let refused = |status, message: String| Refusal {
+            status,
+            message,
+            retry_after: None,
+        };
+        let Some(vk) = self.resolve(&key) else {
+            let message = "Sluice does not know this virtual key (sk-sluice-…); ask your administrator for a valid one.";
+            return Err(("invalid_virtual_key", refused(401, message.into())));
+        };
+        identity.user = Some(vk.user.clone());
+        identity.team = vk.team.clone();
+        identity.project = vk.project.clone();
+        let Some(real) = vk.provider_key(provider) else {
+            let message = format!("Sluice holds no {provider} key for this virtual key.");
+            return Err(("no_provider_key", refused(403, message)));
+        };
+        let swap = KeySwap {
+            header,
+            key: real.to_owned(),
+        };
+        Ok(Some(swap))
+    }
 }

@@ -1,6 +1,9 @@
 //! Rate limits: requests per minute, tokens per minute and concurrent requests, per
 //! identity within a policy's scope.
 //!
+//! This is step 2 of the governance order ([`Engine::admit`]): decided on identity alone,
+//! before the body is read, so an over-limit client costs nothing more.
+//!
 //! Windows are one minute, counted with the two-window approximation of a sliding window
 //! (the previous minute's count weighted by how much of it still overlaps), which is exact
 //! enough for governance and needs two integers per key. Tokens are charged when a
@@ -17,6 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Deserialize;
+
+use super::verdict::{Refusal, Verdict};
+use super::{limit_key, Admission, Engine, Mode};
+use crate::record::Identity;
 
 /// `rate_limit:` of a policy.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,6 +196,42 @@ impl Limiter {
             c.tokens.roll(minute);
             c.tokens.current += tokens;
         }
+    }
+}
+
+impl Engine {
+    /// Step 2: takes a slot in every rate limit that covers `identity`. An enforcing
+    /// limit that is full refuses (429 with `Retry-After`, recorded in `v`) and releases
+    /// the slots taken so far; a shadow limit that is full is only noted in `v`.
+    pub(super) fn admit(&self, identity: &Identity, v: &mut Verdict) -> Result<Admission, ()> {
+        let who = limit_key(identity);
+        let mut held = Admission::default();
+        for c in self.in_scope(identity) {
+            let Some(limit) = &c.policy.rate_limit else {
+                continue;
+            };
+            let id = format!("{}@v{}", c.policy.id, c.policy.version);
+            let key = format!("{id}|{who}");
+            match self.limiter.admit(&key, limit) {
+                Ok(()) => held.keys.push(key),
+                Err(l) if c.policy.mode == Mode::Shadow => v.shadow_refuse(id, l.reason),
+                Err(l) => {
+                    self.finish(held, 0);
+                    let message = format!(
+                        "Rate limited by Sluice policy {id}: more than {}; retry after {} s.",
+                        l.detail, l.retry_after
+                    );
+                    let refusal = Refusal {
+                        status: 429,
+                        message,
+                        retry_after: Some(l.retry_after),
+                    };
+                    v.refuse(Some(id), l.reason, refusal);
+                    return Err(());
+                }
+            }
+        }
+        Ok(held)
     }
 }
 

@@ -8,7 +8,7 @@ fn engine(yaml: &str) -> Engine {
 fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
     Facts {
         adapter: crate::providers::adapter_by_name("openai").unwrap(),
-        model: Some(model),
+        model: Some(model.to_owned()),
         identity: id,
         body: Some(body),
         input_tokens: 10,
@@ -35,7 +35,11 @@ fn denied_model_blocks_with_the_policy_named() {
     assert_eq!(v.decision, Decision::Block);
     assert_eq!(v.policy_id.as_deref(), Some("no-big-models@v3"));
     assert_eq!(v.reason_codes, vec!["model_denied"]);
-    let (status, msg) = v.refusal.unwrap();
+    let Refusal {
+        status,
+        message: msg,
+        ..
+    } = v.refusal.unwrap();
     assert_eq!(status, 403);
     assert!(
         msg.contains("no-big-models@v3") && msg.contains("gpt-4o"),
@@ -141,7 +145,7 @@ fn budgets_check_the_worst_case_and_settle_the_real_cost() {
     let v = e.evaluate(&facts("gpt-4o-mini", &id, BODY));
     assert_eq!(v.decision, Decision::Block);
     assert_eq!(v.reason_codes, vec!["budget_exceeded"]);
-    assert_eq!(v.refusal.unwrap().0, 429);
+    assert_eq!(v.refusal.unwrap().status, 429);
     let bob = Identity {
         user: Some("bob".into()),
         ..Identity::default()
@@ -153,4 +157,119 @@ fn budgets_check_the_worst_case_and_settle_the_real_cost() {
     );
     let v = e.evaluate(&facts("llama-local", &bob, BODY));
     assert_eq!(v.reason_codes, vec!["budget_unpriced_model"]);
+}
+
+// === the governance order, end to end through apply_request_policies ===
+
+/// A request body that counts how often it was read.
+struct Body {
+    bytes: Option<Vec<u8>>,
+    reads: usize,
+}
+
+impl RequestBody for Body {
+    type Error = std::convert::Infallible;
+
+    async fn read_whole(&mut self) -> Result<Option<&[u8]>, Self::Error> {
+        self.reads += 1;
+        Ok(self.bytes.as_deref())
+    }
+}
+
+fn govern(e: &Engine, key: Option<&str>, body: &mut Body) -> Governed {
+    let adapter = crate::providers::adapter_by_name("openai").unwrap();
+    let endpoint = adapter.endpoint("POST", "/v1/chat/completions").unwrap();
+    let req = Request {
+        adapter,
+        endpoint: Some(&endpoint),
+        presented_key: key.map(|k| ("authorization", k.to_owned())),
+        workload: Identity {
+            process: Some("python3".into()),
+            uid: Some(1000),
+            ..Identity::default()
+        },
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(e.apply_request_policies(req, body))
+        .unwrap()
+}
+
+fn body(bytes: &[u8]) -> Body {
+    Body {
+        bytes: Some(bytes.to_vec()),
+        reads: 0,
+    }
+}
+
+const KEYS: &str = "virtual_keys:\n  - user: alice\n    key: sk-sluice-alice\n    provider_keys: {openai: {value: sk-real}}\n";
+
+#[test]
+fn identity_comes_first_and_an_unknown_virtual_key_costs_nothing() {
+    let e = engine(&format!("{KEYS}policies:\n  - id: rl\n    rate_limit: {{requests_per_minute: 1}}\n    models: {{deny: [\"gpt-4o\"]}}\n"));
+    let mut b = body(BODY);
+    let g = govern(&e, Some("sk-sluice-nobody"), &mut b);
+    let r = g.verdict.refusal.clone().unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(g.verdict.reason_codes, ["invalid_virtual_key"]);
+    assert_eq!(b.reads, 0, "the body of an unknown key is never read");
+    assert!(g.admission.is_none());
+    // The one request a minute is still there for alice; her key is swapped, her
+    // identity named, and the denied model refused after the body was read.
+    let mut b = body(BODY);
+    let g = govern(&e, Some("sk-sluice-alice"), &mut b);
+    assert_eq!(g.identity.user.as_deref(), Some("alice"));
+    assert_eq!(g.identity.process.as_deref(), Some("python3"));
+    assert_eq!(
+        g.swap_key.as_ref().unwrap().header_value(),
+        "Bearer sk-real"
+    );
+    assert_eq!(b.reads, 1);
+    assert_eq!(g.verdict.reason_codes, ["model_denied"]);
+    assert_eq!(g.verdict.refusal.unwrap().status, 403);
+}
+
+#[test]
+fn rate_limits_are_decided_before_the_body_is_read() {
+    let e = engine("policies:\n  - id: rl\n    version: 2\n    rate_limit: {requests_per_minute: 1}\n    prompt: {secrets: block}\n");
+    let mut first = body(BODY);
+    let g = govern(&e, Some("sk-client-own-key"), &mut first);
+    assert!(
+        g.verdict.refusal.is_some(),
+        "the AWS key in BODY is blocked"
+    );
+    assert_eq!(
+        g.identity.api_key_fingerprint.as_deref(),
+        Some(fingerprint("sk-client-own-key").as_str())
+    );
+    e.finish(g.admission.unwrap(), 0);
+    let mut second = body(BODY);
+    let g = govern(&e, Some("sk-client-own-key"), &mut second);
+    let r = g.verdict.refusal.unwrap();
+    assert_eq!((r.status, r.retry_after.is_some()), (429, true));
+    assert_eq!(second.reads, 0, "an over-limit client's body is never read");
+    assert_eq!(g.verdict.policy_id.as_deref(), Some("rl@v2"));
+}
+
+/// A policy with provider rules alone is enforced (it used to need another rule that
+/// reads the body before its provider rule was looked at).
+#[test]
+fn provider_rules_alone_are_enforced() {
+    let e = engine("policies:\n  - id: no-openai\n    providers: {deny: [openai]}\n");
+    let g = govern(&e, None, &mut body(BODY));
+    assert_eq!(g.verdict.decision, Decision::Block);
+    assert_eq!(g.verdict.reason_codes, ["provider_denied"]);
+}
+
+#[test]
+fn a_body_not_read_whole_is_noted() {
+    let e = engine("policies:\n  - id: p\n    prompt: {secrets: block}\n");
+    let mut unread = Body {
+        bytes: None,
+        reads: 0,
+    };
+    let g = govern(&e, None, &mut unread);
+    assert!(!g.body_read);
+    assert_eq!(g.verdict.reason_codes, ["body_not_inspected_by_policy"]);
 }
