@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
@@ -123,6 +124,98 @@ impl Drop for Exchange {
         if let Err(e) = finish(&shared, None, self, status) {
             tracing::error!(error = %e, "cannot record an exchange cut off at shutdown");
         }
+    }
+}
+
+impl Exchange {
+    /// The answer's head arrived: what parses it (a stream parser for streams) and what
+    /// guards it as it flows (response guardrails, a budget's mid-stream cut), per the
+    /// verdict. Returns whether the answer will be rewritten on the way (its length
+    /// then changes).
+    pub(super) fn answer_begins(
+        &mut self,
+        status: u16,
+        content_type: Option<&str>,
+        content_length: Option<u64>,
+        max_inspect: usize,
+    ) -> bool {
+        let answer = &mut self.answer;
+        answer.status = status;
+        answer.content_length = content_length;
+        let (Some(conn), Some(ep)) = (self.conn.as_ref(), self.endpoint.as_ref()) else {
+            return false;
+        };
+        let event_stream = content_type.is_some_and(providers::looks_like_event_stream);
+        if event_stream || (ep.streaming_hint && status < 300) {
+            answer.parser = Some(conn.adapter.stream_parser(ep));
+        }
+        if !(200..300).contains(&status) {
+            return false;
+        }
+        let verdict = &self.governed.verdict;
+        let redact = verdict.response.as_ref().and_then(|p| p.redact.clone());
+        if event_stream {
+            answer.stream_guard = StreamGuard::new(
+                conn.adapter,
+                ep.clone(),
+                redact,
+                verdict.stream_budget.clone(),
+            );
+        } else if let (Some(scanner), None) = (redact, answer.parser.as_ref()) {
+            answer.body_guard = Some(BodyGuard::new(scanner, max_inspect));
+        }
+        let rewritten = answer.stream_guard.is_some() || answer.body_guard.is_some();
+        if rewritten {
+            answer.content_length = None;
+        }
+        rewritten
+    }
+
+    /// One chunk of the answer passes: the guards may rewrite it (or hold text back),
+    /// and what is recorded is what the client receives.
+    pub(super) fn answer_passes(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        max_inspect: usize,
+    ) {
+        if body.is_some() {
+            self.t.first_byte.get_or_insert_with(Instant::now);
+        }
+        let answer = &mut self.answer;
+        if let Some(g) = answer.stream_guard.as_mut() {
+            let mut out = Vec::new();
+            if let Some(chunk) = body.as_ref() {
+                g.feed(chunk, &mut out);
+            }
+            if end_of_stream {
+                g.finish(&mut out);
+            }
+            answer.cut = g.cut().cloned();
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        } else if let Some(g) = answer.body_guard.as_mut() {
+            let mut out = body.take().and_then(|c| g.feed(&c)).unwrap_or_default();
+            if end_of_stream {
+                out.extend_from_slice(&g.finish());
+            }
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
+        }
+        if let Some(chunk) = body {
+            match answer.parser.as_mut() {
+                Some(p) => {
+                    answer.capture.total += chunk.len() as u64;
+                    p.feed(chunk);
+                }
+                None => answer.capture.push(chunk, max_inspect),
+            }
+        }
+    }
+}
+
+impl Answer {
+    /// Whether the declared length of the answer has passed.
+    pub(super) fn complete(&self) -> bool {
+        self.content_length.is_some_and(|n| self.capture.total >= n)
     }
 }
 

@@ -23,7 +23,6 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use super::exchange::{self, Capture, Exchange};
-use super::guard::{BodyGuard, StreamGuard};
 use super::{ConnInfo, Shared};
 use crate::config::OnLedgerFailure;
 use crate::metrics;
@@ -358,49 +357,25 @@ impl ProxyHttp for Interceptor {
         ctx: &mut Exchange,
     ) -> Result<()> {
         let t = Instant::now();
-        ctx.answer.status = upstream_response.status.as_u16();
-        ctx.answer.content_length = upstream_response
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
         // Keep clients on TCP, where they are captured: never advertise HTTP/3.
         upstream_response.remove_header("alt-svc");
-        let event_stream = upstream_response
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(providers::looks_like_event_stream);
-        if let (Some(conn), Some(ep)) = (ctx.conn.as_ref(), ctx.endpoint.as_ref()) {
-            if event_stream || (ep.streaming_hint && ctx.answer.status < 300) {
-                ctx.answer.parser = Some(conn.adapter.stream_parser(ep));
-            }
+        let header = |name| {
+            upstream_response
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+        };
+        let rewritten = ctx.answer_begins(
+            upstream_response.status.as_u16(),
+            header(http::header::CONTENT_TYPE),
+            header(http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+            self.shared.max_inspect_bytes,
+        );
+        if rewritten {
             // The answer is checked (and maybe cut) as it flows: its length will change.
-            if (200..300).contains(&ctx.answer.status) {
-                let redact = ctx
-                    .governed
-                    .verdict
-                    .response
-                    .as_ref()
-                    .and_then(|p| p.redact.clone());
-                if event_stream {
-                    ctx.answer.stream_guard = StreamGuard::new(
-                        conn.adapter,
-                        ep.clone(),
-                        redact,
-                        ctx.governed.verdict.stream_budget.clone(),
-                    );
-                } else if let (Some(scanner), None) = (redact, ctx.answer.parser.as_ref()) {
-                    ctx.answer.body_guard =
-                        Some(BodyGuard::new(scanner, self.shared.max_inspect_bytes));
-                }
-                if ctx.answer.stream_guard.is_some() || ctx.answer.body_guard.is_some() {
-                    ctx.answer.content_length = None;
-                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-                    if !session.is_http2() {
-                        upstream_response.insert_header("transfer-encoding", "chunked")?;
-                    }
-                }
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            if !session.is_http2() {
+                upstream_response.insert_header("transfer-encoding", "chunked")?;
             }
         }
         ctx.t.own += t.elapsed();
@@ -429,39 +404,7 @@ impl ProxyHttp for Interceptor {
             return Ok(None);
         }
         let t = Instant::now();
-        if body.is_some() {
-            ctx.t.first_byte.get_or_insert(t);
-        }
-        if let Some(g) = ctx.answer.stream_guard.as_mut() {
-            let mut out = Vec::new();
-            if let Some(chunk) = body.as_ref() {
-                g.feed(chunk, &mut out);
-            }
-            if end_of_stream {
-                g.finish(&mut out);
-            }
-            ctx.answer.cut = g.cut().cloned();
-            *body = (!out.is_empty()).then(|| Bytes::from(out));
-        } else if let Some(g) = ctx.answer.body_guard.as_mut() {
-            let mut out = body.take().and_then(|c| g.feed(&c)).unwrap_or_default();
-            if end_of_stream {
-                out.extend_from_slice(&g.finish());
-            }
-            *body = (!out.is_empty()).then(|| Bytes::from(out));
-        }
-        // What is recorded is what the client receives.
-        if let Some(chunk) = body {
-            match ctx.answer.parser.as_mut() {
-                Some(p) => {
-                    ctx.answer.capture.total += chunk.len() as u64;
-                    p.feed(chunk);
-                }
-                None => ctx
-                    .answer
-                    .capture
-                    .push(chunk, self.shared.max_inspect_bytes),
-            }
-        }
+        ctx.answer_passes(body, end_of_stream, self.shared.max_inspect_bytes);
         ctx.t.own += t.elapsed();
         if ctx.answer.cut.is_some() {
             ctx.t.cut_at = Some(Instant::now());
@@ -471,11 +414,7 @@ impl ProxyHttp for Interceptor {
         // The record is in the ledger's write-ahead file before the last byte is released:
         // a client that received the whole answer always has a record, even if the proxy
         // is killed right after.
-        let complete = ctx
-            .answer
-            .content_length
-            .is_some_and(|n| ctx.answer.capture.total >= n);
-        if end_of_stream || complete {
+        if end_of_stream || ctx.answer.complete() {
             self.finish(session, None, ctx)?;
         }
         Ok(None)
