@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -186,6 +188,13 @@ def test_demo_then_events_tail_with_no_flags(tmp_path):
     demo = subprocess.run([str(sluice_bin()), "demo"], env=env, capture_output=True, text=True,
                           timeout=180)
     assert demo.returncode == 0, demo.stdout + demo.stderr
+    # As root the demo shows the headline: capture with no client change, from a network
+    # namespace of its own, attributed to the calling process.
+    assert "mode: transparent" in demo.stdout, demo.stdout
+    assert demo.stdout.count("curl (pid ") == 6, demo.stdout
+    assert "--connect-to" not in demo.stdout
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "sdc" not in leftovers and "sdp" not in leftovers, leftovers
     tail = subprocess.run([str(sluice_bin()), "events", "tail"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert tail.returncode == 0, tail.stderr
@@ -194,6 +203,26 @@ def test_demo_then_events_tail_with_no_flags(tmp_path):
     verify = subprocess.run([str(sluice_bin()), "audit", "verify"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_demo_without_root_falls_back_to_explicit_mode_and_says_why():
+    # pytest's tmp_path (and maybe the checkout) is private to root: nobody gets a
+    # directory of its own, with its own copy of the binary.
+    state = Path(tempfile.mkdtemp(prefix="sluice-demo-nobody-"))
+    try:
+        state.chmod(0o777)
+        binary = state / "sluice"
+        shutil.copy(sluice_bin(), binary)
+        binary.chmod(0o755)
+        env = {**os.environ, "SLUICE_STATE_DIR": str(state / "state")}
+        demo = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(binary), "demo"], env=env, capture_output=True,
+                              text=True, timeout=180, cwd=state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "mode: explicit" in demo.stdout and "not running as root" in demo.stdout, demo.stdout
+    assert demo.stdout.count(" 200 (") == 6, demo.stdout
 
 
 def test_administrative_changes_are_recorded(topo, tmp_path):

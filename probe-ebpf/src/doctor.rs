@@ -170,8 +170,28 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
 /// # Errors
 /// When `dir`'s parent is not on bpffs, or the mount or mkdir fails.
 pub(crate) fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    if dir.starts_with(BPFFS_ROOT) {
+        mount_bpffs()?;
+    }
+    std::fs::create_dir_all(dir)?;
+    if !is_bpffs(dir)? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not on bpffs", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf (mode 0700) unless it is mounted there already, as
+/// `sluice run` does before pinning; `sluice demo` does it so `sluice doctor`'s checks
+/// pass on a fresh host.
+///
+/// # Errors
+/// The mount fails (not root, or no bpffs in this kernel).
+pub fn mount_bpffs() -> io::Result<()> {
     let root = Path::new(BPFFS_ROOT);
-    if dir.starts_with(root) && !is_bpffs(root).unwrap_or(false) {
+    if !is_bpffs(root).unwrap_or(false) {
         std::fs::create_dir_all(root)?;
         // SAFETY: NUL-terminated string literals.
         let ret = unsafe {
@@ -187,13 +207,6 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         tracing::info!("mounted bpffs at /sys/fs/bpf");
-    }
-    std::fs::create_dir_all(dir)?;
-    if !is_bpffs(dir)? {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not on bpffs", dir.display()),
-        ));
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use cgroup::{cgroup_id, unified_cgroup_root};
-pub use doctor::{doctor, Check};
+pub use doctor::{doctor, mount_bpffs, Check};
 pub use loader::Probe;
 
 /// How the probe treats provider-bound connections while the proxy's

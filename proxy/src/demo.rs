@@ -1,18 +1,22 @@
 //! `sluice demo`: the whole main job, hermetically, on one machine.
 //!
 //! It starts a mock LLM provider (OpenAI, Anthropic and Gemini formats, TLS with its own
-//! test CA) on loopback, runs the real `sluice run` binary, sends real requests with curl to
+//! test CA), runs the real `sluice run` binary, sends real requests with curl to
 //! `https://api.openai.com/…` and friends (the organisation CA trusted), and prints what was
 //! captured.
 //!
 //! Two modes, chosen automatically:
-//! - **transparent** (root on a host where `sluice doctor` passes): curl runs in a cgroup
-//!   made for the demo and connects to the "provider" (the mock's loopback address) as it
-//!   would to the real one; the eBPF redirect captures it — no proxy setting anywhere;
+//! - **transparent** (root on a host that can run the eBPF redirect; bpffs is mounted if
+//!   it is not): the demo makes a client network namespace (a "pod") and a provider
+//!   namespace holding the mock ([`topology`]); curl runs in the client namespace and in
+//!   a cgroup made for the demo, resolves `api.openai.com` to the "provider's" address and
+//!   connects there as it would to the real one. The eBPF redirect captures it — no proxy
+//!   setting, no base URL, no `--connect-to` — and the table shows the process and pid;
 //! - **explicit** otherwise: curl is pointed at the proxy with `--connect-to`, and the static
 //!   original-destination table sends it on. The demo says why it fell back.
 //!
-//! No traffic leaves loopback.
+//! No traffic leaves this machine: loopback, or the namespaces the demo made (addresses
+//! from the benchmarking range 198.18.0.0/15), all removed when it ends.
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +25,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sluice_mock::pki::TestPki;
+
+mod topology;
+
 use sluice_mock::{MockOptions, MockProvider};
+use topology::Topology;
 
 /// The provider hosts the demo and the mock serve.
 pub const DEMO_HOSTS: &[&str] = &[
@@ -121,43 +129,52 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         println!("• using the organisation CA         {}", ca_cert.display());
     }
 
-    // 2. A mock provider on loopback with its own test CA.
+    // 2. Transparent mode when this host can run the eBPF redirect: a client namespace
+    //    (a "pod") and a provider namespace, made for the demo.
+    let transparent = match transparent_capability() {
+        Ok(root) => Transparent::set_up(&root),
+        Err(why) => Err(anyhow::anyhow!(why)),
+    };
+    let transparent = match transparent {
+        Ok(t) => {
+            println!(
+                "• mode: transparent — curl runs in network namespace {} (a pod) with no proxy
+  setting; the eBPF redirect on cgroup {} captures its connections",
+                t.topology.client_name(),
+                t.cgroup.0.display()
+            );
+            Some(t)
+        }
+        Err(why) => {
+            println!("• mode: explicit (curl --connect-to the proxy); the eBPF redirect is off because {why:#}");
+            None
+        }
+    };
+
+    // 3. A mock provider with its own test CA: in the provider namespace, or on loopback.
     let hosts: Vec<String> = DEMO_HOSTS.iter().map(|h| h.to_string()).collect();
     let pki = TestPki::mint("Sluice mock provider test CA", &hosts)?;
-    let (provider_ca, server_config) = (
-        pki.ca_pem().to_owned(),
-        pki.server_config(sluice_mock::alpn_protocols())?,
-    );
     let provider_ca_path = dir.join("provider-ca.pem");
-    std::fs::write(&provider_ca_path, provider_ca)?;
+    std::fs::write(&provider_ca_path, pki.ca_pem())?;
+    let server_config = pki.server_config(sluice_mock::alpn_protocols())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let listener = match &transparent {
+        Some(t) => t.topology.bind_provider(443)?,
+        None => {
+            let l = StdListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            l
+        }
+    };
     let mock = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         MockProvider::start(listener, Some(server_config), MockOptions::default())
     })?;
     let mock_addr = mock.local_addr();
     println!("• mock provider (TLS) listening on  {mock_addr}");
-
-    // 3. Transparent mode when this host can run the eBPF redirect.
-    let cgroup = match transparent_capability() {
-        Ok(root) => {
-            let cg = root.join(format!("sluice-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&cg)
-                .with_context(|| format!("creating the demo cgroup {}", cg.display()))?;
-            println!(
-                "• mode: transparent (eBPF redirect on cgroup {})",
-                cg.display()
-            );
-            Some(CgroupGuard(cg))
-        }
-        Err(why) => {
-            println!("• mode: explicit (curl --connect-to the proxy); the eBPF redirect is off because {why}");
-            None
-        }
-    };
 
     // 4. The proxy, as a real `sluice run` process.
     let proxy_addr = free_addr()?;
@@ -166,26 +183,15 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let ledger_dir = crate::config::default_state_dir().join("ledger");
     let before = last_seq(&ledger_dir);
     let config_path = dir.join("sluice.yaml");
-    let mut yaml = format!(
-        "# Written by `sluice demo`.\nlisten: [\"{proxy_addr}\"]\nmetrics_listen: \"{metrics_addr}\"\nstate_dir: \"{}\"\nupstream:\n  ca_file: \"{}\"\nledger:\n  dir: \"{}\"\noriginal_dst:\n  static:\n",
-        dir.display(),
-        provider_ca_path.display(),
-        ledger_dir.display()
+    let yaml = config_yaml(
+        &dir,
+        &provider_ca_path,
+        &ledger_dir,
+        proxy_addr,
+        metrics_addr,
+        mock_addr,
+        transparent.as_ref(),
     );
-    for h in DEMO_HOSTS {
-        yaml.push_str(&format!("    {h}: \"{mock_addr}\"\n"));
-    }
-    if let Some(cg) = &cgroup {
-        // Only the mock's own address and port are "provider" here: nothing else on this
-        // host is redirected, and the redirect lives in the demo's cgroup only.
-        yaml.push_str(&format!(
-            "redirect:\n  enabled: true\n  cgroup: \"{}\"\n  pin_dir: null\n  prefixes: [\"{}/32:{}\"]\n  ports: [{}]\n",
-            cg.0.display(),
-            mock_addr.ip(),
-            mock_addr.port(),
-            mock_addr.port()
-        ));
-    }
     std::fs::write(&config_path, yaml)?;
     let exe = std::env::current_exe().context("locating the sluice binary")?;
     let log = std::fs::File::create(dir.join("proxy.log"))?;
@@ -207,16 +213,13 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         config_path.display()
     );
 
-    // 5. Real requests, as a client on this host would send them.
-    match &cgroup {
-        Some(_) => println!("Sending requests (curl in the demo cgroup → https://<provider>/…, redirected by eBPF into sluice → mock provider):"),
+    // 5. Real requests, as a client would send them.
+    match &transparent {
+        Some(_) => println!("Sending requests (curl in the pod → https://<provider>/… → redirected by eBPF into sluice → mock provider):"),
         None => println!("Sending requests (curl → https://<provider>/… → sluice → mock provider):"),
     }
     for call in CALLS {
-        let out = match &cgroup {
-            Some(cg) => curl(call, mock_addr, &ca_cert, Some(&cg.0))?,
-            None => curl(call, proxy_addr, &ca_cert, None)?,
-        };
+        let out = curl(call, &ca_cert, proxy_addr, transparent.as_ref())?;
         println!("  {:<40} HTTP {}", call.label, out);
     }
 
@@ -311,9 +314,13 @@ fn wait_for(addr: SocketAddr, guard: &mut ChildGuard, dir: &Path) -> anyhow::Res
 }
 
 /// Why the transparent mode cannot run here, or the unified cgroup root when it can.
+/// Mounts bpffs first, as `sluice run` would, so a fresh host passes `sluice doctor`.
 fn transparent_capability() -> Result<PathBuf, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("the demo is not running as root".into());
+    }
+    if let Err(e) = sluice_probe::mount_bpffs() {
+        return Err(format!("bpffs cannot be mounted at /sys/fs/bpf: {e}"));
     }
     if let Some(failed) = sluice_probe::doctor().into_iter().find(|c| !c.ok) {
         return Err(format!(
@@ -321,7 +328,69 @@ fn transparent_capability() -> Result<PathBuf, String> {
             failed.name, failed.detail
         ));
     }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Err("`ip` (iproute2) is not installed".into());
+    }
     sluice_probe::unified_cgroup_root().map_err(|e| e.to_string())
+}
+
+/// What the transparent mode made: the cgroup the redirect is attached to and the
+/// namespaces. Dropped in reverse: the namespaces, then the cgroup.
+struct Transparent {
+    topology: Topology,
+    cgroup: CgroupGuard,
+}
+
+impl Transparent {
+    fn set_up(cgroup_root: &Path) -> anyhow::Result<Transparent> {
+        let cg = cgroup_root.join(format!("sluice-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&cg)
+            .with_context(|| format!("creating the demo cgroup {}", cg.display()))?;
+        let cgroup = CgroupGuard(cg);
+        let topology = Topology::create()?;
+        topology.client_hosts(DEMO_HOSTS)?;
+        Ok(Transparent { topology, cgroup })
+    }
+}
+
+/// The demo's `sluice.yaml`: the org CA and ledger where the demo keeps them; in
+/// transparent mode the redirect (the provider's address only, in the demo cgroup only)
+/// and a pod-facing listener; in explicit mode the static destination table.
+fn config_yaml(
+    dir: &Path,
+    provider_ca: &Path,
+    ledger_dir: &Path,
+    proxy_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    mock_addr: SocketAddr,
+    transparent: Option<&Transparent>,
+) -> String {
+    let mut yaml = format!(
+        "# Written by `sluice demo`.\nmetrics_listen: \"{metrics_addr}\"\nstate_dir: \"{}\"\nupstream:\n  ca_file: \"{}\"\nledger:\n  dir: \"{}\"\n",
+        dir.display(),
+        provider_ca.display(),
+        ledger_dir.display()
+    );
+    match transparent {
+        Some(t) => {
+            let pod_facing = SocketAddr::from((t.topology.client_gw, proxy_addr.port()));
+            yaml.push_str(&format!(
+                "listen: [\"{proxy_addr}\", \"{pod_facing}\"]\nredirect:\n  enabled: true\n  cgroup: \"{}\"\n  pod_facing_v4: \"{pod_facing}\"\n  pin_dir: null\n  prefixes: [\"{}/32:{}\"]\n",
+                t.cgroup.0.display(),
+                mock_addr.ip(),
+                mock_addr.port()
+            ));
+        }
+        None => {
+            yaml.push_str(&format!(
+                "listen: [\"{proxy_addr}\"]\noriginal_dst:\n  static:\n"
+            ));
+            for h in DEMO_HOSTS {
+                yaml.push_str(&format!("    {h}: \"{mock_addr}\"\n"));
+            }
+        }
+    }
+    yaml
 }
 
 /// Removes the demo cgroup (once its processes have exited).
@@ -339,26 +408,23 @@ impl Drop for CgroupGuard {
     }
 }
 
-/// Send one call with curl to `target` (the proxy, or in transparent mode the provider's
-/// address — then curl runs inside `cgroup`, where the redirect captures it).
+/// Sends one call with curl: in transparent mode from the client namespace to the real
+/// URL, nothing pointing at Sluice (the redirect captures it); in explicit mode pinned
+/// to the proxy with `--connect-to`. Both trust the organisation CA.
 fn curl(
     call: &DemoCall,
-    target: SocketAddr,
     ca: &Path,
-    cgroup: Option<&Path>,
+    proxy: SocketAddr,
+    transparent: Option<&Transparent>,
 ) -> anyhow::Result<String> {
-    let mut cmd = match cgroup {
-        Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!(
-                    "echo $$ > '{}/cgroup.procs' && exec curl \"$@\"",
-                    cg.display()
-                ))
-                .arg("sh");
+    let mut cmd = match transparent {
+        Some(t) => t.topology.client_command(&t.cgroup.0, "curl"),
+        None => {
+            let mut c = Command::new("curl");
+            c.arg("--connect-to")
+                .arg(format!("{}:443:{}:{}", call.host, proxy.ip(), proxy.port()));
             c
         }
-        None => Command::new("curl"),
     };
     cmd.args([
         "--silent",
@@ -367,13 +433,6 @@ fn curl(
         "--max-time",
         "30",
     ])
-    .arg("--connect-to")
-    .arg(format!(
-        "{}:443:{}:{}",
-        call.host,
-        target.ip(),
-        target.port()
-    ))
     .arg("--cacert")
     .arg(ca)
     .args(["-o", "/dev/null", "-w", "%{http_code} (%{http_version})"])
