@@ -25,14 +25,15 @@ from pathlib import Path
 
 from netns import Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
 
-INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
+             "myres.openai.azure.com"]
 PASSTHROUGH = "pass.example"
 BAD_CERT = "api.mistral.ai"
 UNKNOWN = "unknown.example"
 PLAIN = "llm.internal"  # a self-hosted OpenAI-compatible server over plain HTTP
 PLAIN_PORT = 8000
 DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-                     "api.mistral.ai"]
+                     "*.openai.azure.com", "api.mistral.ai"]
 
 
 class Stack:
@@ -68,7 +69,7 @@ class Stack:
         static = "\n".join(
             f"    {h}: \"{self.mock_addr}\"" for h in INSPECTED + [PASSTHROUGH, BAD_CERT]
         ) + f"\n    {PLAIN}: \"{topo.provider_addr}:{PLAIN_PORT}\""
-        providers = "\n".join(f"  - host: {h}" for h in DEFAULT_PROVIDERS) + (
+        providers = "\n".join(f"  - host: \"{h}\"" for h in DEFAULT_PROVIDERS) + (
             f"\n  - host: {PLAIN}\n    tls: false\n    adapter: openai_compatible")
         self.config = tmp_path / "sluice.yaml"
         self.config.write_text(
