@@ -196,12 +196,14 @@ impl PriceTable {
     /// An exact (ASCII case-insensitive) match wins; otherwise the longest listed
     /// model that is a prefix of `model` followed by `-` (so `gpt-4o-2024-08-06` is
     /// `gpt-4o` and `gpt-4o-mini-2024-07-18` is `gpt-4o-mini`). A `models/` prefix
-    /// (Gemini) is ignored. A provider with no price of its own for the model gets the
+    /// (Gemini) is ignored, and so is what [`Adapter::price_model`] strips (Bedrock's
+    /// inference-profile prefixes). A provider with no price of its own for the model gets the
     /// price of its [`Adapter::price_fallback`] (Azure OpenAI deployments and
     /// OpenAI-compatible gateways: OpenAI's). `None` for an unknown model.
     pub fn lookup(&self, adapter: &dyn Adapter, model: &str) -> Option<&Price> {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
+        let model = adapter.price_model(model);
         self.lookup_in(adapter.name(), model).or_else(|| {
             adapter
                 .price_fallback()
