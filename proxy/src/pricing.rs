@@ -330,6 +330,8 @@ models:
             ("deepseek", "deepseek-chat"),
             ("groq", "llama-3.3-70b-versatile"),
             ("xai", "grok-4"),
+            ("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+            ("bedrock", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
         ] {
             assert!(t.lookup(a(provider), model).is_some(), "{provider}/{model}");
         }
@@ -406,6 +408,34 @@ models:
         );
         // Not for other formats.
         assert!(t.lookup(a("gemini"), "gpt-4o").is_none());
+    }
+
+    #[test]
+    fn bedrock_profiles_priced_as_their_model_with_cache_reads_apart() {
+        let t = PriceTable::embedded();
+        let bedrock = a("bedrock");
+        let haiku = t
+            .lookup(bedrock, "anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert_eq!(haiku.input_per_mtok, 0.80);
+        let s45 = t
+            .lookup(bedrock, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        assert_eq!(
+            s45,
+            t.lookup(bedrock, "anthropic.claude-sonnet-4-5").unwrap()
+        );
+        // Bedrock's own names only: `claude-3-5-haiku` is Anthropic's.
+        assert!(t.lookup(bedrock, "claude-3-5-haiku").is_none());
+        // 1M uncached input, 1M cache reads (apart), 1M output.
+        let cost = t
+            .cost_usd(
+                bedrock,
+                "anthropic.claude-3-5-haiku-20241022-v1:0",
+                &usage(1_000_000, 1_000_000, 1_000_000),
+            )
+            .unwrap();
+        assert!((cost - (0.80 + 0.08 + 4.00)).abs() < 1e-9, "{cost}");
     }
 
     #[test]
