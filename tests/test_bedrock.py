@@ -193,3 +193,38 @@ def test_boto3_raises_the_modelled_exception_for_upstream_errors(stack):
     assert rec["provider"] == "bedrock" and rec["model"] == HAIKU
     assert rec["status"] == 429 and rec["outcome"] == "upstream_error"
     assert "x-mock-status" in json.dumps(rec["response"]), rec["response"]
+
+
+DENY_OPUS = """
+policy:
+  policies:
+    - id: no-opus
+      version: 3
+      models: {deny: ["*opus*"]}
+"""
+
+BOTO3_DENIED = """
+import json, boto3, botocore
+c = boto3.client("bedrock-runtime", region_name="us-east-1")
+try:
+    c.converse(modelId="anthropic.claude-opus-4-1-20250805-v1:0",
+               messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    print(json.dumps({"raised": None}))
+except c.exceptions.AccessDeniedException as e:
+    print(json.dumps({"raised": type(e).__name__, "message": e.response["Error"]["Message"],
+                      "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}))
+"""
+
+
+def test_sluice_refusal_raises_access_denied_in_boto3(topo, tmp_path):
+    """Sluice answers a denied model itself, in Bedrock's error shape."""
+    stack = Stack(topo, tmp_path, extra_config=DENY_OPUS)
+    out = stack.python(BOTO3_DENIED, env=aws_env(stack))
+    assert out["raised"] == "AccessDeniedException" and out["status"] == 403
+    assert "no-opus@v3" in out["message"], out
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["provider"] == "bedrock" and rec["outcome"] == "refused"
+    assert rec["model"] == "anthropic.claude-opus-4-1-20250805-v1:0"
+    assert not [r for r in stack.mock_requests() if r["host"] == BEDROCK], \
+        "nothing reached the provider"
+    assert stack.alive()
