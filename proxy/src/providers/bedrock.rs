@@ -181,12 +181,13 @@ impl Adapter for Bedrock {
     }
 
     /// `false`: Bedrock reports cache reads apart from `inputTokens`. The API reference
-    /// (docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_TokenUsage.html) lists
-    /// `inputTokens`, `cacheReadInputTokens` and `cacheWriteInputTokens` as separate
-    /// counts, and the prompt-caching guide's examples
-    /// (docs.aws.amazon.com/bedrock/latest/userguide/prompt-caching.html) show a small
-    /// `inputTokens` next to a large `cacheReadInputTokens` for the same prompt, i.e. the
-    /// uncached part only, as Anthropic counts; InvokeModel answers are Anthropic's own.
+    /// (docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_TokenUsage.html)
+    /// defines `inputTokens`, `cacheReadInputTokens` and `cacheWriteInputTokens` as
+    /// separate counts without saying outright that one includes another; clients that
+    /// reconcile them with the bill treat `inputTokens` as the uncached part (e.g.
+    /// anomalyco/opencode#38427: "AWS reports inputTokens separately from cache reads
+    /// and writes"), which is Anthropic's own convention, and InvokeModel answers are
+    /// Anthropic's. Revisit if AWS documents otherwise.
     fn cached_within_input(&self) -> bool {
         false
     }
