@@ -25,15 +25,16 @@ from pathlib import Path
 
 from netns import Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
 
+BEDROCK = "bedrock-runtime.us-east-1.amazonaws.com"
 INSPECTED = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-             "myres.openai.azure.com"]
+             "myres.openai.azure.com", BEDROCK]
 PASSTHROUGH = "pass.example"
 BAD_CERT = "api.mistral.ai"
 UNKNOWN = "unknown.example"
 PLAIN = "llm.internal"  # a self-hosted OpenAI-compatible server over plain HTTP
 PLAIN_PORT = 8000
 DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-                     "*.openai.azure.com", "api.mistral.ai"]
+                     "*.openai.azure.com", "api.mistral.ai", BEDROCK]
 
 
 class Stack:
@@ -106,9 +107,12 @@ providers:
         env.update({"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca, "CURL_CA_BUNDLE": ca})
         return env
 
-    def python(self, script: str, timeout: float = 60, check: bool = True, ca: Path | None = None):
-        """Run a Python snippet in the client netns; return its stdout parsed as JSON."""
-        r = self.topo.client.run([sys.executable, "-c", script], env=self.client_env(ca),
+    def python(self, script: str, timeout: float = 60, check: bool = True, ca: Path | None = None,
+               env: dict | None = None):
+        """Run a Python snippet in the client netns; return its stdout parsed as JSON. `env`
+        adds variables to the client environment."""
+        r = self.topo.client.run([sys.executable, "-c", script],
+                                 env={**self.client_env(ca), **(env or {})},
                                  timeout=timeout, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"client script failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")

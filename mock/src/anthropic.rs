@@ -35,8 +35,9 @@ fn request_id() -> String {
     format!("req_011C{}", random_id(20))
 }
 
-/// The system prompt and messages of a request.
-fn prompt(body: &JsonBody) -> Prompt {
+/// The system prompt and messages of a request (also Bedrock Converse's, whose text
+/// blocks read the same).
+pub(crate) fn prompt(body: &JsonBody) -> Prompt {
     let mut prompt = Prompt::default();
     if let Some(system) = body.value.get("system") {
         prompt.message(system, false);
@@ -58,76 +59,92 @@ fn prompt(body: &JsonBody) -> Prompt {
 pub(crate) fn messages(body: &JsonBody, controls: &Controls) -> Response<MockBody> {
     let reply = Reply::new(model_of(body, None), &prompt(body), body, controls);
     let id = format!("msg_01{}", random_id(22));
-    let usage = |output_tokens: u64| {
-        json!({
+    let response = if !wants_stream(body) {
+        body::json(StatusCode::OK, &message(&reply, &id))
+    } else {
+        let frames = stream_events(&reply, &id)
+            .iter()
+            .map(|(name, data)| body::sse_event(name, data))
+            .collect();
+        body::stream("text/event-stream", frames, reply.delay)
+    };
+    body::with_header(response, "request-id", &request_id())
+}
+
+/// The whole answer message (also Bedrock's InvokeModel answer).
+pub(crate) fn message(reply: &Reply, id: &str) -> Value {
+    message_with(
+        reply,
+        id,
+        json!([{"type": "text", "text": reply.text}]),
+        Value::from("end_turn"),
+        reply.output_tokens,
+    )
+}
+
+fn message_with(
+    reply: &Reply,
+    id: &str,
+    content: Value,
+    stop_reason: Value,
+    output_tokens: u64,
+) -> Value {
+    let mut message = json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": null
+    });
+    if reply.usage {
+        message["usage"] = json!({
             "input_tokens": reply.input_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
             "output_tokens": output_tokens,
             "service_tier": "standard"
-        })
-    };
-    let message = |content: Value, stop_reason: Value, output_tokens: u64| {
-        let mut message = json!({
-            "id": id,
-            "type": "message",
-            "role": "assistant",
-            "model": reply.model,
-            "content": content,
-            "stop_reason": stop_reason,
-            "stop_sequence": null
         });
-        if reply.usage {
-            message["usage"] = usage(output_tokens);
-        }
-        message
-    };
+    }
+    message
+}
 
-    let response = if !wants_stream(body) {
-        let answer = message(
-            json!([{"type": "text", "text": reply.text}]),
-            Value::from("end_turn"),
-            reply.output_tokens,
-        );
-        body::json(StatusCode::OK, &answer)
-    } else {
-        let mut frames = Vec::with_capacity(reply.chunks.len() + 6);
-        // Like the real API, `message_start` counts one output token so far and
-        // `message_delta` carries the cumulative total.
-        frames.push(body::sse_event(
-            "message_start",
-            &json!({"type": "message_start", "message": message(json!([]), Value::Null, 1)}),
+/// The streamed answer as `(event name, data)` pairs (also the payloads of Bedrock's
+/// `invoke-with-response-stream` chunks).
+pub(crate) fn stream_events(reply: &Reply, id: &str) -> Vec<(&'static str, Value)> {
+    let mut events = Vec::with_capacity(reply.chunks.len() + 6);
+    // Like the real API, `message_start` counts one output token so far and
+    // `message_delta` carries the cumulative total.
+    events.push((
+        "message_start",
+        json!({"type": "message_start", "message": message_with(reply, id, json!([]), Value::Null, 1)}),
+    ));
+    events.push((
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(("ping", json!({"type": "ping"})));
+    for text in &reply.chunks {
+        events.push((
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
         ));
-        frames.push(body::sse_event(
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ));
-        frames.push(body::sse_event("ping", &json!({"type": "ping"})));
-        for text in &reply.chunks {
-            frames.push(body::sse_event(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-            ));
-        }
-        frames.push(body::sse_event(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        ));
-        let mut delta = json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null}
-        });
-        if reply.usage {
-            delta["usage"] = json!({"output_tokens": reply.output_tokens});
-        }
-        frames.push(body::sse_event("message_delta", &delta));
-        frames.push(body::sse_event(
-            "message_stop",
-            &json!({"type": "message_stop"}),
-        ));
-        body::stream("text/event-stream", frames, reply.delay)
-    };
-    body::with_header(response, "request-id", &request_id())
+    }
+    events.push((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    let mut delta = json!({
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}
+    });
+    if reply.usage {
+        delta["usage"] = json!({"output_tokens": reply.output_tokens});
+    }
+    events.push(("message_delta", delta));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    events
 }
 
 /// `POST /v1/messages/count_tokens`.

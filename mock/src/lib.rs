@@ -3,9 +3,11 @@
 //!
 //! It answers the OpenAI (chat completions, responses, completions, embeddings, models,
 //! also under Azure's `/openai/deployments/{d}/…` and Groq's `/openai/v1/…` prefixes),
-//! Anthropic (messages) and Gemini (`generateContent`, `streamGenerateContent`) APIs with
-//! bodies shaped like the real ones, plain or streamed (SSE, or Gemini's streamed JSON
-//! array), over plain HTTP or TLS with HTTP/1.1 and HTTP/2 chosen by ALPN.
+//! Anthropic (messages), Gemini (`generateContent`, `streamGenerateContent`) and AWS
+//! Bedrock Runtime (`/model/{modelId}/converse`, `converse-stream`, `invoke`,
+//! `invoke-with-response-stream`) APIs with bodies shaped like the real ones, plain or
+//! streamed (SSE, Gemini's streamed JSON array, or Bedrock's AWS event-stream frames),
+//! over plain HTTP or TLS with HTTP/1.1 and HTTP/2 chosen by ALPN.
 //!
 //! What it is **not**: a provider emulator. It does no tokenisation, no model behaviour,
 //! no authentication and no rate limiting; it is meant for loopback tests, demos and
@@ -17,8 +19,8 @@
 //! or the `x-mock-chunks` header) that concatenate exactly to the text. Usage counts
 //! input tokens as the whitespace-separated words of every input message (at least 1) and
 //! output tokens as N. The model is echoed from the request body (from the path for Gemini
-//! and from the deployment for Azure when the body names none). Only ids and timestamps
-//! vary between runs.
+//! and Bedrock, and from the deployment for Azure when the body names none). Only ids and
+//! timestamps vary between runs.
 //!
 //! # Controls (request headers)
 //! | header | effect |
@@ -43,6 +45,7 @@
 //! incremental scan, and its input tokens are estimated as one per 4 bytes.
 
 mod anthropic;
+mod bedrock;
 mod body;
 mod gemini;
 mod openai;

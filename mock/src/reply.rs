@@ -9,7 +9,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::body::MockBody;
-use super::{anthropic, gemini, openai, JsonBody, MockOptions};
+use super::{anthropic, bedrock, gemini, openai, JsonBody, MockOptions};
 
 /// Most content chunks `x-mock-chunks` may ask for.
 const MAX_CHUNKS: usize = 100_000;
@@ -29,6 +29,7 @@ pub(crate) enum Provider {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 impl Provider {
@@ -38,6 +39,7 @@ impl Provider {
             Self::OpenAi => openai::error(status, message),
             Self::Anthropic => anthropic::error(status, message),
             Self::Gemini => gemini::error(status, message),
+            Self::Bedrock => bedrock::error(status, message),
         }
     }
 }
@@ -61,6 +63,11 @@ pub(crate) enum Endpoint {
     },
     /// `GET /v1beta/models`.
     GeminiModels,
+    /// `/model/{modelId}/{operation}` (Bedrock Runtime), the model percent-decoded.
+    Bedrock {
+        model: String,
+        operation: bedrock::Operation,
+    },
 }
 
 /// A matched request path.
@@ -86,6 +93,7 @@ impl Route {
             Endpoint::Messages | Endpoint::CountTokens => Provider::Anthropic,
             Endpoint::Models if headers.contains_key("anthropic-version") => Provider::Anthropic,
             Endpoint::Gemini { .. } | Endpoint::GeminiModels => Provider::Gemini,
+            Endpoint::Bedrock { .. } => Provider::Bedrock,
             _ => Provider::OpenAi,
         }
     }
@@ -113,18 +121,33 @@ impl Route {
                 gemini::generate(model, *stream, *sse, body, controls)
             }
             Endpoint::GeminiModels => gemini::models(),
+            Endpoint::Bedrock { model, operation } => {
+                bedrock::respond(model, *operation, body, controls)
+            }
         }
     }
 }
 
 /// Match a request path (without its query) to an endpoint.
 ///
-/// Known prefixes are stripped (`/v1`, Groq's `/openai/v1`, OpenRouter's `/api/v1`,
+/// Bedrock's `/model/{modelId}/{operation}` is matched first, on the raw path (its model
+/// id may hold an escaped `/` or a literal `:`). Other known prefixes are stripped (`/v1`, Groq's `/openai/v1`, OpenRouter's `/api/v1`,
 /// Gemini's OpenAI-compatible `/v1beta/openai`, Azure's `/openai/deployments/{d}`) and
 /// the rest matched; Gemini's `…/models/{model}:action` is matched wherever it sits, so
 /// Vertex paths work too.
 pub(crate) fn route(path: &str, query: Option<&str>) -> Option<Route> {
     let path = path.trim_end_matches('/');
+    if let Some(rest) = path.strip_prefix("/model/") {
+        let (label, op) = rest.split_once('/')?;
+        let operation = bedrock::Operation::from_segment(op)?;
+        return (!label.is_empty()).then(|| Route {
+            endpoint: Endpoint::Bedrock {
+                model: bedrock::percent_decoded(label),
+                operation,
+            },
+            deployment: None,
+        });
+    }
     if let Some((before, action)) = path.rsplit_once(':') {
         let stream = match action {
             "generateContent" => false,

@@ -97,6 +97,7 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     text: String,
+    bytes: Bytes,
 }
 
 impl Answer {
@@ -111,7 +112,9 @@ async fn answer(response: Response<Incoming>) -> Answer {
     Answer {
         status: parts.status,
         headers: parts.headers,
-        text: String::from_utf8(bytes.to_vec()).unwrap(),
+        // Bedrock's event streams are binary; everything else must be UTF-8.
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
     }
 }
 
@@ -221,6 +224,7 @@ fn gemini_body() -> Value {
 
 // The tests, by topic.
 mod anthropic;
+mod bedrock;
 mod controls;
 mod gemini;
 mod openai;

@@ -196,12 +196,14 @@ impl PriceTable {
     /// An exact (ASCII case-insensitive) match wins; otherwise the longest listed
     /// model that is a prefix of `model` followed by `-` (so `gpt-4o-2024-08-06` is
     /// `gpt-4o` and `gpt-4o-mini-2024-07-18` is `gpt-4o-mini`). A `models/` prefix
-    /// (Gemini) is ignored. A provider with no price of its own for the model gets the
+    /// (Gemini) is ignored, and so is what [`Adapter::price_model`] strips (Bedrock's
+    /// inference-profile prefixes). A provider with no price of its own for the model gets the
     /// price of its [`Adapter::price_fallback`] (Azure OpenAI deployments and
     /// OpenAI-compatible gateways: OpenAI's). `None` for an unknown model.
     pub fn lookup(&self, adapter: &dyn Adapter, model: &str) -> Option<&Price> {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
+        let model = adapter.price_model(model);
         self.lookup_in(adapter.name(), model).or_else(|| {
             adapter
                 .price_fallback()
@@ -328,6 +330,8 @@ models:
             ("deepseek", "deepseek-chat"),
             ("groq", "llama-3.3-70b-versatile"),
             ("xai", "grok-4"),
+            ("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+            ("bedrock", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
         ] {
             assert!(t.lookup(a(provider), model).is_some(), "{provider}/{model}");
         }
@@ -404,6 +408,34 @@ models:
         );
         // Not for other formats.
         assert!(t.lookup(a("gemini"), "gpt-4o").is_none());
+    }
+
+    #[test]
+    fn bedrock_profiles_priced_as_their_model_with_cache_reads_apart() {
+        let t = PriceTable::embedded();
+        let bedrock = a("bedrock");
+        let haiku = t
+            .lookup(bedrock, "anthropic.claude-3-5-haiku-20241022-v1:0")
+            .unwrap();
+        assert_eq!(haiku.input_per_mtok, 0.80);
+        let s45 = t
+            .lookup(bedrock, "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        assert_eq!(
+            s45,
+            t.lookup(bedrock, "anthropic.claude-sonnet-4-5").unwrap()
+        );
+        // Bedrock's own names only: `claude-3-5-haiku` is Anthropic's.
+        assert!(t.lookup(bedrock, "claude-3-5-haiku").is_none());
+        // 1M uncached input, 1M cache reads (apart), 1M output.
+        let cost = t
+            .cost_usd(
+                bedrock,
+                "anthropic.claude-3-5-haiku-20241022-v1:0",
+                &usage(1_000_000, 1_000_000, 1_000_000),
+            )
+            .unwrap();
+        assert!((cost - (0.80 + 0.08 + 4.00)).abs() < 1e-9, "{cost}");
     }
 
     #[test]

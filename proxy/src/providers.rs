@@ -6,11 +6,13 @@
 //! ([`ParsedResponse`]: text, tool calls, finish reason, token [`Usage`]), for plain
 //! JSON bodies and for streams fed chunk by chunk through a [`StreamParser`].
 //!
-//! Three wire formats are understood: OpenAI's (chat completions, responses, legacy
+//! Four wire formats are understood: OpenAI's (chat completions, responses, legacy
 //! completions, embeddings; also spoken by Azure OpenAI, Mistral, Groq, DeepSeek, xAI,
-//! OpenRouter, Together, Fireworks and self-hosted servers), Anthropic's messages API
-//! and Gemini's `generateContent`/`streamGenerateContent`. The [`registry`] maps the
-//! built-in provider hosts to adapters and owns host normalisation and matching.
+//! OpenRouter, Together, Fireworks and self-hosted servers), Anthropic's messages API,
+//! Gemini's `generateContent`/`streamGenerateContent` and AWS Bedrock Runtime's
+//! Converse/InvokeModel (streamed in AWS event-stream framing, not SSE). The
+//! [`registry`] maps the built-in provider hosts to adapters and owns host
+//! normalisation and matching.
 //!
 //! What this module is not: it does no I/O, holds no connection state, makes no
 //! policy decision and never alters traffic. Parsing is lenient by design (JSON is
@@ -32,6 +34,8 @@ use serde_json::{Map, Value};
 
 mod anthropic;
 mod azure;
+mod bedrock;
+mod eventstream;
 mod gemini;
 mod openai;
 pub mod registry;
@@ -50,14 +54,16 @@ use sse::{JsonArrayDecoder, Problems};
 pub struct Endpoint {
     /// Endpoint label used in records: `chat.completions`, `responses`,
     /// `completions`, `embeddings`, `messages`, `generateContent`,
-    /// `streamGenerateContent`.
+    /// `streamGenerateContent`, `converse`, `converse-stream`, `invoke`,
+    /// `invoke-with-response-stream`.
     pub name: &'static str,
     /// The path itself says the response streams (Gemini `streamGenerateContent`),
     /// whatever the body or the response content type say.
     pub streaming_hint: bool,
     /// A model named by the path rather than the body: Gemini
-    /// `/v1beta/models/{model}:generateContent` (without the `models/` prefix) or the
-    /// Azure OpenAI deployment in `/openai/deployments/{deployment}/…`.
+    /// `/v1beta/models/{model}:generateContent` (without the `models/` prefix), the
+    /// Azure OpenAI deployment in `/openai/deployments/{deployment}/…` or the Bedrock
+    /// model id in `/model/{modelId}/…` (percent-decoded).
     pub model_from_path: Option<String>,
 }
 
@@ -146,8 +152,8 @@ pub trait StreamParser: Send + Sync {
 /// One provider API format.
 pub trait Adapter: Send + Sync {
     /// Provider label in records: `openai`, `anthropic`, `gemini`, `azure_openai`,
-    /// `mistral`, `groq`, `deepseek`, `xai`, `openrouter`, `together`, `fireworks`,
-    /// `openai_compatible`.
+    /// `bedrock`, `mistral`, `groq`, `deepseek`, `xai`, `openrouter`, `together`,
+    /// `fireworks`, `openai_compatible`.
     fn name(&self) -> &'static str;
     /// The endpoint a request addresses; `path` may carry a query string. `None`
     /// means not an LLM endpoint this adapter parses (the caller still records it).
@@ -156,7 +162,8 @@ pub trait Adapter: Send + Sync {
     fn parse_request(&self, ep: &Endpoint, body: &[u8]) -> ParsedRequest;
     /// Parses a non-streamed response body (which may be an error body).
     fn parse_response(&self, ep: &Endpoint, body: &[u8]) -> ParsedResponse;
-    /// A parser for a streamed response body (SSE, or Gemini's chunked JSON array).
+    /// A parser for a streamed response body (SSE, Gemini's chunked JSON array, or
+    /// Bedrock's AWS event stream).
     fn stream_parser(&self, ep: &Endpoint) -> Box<dyn StreamParser>;
     /// The pieces of generated text carried by one decoded SSE event (its `data` parsed
     /// as JSON), each with its *lane*: one independent run of text (an OpenAI choice or
@@ -207,6 +214,12 @@ pub trait Adapter: Send + Sync {
     /// for (an Azure deployment of `gpt-4o` costs what OpenAI's does). Default: none.
     fn price_fallback(&self) -> Option<&'static str> {
         None
+    }
+    /// The name `model` is priced under, when this provider's model names carry more
+    /// than the model (Bedrock's cross-region inference profiles `us.anthropic.…`).
+    /// Default: the name as sent.
+    fn price_model<'m>(&self, model: &'m str) -> &'m str {
+        model
     }
 }
 

@@ -277,7 +277,7 @@ pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
 /// Streamed messages: `message_start`, `content_block_*`, `message_delta`,
 /// `message_stop`, `ping`, `error`.
 #[derive(Debug, Default)]
-struct MessagesStream {
+pub(super) struct MessagesStream {
     model: Option<String>,
     text: String,
     cut: bool,

@@ -95,7 +95,7 @@ impl Adapter for Azure {
 
 /// A path segment with `%XX` escapes decoded (the SDK escapes deployment names); an
 /// invalid escape or non-UTF-8 result leaves the segment as sent.
-fn percent_decoded(segment: &str) -> String {
+pub(super) fn percent_decoded(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -11,7 +11,7 @@
 //!
 //! Matching is ASCII case-insensitive on normalised names ([`normalize_host`]).
 
-use super::{anthropic, azure, gemini, openai, Adapter};
+use super::{anthropic, azure, bedrock, gemini, openai, Adapter};
 
 /// One built-in provider: the host patterns it answers on and its adapter.
 pub struct Provider {
@@ -28,6 +28,13 @@ pub static PROVIDERS: &[Provider] = &[
     provider(&["api.anthropic.com"], &anthropic::ANTHROPIC),
     provider(&["generativelanguage.googleapis.com"], &gemini::GEMINI),
     provider(&["*.openai.azure.com"], &azure::AZURE_OPENAI),
+    provider(
+        &[
+            "bedrock-runtime.*.amazonaws.com",
+            "bedrock-runtime-fips.*.amazonaws.com",
+        ],
+        &bedrock::BEDROCK,
+    ),
     provider(&["api.mistral.ai"], &openai::MISTRAL),
     provider(&["api.groq.com"], &openai::GROQ),
     provider(&["api.deepseek.com"], &openai::DEEPSEEK),

@@ -1,6 +1,7 @@
 //! Unit tests of the adapters over captured-shape fixtures
 //! (`tests/fixtures/providers/`), of the stream framing and of the failure paths.
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::sse::{JsonArrayDecoder, SseDecoder, MAX_LINE};
@@ -102,6 +103,7 @@ fn msg(role: &str, content: &str) -> Message {
 
 // The tests, by topic (after the macro above, which they use).
 mod anthropic;
+mod bedrock;
 mod framing;
 mod gemini;
 mod openai;

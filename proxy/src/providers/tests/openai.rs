@@ -168,6 +168,14 @@ fn error_replies_round_trip_through_each_adapter() {
             "res.openai.azure.com",
             "/openai/deployments/d/chat/completions",
         ),
+        (
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+        ),
+        (
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream",
+        ),
     ] {
         let a = host(host_name);
         let ep = post(a, path);

@@ -20,6 +20,12 @@ fn host_table() {
         ("openrouter.ai", "openrouter"),
         ("api.together.xyz", "together"),
         ("api.fireworks.ai", "fireworks"),
+        ("bedrock-runtime.us-east-1.amazonaws.com", "bedrock"),
+        ("Bedrock-Runtime.EU-West-3.amazonaws.com:443", "bedrock"),
+        (
+            "bedrock-runtime-fips.us-gov-west-1.amazonaws.com",
+            "bedrock",
+        ),
     ] {
         assert_eq!(host(h).name(), name, "{h}");
     }
@@ -31,6 +37,9 @@ fn host_table() {
         "xapi.openai.com",
         "[::1]:443",
         "localhost",
+        "bedrock-runtime.amazonaws.com",
+        "bedrock.us-east-1.amazonaws.com",
+        "bedrock-runtime.us-east-1.amazonaws.com.evil.example",
     ] {
         assert!(adapter_for_host(h).is_none(), "{h}");
     }
@@ -51,6 +60,7 @@ fn adapters_by_name() {
         "together",
         "fireworks",
         "openai_compatible",
+        "bedrock",
     ] {
         assert_eq!(adapter_by_name(name).map(|a| a.name()), Some(name));
     }

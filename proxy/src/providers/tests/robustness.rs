@@ -6,6 +6,7 @@ fn all_endpoints() -> Vec<(&'static dyn Adapter, Endpoint)> {
     let openai = host("api.openai.com");
     let gemini = host("generativelanguage.googleapis.com");
     let anthropic = host("api.anthropic.com");
+    let bedrock = host("bedrock-runtime.us-east-1.amazonaws.com");
     vec![
         (openai, post(openai, "/v1/chat/completions")),
         (openai, post(openai, "/v1/responses")),
@@ -16,6 +17,13 @@ fn all_endpoints() -> Vec<(&'static dyn Adapter, Endpoint)> {
         (
             gemini,
             post(gemini, "/v1beta/models/m:streamGenerateContent"),
+        ),
+        (bedrock, post(bedrock, "/model/m/converse")),
+        (bedrock, post(bedrock, "/model/m/converse-stream")),
+        (bedrock, post(bedrock, "/model/m/invoke")),
+        (
+            bedrock,
+            post(bedrock, "/model/m/invoke-with-response-stream"),
         ),
     ]
 }
@@ -32,7 +40,8 @@ fn malformed_requests_set_error() {
             "{}",
             a.name()
         );
-        assert!(r.messages.is_empty() && r.model.is_none());
+        // A model named by the path is known whatever the body says.
+        assert!(r.messages.is_empty() && (r.model.is_none() || r.model == ep.model_from_path));
         assert_eq!(
             a.parse_request(&ep, b"[1, 2]").error.as_deref(),
             Some("request body is a JSON array, not an object")
@@ -131,7 +140,7 @@ fn truncated_and_garbage_streams_set_error() {
 
 #[test]
 fn fuzzed_inputs_never_panic() {
-    let fixtures: [&[u8]; 8] = [
+    let fixtures: [&[u8]; 10] = [
         fixture!("openai_chat_stream.sse"),
         fixture!("openai_chat_stream_tools.sse"),
         fixture!("openai_responses_stream.sse"),
@@ -140,6 +149,8 @@ fn fuzzed_inputs_never_panic() {
         fixture!("gemini_stream.json"),
         fixture!("anthropic_request.json"),
         fixture!("openai_responses_response.json"),
+        fixture!("bedrock_converse_stream.bin"),
+        fixture!("bedrock_invoke_stream.bin"),
     ];
     let alphabet = b"{}[]\":,\\ \r\n\tdata:event:[DONE]0123456789abc\xc3\xa9\xff";
     let mut rng = Lcg(1);
