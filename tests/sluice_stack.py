@@ -81,6 +81,7 @@ upstream:
   ca_file: "{self.provider_ca}"
 providers:
 {providers}
+passthrough: ["{PASSTHROUGH}"]
 {"original_dst:" + chr(10) + "  static:" + chr(10) + static if static_dst else ""}
 {extra_config}"""
         )

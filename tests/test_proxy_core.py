@@ -166,7 +166,7 @@ def test_passthrough_is_byte_exact_and_recorded(stack, tmp_path):
     assert len(seen) == 1
     assert seen[0]["body_len"] == 128 * 1024 and seen[0]["body_sha256"] == digest
     (conn,) = stack.wait_records(1, "connection")
-    assert conn["outcome"] == "passthrough" and conn["reason"] == "sni_not_inspected"
+    assert conn["outcome"] == "passthrough" and conn["reason"] == "passthrough_listed"
     assert conn["sni"] == PASSTHROUGH
     assert conn["bytes_up"] > 128 * 1024 and conn["bytes_down"] > 0
     assert conn["upstream"]["addr"] == stack.mock_addr

@@ -67,6 +67,12 @@ pub struct Config {
     pub ca: CaConfig,
     /// Destinations whose traffic is inspected. Default: the well-known LLM API hosts on 443.
     pub providers: Vec<ProviderConfig>,
+    /// Hosts (SNI, or `Host` for plain HTTP; exact or a pattern like `providers[].host`)
+    /// whose captured connections are relayed untouched, with a connection record. Every
+    /// other captured connection that is not an inspected provider — an unknown SNI, no
+    /// SNI, not TLS or HTTP — is refused and recorded: captured traffic is inspected or
+    /// refused, never passed through by default. Default: none.
+    pub passthrough: Vec<String>,
     /// How the real destination of an accepted connection is found.
     pub original_dst: crate::original_dst::OriginalDstConfig,
     /// Connections to the providers.
@@ -203,6 +209,7 @@ impl Config {
                     adapter: None,
                 })
                 .collect(),
+            passthrough: Vec::new(),
             original_dst: crate::original_dst::OriginalDstConfig::default(),
             upstream: UpstreamConfig::default(),
             records: RecordsConfig::default(),
@@ -468,6 +475,22 @@ impl Config {
                         "{} is not in the built-in host table; name its API format with `adapter:` (e.g. openai_compatible)",
                         p.host
                     ),
+                );
+            }
+        }
+        for (i, host) in self.passthrough.iter().enumerate() {
+            if let Err(why) = validate_host_pattern(host) {
+                bad(format!("passthrough[{i}]"), host, why);
+            }
+            if self
+                .providers
+                .iter()
+                .any(|p| p.host.eq_ignore_ascii_case(host))
+            {
+                bad(
+                    format!("passthrough[{i}]"),
+                    host,
+                    format!("{host} is also an inspected provider; a host is either inspected or passed through"),
                 );
             }
         }

@@ -43,8 +43,8 @@ pub use budget::{
     Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError, StreamBudget,
 };
 pub use keys::{
-    fingerprint, presented_key, KeyError, KeySwap, ResolvedKey, Secret, VirtualKey, VirtualKeys,
-    VIRTUAL_KEY_PREFIX,
+    fingerprint, presented_key, scrub_path, Carrier, KeyError, KeySwap, ResolvedKey, Secret,
+    VirtualKey, VirtualKeys, CREDENTIAL_HEADERS, CREDENTIAL_PARAMS, VIRTUAL_KEY_PREFIX,
 };
 pub use limits::{Limited, Limiter, RateLimit, WindowRow};
 pub use lint::{lint, LintFinding};
@@ -106,6 +106,23 @@ pub struct Policy {
     /// request and settled with the real cost after it.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// What the prompt guardrails do with a body they cannot judge — not parseable as
+    /// the provider's JSON (`body_unparseable`, 400) or larger than `max_inspect_bytes`
+    /// (`body_too_large`, 413): `refuse` (default) or `allow`, which forwards it after
+    /// the lenient scan and records the reason on every such request.
+    #[serde(default)]
+    pub on_uninspectable: OnUninspectable,
+}
+
+/// See [`Policy::on_uninspectable`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUninspectable {
+    /// Refuse (enforce) or record a would-be refusal (shadow).
+    #[default]
+    Refuse,
+    /// Forward, recorded with the reason and `uninspectable_allowed`.
+    Allow,
 }
 
 fn one() -> u32 {
@@ -149,8 +166,12 @@ pub struct Facts<'a> {
     pub model: Option<String>,
     /// The caller.
     pub identity: &'a Identity,
-    /// The request body as read (JSON), when it could be read whole.
+    /// The request body as read, when it was read.
     pub body: Option<&'a [u8]>,
+    /// The body parsed strictly as JSON (`None`: not parseable, or no body).
+    pub json: Option<serde_json::Value>,
+    /// Why the body cannot be judged, if it cannot: `body_unparseable`, `body_too_large`.
+    pub uninspectable: Option<&'static str>,
     /// Estimated input tokens (for the budget's worst case).
     pub input_tokens: u64,
     /// The maximum output the request asks for, when it says.
@@ -158,14 +179,24 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    /// The facts of a request whose whole body is `body`: the model from the body or the
-    /// path, the input estimated from the messages, the requested maximum output.
+    /// The facts of a request whose body is `body` (`truncated`: cut at
+    /// `max_inspect_bytes`): the model from the body or the path, the input estimated from
+    /// the messages, the requested maximum output, whether the body can be judged.
     pub fn of(
         adapter: &'a dyn Adapter,
         endpoint: &Endpoint,
         identity: &'a Identity,
         body: &'a [u8],
+        truncated: bool,
     ) -> Facts<'a> {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let uninspectable = if truncated {
+            Some("body_too_large")
+        } else if json.is_none() {
+            Some("body_unparseable")
+        } else {
+            None
+        };
         let parsed = adapter.parse_request(endpoint, body);
         let input_tokens = parsed
             .messages
@@ -178,6 +209,8 @@ impl<'a> Facts<'a> {
             model: parsed.model.or_else(|| endpoint.model_from_path.clone()),
             identity,
             body: Some(body),
+            json,
+            uninspectable,
             input_tokens,
         }
     }
@@ -314,7 +347,7 @@ pub struct Request<'a> {
     pub endpoint: Option<&'a Endpoint>,
     /// The credential the client presented and the header it came in
     /// ([`presented_key`]).
-    pub presented_key: Option<(&'static str, String)>,
+    pub presented_key: Option<(Carrier, String)>,
     /// The connection's workload identity (process, pod, client address).
     pub workload: Identity,
 }
@@ -326,7 +359,17 @@ pub trait RequestBody {
     type Error;
     /// The whole body, read before anything is forwarded; `None` when it is not read
     /// whole (larger than can be held for replay, or of unknown length).
-    fn read_whole(&mut self) -> impl Future<Output = Result<Option<&[u8]>, Self::Error>> + Send;
+    fn read_whole(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<WholeBody<'_>>, Self::Error>> + Send;
+}
+
+/// A request body read before forwarding.
+pub struct WholeBody<'a> {
+    /// Its bytes, up to `max_inspect_bytes`.
+    pub bytes: &'a [u8],
+    /// It was longer than that: only its start is in `bytes`.
+    pub truncated: bool,
 }
 
 /// The outcome of [`Engine::apply_request_policies`]: who is calling and what happens.
@@ -343,6 +386,10 @@ pub struct Governed {
     pub admission: Option<Admission>,
     /// The body was read (and judged) whole.
     pub body_read: bool,
+    /// The body must still be judged ([`Engine::judge_body`]) before any of it is
+    /// forwarded: it was too large to read before the upstream is asked (or of unknown
+    /// length), so the proxy holds it back as it arrives.
+    pub body_pending: bool,
 }
 
 impl Engine {
@@ -397,19 +444,38 @@ impl Engine {
             swap_key,
             admission: Some(admission),
             body_read: false,
+            body_pending: false,
         };
         let Some(endpoint) = req.endpoint.filter(|_| self.needs_body()) else {
             return Ok(governed);
         };
-        let Some(bytes) = body.read_whole().await? else {
-            governed.verdict.note("body_not_inspected_by_policy");
-            return Ok(governed);
-        };
-        governed.body_read = true;
-        let facts = Facts::of(req.adapter, endpoint, &governed.identity, bytes);
-        // 3.–6. Every policy in scope.
-        self.evaluate_into(&facts, &mut governed.verdict);
+        match body.read_whole().await? {
+            Some(whole) => self.judge_body(&mut governed, req.adapter, endpoint, whole),
+            None => governed.body_pending = true,
+        }
         Ok(governed)
+    }
+
+    /// Steps 3–6 on a body read whole (see [`Engine::apply_request_policies`]): for a body
+    /// held back as it arrived, called once it is complete — or as soon as it passes
+    /// `max_inspect_bytes` — and before any of it is forwarded.
+    pub fn judge_body(
+        &self,
+        governed: &mut Governed,
+        adapter: &dyn Adapter,
+        endpoint: &Endpoint,
+        whole: WholeBody<'_>,
+    ) {
+        governed.body_read = true;
+        governed.body_pending = false;
+        let facts = Facts::of(
+            adapter,
+            endpoint,
+            &governed.identity,
+            whole.bytes,
+            whole.truncated,
+        );
+        self.evaluate_into(&facts, &mut governed.verdict);
     }
 
     /// Steps 3–6 of [`Engine::apply_request_policies`] for every policy in scope, folded
@@ -490,6 +556,7 @@ impl Governed {
             swap_key: None,
             admission: None,
             body_read: false,
+            body_pending: false,
         }
     }
 }

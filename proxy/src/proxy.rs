@@ -4,8 +4,9 @@
 //! ```text
 //! accept ─▶ sniff first bytes (TLS ClientHello SNI, or plain-HTTP Host)
 //!          ├─ host is an inspected provider ─▶ TLS with a minted leaf ─▶ http::Interceptor
-//!          ├─ destination known, not inspected ─▶ relay::passthrough (connection record)
-//!          └─ no destination / would loop ─▶ refused (connection record, counter)
+//!          ├─ host listed in `passthrough:` ─▶ relay::passthrough (connection record)
+//!          └─ anything else (unknown or missing SNI/Host, not TLS or HTTP, no
+//!             destination, would loop) ─▶ refused (connection record, counter)
 //! ```
 //!
 //! Nothing here parses provider formats or decides policy; it only routes connections.
@@ -44,6 +45,9 @@ use crate::tls::{self, Sniffed};
 /// How long a new connection may take to show its first bytes before it is treated as
 /// opaque (server-speaks-first protocols, idle clients).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS 1.2-framed fatal alert `unrecognized_name` (112): sent to a client whose SNI is
+/// neither inspected nor listed for passthrough, before closing.
+const TLS_ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 /// Largest plain-HTTP request head read to find the `Host` header.
 const MAX_HTTP_HEAD: usize = 16 * 1024;
 
@@ -57,9 +61,11 @@ pub struct ProviderEntry {
     pub adapter: &'static dyn Adapter,
 }
 
-/// The inspected hosts, most specific first (exact names before wildcards).
+/// The inspected hosts, most specific first (exact names before wildcards), and the hosts
+/// an operator listed for passthrough.
 pub struct ProviderTable {
     entries: Vec<ProviderEntry>,
+    passthrough: Vec<HostPattern>,
 }
 
 impl ProviderTable {
@@ -81,7 +87,20 @@ impl ProviderTable {
             })
             .collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.pattern.specificity()));
-        ProviderTable { entries }
+        let passthrough = config
+            .passthrough
+            .iter()
+            .filter_map(|h| HostPattern::parse(h).ok())
+            .collect();
+        ProviderTable {
+            entries,
+            passthrough,
+        }
+    }
+
+    /// Whether `host` (normalised) is listed for passthrough.
+    pub fn is_passthrough(&self, host: &str) -> bool {
+        self.passthrough.iter().any(|p| p.matches(host))
     }
 
     /// The entry for `host` (already normalised), exact matches first.
@@ -269,17 +288,33 @@ impl ServerApp for InterceptApp {
             .as_deref()
             .and_then(|h| shared.providers.find(h, is_tls));
         let Some(entry) = entry else {
-            // Not inspected: relay byte for byte and say so.
-            let reason = if is_tls {
-                "sni_not_inspected"
-            } else {
-                "not_inspected"
+            // Captured traffic is inspected or refused: it is relayed untouched only when an
+            // operator listed its host for passthrough.
+            let listed = host
+                .as_deref()
+                .filter(|h| shared.providers.is_passthrough(h));
+            let Some(_) = listed else {
+                let reason = match (&first, host.is_some()) {
+                    (FirstBytes::Tls(_), true) => "sni_not_inspected",
+                    (FirstBytes::Tls(_), false) => "sni_missing",
+                    (FirstBytes::Http(_), true) => "host_not_inspected",
+                    (FirstBytes::Http(_), false) => "host_missing",
+                    (FirstBytes::Opaque, _) => "not_tls_or_http",
+                };
+                if is_tls {
+                    // A fatal `unrecognized_name` alert, so the client says why it failed.
+                    let _ =
+                        tokio::io::AsyncWriteExt::write_all(&mut *l4, &TLS_ALERT_UNRECOGNIZED_NAME)
+                            .await;
+                }
+                shared.recorder.submit(refuse(reason, Some(dst))).await;
+                return None;
             };
             metrics::PASSTHROUGH.inc();
             let mut pending = PendingConnection {
                 shared: shared.clone(),
                 started,
-                reason,
+                reason: "passthrough_listed",
                 host: host.clone(),
                 identity: Some(identity),
                 dst,

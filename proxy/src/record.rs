@@ -82,7 +82,11 @@ pub struct Identity {
 pub struct RequestPart {
     /// HTTP method.
     pub method: String,
-    /// Request path (query included).
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/2) as the client sent it; compared with
+    /// the connection's SNI (`upstream.sni`), which it must name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Request path (query included, credentials in it replaced by fingerprints).
     pub path: String,
     /// Model parameters (temperature, max tokens, tools, …).
     pub params: serde_json::Map<String, serde_json::Value>,

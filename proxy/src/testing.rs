@@ -37,6 +37,7 @@ pub fn sample_interaction(i: u64) -> Record {
         },
         request: RequestPart {
             method: "POST".into(),
+            host: Some("api.openai.com".into()),
             path: "/v1/chat/completions".into(),
             params,
             messages: vec![

@@ -519,9 +519,10 @@ fn haproxy_conf(rig: &Rig, addr: SocketAddr) -> String {
 }
 
 fn sluice_conf(rig: &Rig, state: &Path, addr: SocketAddr, passthrough: bool) -> String {
-    // Passthrough: api.openai.com has a destination but is not an inspected provider.
+    // Passthrough: api.openai.com is not an inspected provider, and listed for passthrough
+    // (without the list it would be refused: captured traffic is inspected or refused).
     let providers = if passthrough {
-        "providers:\n  - host: api.anthropic.com\n"
+        "providers:\n  - host: api.anthropic.com\npassthrough: [api.openai.com]\n"
     } else {
         ""
     };

@@ -175,28 +175,152 @@ pub fn fingerprint(key: &str) -> String {
     format!("sha256:{}", &d[..16])
 }
 
-/// The API key a request carries and the header it came in.
-pub fn presented_key(headers: &http::HeaderMap) -> Option<(&'static str, String)> {
-    for name in ["authorization", "x-api-key", "x-goog-api-key", "api-key"] {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            let key = if name == "authorization" {
-                match v
-                    .strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                {
-                    Some(k) => k.trim(),
-                    None => continue,
-                }
+// === credential carriers ===
+//
+// Every place a client can put a provider credential, in one list: the request headers
+// and the query parameters below. `presented_key` finds the key (for the identity's
+// fingerprint and the virtual-key swap); `scrub_path` takes it out of the path before a
+// record, a log line or an error message can hold it.
+
+/// Headers that carry a provider credential. `authorization` holds `Bearer <key>` or an
+/// AWS SigV4 `Credential=<access key id>/…` (the access key id is fingerprinted, the
+/// signature never kept).
+pub const CREDENTIAL_HEADERS: &[&str] =
+    &["authorization", "x-api-key", "x-goog-api-key", "api-key"];
+
+/// Query parameters that carry a credential (Gemini's `?key=`, presigned AWS URLs, the
+/// `api_key`/`access_token` conventions of OpenAI-compatible servers).
+pub const CREDENTIAL_PARAMS: &[&str] = &[
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "access_token",
+    "token",
+    "x-amz-credential",
+    "x-amz-signature",
+    "x-amz-security-token",
+];
+
+/// Where a presented key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// This request header.
+    Header(&'static str),
+    /// This query parameter.
+    Query(&'static str),
+}
+
+/// The provider key a request carries and where: the first credential header, else the
+/// first credential query parameter of `path`.
+pub fn presented_key(headers: &http::HeaderMap, path: &str) -> Option<(Carrier, String)> {
+    for &name in CREDENTIAL_HEADERS {
+        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let v = v.trim();
+        let key = if name == "authorization" {
+            let bearer = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "));
+            match bearer.or_else(|| sigv4_access_key(v)) {
+                Some(k) => k.trim(),
+                None => continue,
+            }
+        } else {
+            v
+        };
+        if !key.is_empty() {
+            return Some((Carrier::Header(name), key.to_string()));
+        }
+    }
+    query_credentials(path)
+        .next()
+        .map(|(name, value)| (Carrier::Query(name), value))
+}
+
+/// The access key id of an AWS SigV4 `Authorization` value.
+fn sigv4_access_key(v: &str) -> Option<&str> {
+    let rest = v.strip_prefix("AWS4-HMAC-SHA256")?;
+    let cred = rest
+        .split([',', ' '])
+        .find_map(|p| p.trim().strip_prefix("Credential="))?;
+    cred.split('/').next()
+}
+
+/// The credential parameters of `path`'s query, with their (percent-decoded) values.
+fn query_credentials(path: &str) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').filter_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let carrier = CREDENTIAL_PARAMS
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(name))?;
+        let value = percent_decode(value);
+        (!value.is_empty()).then_some((*carrier, value))
+    })
+}
+
+/// `path` with the value of every credential query parameter replaced by its
+/// [`fingerprint`] (borrowed unchanged when there is none): what records, logs and error
+/// messages may hold.
+pub fn scrub_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.into();
+    };
+    if query_credentials(path).next().is_none() {
+        return path.into();
+    }
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let secret = CREDENTIAL_PARAMS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name));
+            if secret && !value.is_empty() {
+                format!("{name}={}", fingerprint(&percent_decode(value)))
             } else {
-                v
-            };
-            if !key.is_empty() {
-                return Some((name, key.to_string()));
+                pair.to_owned()
+            }
+        })
+        .collect();
+    let mut out = format!("{base}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out.into()
+}
+
+/// `%XX` escapes and `+` decoded; invalid escapes kept as sent.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied(), b.get(i + 2).copied()) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
             }
         }
     }
-    None
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The real provider key sent upstream in place of a virtual key, in the header the
@@ -237,12 +361,21 @@ impl VirtualKeys {
     /// code and the answer (`identity` keeps what was learnt).
     pub fn identify(
         &self,
-        presented: Option<(&'static str, String)>,
+        presented: Option<(Carrier, String)>,
         provider: &str,
         identity: &mut Identity,
     ) -> Result<Option<KeySwap>, (&'static str, Refusal)> {
-        let Some((header, key)) = presented else {
+        let Some((carrier, key)) = presented else {
             return Ok(None);
+        };
+        // A virtual key is swapped in the header it came in; one in a query parameter
+        // (or any other key) is only fingerprinted.
+        let header = match carrier {
+            Carrier::Header(h) if key.starts_with(VIRTUAL_KEY_PREFIX) => h,
+            _ => {
+                identity.api_key_fingerprint = Some(fingerprint(&key));
+                return Ok(None);
+            }
         };
         if !key.starts_with(VIRTUAL_KEY_PREFIX) {
             identity.api_key_fingerprint = Some(fingerprint(&key));
@@ -269,5 +402,65 @@ impl VirtualKeys {
             key: real.to_owned(),
         };
         Ok(Some(swap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn every_carrier_is_found() {
+        let none = headers(&[]);
+        for (h, want) in [
+            (headers(&[("authorization", "Bearer sk-a")]), "sk-a"),
+            (headers(&[("x-api-key", "sk-ant-b")]), "sk-ant-b"),
+            (headers(&[("x-goog-api-key", "AIzaC")]), "AIzaC"),
+            (headers(&[("api-key", "azure-d")]), "azure-d"),
+            (
+                headers(&[(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261206/us-east-1/bedrock/aws4_request, SignedHeaders=host, Signature=abc",
+                )]),
+                "AKIAEXAMPLE",
+            ),
+        ] {
+            assert_eq!(presented_key(&h, "/v1/x").unwrap().1, want);
+        }
+        let (carrier, key) = presented_key(
+            &none,
+            "/v1beta/models/m:generateContent?alt=sse&key=AIza%2Bq",
+        )
+        .unwrap();
+        assert_eq!((carrier, key.as_str()), (Carrier::Query("key"), "AIza+q"));
+        assert!(presented_key(&none, "/v1/chat/completions?stream=true").is_none());
+        assert!(presented_key(&headers(&[("authorization", "Basic eA==")]), "/").is_none());
+    }
+
+    #[test]
+    fn scrubbed_paths_keep_everything_but_the_secrets() {
+        let p = "/v1beta/models/m:streamGenerateContent?alt=sse&key=AIzaSECRET&Key=second#frag";
+        let s = scrub_path(p);
+        assert!(!s.contains("SECRET") && !s.contains("second"), "{s}");
+        assert!(s.starts_with("/v1beta/models/m:streamGenerateContent?alt=sse&key=sha256:"));
+        assert!(s.contains("&Key=sha256:") && s.ends_with("#frag"), "{s}");
+        assert_eq!(
+            scrub_path("/v1/chat/completions?x=1"),
+            "/v1/chat/completions?x=1"
+        );
+        let presigned = "/model/m/invoke?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok";
+        let s = scrub_path(presigned);
+        assert!(
+            !s.contains("deadbeef") && !s.contains("tok") && !s.contains("AKIA"),
+            "{s}"
+        );
     }
 }

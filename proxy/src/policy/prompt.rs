@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::verdict::{PolicyOutcome, Verdict};
-use super::{body, Compiled, Facts, Mode};
+use super::{body, Compiled, Facts, Mode, OnUninspectable};
 use crate::guardrails::{Category, Group};
 
 /// What to do when a detector group fires.
@@ -69,7 +69,11 @@ impl PromptBody {
     }
 }
 
-/// Checks policy `c`'s prompt guardrails.
+/// Checks policy `c`'s prompt guardrails. Detection reads every string of the body
+/// leniently ([`body::scan_raw`]: duplicated keys, JSON the strict parser refuses, text
+/// that is not JSON at all), or the body as earlier enforcing policies redacted it; a
+/// body that cannot be judged (unparseable, too large) is then refused unless the policy
+/// says `on_uninspectable: allow`. Redaction needs the strictly parsed body.
 pub(super) fn check(
     c: &Compiled,
     facts: &Facts<'_>,
@@ -80,14 +84,13 @@ pub(super) fn check(
     let (Some(g), Some(scanner)) = (&c.policy.prompt, &c.scanner) else {
         return;
     };
-    let source = match &prompt.redacted {
-        Some(b) => Some(b.clone()),
-        None => facts.body.and_then(|b| serde_json::from_slice(b).ok()),
-    };
-    let Some(mut json) = source else {
+    let Some(raw) = facts.body else {
         return;
     };
-    let found = body::scan(&json, scanner);
+    let found = match &prompt.redacted {
+        Some(json) => body::scan(json, scanner),
+        None => body::scan_raw(raw, facts.json.is_some(), scanner),
+    };
     v.triggered(&found);
     let action_of = |cat: &Category| match cat.group() {
         Group::Pii => g.pii,
@@ -100,27 +103,48 @@ pub(super) fn check(
     for cat in found.iter().filter(|c| action_of(c) != Action::Allow) {
         v.note(super::reason(*cat));
     }
-    match found.iter().map(action_of).max().unwrap_or(Action::Allow) {
-        Action::Block => {
-            let names: Vec<_> = found
-                .iter()
-                .filter(|c| action_of(c) == Action::Block)
-                .map(|c| c.as_str())
-                .collect();
-            out.refuse = Some((403, format!("the prompt contains {}", names.join(", "))));
-        }
-        Action::Redact => {
-            let cats: Vec<Category> = found
-                .iter()
-                .copied()
-                .filter(|c| action_of(c) == Action::Redact)
-                .collect();
-            body::redact(&mut json, scanner, &cats);
-            out.redacted = true;
-            if c.policy.mode == Mode::Enforce {
-                prompt.redacted = Some(json);
+    let worst = found.iter().map(action_of).max().unwrap_or(Action::Allow);
+    if worst == Action::Block {
+        let names: Vec<_> = found
+            .iter()
+            .filter(|c| action_of(c) == Action::Block)
+            .map(|c| c.as_str())
+            .collect();
+        out.refuse = Some((403, format!("the prompt contains {}", names.join(", "))));
+        return;
+    }
+    if let (Some(reason), None) = (facts.uninspectable, &prompt.redacted) {
+        v.note(reason);
+        match c.policy.on_uninspectable {
+            OnUninspectable::Allow => v.note("uninspectable_allowed"),
+            OnUninspectable::Refuse => {
+                let (status, why) = if reason == "body_too_large" {
+                    (
+                        413,
+                        "the body is larger than max_inspect_bytes, so it cannot be checked whole",
+                    )
+                } else {
+                    (400, "the body is not valid JSON, so it cannot be checked")
+                };
+                out.refuse = Some((status, why.to_owned()));
+                return;
             }
         }
-        Action::Alert | Action::Allow => {}
+    }
+    if worst == Action::Redact {
+        let source = prompt.redacted.take().or_else(|| facts.json.clone());
+        let Some(mut json) = source else {
+            return; // unparseable and allowed: forwarded as sent (recorded above)
+        };
+        let cats: Vec<Category> = found
+            .iter()
+            .copied()
+            .filter(|c| action_of(c) == Action::Redact)
+            .collect();
+        body::redact(&mut json, scanner, &cats);
+        out.redacted = true;
+        if c.policy.mode == Mode::Enforce {
+            prompt.redacted = Some(json);
+        }
     }
 }

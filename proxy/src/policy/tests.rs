@@ -6,11 +6,14 @@ fn engine(yaml: &str) -> Engine {
 }
 
 fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     Facts {
         adapter: crate::providers::adapter_by_name("openai").unwrap(),
         model: Some(model.to_owned()),
         identity: id,
         body: Some(body),
+        uninspectable: json.is_none().then_some("body_unparseable"),
+        json,
         input_tokens: 10,
         max_output_tokens: Some(100),
     }
@@ -111,8 +114,11 @@ fn virtual_keys_resolve_and_fingerprints_hide_keys() {
     let mut h = http::HeaderMap::new();
     h.insert("authorization", "Bearer sk-sluice-alice".parse().unwrap());
     assert_eq!(
-        presented_key(&h),
-        Some(("authorization", "sk-sluice-alice".to_string()))
+        presented_key(&h, "/v1/chat/completions"),
+        Some((
+            Carrier::Header("authorization"),
+            "sk-sluice-alice".to_string()
+        ))
     );
 }
 
@@ -170,9 +176,12 @@ struct Body {
 impl RequestBody for Body {
     type Error = std::convert::Infallible;
 
-    async fn read_whole(&mut self) -> Result<Option<&[u8]>, Self::Error> {
+    async fn read_whole(&mut self) -> Result<Option<WholeBody<'_>>, Self::Error> {
         self.reads += 1;
-        Ok(self.bytes.as_deref())
+        Ok(self.bytes.as_deref().map(|bytes| WholeBody {
+            bytes,
+            truncated: false,
+        }))
     }
 }
 
@@ -182,7 +191,7 @@ fn govern(e: &Engine, key: Option<&str>, body: &mut Body) -> Governed {
     let req = Request {
         adapter,
         endpoint: Some(&endpoint),
-        presented_key: key.map(|k| ("authorization", k.to_owned())),
+        presented_key: key.map(|k| (Carrier::Header("authorization"), k.to_owned())),
         workload: Identity {
             process: Some("python3".into()),
             uid: Some(1000),
@@ -263,13 +272,119 @@ fn provider_rules_alone_are_enforced() {
 }
 
 #[test]
-fn a_body_not_read_whole_is_noted() {
+fn a_body_not_read_whole_is_left_to_be_judged_before_it_is_forwarded() {
     let e = engine("policies:\n  - id: p\n    prompt: {secrets: block}\n");
     let mut unread = Body {
         bytes: None,
         reads: 0,
     };
-    let g = govern(&e, None, &mut unread);
-    assert!(!g.body_read);
-    assert_eq!(g.verdict.reason_codes, ["body_not_inspected_by_policy"]);
+    let mut g = govern(&e, None, &mut unread);
+    assert!(!g.body_read && g.body_pending);
+    assert!(g.verdict.refusal.is_none());
+    // The proxy holds the body back, then asks for the rest of the order on it.
+    let adapter = crate::providers::adapter_by_name("openai").unwrap();
+    let endpoint = adapter.endpoint("POST", "/v1/chat/completions").unwrap();
+    let whole = WholeBody {
+        bytes: BODY,
+        truncated: false,
+    };
+    e.judge_body(&mut g, adapter, &endpoint, whole);
+    assert!(g.body_read && !g.body_pending);
+    assert_eq!(g.verdict.decision, Decision::Block);
+    // A body cut at max_inspect_bytes cannot be judged whole: refused (413) unless the
+    // policy allows it, then recorded.
+    for (yaml, status) in [
+        (
+            "policies:\n  - id: p\n    prompt: {pii: alert}\n",
+            Some(413),
+        ),
+        (
+            "policies:\n  - id: p\n    prompt: {pii: alert}\n    on_uninspectable: allow\n",
+            None,
+        ),
+    ] {
+        let e = engine(yaml);
+        let mut g = govern(
+            &e,
+            None,
+            &mut Body {
+                bytes: None,
+                reads: 0,
+            },
+        );
+        let whole = WholeBody {
+            bytes: br#"{"messages":[{"role":"user","content":"hello"#,
+            truncated: true,
+        };
+        e.judge_body(&mut g, adapter, &endpoint, whole);
+        assert_eq!(
+            g.verdict.refusal.as_ref().map(|r| r.status),
+            status,
+            "{yaml}"
+        );
+        assert!(g
+            .verdict
+            .reason_codes
+            .contains(&"body_too_large".to_string()));
+    }
+}
+
+/// Every body-judging variant that used to slip past the strict parser: the secret is
+/// found wherever it is, and a body that cannot be parsed is refused even when it holds
+/// nothing (unless the policy allows it, which is recorded).
+#[test]
+fn bodies_the_parser_rejects_are_still_judged() {
+    let secret = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    let e = engine("policies:\n  - id: s\n    prompt: {secrets: block}\n");
+    let id = Identity::default();
+    let bodies = [
+        format!(
+            r#"{{"model":"gpt-4o","x":"\ud800","messages":[{{"role":"user","content":"{secret}"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"gpt-4o","temperature":1e400,"messages":[{{"role":"user","content":"{secret}"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"gpt-4o","deep":{}1{},"messages":[{{"role":"user","content":"{secret}"}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        ),
+        format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{secret}","content":"harmless"}}]}}"#
+        ),
+    ];
+    for body in &bodies {
+        let v = e.evaluate(&facts("gpt-4o", &id, body.as_bytes()));
+        assert_eq!(v.decision, Decision::Block, "{body}");
+        assert!(
+            v.reason_codes.contains(&"secret:github_token".to_string()),
+            "{body}: {:?}",
+            v.reason_codes
+        );
+    }
+    let mut invalid_utf8 =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{secret} "#)
+            .into_bytes();
+    invalid_utf8.extend_from_slice(b"\xff\"}]}");
+    let v = e.evaluate(&facts("gpt-4o", &id, &invalid_utf8));
+    assert_eq!(v.decision, Decision::Block);
+
+    // Nothing to find, but not parseable: refused (400) unless allowed.
+    let garbage = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}], "t": 1e400}"#;
+    let v = e.evaluate(&facts("gpt-4o", &id, garbage));
+    assert_eq!(v.refusal.map(|r| r.status), Some(400));
+    assert!(v.reason_codes.contains(&"body_unparseable".to_string()));
+    let allow =
+        engine("policies:\n  - id: s\n    prompt: {secrets: block}\n    on_uninspectable: allow\n");
+    let v = allow.evaluate(&facts("gpt-4o", &id, garbage));
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(
+        v.reason_codes,
+        ["body_unparseable", "uninspectable_allowed"]
+    );
+    let shadow = engine("policies:\n  - id: s\n    mode: shadow\n    prompt: {secrets: block}\n");
+    assert_eq!(
+        shadow.evaluate(&facts("gpt-4o", &id, garbage)).decision,
+        Decision::ShadowBlock
+    );
 }

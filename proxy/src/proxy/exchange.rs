@@ -85,8 +85,9 @@ pub(super) struct Answer {
 pub struct Exchange {
     /// The connection the request arrived on (destination, adapter, workload).
     pub(super) conn: Option<Arc<ConnInfo>>,
-    /// Request method and path, for the record.
+    /// Request method, `Host`/`:authority` and path, for the record.
     pub(super) method: String,
+    pub(super) host: Option<String>,
     pub(super) path: String,
     /// The endpoint, as the adapter understands the path.
     pub(super) endpoint: Option<Endpoint>,
@@ -94,6 +95,8 @@ pub struct Exchange {
     pub(super) request: Capture,
     /// The body was read (and judged) before forwarding; it arrives again as one buffer.
     pub(super) preread: bool,
+    /// Chunks of a body held back until it is judged (`governed.body_pending`).
+    pub(super) held: Vec<Bytes>,
     /// Who is calling and what governance decided.
     pub(super) governed: Governed,
     /// Sluice answered the request itself (a refusal).
@@ -383,6 +386,7 @@ fn build_record(
 
     let outcome = match e {
         _ if ctx.answer.cut.is_some() => Outcome::Cut,
+        _ if ctx.refused => Outcome::Refused,
         _ if ctx.aborted => Outcome::Failed,
         Some(err) if *err.esource() == ErrorSource::Downstream => Outcome::Cancelled,
         Some(_) => Outcome::Failed,
@@ -391,6 +395,7 @@ fn build_record(
         None => Outcome::Success,
     };
     let error = match e {
+        _ if ctx.refused => None,
         Some(err) => Some(describe_error(err, conn)),
         None if ctx.aborted => Some(
             "Sluice stopped (shutdown) before the exchange ended; recorded with what was seen"
@@ -463,6 +468,7 @@ fn build_record(
         identity: std::mem::take(&mut ctx.governed.identity),
         request: RequestPart {
             method: std::mem::take(&mut ctx.method),
+            host: ctx.host.take(),
             path,
             params,
             messages,

@@ -27,7 +27,7 @@ use super::{ConnInfo, Shared};
 use crate::config::OnLedgerFailure;
 use crate::metrics;
 use crate::original_dst::Accepted;
-use crate::policy::{self, Refusal};
+use crate::policy::{self, Refusal, WholeBody};
 use crate::providers::{self, Adapter};
 
 /// The `ProxyHttp` implementation.
@@ -63,11 +63,9 @@ impl Interceptor {
         ctx.t.started = Some((Instant::now(), SystemTime::now()));
         let req = session.req_header();
         ctx.method = req.method.to_string();
-        ctx.path = req
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // Credentials in the query (Gemini's `?key=`) never reach a record or a log.
+        ctx.path =
+            policy::scrub_path(req.uri.path_and_query().map_or("/", |p| p.as_str())).into_owned();
         let key = session
             .client_addr()
             .and_then(|p| p.as_inet())
@@ -82,11 +80,43 @@ impl Interceptor {
                 "request on a connection with no known destination",
             );
         };
+        ctx.host = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .map(str::to_owned);
         ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), &ctx.path);
         ctx.governed.identity = conn.identity.clone();
         ctx.conn = Some(conn.clone());
         Ok(conn)
     }
+}
+
+/// A 421 Misdirected Request when the request's `Host`/`:authority` is missing or names
+/// another host than `conn_host` (the connection's SNI, normalised).
+fn misdirected(host: Option<&str>, conn_host: &str) -> Option<Refusal> {
+    let named = host.map(providers::normalize_host);
+    if named.as_deref() == Some(conn_host) {
+        return None;
+    }
+    let message = match named {
+        Some(named) => format!(
+            "Sluice refuses this request: it names host {named:?} on a connection opened for {conn_host:?}; send it to {named} directly."
+        ),
+        None => format!(
+            "Sluice refuses this request: it names no host (Host or :authority) on a connection opened for {conn_host:?}."
+        ),
+    };
+    Some(Refusal {
+        status: 421,
+        message,
+        retry_after: None,
+    })
 }
 
 /// The request body for governance: read whole when its declared length fits what
@@ -101,7 +131,7 @@ struct SessionBody<'a> {
 impl policy::RequestBody for SessionBody<'_> {
     type Error = Box<Error>;
 
-    async fn read_whole(&mut self) -> Result<Option<&[u8]>> {
+    async fn read_whole(&mut self) -> Result<Option<WholeBody<'_>>> {
         let len = self
             .session
             .req_header()
@@ -110,17 +140,109 @@ impl policy::RequestBody for SessionBody<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if len.is_none_or(|n| n > PREREAD_LIMIT) {
+            // Held back as it arrives instead, and judged before any of it goes upstream.
             return Ok(None);
         }
+        continue_if_expected(self.session).await?;
         self.session.enable_retry_buffering();
         while let Some(chunk) = self.session.read_request_body().await? {
             self.capture.push(&chunk, self.limit);
         }
-        Ok(Some(&self.capture.buf))
+        Ok(Some(WholeBody {
+            bytes: &self.capture.buf,
+            truncated: self.capture.truncated,
+        }))
     }
 }
 
+/// The held chunks as one buffer.
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut out = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in &chunks {
+                out.extend_from_slice(c);
+            }
+            Bytes::from(out)
+        }
+    }
+}
+
+/// Answers `Expect: 100-continue` with `100 Continue` once the request is admitted, so
+/// the client sends its body at once (curl otherwise waits a second per upload). A
+/// refusal decided from the headers answers without it, and without reading the body.
+async fn continue_if_expected(session: &mut Session) -> Result<()> {
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if expects && !session.is_http2() {
+        let header = ResponseHeader::build(100, Some(0))?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Interceptor {
+    /// A body too large to read before the upstream is asked, under a policy that judges
+    /// bodies: held back chunk by chunk (nothing of it goes upstream), judged once it is
+    /// complete or passes `max_inspect_bytes`, then released whole (redacted, if so
+    /// decided) — or refused, which aborts the exchange before its first byte leaves.
+    fn hold_and_judge(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Exchange,
+    ) -> Result<()> {
+        if let Some(chunk) = body.take() {
+            ctx.request.push(&chunk, self.shared.max_inspect_bytes);
+            ctx.held.push(chunk);
+        }
+        if !end_of_stream && !ctx.request.truncated {
+            // Nothing yet (an empty chunk is not written upstream; `None` would end it).
+            *body = Some(Bytes::new());
+            return Ok(());
+        }
+        let (Some(conn), Some(endpoint)) = (ctx.conn.clone(), ctx.endpoint.clone()) else {
+            *body = Some(Bytes::new());
+            return Ok(());
+        };
+        let whole = WholeBody {
+            bytes: &ctx.request.buf,
+            truncated: ctx.request.truncated,
+        };
+        let engine = self.shared.policy.load_full();
+        engine.judge_body(&mut ctx.governed, conn.adapter, &endpoint, whole);
+        for cat in &ctx.governed.verdict.triggered {
+            metrics::GUARDRAIL_FINDINGS
+                .with_label_values(&[cat.as_str()])
+                .inc();
+        }
+        if ctx.governed.verdict.refusal.is_some() {
+            ctx.held.clear();
+            ctx.refused = true;
+            // Marked as the downstream's: Pingora then abandons the upstream request at
+            // once (an upstream-side error would wait for its answer) and fail_to_proxy
+            // answers with the refusal.
+            let e = Error::explain(
+                ErrorType::Custom("refused_by_policy"),
+                "request refused by policy after its body was judged",
+            );
+            return Err(e.into_down());
+        }
+        let released = match ctx.governed.verdict.rewritten_body.take() {
+            Some(new) => Bytes::from(new),
+            None => concat(std::mem::take(&mut ctx.held)),
+        };
+        *body = Some(released);
+        Ok(())
+    }
+
     /// Answers the client ourselves with the verdict's refusal, in the provider's error
     /// format, and stops here (the exchange is recorded by `logging`).
     async fn refuse(&self, session: &mut Session, ctx: &mut Exchange) -> Result<bool> {
@@ -170,6 +292,7 @@ impl Interceptor {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
+            .filter(|s| *s >= 200)
             .unwrap_or(ctx.answer.status);
         exchange::finish(&self.shared, e, ctx, status)
     }
@@ -243,12 +366,24 @@ impl ProxyHttp for Interceptor {
             });
             return self.refuse(session, ctx).await;
         }
+        // The request must name the host its connection was opened for (the SNI, or the
+        // plain-HTTP Host the connection was routed by): no fronting another host.
+        if let Some(refusal) = misdirected(ctx.host.as_deref(), &conn.host) {
+            ctx.governed
+                .verdict
+                .refuse(None, "host_sni_mismatch", refusal);
+            return self.refuse(session, ctx).await;
+        }
         // Governance, in its one documented order (policy::Engine::apply_request_policies).
         let engine = self.shared.policy.load_full();
         let request = policy::Request {
             adapter: conn.adapter,
             endpoint: ctx.endpoint.as_ref(),
-            presented_key: policy::presented_key(&session.req_header().headers),
+            presented_key: {
+                let req = session.req_header();
+                let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                policy::presented_key(&req.headers, path)
+            },
             workload: conn.identity.clone(),
         };
         let mut body = SessionBody {
@@ -267,6 +402,11 @@ impl ProxyHttp for Interceptor {
         if ctx.governed.verdict.refusal.is_some() {
             return self.refuse(session, ctx).await;
         }
+        if !ctx.preread {
+            // Admitted, body still to come: ask for it now rather than after the client's
+            // own `Expect` timeout.
+            continue_if_expected(session).await?;
+        }
         ctx.t.own += t.elapsed();
         Ok(false)
     }
@@ -275,7 +415,7 @@ impl ProxyHttp for Interceptor {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Exchange,
     ) -> Result<()> {
         if ctx.preread {
@@ -288,11 +428,13 @@ impl ProxyHttp for Interceptor {
             }
             return Ok(());
         }
-        if let Some(chunk) = body {
-            let t = Instant::now();
+        let t = Instant::now();
+        if ctx.governed.body_pending {
+            self.hold_and_judge(body, end_of_stream, ctx)?;
+        } else if let Some(chunk) = body {
             ctx.request.push(chunk, self.shared.max_inspect_bytes);
-            ctx.t.own += t.elapsed();
         }
+        ctx.t.own += t.elapsed();
         Ok(())
     }
 
@@ -346,6 +488,14 @@ impl ProxyHttp for Interceptor {
         }
         if let Some(new) = &ctx.governed.verdict.rewritten_body {
             upstream_request.insert_header("content-length", new.len().to_string())?;
+        }
+        // Sluice answered any `Expect: 100-continue` itself.
+        upstream_request.remove_header(&http::header::EXPECT);
+        if ctx.governed.body_pending {
+            // The body is judged as it arrives and may be redacted: its length is known
+            // only at its end. Without a length Pingora frames it itself (chunked for an
+            // HTTP/1.1 upstream, data frames for HTTP/2).
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
         }
         Ok(())
     }
@@ -426,8 +576,10 @@ impl ProxyHttp for Interceptor {
         e: &Error,
         ctx: &mut Exchange,
     ) -> pingora::proxy::FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
+        let code = match (&ctx.governed.verdict.refusal, e.etype()) {
+            // A body judged while held back was refused: that refusal is the answer.
+            (Some(r), _) if ctx.refused => r.status,
+            (_, ErrorType::HTTPStatus(code)) => *code,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => 0,
@@ -436,16 +588,22 @@ impl ProxyHttp for Interceptor {
         };
         // Answer in the provider's error format, so SDKs raise their usual error with a
         // message that says what happened.
-        if code > 0 && session.response_written().is_none() {
+        // Nothing but an interim `100 Continue` sent yet: the answer is still ours to give.
+        let answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if code > 0 && !answered {
             let adapter = ctx
                 .conn
                 .as_ref()
                 .map_or(providers::default_adapter(), |c| c.adapter);
-            let message = match code {
-                503 => format!("Sluice could not record this request in its audit ledger, so the answer is withheld (on_ledger_failure: fail_closed): {e}"),
-                502 => format!("Sluice could not get an answer from the provider: {e}"),
+            let message = match (&ctx.governed.verdict.refusal, code) {
+                (Some(r), _) if ctx.refused => r.message.clone(),
+                (_, 503) => format!("Sluice could not record this request in its audit ledger, so the answer is withheld (on_ledger_failure: fail_closed): {e}"),
+                (_, 502) => format!("Sluice could not get an answer from the provider: {e}"),
                 _ => format!("Sluice failed to proxy this request: {e}"),
             };
+            ctx.answer.status = code;
             if let Err(err) = write_error(session, adapter, code, &message, None).await {
                 tracing::debug!(error = %err, "could not send the error response");
             }
@@ -456,9 +614,41 @@ impl ProxyHttp for Interceptor {
         }
     }
 
+    /// What Pingora's own log lines say of a request: method, host and the scrubbed path
+    /// (its default prints the URI whole, `?key=` included).
+    fn request_summary(&self, session: &Session, _ctx: &Exchange) -> String {
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            policy::scrub_path(path),
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Exchange) {
         // Errors, cancellations and bodiless responses end here; complete responses were
         // recorded in response_body_filter already.
         let _ = self.finish(session, e, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_must_name_the_connections_host() {
+        assert!(misdirected(Some("api.openai.com"), "api.openai.com").is_none());
+        assert!(misdirected(Some("API.OpenAI.com.:443"), "api.openai.com").is_none());
+        let r = misdirected(Some("example.org"), "api.openai.com").unwrap();
+        assert_eq!(r.status, 421);
+        assert!(r.message.contains("example.org") && r.message.contains("api.openai.com"));
+        assert_eq!(misdirected(None, "api.openai.com").unwrap().status, 421);
+        assert!(misdirected(Some("api.openai.com.evil"), "api.openai.com").is_some());
     }
 }

@@ -1,0 +1,295 @@
+"""Bypass attempts by a hostile workload: every attempt is either inspected with the right
+decision or refused, the provider namespace sees no forbidden byte (asserted at the mock),
+and the ledger holds a record with the reason.
+
+Runs on the Sluice stack (client netns → sluice → mock provider netns); one SNI attempt also
+goes through the real eBPF redirect (test_redirect's harness). The last test searches every
+byte Sluice wrote (state directory, proxy logs) for the credentials the clients sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+import pytest
+
+from netns import run, sluice_bin
+from sluice_stack import Stack
+
+SECRET = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"
+POLICY = """
+policy:
+  policies:
+    - id: dlp
+      version: 2
+      prompt: {secrets: block}
+"""
+# Credentials the clients send in this module; none may be found where Sluice writes.
+CREDENTIALS = ["sk-bypass-openai-0123456789", "AIzaBypassGeminiKey0123456789",
+               "sk-ant-bypass-0123456789", "azure-bypass-key-0123456789"]
+
+
+@pytest.fixture
+def stack(topo, tmp_path):
+    s = Stack(topo, tmp_path, extra_config=POLICY)
+    yield s
+    assert s.alive()
+
+
+def forbidden_seen(stack) -> list[dict]:
+    """Requests the mock received that carry the secret."""
+    return [r for r in stack.mock_requests() if SECRET in json.dumps(r)]
+
+
+def last_record(stack, kind: str) -> dict:
+    return stack.wait_records(1, kind)[-1]
+
+
+def raw_tls(stack, sni: str | None, host_header: str = "api.openai.com") -> dict:
+    """A hand-made TLS client in the client netns: connects to api.openai.com's address with
+    the given SNI (or none), sends a chat request naming `host_header`; reports what
+    happened (handshake error, or status line)."""
+    script = f"""
+import json, socket, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+out = {{}}
+try:
+    s = socket.create_connection(("api.openai.com", 443), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname={sni!r})
+    body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{SECRET}"}}]}})
+    t.sendall(("POST /v1/chat/completions HTTP/1.1\\r\\nHost: {host_header}\\r\\n"
+               "Content-Type: application/json\\r\\nAuthorization: Bearer sk-bypass-openai-0123456789\\r\\n"
+               f"Content-Length: {{len(body)}}\\r\\nConnection: close\\r\\n\\r\\n" + body).encode())
+    out["reply"] = t.recv(4096).decode(errors="replace").split("\\r\\n")[0]
+except (ssl.SSLError, OSError) as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"""
+    return stack.python(script)
+
+
+# === SNI, through the real eBPF redirect ===================================================
+
+
+@pytest.fixture
+def redirected(topo, tmp_path):
+    from test_redirect import Redirected
+    r = Redirected(topo, tmp_path, "fail_closed")
+    yield r
+    r.close()
+
+
+def connections(r) -> list[dict]:
+    out = run([str(sluice_bin()), "events", "tail", "--json", "--kind", "connection",
+               "--config", str(r.config)])
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def raw_tls(sni: str | None) -> str:
+    """A hand-made TLS client: connects to api.openai.com's (real, captured) address with
+    the given SNI, or none, and sends a chat request naming api.openai.com with a secret."""
+    return f"""
+import json, socket, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+out = {{}}
+try:
+    s = socket.create_connection(("api.openai.com", 443), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname={sni!r})
+    body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{SECRET}"}}]}})
+    t.sendall(("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+               "Content-Type: application/json\\r\\nAuthorization: Bearer sk-bypass-openai-0123456789\\r\\n"
+               f"Content-Length: {{len(body)}}\\r\\nConnection: close\\r\\n\\r\\n" + body).encode())
+    out["reply"] = t.recv(4096).decode(errors="replace")[:80]
+except (ssl.SSLError, OSError) as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("sni,reason", [("www.example.com", "sni_not_inspected"),
+                                        (None, "sni_missing")])
+def test_unknown_or_missing_sni_is_refused_not_relayed(redirected, sni, reason):
+    out = redirected.python(raw_tls(sni))
+    assert "error" in out, out
+    if sni:
+        assert "UNRECOGNIZED_NAME" in out["error"].upper(), out
+    (conn,) = [c for c in connections(redirected) if c["reason"] == reason]
+    assert conn["outcome"] == "refused" and conn["bytes_up"] == 0, conn
+    assert conn["sni"] == sni
+    assert conn["identity"]["process"], "attributed to the process that tried"
+    seen = run(["ip", "netns", "exec", redirected.topo.provider.name, "curl", "--silent",
+                "--cacert", str(redirected.provider_ca), "--resolve",
+                f"api.openai.com:443:{redirected.topo.provider_addr}",
+                "https://api.openai.com/__mock/requests"]).stdout
+    assert SECRET not in seen and json.loads(seen) == [], "the provider saw nothing"
+
+
+def test_plain_tcp_that_is_not_tls_or_http_is_refused(redirected):
+    out = redirected.python("""
+import json, socket
+s = socket.create_connection(("api.openai.com", 443), timeout=10)
+s.sendall(b"\\x00\\x01garbage that is neither TLS nor HTTP\\r\\n\\r\\n")
+try:
+    data = s.recv(100)
+except OSError:
+    data = b""
+print(json.dumps({"got": len(data)}))
+""")
+    assert out["got"] == 0
+    assert [c for c in connections(redirected) if c["reason"] == "not_tls_or_http"]
+
+
+# === Host against SNI ======================================================================
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_a_host_that_is_not_the_sni_is_misdirected(stack, http):
+    before = len(stack.all_records())
+    r = stack.curl(http, "-w", "\n%{http_code}", "-H", "Host: example.org",
+                   "-H", "authorization: Bearer sk-bypass-openai-0123456789",
+                   "-H", "content-type: application/json", "--data-binary",
+                   json.dumps({"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": "front me"}]}),
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "421", r.stdout + r.stderr
+    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    assert rec["reason_codes"] == ["host_sni_mismatch"] and rec["outcome"] == "refused"
+    assert rec["request"]["host"] == "example.org"
+    assert rec["upstream"]["sni"] == "api.openai.com"
+    assert not [s for s in stack.mock_requests() if "front me" in json.dumps(s)]
+
+
+# === bodies the parser rejects =============================================================
+
+
+def chat(content_json: str, extra: str = "") -> bytes:
+    """A chat body with `content_json` as the user content (raw JSON text) and `extra`
+    members spliced in before `messages`."""
+    return (f'{{"model":"gpt-4o-mini",{extra}"messages":[{{"role":"user","content":'
+            f'{content_json}}}]}}').encode()
+
+
+VARIANTS = {
+    "lone_surrogate": chat(f'"{SECRET}"', '"x":"\\ud800",'),
+    "number_out_of_range": chat(f'"{SECRET}"', '"temperature":1e400,'),
+    "invalid_utf8": chat(f'"{SECRET} INVALID"').replace(b" INVALID", b" \xff"),
+    "deep_nesting": chat(f'"{SECRET}"', '"deep":' + "[" * 200 + "1" + "]" * 200 + ","),
+    "duplicate_content": (f'{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":'
+                          f'"{SECRET}","content":"harmless"}}]}}').encode(),
+    "over_64_kib": chat(f'"{"padding " * 10000}{SECRET}"'),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_secret_is_blocked_however_the_body_is_shaped(stack, tmp_path, name):
+    body = tmp_path / f"{name}.json"
+    body.write_bytes(VARIANTS[name])
+    before = len(stack.all_records())
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "-H", "authorization: Bearer sk-bypass-openai-0123456789",
+                   "--data-binary", f"@{body}", "https://api.openai.com/v1/chat/completions",
+                   check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "403", (name, r.stdout[-500:], r.stderr)
+    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    assert rec["decision"] == "block" and rec["outcome"] == "refused", rec
+    assert "secret:github_token" in rec["reason_codes"], rec["reason_codes"]
+    assert not forbidden_seen(stack), name
+
+
+def test_a_chunked_body_is_judged_before_it_is_forwarded(stack, tmp_path):
+    body = tmp_path / "chunked.json"
+    body.write_bytes(chat(f'"{"more padding " * 8000}{SECRET}"'))
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{body}",
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "403", r.stdout[-500:]
+    assert not forbidden_seen(stack)
+
+
+def test_an_unparseable_body_with_nothing_in_it_is_refused(stack):
+    before = len(stack.all_records())
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "--data-binary", '{"model":"gpt-4o-mini","t":1e400,"messages":[]}',
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "400", r.stdout
+    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    assert "body_unparseable" in rec["reason_codes"] and rec["outcome"] == "refused"
+
+
+def test_a_large_clean_body_is_judged_then_forwarded_whole(stack, tmp_path):
+    """Over 64 KiB and clean: held back, judged, then forwarded byte for byte (chunked)."""
+    out = stack.python("""
+import json, openai
+c = openai.OpenAI(api_key="sk-bypass-openai-0123456789", max_retries=0)
+r = c.chat.completions.create(model="gpt-4o-mini",
+                              messages=[{"role": "user", "content": "lorem ipsum " * 20000}])
+print(json.dumps({"text": r.choices[0].message.content[:40]}))
+""")
+    assert out["text"].startswith("Mock reply to: lorem ipsum")
+    seen = [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"][-1]
+    assert seen["body_len"] > 200_000
+    rec = last_record(stack, "interaction")
+    assert rec["decision"] == "allow" and rec["outcome"] == "success"
+    assert rec["request"]["body_bytes"] == seen["body_len"]
+
+
+def test_expect_100_continue_is_answered_before_the_body(stack, tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(chat(json.dumps("x" * (20 * 1024 * 1024))))
+    # HTTP/1.1: an HTTP/2 stream has no interim responses to send here (Pingora's h2
+    # server cannot), so curl over h2 still waits its second; stated in the README.
+    r = stack.curl("--http1.1", "-v", "-o", "/dev/null", "-w", "%{http_code}",
+                   "-H", "Expect: 100-continue",
+                   "-H", "content-type: application/json", "--data-binary", f"@{big}",
+                   "https://api.openai.com/v1/chat/completions", check=False, timeout=120)
+    # The protocol exchange, not the clock: curl saw the interim 100 before sending.
+    assert "HTTP/1.1 100 Continue" in r.stderr, r.stderr[-2000:]
+    assert r.stdout.strip() in ("200", "413"), r.stdout
+
+
+# === credentials ===========================================================================
+
+
+def test_a_credential_in_the_url_is_fingerprinted_not_stored(stack):
+    key = "AIzaBypassGeminiKey0123456789"
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "--data-binary", json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}),
+                   f"https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent?key={key}",
+                   check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
+    rec = last_record(stack, "interaction")
+    assert key not in json.dumps(rec)
+    assert "key=sha256:" in rec["request"]["path"]
+    assert rec["identity"]["api_key_fingerprint"].startswith("sha256:")
+
+
+def test_credentials_in_every_carrier_never_reach_the_disk(stack):
+    stack.python("""
+import json, anthropic, openai
+o = openai.OpenAI(api_key="sk-bypass-openai-0123456789", max_retries=0)
+o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+a = anthropic.Anthropic(api_key="sk-ant-bypass-0123456789", max_retries=0)
+a.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "b"}])
+z = openai.AzureOpenAI(azure_endpoint="https://myres.openai.azure.com",
+                       api_key="azure-bypass-key-0123456789", api_version="2024-10-21", max_retries=0)
+z.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "c"}])
+print(json.dumps({}))
+""")
+    stack.wait_records(3, "interaction")
+    stack.cli("audit", "export", "--format", "jsonl", "--out", str(stack.dir / "export.jsonl"))
+    found = []
+    for path in [stack.state, *stack.dir.glob("*.log"), stack.dir / "export.jsonl"]:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in files:
+            data = f.read_bytes()
+            found += [(str(f), c) for c in CREDENTIALS if c.encode() in data]
+    # The SQLite index compresses rows: read them back through the CLI too.
+    tail = stack.cli("events", "tail", "--json", "--limit", "100000").stdout
+    found += [("events tail", c) for c in CREDENTIALS if c in tail]
+    assert not found, found
