@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -155,6 +156,14 @@ passthrough: ["{PASSTHROUGH}"]
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """Status and body of GET `path` on the metrics port (/readyz, /healthz)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def metric(self, series: str) -> float:
         """Value of one series, written exactly as exposed (labels sorted by name), e.g.

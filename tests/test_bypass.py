@@ -293,3 +293,55 @@ print(json.dumps({}))
     tail = stack.cli("events", "tail", "--json", "--limit", "100000").stdout
     found += [("events tail", c) for c in CREDENTIALS if c in tail]
     assert not found, found
+
+
+# === HTTP edge =============================================================================
+
+
+SLOW = """
+import json, socket, ssl, time
+ctx = ssl.create_default_context()
+s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=20),
+                    server_hostname="api.openai.com")
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+          b"Content-Type: application/json\\r\\nContent-Length: 64\\r\\n\\r\\n")
+reply = b""
+for _ in range(MODE_BYTES):
+    try:
+        s.sendall(b"{")
+    except OSError:
+        break
+    time.sleep(MODE_PAUSE)
+s.settimeout(20)
+try:
+    while b"\\r\\n\\r\\n" not in reply:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+except OSError:
+    pass
+print(json.dumps({"status": reply.split(b"\\r\\n")[0].decode(errors="replace")}))
+"""
+
+
+@pytest.mark.parametrize("mode,sent,pause", [("trickle", 40, 0.25), ("stall", 3, 0.0)])
+def test_a_stalled_or_trickling_body_gets_408_and_a_record(topo, tmp_path, mode, sent, pause):
+    stack = Stack(topo, tmp_path, extra_config=POLICY + """
+downstream:
+  body_idle_timeout_ms: 1500
+  body_deadline_ms: 2000
+""")
+    out = stack.python(SLOW.replace("MODE_BYTES", str(sent)).replace("MODE_PAUSE", str(pause)),
+                       timeout=60)
+    assert out["status"].startswith("HTTP/1.1 408"), out
+    rec = last_record(stack, "interaction")
+    assert rec["reason_codes"] == ["body_timeout"] and rec["outcome"] == "refused", rec
+    assert stack.alive()
+
+
+def test_connect_is_refused_and_recorded(stack):
+    r = stack.curl("--http1.1", "-w", "\n%{http_code}", "-X", "CONNECT",
+                   "https://api.openai.com/v1/models", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "405", r.stdout
+    assert last_record(stack, "interaction")["reason_codes"] == ["connect_refused"]

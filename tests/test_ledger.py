@@ -160,6 +160,8 @@ def test_full_disk_fails_closed_with_a_clear_error(topo, tmp_path):
     run(["mount", "-t", "tmpfs", "-o", "size=4m", "sluice-test", str(ledger)])
     try:
         stack = Stack(topo, tmp_path, extra_config=f'ledger:\n  dir: "{ledger}"\non_ledger_failure: fail_closed\n')
+        code, text = stack.http_get("/readyz")
+        assert code == 200 and "ok   ledger: writable" in text, text
         # Fill the disk.
         filler = ledger / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=2000"],
@@ -175,6 +177,10 @@ def test_full_disk_fails_closed_with_a_clear_error(topo, tmp_path):
                 break
         assert "503" in statuses, statuses
         assert "ledger" in r.stdout.lower()
+        # Readiness tells the truth; liveness stays up.
+        code, text = stack.http_get("/readyz")
+        assert code == 503 and "FAIL ledger" in text, text
+        assert stack.http_get("/healthz") == (200, "ok\n")
         assert stack.metric("sluice_ledger_append_errors_total") >= 1
         assert stack.alive()
         stack.proxy.stop()

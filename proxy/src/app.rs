@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSink};
 use crate::original_dst::{Chain, LoopGuard, OriginalDst, SockoptDst, StaticDst};
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
+use crate::readiness::Readiness;
 use crate::redirect::Redirect;
 use crate::sink::{self, Recorder};
 use crate::{metrics, tls};
@@ -137,6 +138,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         max_inspect_bytes: config.max_inspect_bytes,
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
+        body_idle_timeout: Duration::from_millis(config.downstream.body_idle_timeout_ms),
+        body_deadline: Duration::from_millis(config.downstream.body_deadline_ms),
         upstream_h2: config.upstream.http2,
         mark: (config.redirect.enabled || config.original_dst.so_original_dst)
             .then_some(config.redirect.mark),
@@ -152,10 +155,14 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     });
 
     // The data plane: sniff → relay | refuse | terminate TLS → HTTP interceptor.
-    let http = Arc::new(pingora::proxy::http_proxy(
-        &server.configuration,
-        Interceptor::new(shared.clone()),
-    ));
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, Interceptor::new(shared.clone()));
+    // CONNECT reaches the interceptor, which refuses it with a record (Pingora would
+    // answer 405 itself, unrecorded).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.allow_connect_method_proxying = true;
+    proxy.server_options = Some(options);
+    let http = Arc::new(proxy);
     let app = InterceptApp::new(shared.clone(), tls::acceptor(resolver), http);
     let mut data = Service::new("sluice data plane".to_string(), app);
     for addr in &config.listen {
@@ -194,11 +201,17 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         ));
     }
 
-    // Metrics endpoint.
+    // Metrics, liveness and readiness endpoint.
     if let Some(l) = metrics_listener {
+        let readiness = Arc::new(Readiness {
+            shared: shared.clone(),
+            ledger_dir: ledger_config.dir.clone(),
+            redirect: redirect.as_ref().map(|_| true),
+            upstream_roots: roots,
+        });
         server.add_service(background_service(
             "metrics",
-            MetricsService(l.try_clone()?),
+            MetricsService(l.try_clone()?, Arc::new(move || readiness.report())),
         ));
     }
 
@@ -320,7 +333,7 @@ fn flush(recorder: &Recorder) {
     }
 }
 
-struct MetricsService(StdListener);
+struct MetricsService(StdListener, metrics::ReadyCheck);
 
 #[async_trait]
 impl BackgroundService for MetricsService {
@@ -337,7 +350,7 @@ impl BackgroundService for MetricsService {
             }
         };
         tokio::select! {
-            _ = metrics::serve(listener) => {}
+            _ = metrics::serve(listener, self.1.clone()) => {}
             _ = shutdown.changed() => {}
         }
     }

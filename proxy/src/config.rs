@@ -77,6 +77,8 @@ pub struct Config {
     pub original_dst: crate::original_dst::OriginalDstConfig,
     /// Connections to the providers.
     pub upstream: UpstreamConfig,
+    /// Connections from clients.
+    pub downstream: DownstreamConfig,
     /// Hand-off of records to the ledger.
     pub records: RecordsConfig,
     /// The tamper-evident audit ledger. Default directory: `<state_dir>/ledger`.
@@ -146,6 +148,28 @@ pub struct UpstreamConfig {
     pub http2: bool,
 }
 
+/// Client-facing (downstream) deadlines. A client that stalls its request body gets
+/// `408 Request Timeout` in its provider's error format, and the exchange is recorded
+/// (`body_timeout`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamConfig {
+    /// Longest silence while reading a request body, milliseconds. Default: 30000.
+    pub body_idle_timeout_ms: u64,
+    /// Longest time from the request's arrival to the end of its body, however it
+    /// trickles in (one byte every few seconds included), milliseconds. Default: 300000.
+    pub body_deadline_ms: u64,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        DownstreamConfig {
+            body_idle_timeout_ms: 30_000,
+            body_deadline_ms: 300_000,
+        }
+    }
+}
+
 /// What to do when the ledger cannot be written.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +236,7 @@ impl Config {
             passthrough: Vec::new(),
             original_dst: crate::original_dst::OriginalDstConfig::default(),
             upstream: UpstreamConfig::default(),
+            downstream: DownstreamConfig::default(),
             records: RecordsConfig::default(),
             ledger: crate::ledger::LedgerConfig::default(),
             on_ledger_failure: OnLedgerFailure::FailClosed,

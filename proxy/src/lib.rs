@@ -19,6 +19,7 @@
 //! | [`pricing`] | the price table and cost of an interaction |
 //! | [`policy`] | governance: virtual keys, policy chain, decisions |
 //! | [`guardrails`] | PII, secret and prompt-injection detectors; streaming redaction |
+//! | [`readiness`] | `/readyz`: ledger writable, redirect attached, upstream trust loaded |
 //! | [`record`] | the record types (the audit contract) |
 //! | [`ledger`] | the tamper-evident audit ledger: WAL, hash chain, HMAC, checkpoints |
 //! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
@@ -42,6 +43,7 @@ pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod proxy;
+pub mod readiness;
 pub mod record;
 pub mod redirect;
 pub mod sink;

@@ -6,7 +6,7 @@
 //! from client input, so cardinality stays bounded.
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -294,16 +294,19 @@ pub fn init() {
     LazyLock::force(&LEDGER_CHECKPOINTS);
 }
 
-/// Serve `GET /metrics` (HTTP/1.x) on `listener` until the task is dropped.
+/// Serve `GET /metrics`, `/healthz` (liveness: the process answers) and `/readyz`
+/// (`ready`, see `crate::readiness`: 503 with the failing checks) on `listener` until the
+/// task is dropped.
 ///
 /// A deliberately tiny server: one request per connection, no keep-alive. Scrapers
 /// are few and infrequent, and this keeps the metrics port free of the data-plane stack.
-pub async fn serve(listener: tokio::net::TcpListener) {
+pub async fn serve(listener: tokio::net::TcpListener, ready: ReadyCheck) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
+        let ready = ready.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             let mut n = 0;
@@ -321,7 +324,11 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body, ctype) = match path {
                 "/metrics" => ("200 OK", render(), "text/plain; version=0.0.4"),
-                "/healthz" | "/readyz" => ("200 OK", b"ok\n".to_vec(), "text/plain"),
+                "/healthz" => ("200 OK", b"ok\n".to_vec(), "text/plain"),
+                "/readyz" => match ready() {
+                    (true, text) => ("200 OK", text.into_bytes(), "text/plain"),
+                    (false, text) => ("503 Service Unavailable", text.into_bytes(), "text/plain"),
+                },
                 _ => ("404 Not Found", b"not found\n".to_vec(), "text/plain"),
             };
             let header = format!(
@@ -333,6 +340,9 @@ pub async fn serve(listener: tokio::net::TcpListener) {
         });
     }
 }
+
+/// What `/readyz` answers: ready or not, and the text listing each check.
+pub type ReadyCheck = Arc<dyn Fn() -> (bool, String) + Send + Sync>;
 
 /// Bind the metrics listener.
 ///

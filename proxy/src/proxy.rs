@@ -186,6 +186,9 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Upstream read (silence) timeout.
     pub read_timeout: Duration,
+    /// Client body deadlines: longest silence, and longest time in all.
+    pub body_idle_timeout: Duration,
+    pub body_deadline: Duration,
     /// Offer h2 upstream.
     pub upstream_h2: bool,
     /// SO_MARK for upstream sockets, so the redirect probe never loops them back.

@@ -126,6 +126,8 @@ struct SessionBody<'a> {
     session: &'a mut Session,
     capture: &'a mut Capture,
     limit: usize,
+    /// When the whole body must have arrived.
+    deadline: Instant,
 }
 
 impl policy::RequestBody for SessionBody<'_> {
@@ -147,12 +149,32 @@ impl policy::RequestBody for SessionBody<'_> {
         self.session.enable_retry_buffering();
         while let Some(chunk) = self.session.read_request_body().await? {
             self.capture.push(&chunk, self.limit);
+            if Instant::now() > self.deadline {
+                let e = Error::explain(ErrorType::ReadTimedout, "request body deadline");
+                return Err(e.into_down());
+            }
         }
         Ok(Some(WholeBody {
             bytes: &self.capture.buf,
             truncated: self.capture.truncated,
         }))
     }
+}
+
+/// Refuses a request whose body did not arrive in time (408, `body_timeout`): the
+/// error that ends the exchange, answered by `fail_to_proxy`.
+fn body_timeout(ctx: &mut Exchange, limit: Duration) -> Box<Error> {
+    ctx.governed.verdict.refuse(None, "body_timeout", Refusal {
+        status: 408,
+        message: format!(
+            "Sluice stopped waiting for the request body: it did not arrive in time (limits: {} ms of silence, downstream.body_deadline_ms in all).",
+            limit.as_millis()
+        ),
+        retry_after: None,
+    });
+    ctx.refused = true;
+    ctx.held.clear();
+    Error::explain(ErrorType::ReadTimedout, "request body deadline").into_down()
 }
 
 /// The held chunks as one buffer.
@@ -353,6 +375,20 @@ impl ProxyHttp for Interceptor {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Exchange) -> Result<bool> {
         let t = Instant::now();
         let conn = self.begin(session, ctx)?;
+        // A stalled body is answered (408), not waited for: see request_body_filter too.
+        session.set_read_timeout(Some(self.shared.body_idle_timeout));
+        if session.req_header().method == http::Method::CONNECT {
+            ctx.governed.verdict.refuse(
+                None,
+                "connect_refused",
+                Refusal {
+                    status: 405,
+                    message: "Sluice does not tunnel CONNECT to an LLM provider.".into(),
+                    retry_after: None,
+                },
+            );
+            return self.refuse(session, ctx).await;
+        }
         // A ledger that cannot be written refuses work (fail_closed): nothing unrecorded.
         if self.ledger_refusing() {
             ctx.recorded = true; // there is nowhere to record it; the log says why
@@ -390,6 +426,7 @@ impl ProxyHttp for Interceptor {
             session,
             capture: &mut ctx.request,
             limit: self.shared.max_inspect_bytes,
+            deadline: t + self.shared.body_deadline,
         };
         let governed = engine.apply_request_policies(request, &mut body).await?;
         ctx.preread = governed.body_read;
@@ -429,6 +466,11 @@ impl ProxyHttp for Interceptor {
             return Ok(());
         }
         let t = Instant::now();
+        let started = ctx.t.started.map_or(t, |(s, _)| s);
+        if !end_of_stream && t.duration_since(started) > self.shared.body_deadline {
+            // A body trickling in (one byte at a time) past the deadline.
+            return Err(body_timeout(ctx, self.shared.body_deadline));
+        }
         if ctx.governed.body_pending {
             self.hold_and_judge(body, end_of_stream, ctx)?;
         } else if let Some(chunk) = body {
@@ -576,6 +618,13 @@ impl ProxyHttp for Interceptor {
         e: &Error,
         ctx: &mut Exchange,
     ) -> pingora::proxy::FailToProxy {
+        if *e.etype() == ErrorType::ReadTimedout
+            && *e.esource() != ErrorSource::Upstream
+            && ctx.governed.verdict.refusal.is_none()
+        {
+            // The client went silent mid-body: tell it, and record why.
+            let _ = body_timeout(ctx, self.shared.body_idle_timeout);
+        }
         let code = match (&ctx.governed.verdict.refusal, e.etype()) {
             // A body judged while held back was refused: that refusal is the answer.
             (Some(r), _) if ctx.refused => r.status,
