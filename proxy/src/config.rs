@@ -660,8 +660,9 @@ mod example_tests {
     fn example_config_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sluice.yaml");
         let c = super::Config::load(std::path::Path::new(path)).unwrap();
-        assert_eq!(c.providers.len(), 6);
-        assert!(!c.providers[5].tls);
+        assert_eq!(c.providers.len(), 7);
+        assert!(!c.providers[6].tls);
+        assert_eq!(c.downstream.body_deadline_ms, 300_000);
         assert_eq!(
             c.original_dst
                 .static_map
