@@ -379,6 +379,19 @@ fn parse_body(body: &[u8], what: &str) -> Result<Value, String> {
     serde_json::from_slice(body).map_err(|e| format!("{what} body is not valid JSON: {e}"))
 }
 
+/// Parses a response body as JSON, or a `ParsedResponse` carrying the reason it could
+/// not (every adapter's first step on a plain answer).
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the caller's return value, handed straight back; boxing would add an allocation to every failed parse"
+)]
+fn response_json(body: &[u8]) -> Result<Value, ParsedResponse> {
+    parse_body(body, "response").map_err(|e| ParsedResponse {
+        error: Some(e),
+        ..ParsedResponse::default()
+    })
+}
+
 /// Parses a request body into its top-level object, or a `ParsedRequest` carrying
 /// the reason it could not.
 fn request_object(body: &[u8]) -> Result<Map<String, Value>, ParsedRequest> {

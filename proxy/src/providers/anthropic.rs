@@ -13,10 +13,10 @@
 use serde_json::Value;
 
 use super::{
-    arguments_text, count, owned_text, parse_body, path_only, pending, provider_error, push_capped,
-    push_line, request_object, sse_frame, str_field, take_bool, take_field, take_string, tool_call,
-    tool_call_summary, Adapter, Endpoint, ErrorReply, Framed, LaneEnd, Message, ParsedRequest,
-    ParsedResponse, PendingCall, StreamHandler, StreamParser, Usage, MAX_TEXT,
+    arguments_text, count, owned_text, path_only, pending, provider_error, push_capped, push_line,
+    request_object, response_json, sse_frame, str_field, take_bool, take_field, take_string,
+    tool_call, tool_call_summary, Adapter, Endpoint, ErrorReply, Framed, LaneEnd, Message,
+    ParsedRequest, ParsedResponse, PendingCall, StreamHandler, StreamParser, Usage, MAX_TEXT,
 };
 
 /// The Anthropic adapter.
@@ -238,14 +238,9 @@ impl Counts {
 }
 
 pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
-    let v = match parse_body(body, "response") {
+    let v = match response_json(body) {
         Ok(v) => v,
-        Err(e) => {
-            return ParsedResponse {
-                error: Some(e),
-                ..ParsedResponse::default()
-            }
-        }
+        Err(failed) => return failed,
     };
     let mut r = ParsedResponse {
         model: str_field(&v, "model").map(str::to_owned),

@@ -48,8 +48,8 @@ use super::azure::percent_decoded;
 use super::eventstream::{self, Decoder};
 use super::sse::{Problems, MAX_EVENT};
 use super::{
-    arguments_text, count, join_errors, parse_body, path_only, pending, push_capped, push_line,
-    request_object, str_field, take_field, tool_call, tool_call_summary, Adapter, Endpoint,
+    arguments_text, count, join_errors, path_only, pending, push_capped, push_line, request_object,
+    response_json, str_field, take_field, tool_call, tool_call_summary, Adapter, Endpoint,
     ErrorReply, Message, ParsedRequest, ParsedResponse, PendingCall, StreamHandler, StreamParser,
     Usage, MAX_TEXT,
 };
@@ -369,14 +369,9 @@ fn converse_usage(u: &Value) -> Usage {
 }
 
 fn converse_response(body: &[u8]) -> ParsedResponse {
-    let v = match parse_body(body, "response") {
+    let v = match response_json(body) {
         Ok(v) => v,
-        Err(e) => {
-            return ParsedResponse {
-                error: Some(e),
-                ..ParsedResponse::default()
-            }
-        }
+        Err(failed) => return failed,
     };
     let mut r = ParsedResponse {
         finish_reason: str_field(&v, "stopReason").map(str::to_owned),

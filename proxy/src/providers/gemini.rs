@@ -21,7 +21,7 @@
 use serde_json::{Map, Value};
 
 use super::{
-    arguments_text, count, parse_body, path_only, provider_error, push_line, request_object,
+    arguments_text, count, path_only, provider_error, push_line, request_object, response_json,
     str_field, take_string, tool_call, tool_call_summary, Adapter, Choices, Endpoint, ErrorReply,
     Framed, LaneEnd, Message, ParsedRequest, ParsedResponse, StreamHandler, StreamParser, Usage,
     MAX_CHOICES,
@@ -302,14 +302,9 @@ fn usage(u: &Value) -> Usage {
 /// Parses a plain body: one response object, or a whole streamed JSON array (as an
 /// error answer to `streamGenerateContent` is sent).
 pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
-    let v = match parse_body(body, "response") {
+    let v = match response_json(body) {
         Ok(v) => v,
-        Err(e) => {
-            return ParsedResponse {
-                error: Some(e),
-                ..ParsedResponse::default()
-            }
-        }
+        Err(failed) => return failed,
     };
     let mut acc = GeminiStream::default();
     match &v {

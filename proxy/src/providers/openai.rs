@@ -13,8 +13,8 @@
 use serde_json::Value;
 
 use super::{
-    arguments_text, count, owned_text, parse_body, path_only, pending, provider_error, push_capped,
-    push_line, request_object, str_field, take_bool, take_field, take_string, tool_call,
+    arguments_text, count, owned_text, path_only, pending, provider_error, push_capped, push_line,
+    request_object, response_json, str_field, take_bool, take_field, take_string, tool_call,
     tool_call_summary, Adapter, Choices, Endpoint, Framed, LaneEnd, Message, ParsedRequest,
     ParsedResponse, PendingCall, StreamHandler, StreamParser, Usage, MAX_CHOICES, MAX_TEXT,
 };
@@ -429,14 +429,9 @@ fn responses_input(v: Value, out: &mut Vec<Message>) {
 /// Parses a non-streamed body of endpoint `name` (also used for a "stream" that was a
 /// plain JSON body).
 pub(super) fn parse_response_body(name: &str, body: &[u8]) -> ParsedResponse {
-    let v = match parse_body(body, "response") {
+    let v = match response_json(body) {
         Ok(v) => v,
-        Err(e) => {
-            return ParsedResponse {
-                error: Some(e),
-                ..ParsedResponse::default()
-            }
-        }
+        Err(failed) => return failed,
     };
     let mut r = ParsedResponse {
         model: str_field(&v, "model").map(str::to_owned),
