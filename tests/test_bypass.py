@@ -28,7 +28,8 @@ policy:
 """
 # Credentials the clients send in this module; none may be found where Sluice writes.
 CREDENTIALS = ["sk-bypass-openai-0123456789", "AIzaBypassGeminiKey0123456789",
-               "sk-ant-bypass-0123456789", "azure-bypass-key-0123456789"]
+               "sk-ant-bypass-0123456789", "azure-bypass-key-0123456789",
+               "AIzaBypassGoogHeader0123456789"]
 
 
 @pytest.fixture
@@ -281,7 +282,14 @@ z = openai.AzureOpenAI(azure_endpoint="https://myres.openai.azure.com",
 z.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "c"}])
 print(json.dumps({}))
 """)
-    stack.wait_records(3, "interaction")
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "-H", "x-goog-api-key: AIzaBypassGoogHeader0123456789", "--data-binary",
+                   json.dumps({"contents": [{"parts": [{"text": "d"}]}]}),
+                   "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+                   check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
+    recs = stack.wait_records(4, "interaction")
+    assert all(x["identity"]["api_key_fingerprint"].startswith("sha256:") for x in recs)
     stack.cli("audit", "export", "--format", "jsonl", "--out", str(stack.dir / "export.jsonl"))
     found = []
     for path in [stack.state, *stack.dir.glob("*.log"), stack.dir / "export.jsonl"]:
