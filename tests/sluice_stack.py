@@ -98,7 +98,7 @@ passthrough: ["{PASSTHROUGH}"]
     def start_proxy(self):
         self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
                           self.dir / f"proxy-{time.monotonic_ns()}.log",
-                          env={**os.environ, "SLUICE_LOG": "info"})
+                          env={**os.environ, "SLUICE_LOG": os.environ.get("SLUICE_TEST_LOG", "info")})
         wait_for_port(self.topo.client_gw, 443, timeout=30)
 
     # --- clients -------------------------------------------------------------------------

@@ -353,3 +353,39 @@ def test_connect_is_refused_and_recorded(stack):
                    "https://api.openai.com/v1/models", check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "405", r.stdout
     assert last_record(stack, "interaction")["reason_codes"] == ["connect_refused"]
+
+
+def test_pipelined_requests_are_never_forwarded_unjudged(stack):
+    """HTTP/1.1 requests pipelined behind the first: the first is served, then the
+    connection is closed (RFC 9112 §9.3.2: the client retries the rest on a new one); the
+    pipelined ones never reach the provider and leave no half-record."""
+    out = stack.python(f"""
+import json, socket, ssl
+ctx = ssl.create_default_context()
+s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=10),
+                    server_hostname="api.openai.com")
+def req(text):
+    body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": text}}]}})
+    return ("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+            "Content-Type: application/json\\r\\n"
+            f"Content-Length: {{len(body)}}\\r\\n\\r\\n" + body).encode()
+s.sendall(req("first") + req("{SECRET}") + req("third"))
+data, closed = b"", False
+s.settimeout(10)
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            closed = True
+            break
+        data += chunk
+except OSError:
+    pass
+statuses = [line.split(b" ")[1].decode() for line in data.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")]
+print(json.dumps({{"statuses": statuses, "closed": closed}}))
+""")
+    assert out == {"statuses": ["200"], "closed": True}, out
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["request"]["messages"][0]["content"] == "first"
+    seen = [r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]
+    assert len(seen) == 1 and not forbidden_seen(stack)
