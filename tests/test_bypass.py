@@ -389,3 +389,22 @@ print(json.dumps({{"statuses": statuses, "closed": closed}}))
     assert rec["request"]["messages"][0]["content"] == "first"
     seen = [r for r in stack.mock_requests() if r["path"] == "/v1/chat/completions"]
     assert len(seen) == 1 and not forbidden_seen(stack)
+
+
+def test_content_sent_to_endpoints_the_adapter_does_not_parse_is_judged_too(stack):
+    """A file upload (multipart) or an assistants message is not an LLM call the adapter
+    parses, but its content leaves all the same: the prompt guardrails judge it."""
+    notes = stack.dir / "notes.txt"
+    notes.write_text(f"meeting notes, token {SECRET}\n")
+    r = stack.curl("-w", "\n%{http_code}", "-F", "purpose=assistants",
+                   "-F", f"file=@{notes}", "https://api.openai.com/v1/files", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "403", r.stdout
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "--data-binary", json.dumps({"role": "user", "content": SECRET}),
+                   "https://api.openai.com/v1/threads/thread_1/messages", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "403", r.stdout
+    # A request without a body to an endpoint the adapter does not parse still passes.
+    r = stack.curl("-w", "\n%{http_code}", "-o", "/dev/null", "https://api.openai.com/v1/models",
+                   check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
+    assert not forbidden_seen(stack)

@@ -176,6 +176,10 @@ pub struct Facts<'a> {
     pub input_tokens: u64,
     /// The maximum output the request asks for, when it says.
     pub max_output_tokens: Option<u64>,
+    /// The adapter knows the endpoint: an LLM call with a model and a price. Other
+    /// requests to a provider (file uploads, assistants, batches) are judged by the
+    /// prompt guardrails alone — their content still may not leave unjudged.
+    pub llm_call: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -184,7 +188,7 @@ impl<'a> Facts<'a> {
     /// the messages, the requested maximum output, whether the body can be judged.
     pub fn of(
         adapter: &'a dyn Adapter,
-        endpoint: &Endpoint,
+        endpoint: Option<&Endpoint>,
         identity: &'a Identity,
         body: &'a [u8],
         truncated: bool,
@@ -197,7 +201,9 @@ impl<'a> Facts<'a> {
         } else {
             None
         };
-        let parsed = adapter.parse_request(endpoint, body);
+        let parsed = endpoint
+            .map(|ep| adapter.parse_request(ep, body))
+            .unwrap_or_default();
         let input_tokens = parsed
             .messages
             .iter()
@@ -206,7 +212,10 @@ impl<'a> Facts<'a> {
         Facts {
             adapter,
             max_output_tokens: adapter.max_output_tokens(&parsed),
-            model: parsed.model.or_else(|| endpoint.model_from_path.clone()),
+            model: parsed
+                .model
+                .or_else(|| endpoint.and_then(|ep| ep.model_from_path.clone())),
+            llm_call: endpoint.is_some(),
             identity,
             body: Some(body),
             json,
@@ -446,9 +455,10 @@ impl Engine {
             body_read: false,
             body_pending: false,
         };
-        let Some(endpoint) = req.endpoint.filter(|_| self.needs_body()) else {
+        if !self.needs_body() {
             return Ok(governed);
-        };
+        }
+        let endpoint = req.endpoint;
         match body.read_whole().await? {
             Some(whole) => self.judge_body(&mut governed, req.adapter, endpoint, whole),
             None => governed.body_pending = true,
@@ -463,7 +473,7 @@ impl Engine {
         &self,
         governed: &mut Governed,
         adapter: &dyn Adapter,
-        endpoint: &Endpoint,
+        endpoint: Option<&Endpoint>,
         whole: WholeBody<'_>,
     ) {
         governed.body_read = true;

@@ -79,6 +79,9 @@ pub(super) fn check(
     out: &mut PolicyOutcome,
 ) {
     let Some(b) = &p.budget else { return };
+    if !facts.llm_call {
+        return; // no model, no spend: not a generation the budget counts
+    }
     let price = facts
         .model
         .as_deref()

@@ -84,8 +84,8 @@ pub(super) fn check(
     let (Some(g), Some(scanner)) = (&c.policy.prompt, &c.scanner) else {
         return;
     };
-    let Some(raw) = facts.body else {
-        return;
+    let Some(raw) = facts.body.filter(|b| !b.is_empty()) else {
+        return; // nothing the client sends, nothing to judge
     };
     let found = match &prompt.redacted {
         Some(json) => body::scan(json, scanner),

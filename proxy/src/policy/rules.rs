@@ -29,7 +29,7 @@ pub(super) fn check(p: &Policy, facts: &Facts<'_>, v: &mut Verdict, out: &mut Po
             return;
         }
     }
-    if let Some(rule) = &p.models {
+    if let (Some(rule), true) = (&p.models, facts.llm_call) {
         let model = facts.model.as_deref().unwrap_or("");
         if !allowed(rule, model) {
             v.note("model_denied");

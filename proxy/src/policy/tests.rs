@@ -16,6 +16,7 @@ fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
         json,
         input_tokens: 10,
         max_output_tokens: Some(100),
+        llm_call: true,
     }
 }
 
@@ -288,7 +289,7 @@ fn a_body_not_read_whole_is_left_to_be_judged_before_it_is_forwarded() {
         bytes: BODY,
         truncated: false,
     };
-    e.judge_body(&mut g, adapter, &endpoint, whole);
+    e.judge_body(&mut g, adapter, Some(&endpoint), whole);
     assert!(g.body_read && !g.body_pending);
     assert_eq!(g.verdict.decision, Decision::Block);
     // A body cut at max_inspect_bytes cannot be judged whole: refused (413) unless the
@@ -316,7 +317,7 @@ fn a_body_not_read_whole_is_left_to_be_judged_before_it_is_forwarded() {
             bytes: br#"{"messages":[{"role":"user","content":"hello"#,
             truncated: true,
         };
-        e.judge_body(&mut g, adapter, &endpoint, whole);
+        e.judge_body(&mut g, adapter, Some(&endpoint), whole);
         assert_eq!(
             g.verdict.refusal.as_ref().map(|r| r.status),
             status,

@@ -141,6 +141,12 @@ impl policy::RequestBody for SessionBody<'_> {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        if self.session.as_mut().is_body_empty() {
+            return Ok(Some(WholeBody {
+                bytes: &[],
+                truncated: false,
+            }));
+        }
         if len.is_none_or(|n| n > PREREAD_LIMIT) {
             // Held back as it arrives instead, and judged before any of it goes upstream.
             return Ok(None);
@@ -230,16 +236,17 @@ impl Interceptor {
             *body = Some(Bytes::new());
             return Ok(());
         }
-        let (Some(conn), Some(endpoint)) = (ctx.conn.clone(), ctx.endpoint.clone()) else {
+        let Some(conn) = ctx.conn.clone() else {
             *body = Some(Bytes::new());
             return Ok(());
         };
+        let endpoint = ctx.endpoint.clone();
         let whole = WholeBody {
             bytes: &ctx.request.buf,
             truncated: ctx.request.truncated,
         };
         let engine = self.shared.policy.load_full();
-        engine.judge_body(&mut ctx.governed, conn.adapter, &endpoint, whole);
+        engine.judge_body(&mut ctx.governed, conn.adapter, endpoint.as_ref(), whole);
         for cat in &ctx.governed.verdict.triggered {
             metrics::GUARDRAIL_FINDINGS
                 .with_label_values(&[cat.as_str()])
