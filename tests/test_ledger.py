@@ -104,6 +104,29 @@ def test_tampering_is_caught_by_audit_verify(topo, tmp_path):
     assert "cannot be read back" not in out, out
 
 
+def test_verify_says_what_it_checked_and_fails_on_what_it_could_not(topo, tmp_path):
+    stack = Stack(topo, tmp_path)
+    stack.curl("-o", "/dev/null", "-H", "content-type: application/json", "--data-binary",
+               '{"model":"gpt-4o","messages":[{"role":"user","content":"checked?"}]}',
+               "https://api.openai.com/v1/chat/completions")
+    stack.wait_records(1, "interaction")
+    stack.proxy.stop()
+    ledger = stack.state / "ledger"
+    pub = tmp_path / "trusted.pub.pem"
+    pub.write_text((ledger / "checkpoint.pub.pem").read_text())
+    v = stack.cli("audit", "verify", "--public-key", str(pub), check=False)
+    assert v.returncode == 0, v.stdout
+    assert "checked     HMACs, with key ids" in v.stdout
+    assert f"checked     checkpoint signatures, with the public key {pub}" in v.stdout
+    # Without the HMAC key the records' HMACs cannot be checked: said, and not "ok".
+    (ledger / "hmac.key").rename(tmp_path / "hmac.key")
+    v = stack.cli("audit", "verify", "--public-key", str(pub), check=False)
+    assert v.returncode != 0 and v.stdout.startswith("INCOMPLETE"), v.stdout
+    assert "NOT checked HMACs: no key available" in v.stdout
+    v = stack.cli("audit", "verify", "--public-key", str(pub), "--allow-partial", check=False)
+    assert v.returncode == 0 and "NOT checked HMACs" in v.stdout, v.stdout
+
+
 SYSLOG_LINE = re.compile(
     r'^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) (\S{1,255}) '
     r'(\S{1,48}) (\S{1,128}) (\S{1,32}) (-|(?:\[[^ \]=]+(?: [^ =\]"]+="(?:[^"\\\]]|\\["\\\]])*")*\])+)(?: (.*))?$')

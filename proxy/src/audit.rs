@@ -161,11 +161,18 @@ fn print_row(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()>
     }
 }
 
-/// `sluice audit verify`; returns whether the ledger verified.
+/// `sluice audit verify`; returns whether the ledger verified. The output lists each
+/// check that ran (with its key) and each that could not; a check the ledger calls for
+/// (records carry HMACs, checkpoints exist) that could not run fails the verification
+/// unless `allow_partial`.
 ///
 /// # Errors
-/// The ledger or the public key cannot be read.
-pub fn verify(config: &Config, public_key: Option<&Path>) -> anyhow::Result<bool> {
+/// The ledger, its keys or the public key cannot be read.
+pub fn verify(
+    config: &Config,
+    public_key: Option<&Path>,
+    allow_partial: bool,
+) -> anyhow::Result<bool> {
     let dir = config.ledger.dir.clone();
     let pem = public_key
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
@@ -175,18 +182,30 @@ pub fn verify(config: &Config, public_key: Option<&Path>) -> anyhow::Result<bool
             eprintln!("verified {done} of {total} records");
         }
     };
+    // The node's own key configuration (ledger.hmac_key_file, the environment, the
+    // directory's archived keys), not only what lies in the directory.
+    let hmac_keys = ledger::load_hmac_keys(&dir, config.ledger.hmac_key_file.as_deref())
+        .with_context(|| format!("loading the HMAC keys of {}", dir.display()))?;
     let report = ledger::verify(
         &dir,
         &VerifyOptions {
             public_key_pem: pem,
-            hmac_keys: Default::default(),
+            hmac_keys,
             progress: Some(&progress),
         },
     )
     .with_context(|| format!("verifying the ledger in {}", dir.display()))?;
+    let lines = verify_checklist(&report, public_key);
+    let partial = lines.iter().any(|(ran, _)| !ran);
     match &report.first_error {
+        None if partial && !allow_partial => println!(
+            "INCOMPLETE: {} records and {} checkpoints in {}: a check the ledger calls for could not run (--allow-partial accepts that)",
+            report.records,
+            report.checkpoints,
+            dir.display()
+        ),
         None => println!(
-            "ok: {} records and {} checkpoints verify (chain, HMAC, signatures) in {}",
+            "ok: {} records and {} checkpoints in {}",
             report.records,
             report.checkpoints,
             dir.display()
@@ -203,7 +222,48 @@ pub fn verify(config: &Config, public_key: Option<&Path>) -> anyhow::Result<bool
             }
         }
     }
-    Ok(report.ok)
+    for (ran, line) in &lines {
+        println!(
+            "  {} {line}",
+            if *ran { "checked    " } else { "NOT checked" }
+        );
+    }
+    Ok(report.ok && (allow_partial || !partial))
+}
+
+/// What `verify` proved, one line a check: `(ran, what)`.
+fn verify_checklist(r: &ledger::VerifyReport, public_key: Option<&Path>) -> Vec<(bool, String)> {
+    let mut out = vec![(
+        true,
+        "hash chain: every record's hash and its link to the one before".to_owned(),
+    )];
+    if r.records > 0 {
+        out.push(if r.hmac_checked {
+            (true, format!("HMACs, with key ids {}", r.hmac_key_ids.join(", ")))
+        } else {
+            (
+                false,
+                "HMACs: no key available (ledger.hmac_key_file, $SLUICE_LEDGER_HMAC_KEY or the directory's hmac*.key)".to_owned(),
+            )
+        });
+    }
+    if r.checkpoints > 0 || r.signatures_checked {
+        out.push(match (r.signatures_checked, public_key) {
+            (true, Some(p)) => (
+                true,
+                format!("checkpoint signatures, with the public key {}", p.display()),
+            ),
+            (true, None) => (
+                true,
+                "checkpoint signatures, with the directory's own checkpoint.pub.pem (not independent of the ledger: pass --public-key with a trusted copy)".to_owned(),
+            ),
+            (false, _) => (
+                false,
+                "checkpoint signatures: no public key (pass --public-key)".to_owned(),
+            ),
+        });
+    }
+    out
 }
 
 /// `sluice audit export`: to a file, stdout (`-`) or a syslog server (`tcp://host:port`).
@@ -446,10 +506,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lines.len(), 2, "ca init and the export are both recorded");
-        assert!(
-            verify(&config, None).unwrap(),
-            "the ledger verifies with the configured key"
-        );
+        // Every record verifies with the configured key (no key made up beside it): the
+        // HMACs are checked, not skipped for want of a key.
+        let r = ledger::verify(
+            &dir,
+            &VerifyOptions {
+                hmac_keys: ledger::load_hmac_keys(&dir, Some(&key_file)).unwrap(),
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(r.ok && r.hmac_checked, "{r:?}");
+        assert!(verify(&config, None, false).unwrap());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -78,6 +78,10 @@ pub struct VerifyReport {
     pub hmac_checked: bool,
     /// Whether checkpoint signatures were checked (public key available).
     pub signatures_checked: bool,
+    /// The HMAC key ids available to check with.
+    pub hmac_key_ids: Vec<String>,
+    /// The public key came from the directory under audit, not from the auditor.
+    pub public_key_from_directory: bool,
     /// The chain was verified from this retention anchor (records at or below were
     /// pruned), if any.
     pub anchor_seq: Option<u64>,
@@ -299,6 +303,12 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
     let mut report = VerifyReport {
         hmac_checked: !ck.keys.is_empty(),
         signatures_checked: public.is_some(),
+        hmac_key_ids: {
+            let mut ids: Vec<String> = ck.keys.keys().cloned().collect();
+            ids.sort();
+            ids
+        },
+        public_key_from_directory: opts.public_key_pem.is_none() && public.is_some(),
         ..VerifyReport::default()
     };
 
