@@ -384,8 +384,11 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
         let total = total as u64 + wal_records.len() as u64;
         let mut stmt = tx
             .prepare(
-                "SELECT seq, meta, content, hash, hmac, ts, kind, provider, model, decision,
-                        outcome, action FROM records ORDER BY seq",
+                "SELECT r.seq, r.meta, r.content, r.hash, r.hmac, r.ts, r.kind, r.provider,
+                        r.model, r.decision, r.outcome, r.action, r.ts_ms, i.json,
+                        r.input_tokens, r.output_tokens, r.cost_usd
+                 FROM records r LEFT JOIN identities i ON i.id = r.identity_id
+                 ORDER BY r.seq",
             )
             .map_err(&e)?;
         let mut u = Unpacker::new(&tx).map_err(&e)?;
@@ -423,20 +426,49 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
                     ("outcome", r.get(10).map_err(&e)?, cols.outcome),
                     ("action", r.get(11).map_err(&e)?, cols.action),
                 ];
-                for (name, col, want) in stored {
-                    if col != want {
-                        ck.err(
-                            pos,
-                            Edited,
-                            format!("index: column `{name}` of seq {pos} differs from the hashed record"),
-                        );
-                    }
+                // Every column a report or a filter reads, the identity table included:
+                // nothing is read from an unverified copy.
+                let ts_ms: i64 = r.get(12).map_err(&e)?;
+                let identity: Option<String> = r.get(13).map_err(&e)?;
+                let tokens: (Option<i64>, Option<i64>) =
+                    (r.get(14).map_err(&e)?, r.get(15).map_err(&e)?);
+                let cost: Option<f64> = r.get(16).map_err(&e)?;
+                let numbers = [
+                    ("ts_ms", ts_ms == cols.ts_ms),
+                    ("identity_id", identity == cols.identity),
+                    ("input_tokens", tokens.0 == cols.input_tokens),
+                    ("output_tokens", tokens.1 == cols.output_tokens),
+                    ("cost_usd", same_cost(cost, cols.cost_usd)),
+                ];
+                let differing = stored
+                    .iter()
+                    .filter(|(_, col, want)| col != want)
+                    .map(|(name, _, _)| *name)
+                    .chain(numbers.iter().filter(|(_, same)| !same).map(|(n, _)| *n));
+                for name in differing {
+                    ck.err(
+                        pos,
+                        Edited,
+                        format!(
+                            "index: column `{name}` of seq {pos} differs from the hashed record"
+                        ),
+                    );
                 }
             }
             if let Some(&i) = wal_by_seq.get(&pos) {
                 index_seqs_in_wal.insert(pos);
                 let w = &wal_records[i];
-                if w.rec.hash != rec.hash || w.rec.meta != rec.meta || w.rec.hmac != rec.hmac {
+                // Content too: an answer edited in the WAL copy alone is an edit (content
+                // removed by retention from one copy is not).
+                let content_differs = matches!(
+                    (&w.rec.content, &rec.content),
+                    (Some(a), Some(b)) if a != b
+                );
+                if w.rec.hash != rec.hash
+                    || w.rec.meta != rec.meta
+                    || w.rec.hmac != rec.hmac
+                    || content_differs
+                {
                     ck.err(
                         pos,
                         Edited,
@@ -655,5 +687,14 @@ fn push_line(
                 segment: name.to_owned(),
             });
         }
+    }
+}
+
+/// Index costs against the record's: equal, or both absent (floats stored by SQLite as
+/// written, so exact equality holds for an untouched row).
+fn same_cost(stored: Option<f64>, want: Option<f64>) -> bool {
+    match (stored, want) {
+        (Some(a), Some(b)) => a == b || (a - b).abs() <= f64::EPSILON * b.abs().max(1.0),
+        (a, b) => a.is_none() && b.is_none(),
     }
 }

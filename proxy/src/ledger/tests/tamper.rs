@@ -125,6 +125,48 @@ fn edited_index_column_and_content_are_detected() {
     assert_eq!((e.seq, e.kind), (4, VerifyErrorKind::Edited), "{e:?}");
 }
 
+/// Every column reports and filters read is held to the hashed record: a cost, a token
+/// count, a time or the identity changed in the index alone is an edit of that record,
+/// named by column.
+#[test]
+fn every_column_reports_read_is_verified() {
+    for (edit, column) in [
+        ("UPDATE records SET cost_usd = 999 WHERE seq = 3", "cost_usd"),
+        ("UPDATE records SET input_tokens = 1 WHERE seq = 3", "input_tokens"),
+        ("UPDATE records SET output_tokens = 1 WHERE seq = 3", "output_tokens"),
+        ("UPDATE records SET ts_ms = 0 WHERE seq = 3", "ts_ms"),
+        ("UPDATE records SET identity_id = NULL WHERE seq = 3", "identity_id"),
+        (
+            "UPDATE identities SET json = '{\"pid\":1}' WHERE id = (SELECT identity_id FROM records WHERE seq = 3)",
+            "identity_id",
+        ),
+    ] {
+        let t = TempDir::new("editnum");
+        fill(&t.ledger(), 5);
+        rw(&t.ledger()).execute(edit, []).unwrap();
+        let r = check(&t.ledger());
+        let e = r.first_error.unwrap_or_else(|| panic!("{edit}: not caught"));
+        assert_eq!((e.seq, e.kind), (3, VerifyErrorKind::Edited), "{edit}: {e:?}");
+        assert!(e.detail.contains(&format!("`{column}`")), "{edit}: {}", e.detail);
+    }
+}
+
+/// The answer text of a record edited in its write-ahead copy only (the record is also
+/// indexed) is an edit.
+#[test]
+fn an_answer_edited_in_the_wal_copy_alone_is_detected() {
+    let t = TempDir::new("walcontent");
+    fill(&t.ledger(), 5);
+    let seg = segments(&t.ledger())
+        .into_iter()
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("Revenue grew")))
+        .expect("a segment still holds the records");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, text.replacen("Revenue grew", "Revenue fell", 1)).unwrap();
+    let e = first(&t.ledger());
+    assert_eq!(e.kind, VerifyErrorKind::Edited, "{e:?}");
+}
+
 #[test]
 fn deleted_record_is_detected() {
     let t = TempDir::new("delete");
