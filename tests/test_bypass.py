@@ -408,3 +408,41 @@ def test_content_sent_to_endpoints_the_adapter_does_not_parse_is_judged_too(stac
                    check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
     assert not forbidden_seen(stack)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("many_headers", [a for i in range(2000) for a in ("-H", f"x-h{i}: v")]),
+    ("obfuscated_te", ["-H", "Transfer-Encoding: chunked, identity", "-H", "Content-Length: 5"]),
+])
+def test_requests_the_http_layer_refuses_leave_a_record(stack, tmp_path, name, args):
+    cfg = tmp_path / f"{name}.curlrc"
+    # Too long for an argv: curl reads these options from a file.
+    cfg.write_text("\n".join(f'header = "{value}"' for value in args[1::2]))
+    r = stack.curl("--http1.1", "-K", str(cfg), "-w", "\n%{http_code}", "--data-binary", "hello",
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    code = r.stdout.rsplit("\n", 1)[-1]
+    assert code.startswith("4"), (code, r.stderr[-300:])
+    conns = [c for c in stack.wait_records(1, "connection") if c["reason"] == "no_request_accepted"]
+    assert conns and conns[-1]["outcome"] == "refused", conns
+    assert not [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]
+
+
+def test_a_megabyte_of_header_is_refused_with_a_record(stack):
+    out = stack.python("""
+import json, socket, ssl
+ctx = ssl.create_default_context()
+s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=10),
+                    server_hostname="api.openai.com")
+head = ("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+        "X-Pad: " + "a" * (1024 * 1024) + "\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+try:
+    s.sendall(head.encode())
+    reply = s.recv(200)
+except OSError:
+    reply = b""
+print(json.dumps({"status": reply.split(b"\\r\\n")[0].decode(errors="replace")}))
+""")
+    assert not out["status"].startswith("HTTP/1.1 2"), out
+    conns = [c for c in stack.wait_records(1, "connection") if c["reason"] == "no_request_accepted"]
+    assert conns, "the refused request head left a record"
+    assert not [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]

@@ -125,6 +125,8 @@ pub struct ConnInfo {
     pub adapter: &'static dyn Adapter,
     /// Who connected.
     pub identity: Identity,
+    /// Requests the HTTP layer handed to the interceptor on this connection.
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 /// Live intercepted connections, keyed by their two ends, so the HTTP layer (which only
@@ -336,13 +338,14 @@ impl ServerApp for InterceptApp {
         };
         let info = Arc::new(ConnInfo {
             accepted,
-            host: host.unwrap_or_default(),
+            host: host.clone().unwrap_or_default(),
             dst,
             tls: entry.tls,
             adapter: entry.adapter,
-            identity,
+            identity: identity.clone(),
+            requests: std::sync::atomic::AtomicU64::new(0),
         });
-        let _guard = shared.conns.insert(info);
+        let _guard = shared.conns.insert(info.clone());
         let stream: Stream = if is_tls {
             match self.acceptor.tls_handshake(*l4).await {
                 Ok(tls) => {
@@ -359,7 +362,26 @@ impl ServerApp for InterceptApp {
         } else {
             l4
         };
-        self.http.process_new(stream, shutdown).await
+        let reused = self.http.process_new(stream, shutdown).await;
+        if info.requests.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            // Nothing reached the interceptor: the HTTP layer refused the request head
+            // (oversized or malformed headers, obfuscated Transfer-Encoding, conflicting
+            // Content-Length…) or the client sent none. Either way, on the record.
+            let reason = "no_request_accepted";
+            metrics::REFUSED.with_label_values(&[reason]).inc();
+            let record = connection_record(
+                started,
+                Outcome::Refused,
+                reason,
+                host.clone(),
+                identity,
+                Some(dst),
+                (0, 0),
+                None,
+            );
+            shared.recorder.submit(record).await;
+        }
+        reused
     }
 }
 

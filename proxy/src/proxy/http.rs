@@ -92,6 +92,8 @@ impl Interceptor {
             .map(str::to_owned);
         ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), &ctx.path);
         ctx.governed.identity = conn.identity.clone();
+        conn.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.conn = Some(conn.clone());
         Ok(conn)
     }
