@@ -1,17 +1,18 @@
 //! Developer tasks for Sluice, run as `cargo xtask <command>`.
 //!
 //! xtask is the one entry point that developers and CI share: it installs what a fresh
-//! Debian machine needs (`setup`), builds the workspace (`build`), runs the demo (`demo`)
-//! and runs every test suite (`test`, which is what `.ci/run` calls). It is not part of the
-//! product and builds nothing the product ships: the eBPF objects are compiled by
-//! `probe-ebpf`'s build script. It depends on clap and anyhow only, so it builds in seconds
-//! on a bare machine, and it drives every tool through `std::process::Command`.
+//! Debian machine needs (`setup`), builds the workspace (`build`), runs the demo (`demo`),
+//! every test suite (`test`, which is what `.ci/run` calls) and the fuzz targets (`fuzz`).
+//! It is not part of the product and builds nothing the product ships: the eBPF objects
+//! are compiled by `probe-ebpf`'s build script. It depends on clap and anyhow only, so it
+//! builds in seconds on a bare machine, and it drives every tool through
+//! `std::process::Command`.
 
 mod setup;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
@@ -40,7 +41,17 @@ enum Cli {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, run `cargo test`, then the pytest suite under tests/.
+    /// Run every cargo-fuzz target under fuzz/ (installing cargo-fuzz when missing) for
+    /// SECONDS each, from its seed corpus; fails if any target crashes.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Only these targets (default: every one in fuzz/Cargo.toml).
+        targets: Vec<String>,
+    },
+    /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
+    /// fuzz/harness), then the pytest suite under tests/. Fuzzing itself is `fuzz`.
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
         #[arg(long, value_name = "EXPR")]
@@ -55,6 +66,7 @@ fn main() -> ExitCode {
         Cli::Build => build(&root),
         Cli::Demo { args } => demo(&root, &args),
         Cli::Bench { args } => bench(&root, &args),
+        Cli::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Cli::Test { filter } => test(&root, filter.as_deref()),
     };
     match result {
@@ -143,6 +155,94 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         // Any non-zero exit fails, including 5: a run that collected no test proves nothing.
         run(&mut pytest)
     })
+}
+
+/// The fuzz targets of fuzz/Cargo.toml, in the order they run.
+const FUZZ_TARGETS: &[&str] = &[
+    "sniff",
+    "adapters",
+    "sse",
+    "eventstream",
+    "config",
+    "lenient_json",
+];
+
+/// Builds every fuzz target with cargo-fuzz (installed when missing) and runs each for
+/// `seconds` on its seed corpus `fuzz/corpus/<target>` plus a working corpus under
+/// `fuzz/target/corpus/<target>` (where new inputs go, so the committed seeds stay as
+/// they are). No sanitizer (`-s none`): the stable toolchain has none, and the code under
+/// test is safe Rust; panics, overflow and debug assertions are what is caught. Prints
+/// the executions of each target; a crash input is left in `fuzz/artifacts/<target>/`.
+///
+/// # Errors
+/// When cargo-fuzz cannot be installed, a target does not build, or one crashes.
+fn fuzz(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
+    for t in only {
+        ensure!(
+            FUZZ_TARGETS.contains(&t.as_str()),
+            "no fuzz target `{t}` (there are: {})",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    let installed = cargo(root)
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        run(cargo(root).args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    run(cargo(root).args(["fuzz", "build", "-s", "none"]))?;
+    let mut summary = Vec::new();
+    let mut failed = Vec::new();
+    for target in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == *t))
+    {
+        let work = root.join("fuzz/target/corpus").join(target);
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create {}", work.display()))?;
+        let seeds = root.join("fuzz/corpus").join(target);
+        let mut cmd = cargo(root);
+        cmd.args(["fuzz", "run", "-s", "none", target])
+            .arg(&work)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=30", "-print_final_stats=1"]);
+        println!("==> fuzz {target} ({seconds} s)");
+        let line = command_line(&cmd);
+        let out = cmd
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let execs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map_or("?", str::trim);
+        if out.status.success() {
+            summary.push(format!("{target}: {execs} executions, no crash"));
+        } else {
+            // The whole libFuzzer log: the panic, the stack and where the input went.
+            eprintln!("{log}");
+            summary.push(format!("{target}: CRASHED after {execs} executions"));
+            failed.push(*target);
+        }
+    }
+    println!("==> fuzz summary ({seconds} s per target)");
+    for line in &summary {
+        println!("    {line}");
+    }
+    ensure!(
+        failed.is_empty(),
+        "fuzz targets crashed: {} (inputs in fuzz/artifacts/<target>/; reproduce with \
+         `cargo fuzz run -s none <target> <input>`)",
+        failed.join(", ")
+    );
+    Ok(())
 }
 
 /// Prints a header for the stage, runs it, and names the stage in its error.
