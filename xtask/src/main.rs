@@ -51,7 +51,8 @@ enum Cli {
         targets: Vec<String>,
     },
     /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
-    /// fuzz/harness), then the pytest suite under tests/. Fuzzing itself is `fuzz`.
+    /// fuzz/harness), the pytest suite under tests/, then every fuzz target for a few
+    /// seconds (`fuzz`).
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
         #[arg(long, value_name = "EXPR")]
@@ -154,7 +155,21 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         }
         // Any non-zero exit fails, including 5: a run that collected no test proves nothing.
         run(&mut pytest)
-    })
+    })?;
+    // A short run of every fuzz target (the seeds alone ran in `cargo test` already).
+    stage("fuzz", || fuzz(root, TEST_FUZZ_SECONDS, &[]))
+}
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u64 = 5;
+
+/// `cargo fuzz SUB` with the options `build` and `run` must share (so a run does not
+/// rebuild): no sanitizer (works on the stable toolchain) and 16 codegen units (the build
+/// CI pays cold on two cores, at some cost to the runs).
+fn cargo_fuzz(root: &Path, sub: &str) -> Command {
+    let mut cmd = cargo(root);
+    cmd.args(["fuzz", sub, "-s", "none", "--codegen-units", "16"]);
+    cmd
 }
 
 /// The fuzz targets of fuzz/Cargo.toml, in the order they run.
@@ -193,7 +208,7 @@ fn fuzz(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
     if !installed {
         run(cargo(root).args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    run(cargo(root).args(["fuzz", "build", "-s", "none"]))?;
+    run(&mut cargo_fuzz(root, "build"))?;
     let mut summary = Vec::new();
     let mut failed = Vec::new();
     for target in FUZZ_TARGETS
@@ -204,8 +219,8 @@ fn fuzz(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create {}", work.display()))?;
         let seeds = root.join("fuzz/corpus").join(target);
-        let mut cmd = cargo(root);
-        cmd.args(["fuzz", "run", "-s", "none", target])
+        let mut cmd = cargo_fuzz(root, "run");
+        cmd.arg(target)
             .arg(&work)
             .arg(&seeds)
             .arg("--")

@@ -233,7 +233,7 @@ pub fn lenient_json(data: &[u8]) {
     let truncated = first & 0x80 != 0;
     let identity = Identity::default();
     for engine in engines {
-        let facts = Facts::of(*adapter, ep, &identity, body, truncated);
+        let facts = Facts::of(*adapter, Some(ep), &identity, body, truncated);
         let verdict = engine.evaluate(&facts);
         if let Some(rewritten) = &verdict.rewritten_body {
             assert!(
