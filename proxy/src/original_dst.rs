@@ -26,7 +26,7 @@ use crate::providers::normalize_host;
 pub struct OriginalDstConfig {
     /// Host name → upstream address, used by tests and by gateways that resolve names
     /// themselves. Keyed by SNI (TLS) or `Host` (plain HTTP). A host listed here that is
-    /// not a provider is passed through untouched.
+    /// not a provider is refused unless it is listed in `passthrough:`.
     #[serde(rename = "static")]
     pub static_map: BTreeMap<String, String>,
     /// Use the accepted socket's local address as the destination when no other source

@@ -99,7 +99,7 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     // size). A compressed row is about 700 bytes; every commit rewrites whole pages (the
     // newest leaf of the table and of each index), so 64 KiB pages wrote ~2 KiB per
     // record more than 16 KiB ones, and 4 KiB pages saved nothing more but cost a WAL
-    // frame, a checksum and a `pwrite` per few rows. Measured with `loadgen components`
+    // frame, a checksum and a `pwrite` per few rows. Measured with `sluice-bench components`
     // and /proc/<pid>/io. Set before the journal mode, as WAL mode fixes the page size.
     c.pragma_update(None, "page_size", 16_384).map_err(&e)?;
     // WAL: readers never block the indexer. NORMAL: a commit is durable once SQLite
