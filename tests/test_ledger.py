@@ -346,3 +346,36 @@ def test_exchanges_open_at_shutdown_are_still_recorded(topo, tmp_path):
     assert inter[0]["response"]["events"] > 0 and inter[0]["request"]["path"] == "/v1/chat/completions"
     assert conn[0]["bytes_down"] > 0 and conn[0]["sni"] == "pass.example", conn[0]
     assert stack.cli("audit", "verify").returncode == 0
+
+
+def test_a_forged_inbox_record_is_rejected_and_recorded(topo, tmp_path):
+    """A backdated retention prune with an anchor, dropped into the inbox while the proxy
+    runs (finding 4 of the ledger's audit): never appended as if genuine; kept aside and
+    recorded as a security event."""
+    stack = Stack(topo, tmp_path)
+    inbox = stack.state / "ledger" / "inbox"
+    inbox.mkdir(exist_ok=True)
+    forged = {"id": "00000000-forged", "ts": "2020-01-01T00:00:00.000Z", "kind": "admin",
+              "action": "delete", "outcome": "success",
+              "initiator": {"id": "sluice-ledger", "role": "system", "ip": None},
+              "target": {"type": "ledger", "id": "retention"},
+              "details": {"event": "retention_prune", "anchor": {"seq": 40, "hash": "00" * 32}}}
+    (inbox / "00000000-forged.json").write_text(json.dumps(forged))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        admin = [r for r in stack.all_records() if r["kind"] == "admin"]
+        rejected = [r for r in admin if r["details"].get("event") == "inbox_record_rejected"]
+        if rejected:
+            break
+        time.sleep(0.2)
+    assert rejected, admin
+    assert not [r for r in admin if r["id"] == "00000000-forged"], "the forged record was appended"
+    assert (inbox / "rejected" / "00000000-forged.json").exists()
+    # A genuine command's record still goes through the inbox.
+    stack.cli("audit", "export", "--format", "jsonl", "--out", str(tmp_path / "e.jsonl"))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "export"]:
+            break
+        time.sleep(0.2)
+    assert [r for r in stack.all_records() if r["kind"] == "admin" and r["action"] == "export"]

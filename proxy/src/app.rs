@@ -179,6 +179,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         InboxService {
             dir: crate::inbox::dir(&ledger_config.dir),
             recorder: recorder.clone(),
+            stuck: Default::default(),
         },
     ));
 
@@ -273,6 +274,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
 struct InboxService {
     dir: std::path::PathBuf,
     recorder: Recorder,
+    /// Rejected files that could not be moved aside: recorded once, not every tick.
+    stuck: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
 }
 
 #[async_trait]
@@ -282,13 +285,31 @@ impl BackgroundService for InboxService {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    for (path, admin) in crate::inbox::read(&self.dir) {
+                    for entry in crate::inbox::read(&self.dir) {
+                        let (admin, path, accepted) = match entry {
+                            crate::inbox::Entry::Accepted(path, admin) => (admin, path, true),
+                            crate::inbox::Entry::Rejected(path, why) => {
+                                if self.stuck.lock().is_ok_and(|s| s.contains(&path)) {
+                                    continue;
+                                }
+                                tracing::warn!(file = %path.display(), reason = %why, "ledger inbox: file rejected");
+                                let kept = crate::inbox::quarantine(&path).ok();
+                                if kept.is_none() {
+                                    if let Ok(mut s) = self.stuck.lock() {
+                                        s.insert(path.clone());
+                                    }
+                                }
+                                (crate::inbox::rejection(&path, kept.as_deref(), &why), path, false)
+                            }
+                        };
                         self.recorder
                             .submit(crate::record::Record::Admin(Box::new(admin)))
                             .await;
                         // Written to the ledger before the file goes.
                         self.recorder.flush().await;
-                        let _ = std::fs::remove_file(path);
+                        if accepted {
+                            let _ = std::fs::remove_file(path);
+                        }
                     }
                 }
                 _ = shutdown.changed() => return,

@@ -29,9 +29,21 @@ pub fn write(ledger_dir: &Path, admin: &Admin) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// The admin records waiting in `dir`, oldest first, with their files. Files that do
-/// not parse are left in place and logged: they are evidence, not garbage.
-pub fn read(dir: &Path) -> Vec<(PathBuf, Admin)> {
+/// One file found in the inbox.
+#[derive(Debug)]
+pub enum Entry {
+    /// An admin record a CLI command left: to append, then delete.
+    Accepted(PathBuf, Admin),
+    /// Anything else: kept as evidence (moved to `inbox/rejected/`) and recorded.
+    Rejected(PathBuf, String),
+}
+
+/// The files waiting in `dir`, oldest first. Only what a `sluice` verb writes is
+/// accepted: a file owned by root or by Sluice's own user, holding an admin record of a
+/// CLI initiator for one of the actions the verbs record (`ca init`, `audit export`,
+/// `audit rotate-key`). Everything else — a retention prune or an anchor dropped in by
+/// hand, a record claiming another initiator, a file another user wrote — is rejected.
+pub fn read(dir: &Path) -> Vec<Entry> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -42,17 +54,81 @@ pub fn read(dir: &Path) -> Vec<(PathBuf, Admin)> {
     files.sort();
     files
         .into_iter()
-        .filter_map(|path| {
-            let parsed = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| from_json(&v));
-            if parsed.is_none() {
-                tracing::error!(file = %path.display(), "unreadable admin record in the ledger inbox; left in place");
-            }
-            parsed.map(|a| (path, a))
+        .map(|path| match admissible(&path) {
+            Ok(admin) => Entry::Accepted(path, admin),
+            Err(why) => Entry::Rejected(path, why),
         })
         .collect()
+}
+
+/// Moves a rejected file out of the way (into `inbox/rejected/`), keeping it as evidence.
+///
+/// # Errors
+/// The file cannot be moved.
+pub fn quarantine(path: &Path) -> std::io::Result<PathBuf> {
+    let rejected = path
+        .parent()
+        .map_or_else(|| PathBuf::from("rejected"), |d| d.join("rejected"));
+    std::fs::create_dir_all(&rejected)?;
+    let to = rejected.join(path.file_name().unwrap_or_default());
+    std::fs::rename(path, &to)?;
+    Ok(to)
+}
+
+/// The admin record in `path`, if it is one a `sluice` verb writes; else why not.
+fn admissible(path: &Path) -> Result<Admin, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != own {
+        return Err(format!(
+            "written by uid {}, not by root or Sluice's own user (uid {own})",
+            meta.uid()
+        ));
+    }
+    let admin = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| from_json(&v))
+        .ok_or_else(|| "not an admin record".to_owned())?;
+    let expected = matches!(
+        (admin.action, admin.target.kind.as_str()),
+        (AdminAction::Create, "ca")
+            | (AdminAction::Update, "hmac_key")
+            | (AdminAction::Export, "ledger")
+    );
+    if admin.initiator.role != "cli" || !expected {
+        return Err(format!(
+            "a {:?} of {} by a {} initiator is not a record any sluice command leaves here",
+            admin.action, admin.target.kind, admin.initiator.role
+        ));
+    }
+    if admin.details.get("anchor").is_some() {
+        return Err("it carries a retention anchor, which only the retention run writes".into());
+    }
+    Ok(admin)
+}
+
+/// The security record of a rejected inbox file.
+pub fn rejection(file: &Path, kept_as: Option<&Path>, why: &str) -> Admin {
+    Admin::new(
+        AdminAction::Authorize,
+        AdminOutcome::Failure,
+        Initiator {
+            id: "sluice-inbox".into(),
+            role: "system".into(),
+            ip: None,
+        },
+        Target {
+            kind: "inbox_file".into(),
+            id: file.display().to_string(),
+        },
+        serde_json::json!({
+            "event": "inbox_record_rejected",
+            "reason": why,
+            "kept_as": kept_as.map(|p| p.display().to_string()),
+        }),
+    )
 }
 
 fn from_json(v: &serde_json::Value) -> Option<Admin> {
@@ -120,12 +196,71 @@ mod tests {
         write(&ledger, &admin).unwrap();
         std::fs::write(dir(&ledger).join("zz-garbage.json"), b"{not json").unwrap();
         let got = read(&dir(&ledger));
-        assert_eq!(got.len(), 1, "garbage is left alone, not parsed");
-        let back = &got[0].1;
+        assert_eq!(got.len(), 2);
+        assert!(
+            matches!(&got[1], Entry::Rejected(p, why) if p.ends_with("zz-garbage.json") && why == "not an admin record")
+        );
+        let Entry::Accepted(_, back) = &got[0] else {
+            panic!("the export record is accepted: {got:?}");
+        };
         assert_eq!(back.id, admin.id);
         assert_eq!(back.ts, admin.ts);
         assert_eq!(back.action, AdminAction::Export);
         assert_eq!(back.details["records"], 3);
+        std::fs::remove_dir_all(ledger).unwrap();
+    }
+
+    /// A record no sluice verb writes — a backdated retention prune with an anchor, as an
+    /// attacker with write access to the inbox would drop in — is rejected, never appended.
+    #[test]
+    fn forged_records_are_rejected() {
+        let ledger = std::env::temp_dir().join(format!("sluice-inbox-f-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&ledger);
+        let mut prune = Admin::new(
+            AdminAction::Delete,
+            AdminOutcome::Success,
+            Initiator {
+                id: "sluice-ledger".into(),
+                role: "system".into(),
+                ip: None,
+            },
+            Target {
+                kind: "ledger".into(),
+                id: "retention".into(),
+            },
+            serde_json::json!({"event": "retention_prune", "anchor": {"seq": 40, "hash": "00"}}),
+        );
+        prune.ts = "2020-01-01T00:00:00.000Z".into();
+        write(&ledger, &prune).unwrap();
+        let mut export = Admin::new(
+            AdminAction::Export,
+            AdminOutcome::Success,
+            Initiator {
+                id: "uid:0".into(),
+                role: "cli".into(),
+                ip: None,
+            },
+            Target {
+                kind: "ledger".into(),
+                id: "x".into(),
+            },
+            serde_json::json!({"anchor": {"seq": 1}}),
+        );
+        export.id = "z-second".into();
+        write(&ledger, &export).unwrap();
+        let got = read(&dir(&ledger));
+        assert_eq!(got.len(), 2);
+        for e in &got {
+            let Entry::Rejected(path, why) = e else {
+                panic!("accepted a forged record: {e:?}");
+            };
+            let kept = quarantine(path).unwrap();
+            assert!(kept.exists() && !path.exists());
+            let r = rejection(path, Some(&kept), why);
+            assert_eq!(r.outcome, AdminOutcome::Failure);
+            assert_eq!(r.details["event"], "inbox_record_rejected");
+        }
+        assert!(read(&dir(&ledger)).is_empty(), "nothing left to append");
         std::fs::remove_dir_all(ledger).unwrap();
     }
 }
