@@ -10,8 +10,6 @@ byte Sluice wrote (state directory, proxy logs) for the credentials the clients 
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 
 import pytest
 
@@ -48,29 +46,18 @@ def last_record(stack, kind: str) -> dict:
     return stack.wait_records(1, kind)[-1]
 
 
-def raw_tls(stack, sni: str | None, host_header: str = "api.openai.com") -> dict:
-    """A hand-made TLS client in the client netns: connects to api.openai.com's address with
-    the given SNI (or none), sends a chat request naming `host_header`; reports what
-    happened (handshake error, or status line)."""
-    script = f"""
-import json, socket, ssl
+TLS_CLIENT = """
+import json, socket, ssl, time
 ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-out = {{}}
-try:
-    s = socket.create_connection(("api.openai.com", 443), timeout=10)
-    t = ctx.wrap_socket(s, server_hostname={sni!r})
-    body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{SECRET}"}}]}})
-    t.sendall(("POST /v1/chat/completions HTTP/1.1\\r\\nHost: {host_header}\\r\\n"
-               "Content-Type: application/json\\r\\nAuthorization: Bearer sk-bypass-openai-0123456789\\r\\n"
-               f"Content-Length: {{len(body)}}\\r\\nConnection: close\\r\\n\\r\\n" + body).encode())
-    out["reply"] = t.recv(4096).decode(errors="replace").split("\\r\\n")[0]
-except (ssl.SSLError, OSError) as e:
-    out["error"] = type(e).__name__ + ": " + str(e)
-print(json.dumps(out))
+def connect(sni="api.openai.com", timeout=10, verify=True):
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=timeout),
+                           server_hostname=sni)
 """
-    return stack.python(script)
+"""Script preamble for hand-made clients in the client netns: `connect()` opens a TLS
+connection to api.openai.com:443 presenting `sni` (None: no SNI)."""
 
 
 # === SNI, through the real eBPF redirect ===================================================
@@ -93,15 +80,10 @@ def connections(r) -> list[dict]:
 def raw_tls(sni: str | None) -> str:
     """A hand-made TLS client: connects to api.openai.com's (real, captured) address with
     the given SNI, or none, and sends a chat request naming api.openai.com with a secret."""
-    return f"""
-import json, socket, ssl
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
+    return TLS_CLIENT + f"""
 out = {{}}
 try:
-    s = socket.create_connection(("api.openai.com", 443), timeout=10)
-    t = ctx.wrap_socket(s, server_hostname={sni!r})
+    t = connect({sni!r}, verify=False)
     body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{SECRET}"}}]}})
     t.sendall(("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
                "Content-Type: application/json\\r\\nAuthorization: Bearer sk-bypass-openai-0123456789\\r\\n"
@@ -306,11 +288,8 @@ print(json.dumps({}))
 # === HTTP edge =============================================================================
 
 
-SLOW = """
-import json, socket, ssl, time
-ctx = ssl.create_default_context()
-s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=20),
-                    server_hostname="api.openai.com")
+SLOW = TLS_CLIENT + """
+s = connect(timeout=20)
 s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
           b"Content-Type: application/json\\r\\nContent-Length: 64\\r\\n\\r\\n")
 reply = b""
@@ -359,11 +338,8 @@ def test_pipelined_requests_are_never_forwarded_unjudged(stack):
     """HTTP/1.1 requests pipelined behind the first: the first is served, then the
     connection is closed (RFC 9112 §9.3.2: the client retries the rest on a new one); the
     pipelined ones never reach the provider and leave no half-record."""
-    out = stack.python(f"""
-import json, socket, ssl
-ctx = ssl.create_default_context()
-s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=10),
-                    server_hostname="api.openai.com")
+    out = stack.python(TLS_CLIENT + f"""
+s = connect()
 def req(text):
     body = json.dumps({{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": text}}]}})
     return ("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
@@ -428,11 +404,8 @@ def test_requests_the_http_layer_refuses_leave_a_record(stack, tmp_path, name, a
 
 
 def test_a_megabyte_of_header_is_refused_with_a_record(stack):
-    out = stack.python("""
-import json, socket, ssl
-ctx = ssl.create_default_context()
-s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443), timeout=10),
-                    server_hostname="api.openai.com")
+    out = stack.python(TLS_CLIENT + """
+s = connect()
 head = ("POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
         "X-Pad: " + "a" * (1024 * 1024) + "\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
 try:
