@@ -9,6 +9,7 @@ byte Sluice wrote (state directory, proxy logs) for the credentials the clients 
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -166,6 +167,8 @@ VARIANTS = {
     "duplicate_content": (f'{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":'
                           f'"{SECRET}","content":"harmless"}}]}}').encode(),
     "over_64_kib": chat(f'"{"padding " * 10000}{SECRET}"'),
+    # Every character as a JSON escape: the bytes never spell the secret, the string does.
+    "json_escaped": chat('"' + "".join(f"\\u{ord(c):04x}" for c in SECRET) + '"'),
 }
 
 
@@ -203,6 +206,22 @@ def test_an_unparseable_body_with_nothing_in_it_is_refused(stack):
     assert r.stdout.rsplit("\n", 1)[-1] == "400", r.stdout
     rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
     assert "body_unparseable" in rec["reason_codes"] and rec["outcome"] == "refused"
+
+
+def test_a_compressed_body_is_refused_not_forwarded(stack, tmp_path):
+    """Content-Encoding: gzip hides every byte from the guardrails (Sluice does not
+    decompress request bodies): it is refused as uninspectable, and never reaches the
+    provider."""
+    body = tmp_path / "body.json.gz"
+    body.write_bytes(gzip.compress(chat(f'"{SECRET}"')))
+    before = len(stack.all_records())
+    r = stack.curl("-w", "\n%{http_code}", "-H", "content-type: application/json",
+                   "-H", "content-encoding: gzip", "--data-binary", f"@{body}",
+                   "https://api.openai.com/v1/chat/completions", check=False)
+    assert r.stdout.rsplit("\n", 1)[-1] == "400", r.stdout[-500:]
+    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    assert rec["reason_codes"] == ["body_unparseable"] and rec["outcome"] == "refused", rec
+    assert not [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]
 
 
 def test_a_large_clean_body_is_judged_then_forwarded_whole(stack, tmp_path):
