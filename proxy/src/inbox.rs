@@ -175,22 +175,33 @@ fn from_json(v: &serde_json::Value) -> Option<Admin> {
 mod tests {
     use super::*;
 
+    /// An admin record by initiator `(id, role)` on ledger target `target`.
+    fn admin(
+        action: AdminAction,
+        (id, role): (&str, &str),
+        target: &str,
+        details: serde_json::Value,
+    ) -> Admin {
+        let initiator = Initiator {
+            id: id.into(),
+            role: role.into(),
+            ip: None,
+        };
+        let target = Target {
+            kind: "ledger".into(),
+            id: target.into(),
+        };
+        Admin::new(action, AdminOutcome::Success, initiator, target, details)
+    }
+
     #[test]
     fn records_round_trip_through_the_inbox() {
         let ledger = std::env::temp_dir().join(format!("sluice-inbox-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&ledger);
-        let admin = Admin::new(
+        let admin = admin(
             AdminAction::Export,
-            AdminOutcome::Success,
-            Initiator {
-                id: "uid:0".into(),
-                role: "cli".into(),
-                ip: None,
-            },
-            Target {
-                kind: "ledger".into(),
-                id: "syslog".into(),
-            },
+            ("uid:0", "cli"),
+            "syslog",
             serde_json::json!({"records": 3}),
         );
         write(&ledger, &admin).unwrap();
@@ -216,34 +227,18 @@ mod tests {
     fn forged_records_are_rejected() {
         let ledger = std::env::temp_dir().join(format!("sluice-inbox-f-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&ledger);
-        let mut prune = Admin::new(
+        let mut prune = admin(
             AdminAction::Delete,
-            AdminOutcome::Success,
-            Initiator {
-                id: "sluice-ledger".into(),
-                role: "system".into(),
-                ip: None,
-            },
-            Target {
-                kind: "ledger".into(),
-                id: "retention".into(),
-            },
+            ("sluice-ledger", "system"),
+            "retention",
             serde_json::json!({"event": "retention_prune", "anchor": {"seq": 40, "hash": "00"}}),
         );
         prune.ts = "2020-01-01T00:00:00.000Z".into();
         write(&ledger, &prune).unwrap();
-        let mut export = Admin::new(
+        let mut export = admin(
             AdminAction::Export,
-            AdminOutcome::Success,
-            Initiator {
-                id: "uid:0".into(),
-                role: "cli".into(),
-                ip: None,
-            },
-            Target {
-                kind: "ledger".into(),
-                id: "x".into(),
-            },
+            ("uid:0", "cli"),
+            "x",
             serde_json::json!({"anchor": {"seq": 1}}),
         );
         export.id = "z-second".into();
