@@ -39,7 +39,8 @@ pub enum Entry {
 }
 
 /// The files waiting in `dir`, oldest first. Only what a `sluice` verb writes is
-/// accepted: a file owned by root or by Sluice's own user, holding an admin record of a
+/// accepted: a plain file (not a link, not larger than a record) owned by root or by
+/// Sluice's own user, holding an admin record of a
 /// CLI initiator for one of the actions the verbs record (`ca init`, `audit export`,
 /// `audit rotate-key`). Everything else — a retention prune or an anchor dropped in by
 /// hand, a record claiming another initiator, a file another user wrote — is rejected.
@@ -75,10 +76,31 @@ pub fn quarantine(path: &Path) -> std::io::Result<PathBuf> {
     Ok(to)
 }
 
+/// An admin record file is a few hundred bytes; anything this large is not one.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
 /// The admin record in `path`, if it is one a `sluice` verb writes; else why not.
+///
+/// The file is opened without following a symbolic link and judged by what the open
+/// handle is (owner, link count, size), then read from that same handle: a link to a file
+/// root owns elsewhere, or a swap between the check and the read, does not pass.
 fn admissible(path: &Path) -> Result<Admin, String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        // Non-blocking: opening a FIFO dropped here must not wait for a writer.
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                "it is a symbolic link, not a file a sluice command wrote".to_owned()
+            }
+            _ => format!("cannot read it: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
     let own = nix::unistd::geteuid().as_raw();
     if meta.uid() != 0 && meta.uid() != own {
         return Err(format!(
@@ -86,9 +108,22 @@ fn admissible(path: &Path) -> Result<Admin, String> {
             meta.uid()
         ));
     }
-    let admin = std::fs::read(path)
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err("it is not a plain file of its own (a hard link or a special file)".into());
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "{} bytes, larger than any admin record",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    (&mut file)
+        .take(MAX_RECORD_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let admin = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| from_json(&v))
         .ok_or_else(|| "not an admin record".to_owned())?;
     let expected = matches!(
@@ -256,6 +291,60 @@ mod tests {
             assert_eq!(r.details["event"], "inbox_record_rejected");
         }
         assert!(read(&dir(&ledger)).is_empty(), "nothing left to append");
+        std::fs::remove_dir_all(ledger).unwrap();
+    }
+
+    /// A node user who can write into the inbox but not create files root owns links to
+    /// one instead: a symbolic or hard link to a genuine export record elsewhere, a file
+    /// too large to be a record, or a FIFO that would hang a blocking open. None is appended.
+    #[test]
+    fn links_and_oversized_files_are_rejected() {
+        let ledger = std::env::temp_dir().join(format!("sluice-inbox-l-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&ledger);
+        let elsewhere = ledger.join("elsewhere");
+        let genuine = write(
+            &elsewhere,
+            &admin(
+                AdminAction::Export,
+                ("uid:0", "cli"),
+                "x",
+                serde_json::json!({}),
+            ),
+        )
+        .unwrap();
+        // The genuine file, read where it was written, is a record.
+        assert!(matches!(read(&dir(&elsewhere))[..], [Entry::Accepted(..)]));
+        let inbox = dir(&ledger);
+        std::fs::create_dir_all(&inbox).unwrap();
+        std::os::unix::fs::symlink(&genuine, inbox.join("a-symlink.json")).unwrap();
+        std::fs::hard_link(&genuine, inbox.join("b-hardlink.json")).unwrap();
+        let mut big = serde_json::to_value(admin(
+            AdminAction::Export,
+            ("uid:0", "cli"),
+            "x",
+            serde_json::json!({"pad": "x".repeat(100_000)}),
+        ))
+        .unwrap();
+        big["id"] = "c-big".into();
+        std::fs::write(inbox.join("c-big.json"), serde_json::to_vec(&big).unwrap()).unwrap();
+        nix::unistd::mkfifo(
+            &inbox.join("d-fifo.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let got = read(&inbox);
+        let why: Vec<&str> = got
+            .iter()
+            .map(|e| match e {
+                Entry::Rejected(_, why) => why.as_str(),
+                Entry::Accepted(p, _) => panic!("accepted {}", p.display()),
+            })
+            .collect();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[0].contains("symbolic link"), "{why:?}");
+        assert!(why[1].contains("hard link"), "{why:?}");
+        assert!(why[2].contains("larger than any admin record"), "{why:?}");
+        assert!(why[3].contains("special file"), "{why:?}");
         std::fs::remove_dir_all(ledger).unwrap();
     }
 }
