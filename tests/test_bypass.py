@@ -28,7 +28,10 @@ policy:
 # Credentials the clients send in this module; none may be found where Sluice writes.
 CREDENTIALS = ["sk-bypass-openai-0123456789", "AIzaBypassGeminiKey0123456789",
                "sk-ant-bypass-0123456789", "azure-bypass-key-0123456789",
-               "AIzaBypassGoogHeader0123456789"]
+               "AIzaBypassGoogHeader0123456789",
+               # Bedrock (SigV4): access key id, secret key, session token.
+               "AKIDBYPASSSWEEP00001", "bypassSweepSecret/0123456789abcdef",
+               "bypassSweepSessionToken0123456789"]
 
 
 @pytest.fixture
@@ -289,7 +292,18 @@ print(json.dumps({}))
                    "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
                    check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
-    recs = stack.wait_records(4, "interaction")
+    from test_bedrock import HAIKU, aws_env
+    env = aws_env(stack) | {"AWS_ACCESS_KEY_ID": CREDENTIALS[5],
+                            "AWS_SECRET_ACCESS_KEY": CREDENTIALS[6],
+                            "AWS_SESSION_TOKEN": CREDENTIALS[7]}
+    stack.python(f"""
+import json, os, boto3
+os.environ.pop("AWS_BEARER_TOKEN_BEDROCK", None)
+c = boto3.client("bedrock-runtime", region_name="us-east-1")
+c.converse(modelId="{HAIKU}", messages=[{{"role": "user", "content": [{{"text": "e"}}]}}])
+print(json.dumps({{}}))
+""", env=env)
+    recs = stack.wait_records(5, "interaction")
     assert all(x["identity"]["api_key_fingerprint"].startswith("sha256:") for x in recs)
     stack.cli("audit", "export", "--format", "jsonl", "--out", str(stack.dir / "export.jsonl"))
     found = []
