@@ -42,16 +42,7 @@ pub(crate) fn prompt(body: &JsonBody) -> Prompt {
     if let Some(system) = body.value.get("system") {
         prompt.message(system, false);
     }
-    for message in body
-        .value
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let from_user = message.get("role").and_then(Value::as_str) == Some("user");
-        prompt.message(message.get("content").unwrap_or(&Value::Null), from_user);
-    }
+    prompt.messages(&body.value);
     prompt
 }
 

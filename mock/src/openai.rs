@@ -76,16 +76,7 @@ pub(crate) fn chat_completions(
     deployment: Option<&str>,
 ) -> Response<MockBody> {
     let mut prompt = Prompt::default();
-    for message in body
-        .value
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let from_user = message.get("role").and_then(Value::as_str) == Some("user");
-        prompt.message(message.get("content").unwrap_or(&Value::Null), from_user);
-    }
+    prompt.messages(&body.value);
     let reply = Reply::new(model_of(body, deployment), &prompt, body, controls);
     let id = format!("chatcmpl-{}", random_id(29));
     let created = unix_now();

@@ -306,6 +306,20 @@ impl Prompt {
             self.last_user = texts.join(" ");
         }
     }
+
+    /// Take in every message of a chat body's `messages` array (OpenAI, Anthropic): a
+    /// `role: user` one is the user's.
+    pub(crate) fn messages(&mut self, body: &Value) {
+        for message in body
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let from_user = message.get("role").and_then(Value::as_str) == Some("user");
+            self.message(message.get("content").unwrap_or(&Value::Null), from_user);
+        }
+    }
 }
 
 /// The text pieces of a content value: a string, or an array of strings and of objects
