@@ -121,9 +121,9 @@ fn misdirected(host: Option<&str>, conn_host: &str) -> Option<Refusal> {
     })
 }
 
-/// The request body for governance: read whole when its declared length fits what
-/// Pingora can replay upstream; otherwise not read here (it streams through unjudged,
-/// with a reason code).
+/// The request body for governance: read whole here when its declared length fits what
+/// Pingora can replay upstream; otherwise (larger, or chunked) `request_body_filter`
+/// holds it back as it arrives and judges it before any byte goes upstream.
 struct SessionBody<'a> {
     session: &'a mut Session,
     capture: &'a mut Capture,
