@@ -128,6 +128,18 @@ fn newest(dir: &Path, limit: usize) -> Vec<Value> {
     .unwrap()
 }
 
+/// The admin records, as `query` returns them.
+fn admins(dir: &Path) -> Vec<Value> {
+    query(
+        dir,
+        &Filter {
+            kind: Some("admin".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap()
+}
+
 fn check(dir: &Path) -> VerifyReport {
     verify(dir, &VerifyOptions::default()).unwrap()
 }

@@ -173,14 +173,7 @@ fn syslog_escapes_and_every_line_parses() {
     assert_eq!(msg["request"]["messages"][1]["content"], nasty);
     // The export itself is on record.
     l.flush();
-    let admin = query(
-        &dir,
-        &Filter {
-            kind: Some("admin".into()),
-            ..Filter::default()
-        },
-    )
-    .unwrap();
+    let admin = admins(&dir);
     assert_eq!(admin[0]["action"], "export");
     assert_eq!(admin[0]["initiator"]["id"], "alice");
     assert_eq!(admin[0]["details"]["records"], 3);

@@ -373,14 +373,7 @@ fn truncated_wal_is_detected_and_a_torn_tail_is_not_tampering() {
     // The next start cuts the tail off and says so in an admin record.
     let l = Ledger::open(&cfg(&dir)).unwrap();
     l.flush();
-    let admin = query(
-        &dir,
-        &Filter {
-            kind: Some("admin".into()),
-            ..Filter::default()
-        },
-    )
-    .unwrap();
+    let admin = admins(&dir);
     assert_eq!(admin[0]["details"]["event"], "torn_tail_removed");
     l.close().unwrap();
     let r = check(&dir);
