@@ -153,6 +153,17 @@ passthrough: ["{PASSTHROUGH}"]
                 return rows
             time.sleep(0.05)
 
+    def newest_since(self, before: int, kind: str, timeout: float = 15) -> dict:
+        """The newest record of `kind` among those after the first `before` records, waiting
+        for the indexer (queries read the index, a few milliseconds behind the WAL)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [x for x in self.all_records()[before:] if x["kind"] == kind]
+            if rows or time.monotonic() > deadline:
+                assert rows, f"no {kind} record after the first {before}"
+                return rows[-1]
+            time.sleep(0.05)
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()

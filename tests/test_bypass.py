@@ -145,7 +145,7 @@ def test_a_host_that_is_not_the_sni_is_misdirected(stack, http):
                                "messages": [{"role": "user", "content": "front me"}]}),
                    "https://api.openai.com/v1/chat/completions", check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "421", r.stdout + r.stderr
-    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    rec = stack.newest_since(before, "interaction")
     assert rec["reason_codes"] == ["host_sni_mismatch"] and rec["outcome"] == "refused"
     assert rec["request"]["host"] == "example.org"
     assert rec["upstream"]["sni"] == "api.openai.com"
@@ -185,7 +185,7 @@ def test_a_secret_is_blocked_however_the_body_is_shaped(stack, tmp_path, name):
                    "--data-binary", f"@{body}", "https://api.openai.com/v1/chat/completions",
                    check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "403", (name, r.stdout[-500:], r.stderr)
-    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    rec = stack.newest_since(before, "interaction")
     assert rec["decision"] == "block" and rec["outcome"] == "refused", rec
     assert "secret:github_token" in rec["reason_codes"], rec["reason_codes"]
     assert not forbidden_seen(stack), name
@@ -207,7 +207,7 @@ def test_an_unparseable_body_with_nothing_in_it_is_refused(stack):
                    "--data-binary", '{"model":"gpt-4o-mini","t":1e400,"messages":[]}',
                    "https://api.openai.com/v1/chat/completions", check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "400", r.stdout
-    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    rec = stack.newest_since(before, "interaction")
     assert "body_unparseable" in rec["reason_codes"] and rec["outcome"] == "refused"
 
 
@@ -222,7 +222,7 @@ def test_a_compressed_body_is_refused_not_forwarded(stack, tmp_path):
                    "-H", "content-encoding: gzip", "--data-binary", f"@{body}",
                    "https://api.openai.com/v1/chat/completions", check=False)
     assert r.stdout.rsplit("\n", 1)[-1] == "400", r.stdout[-500:]
-    rec = [x for x in stack.all_records()[before:] if x["kind"] == "interaction"][-1]
+    rec = stack.newest_since(before, "interaction")
     assert rec["reason_codes"] == ["body_unparseable"] and rec["outcome"] == "refused", rec
     assert not [s for s in stack.mock_requests() if s["path"] == "/v1/chat/completions"]
 

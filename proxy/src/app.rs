@@ -262,11 +262,11 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     flush(&recorder);
     drop(recorder);
     drop(writer);
-    match Arc::try_unwrap(ledger) {
-        Ok(l) => l.close().context("closing the ledger")?,
-        Err(l) => l.flush(),
-    }
-    Ok(())
+    // Other handles may outlive the services that held them (the server keeps its
+    // services): close through this one, so the final checkpoint is written and handed to
+    // the witnesses before the process exits.
+    drop(shared);
+    ledger.stop().context("closing the ledger")
 }
 
 /// Appends admin records that CLI commands left in the ledger's inbox (they cannot open

@@ -7,7 +7,7 @@
 //! proxy to append ([`crate::inbox`]).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
@@ -161,19 +161,116 @@ fn print_row(out: &mut impl Write, r: &Value, json: bool) -> std::io::Result<()>
     }
 }
 
+/// What an auditor hands `sluice audit verify`.
+#[derive(Debug, Default)]
+pub struct VerifyArgs {
+    /// Trusted copy of the checkpoint public key (SPKI PEM).
+    pub public_key: Option<PathBuf>,
+    /// Accept checks that could not run (still listed as not checked).
+    pub allow_partial: bool,
+    /// Witnesses to check against: `(url, cosigner vkey)`. Empty: the node's configured
+    /// `ledger.witnesses` (not independent of the node; listed as such).
+    pub witnesses: Vec<(String, String)>,
+    /// How many witnesses must have answered with cosigned heads (default: all).
+    pub quorum: Option<usize>,
+}
+
+/// A witness's answer, as `verify` reports it.
+struct WitnessView {
+    name: String,
+    url: String,
+    heads: Vec<ledger::WitnessedHead>,
+    /// Refusals it kept for this ledger: `(received, reason)`.
+    evidence: Vec<(String, String)>,
+    /// Lines of its history that do not carry both the node's signature and its own
+    /// cosignature (its store was edited, or another log's lines).
+    unattributable: usize,
+    error: Option<String>,
+}
+
+/// Fetch what `url` holds for the ledger `node` names, keeping only heads signed by the
+/// node's trusted key and cosigned by `witness`.
+fn fetch_witness(
+    url: &str,
+    witness: &crate::tlog::note::NoteVerifier,
+    node: &crate::tlog::note::NoteVerifier,
+) -> WitnessView {
+    use crate::tlog::note::{CheckpointText, Note};
+    use crate::witness::{client, log_id, EvidenceEntry, HistoryEntry};
+    let mut view = WitnessView {
+        name: witness.name.clone(),
+        url: url.to_owned(),
+        heads: Vec::new(),
+        evidence: Vec::new(),
+        unattributable: 0,
+        error: None,
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    let get = |file: &str| -> Result<String, String> {
+        let a = client::exchange(
+            url,
+            "GET",
+            &format!("/logs/{}/{file}", log_id(&node.name)),
+            "",
+            timeout,
+        )
+        .map_err(|e| e.to_string())?;
+        if a.status != 200 {
+            return Err(format!("{file}: HTTP {}: {}", a.status, a.body.trim()));
+        }
+        Ok(a.body)
+    };
+    match get("history") {
+        Ok(text) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let head = serde_json::from_str::<HistoryEntry>(line)
+                    .ok()
+                    .and_then(|e| Note::parse(&e.checkpoint).ok())
+                    .and_then(|n| {
+                        let at = n.cosigned_by(witness)?;
+                        n.signed_by(node).then_some(())?;
+                        let cp = CheckpointText::parse(&n.text).ok()?;
+                        (cp.origin == node.name).then_some(ledger::WitnessedHead {
+                            witness: witness.name.clone(),
+                            size: cp.size,
+                            root: cp.root,
+                            cosigned_at: at,
+                        })
+                    });
+                match head {
+                    Some(h) => view.heads.push(h),
+                    None => view.unattributable += 1,
+                }
+            }
+        }
+        Err(e) => view.error = Some(e),
+    }
+    match get("evidence") {
+        Ok(text) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<EvidenceEntry>(line) {
+                    Ok(e) => view.evidence.push((e.received, e.reason)),
+                    Err(_) => view.evidence.push((String::new(), line.to_owned())),
+                }
+            }
+        }
+        Err(e) => {
+            view.error.get_or_insert(e);
+        }
+    }
+    view
+}
+
 /// `sluice audit verify`; returns whether the ledger verified. The output lists each
-/// check that ran (with its key) and each that could not; a check the ledger calls for
-/// (records carry HMACs, checkpoints exist) that could not run fails the verification
-/// unless `allow_partial`.
+/// check that ran (with its key or witness) and each that could not; a check the ledger
+/// calls for (records carry HMACs, checkpoints exist, witnesses were named) that could
+/// not run fails the verification unless `allow_partial`.
 ///
 /// # Errors
-/// The ledger, its keys or the public key cannot be read.
-pub fn verify(
-    config: &Config,
-    public_key: Option<&Path>,
-    allow_partial: bool,
-) -> anyhow::Result<bool> {
+/// The ledger, its keys, the public key or a witness key cannot be read.
+pub fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
     let dir = config.ledger.dir.clone();
+    let public_key = args.public_key.as_deref();
     let pem = public_key
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
@@ -186,19 +283,73 @@ pub fn verify(
     // directory's archived keys), not only what lies in the directory.
     let hmac_keys = ledger::load_hmac_keys(&dir, config.ledger.hmac_key_file.as_deref())
         .with_context(|| format!("loading the HMAC keys of {}", dir.display()))?;
+
+    // Witnesses: the auditor's, else the node's configuration.
+    let from_config = args.witnesses.is_empty();
+    let named: Vec<(String, String)> = if from_config {
+        config
+            .ledger
+            .witnesses
+            .iter()
+            .map(|w| (w.url.clone(), w.key.clone()))
+            .collect()
+    } else {
+        args.witnesses.clone()
+    };
+    let mut views = Vec::new();
+    if !named.is_empty() {
+        let node = ledger::checkpoint_verifier(&config.ledger, pem.as_deref().zip(public_key))
+            .context("the checkpoint key witnessed heads are checked with")?;
+        for (url, vkey) in &named {
+            let w = crate::tlog::note::NoteVerifier::parse_vkey(vkey)
+                .with_context(|| format!("witness key for {url}"))?;
+            views.push(fetch_witness(url, &w, &node));
+        }
+    }
     let report = ledger::verify(
         &dir,
         &VerifyOptions {
             public_key_pem: pem,
             hmac_keys,
             progress: Some(&progress),
+            cadence: Some((
+                config.ledger.checkpoint_every,
+                config.ledger.checkpoint_interval,
+            )),
+            origin: config.ledger.origin.clone(),
+            now: None,
+            witnessed: views.iter().flat_map(|v| v.heads.clone()).collect(),
         },
     )
     .with_context(|| format!("verifying the ledger in {}", dir.display()))?;
-    let lines = verify_checklist(&report, public_key);
+    let mut lines = verify_checklist(
+        &report,
+        public_key,
+        (
+            config.ledger.checkpoint_every,
+            config.ledger.checkpoint_interval,
+        ),
+    );
+    let mut refusals = Vec::new();
+    let answered = witness_lines(&report, &views, from_config, &mut lines, &mut refusals);
+    if !views.is_empty() {
+        let quorum = args.quorum.unwrap_or(views.len()).min(views.len());
+        lines.push((
+            answered >= quorum,
+            format!(
+                "witness quorum: {answered} of {} answered with cosigned heads, {quorum} required",
+                views.len()
+            ),
+        ));
+    }
     let partial = lines.iter().any(|(ran, _)| !ran);
+    let ok = report.ok && refusals.is_empty();
     match &report.first_error {
-        None if partial && !allow_partial => println!(
+        None if !refusals.is_empty() => println!(
+            "FAILED: {} — a witness refused checkpoints signed for this ledger",
+            refusals[0]
+        ),
+        None if partial && !args.allow_partial => println!(
             "INCOMPLETE: {} records and {} checkpoints in {}: a check the ledger calls for could not run (--allow-partial accepts that)",
             report.records,
             report.checkpoints,
@@ -217,10 +368,24 @@ pub fn verify(
                 format!("{:?}", e.kind).to_lowercase(),
                 e.detail
             );
+            for e in report.errors.iter().skip(1).take(19) {
+                println!(
+                    "  also at seq {}: {} — {}",
+                    e.seq,
+                    format!("{:?}", e.kind).to_lowercase(),
+                    e.detail
+                );
+            }
             if report.errors.len() > 1 {
                 println!("({} problems in all)", report.errors.len());
             }
         }
+    }
+    for r in refusals
+        .iter()
+        .skip(usize::from(report.first_error.is_none()))
+    {
+        println!("  refused:    {r}");
     }
     for (ran, line) in &lines {
         println!(
@@ -228,11 +393,76 @@ pub fn verify(
             if *ran { "checked    " } else { "NOT checked" }
         );
     }
-    Ok(report.ok && (allow_partial || !partial))
+    Ok(ok && (args.allow_partial || !partial))
+}
+
+/// One checklist line per witness; refusals it kept go to `refusals`. Returns how many
+/// witnesses answered with at least one head for this ledger.
+fn witness_lines(
+    report: &ledger::VerifyReport,
+    views: &[WitnessView],
+    from_config: bool,
+    lines: &mut Vec<(bool, String)>,
+    refusals: &mut Vec<String>,
+) -> usize {
+    let mut answered = 0;
+    let source = if from_config {
+        " (key from the node's own config, not independent: pass --witness and --witness-key)"
+    } else {
+        ""
+    };
+    for v in views {
+        for (when, why) in &v.evidence {
+            refusals.push(format!("witness {} at {when}: {why}", v.name));
+        }
+        if let Some(e) = &v.error {
+            lines.push((false, format!("witness {} ({}): {e}", v.name, v.url)));
+            continue;
+        }
+        let Some(wc) = report.witnesses.iter().find(|w| w.witness == v.name) else {
+            lines.push((
+                false,
+                format!(
+                    "witness {} ({}): holds no head for this ledger{}",
+                    v.name,
+                    v.url,
+                    if v.unattributable > 0 {
+                        format!(
+                            " ({} lines not signed by the trusted keys)",
+                            v.unattributable
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+            continue;
+        };
+        answered += 1;
+        let (size, at) = wc.newest.unwrap_or((0, 0));
+        let pending = report.head_seq.unwrap_or(0).saturating_sub(size);
+        lines.push((
+            true,
+            format!(
+                "witness {}{source}: {} cosigned heads match the ledger ({} before the retention anchor), newest size {size} cosigned at {}; {pending} newer records not yet witnessed",
+                v.name,
+                wc.matched,
+                wc.pruned,
+                crate::record::rfc3339(
+                    std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at)
+                ),
+            ),
+        ));
+    }
+    answered
 }
 
 /// What `verify` proved, one line a check: `(ran, what)`.
-fn verify_checklist(r: &ledger::VerifyReport, public_key: Option<&Path>) -> Vec<(bool, String)> {
+fn verify_checklist(
+    r: &ledger::VerifyReport,
+    public_key: Option<&Path>,
+    cadence: (u64, std::time::Duration),
+) -> Vec<(bool, String)> {
     let mut out = vec![(
         true,
         "hash chain: every record's hash and its link to the one before".to_owned(),
@@ -247,15 +477,28 @@ fn verify_checklist(r: &ledger::VerifyReport, public_key: Option<&Path>) -> Vec<
             )
         });
     }
+    let origin = r
+        .origin
+        .as_deref()
+        .map(|o| format!(" (origin {o})"))
+        .unwrap_or_default();
     if r.checkpoints > 0 || r.signatures_checked {
         out.push(match (r.signatures_checked, public_key) {
+            (true, _) if r.checkpoints == 0 => (
+                false,
+                "checkpoint signatures: the ledger holds no checkpoint to check (wiped, or new)"
+                    .to_owned(),
+            ),
             (true, Some(p)) => (
                 true,
-                format!("checkpoint signatures, with the public key {}", p.display()),
+                format!(
+                    "checkpoint signatures, with the public key {}{origin}",
+                    p.display()
+                ),
             ),
             (true, None) => (
                 true,
-                "checkpoint signatures, with the directory's own checkpoint.pub.pem (not independent of the ledger: pass --public-key with a trusted copy)".to_owned(),
+                format!("checkpoint signatures, with the directory's own checkpoint.pub.pem{origin} (not independent of the ledger: pass --public-key with a trusted copy)"),
             ),
             (false, _) => (
                 false,
@@ -263,6 +506,23 @@ fn verify_checklist(r: &ledger::VerifyReport, public_key: Option<&Path>) -> Vec<
             ),
         });
     }
+    if r.checkpoints > 0 {
+        out.push((
+            true,
+            format!(
+                "Merkle tree heads (RFC 6962): {} checkpoints recomputed from the records",
+                r.tree_heads_checked
+            ),
+        ));
+    }
+    out.push((
+        true,
+        format!(
+            "checkpoint coverage: one at least every {} records, the head covered within {} s",
+            cadence.0,
+            cadence.1.as_secs()
+        ),
+    ));
     out
 }
 
@@ -517,7 +777,7 @@ mod tests {
         )
         .unwrap();
         assert!(r.ok && r.hmac_checked, "{r:?}");
-        assert!(verify(&config, None, false).unwrap());
+        assert!(verify(&config, &VerifyArgs::default()).unwrap());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

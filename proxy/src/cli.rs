@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod events;
 pub mod policy;
 pub mod report;
+pub mod witness;
 
 use std::path::PathBuf;
 use std::time::SystemTime;

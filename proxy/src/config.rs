@@ -538,6 +538,34 @@ impl Config {
                 );
             }
         }
+        if let Some(origin) = &self.ledger.origin {
+            if let Err(why) = crate::tlog::note::check_origin(origin) {
+                bad("ledger.origin".into(), origin, why.to_string());
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.ledger.witnesses.iter().enumerate() {
+            if let Err(why) = crate::witness::client::split_url(&w.url) {
+                bad(
+                    format!("ledger.witnesses[{i}].url"),
+                    &w.url,
+                    why.to_string(),
+                );
+            }
+            match crate::tlog::note::NoteVerifier::parse_vkey(&w.key) {
+                Ok(v) if !names.insert(v.name.clone()) => bad(
+                    format!("ledger.witnesses[{i}].key"),
+                    &w.key,
+                    format!("witness `{}` is listed twice", v.name),
+                ),
+                Ok(_) => {}
+                Err(why) => bad(
+                    format!("ledger.witnesses[{i}].key"),
+                    &w.key,
+                    format!("{why} (`sluice witness key` prints a witness's vkey)"),
+                ),
+            }
+        }
         out
     }
 

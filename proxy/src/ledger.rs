@@ -15,7 +15,9 @@
 //! by `seq`). A third thread checkpoints SQLite's WAL (the indexer finishes one itself
 //! every 16 MiB it writes, so that WAL starts over) and deletes a segment once every
 //! record in it is indexed, a checkpoint covers it and a complete SQLite checkpoint has
-//! synced those rows.
+//! synced those rows. With `witnesses` configured a fourth thread, the outbox, hands each
+//! newest checkpoint to every witness off the node with the consistency proof from the
+//! size it holds (`outbox`).
 //!
 //! # Hashing scheme
 //! The JSON object of a [`Record`] is split in two:
@@ -41,12 +43,22 @@
 //! digest, retention can delete the content and the chain still verifies; while content
 //! is present, verify checks it against `content_sha256`.
 //!
-//! Every `checkpoint_every` records or `checkpoint_interval` a **checkpoint**
-//! `{seq, hash, ts, signature}` is written (WAL and `checkpoints` table), signed with
-//! Ed25519 over the text `"{seq}|{hash}|{ts}"`. The signing key is `checkpoint.key`
-//! (generated, 0600); its public key `checkpoint.pub.pem` ([`Ledger::public_key_pem`]) lets
-//! an auditor without the HMAC secret verify the chain heads. An auditor should take the
-//! public key from a trusted copy, not from the directory under audit.
+//! Every `checkpoint_every` records or `checkpoint_interval` a **checkpoint** is written
+//! (WAL and `checkpoints` table): the RFC 6962 Merkle tree head over records `1..=seq`
+//! (leaf input: each record's 32-byte chain hash; see `merkle`) as a C2SP
+//! `tlog-checkpoint` signed note (`note`): origin (`ledger.origin`, default
+//! `sluice/<key fingerprint>`), tree size, base64 root, signed with Ed25519. The signing
+//! key is `checkpoint.key` (generated, 0600); its public key `checkpoint.pub.pem`
+//! ([`Ledger::public_key_pem`]) lets an auditor without the HMAC secret verify the tree
+//! heads. An auditor should take the public key from a trusted copy, not from the
+//! directory under audit. Retention prunes only up to a checkpoint and keeps its Merkle
+//! frontier in the hashed retention record, so roots and proofs past it still compute.
+//!
+//! Which mechanism proves what: the **chain** orders records and names the first one a
+//! local edit broke; the **HMAC** shows a record was written by a holder of the secret
+//! key; the **tree heads** pin every record before them under a signature, and
+//! consistency proofs between them show the ledger only grew, which a witness off the
+//! node checks before it cosigns.
 //!
 //! # Keys
 //! The HMAC key comes from `hmac_key_file`, else `$SLUICE_LEDGER_HMAC_KEY` (hex or raw
@@ -57,10 +69,11 @@
 //!
 //! # Guarantees and limits
 //! [`verify`] detects an edited record or content, a deleted record (gap), reordered
-//! records, a wrong HMAC, a forged checkpoint and a truncated WAL. It cannot detect the
-//! removal of the newest records after the last checkpoint by someone holding the
-//! directory (the chain head is only pinned by checkpoints), nor a rewrite of the whole
-//! chain by someone holding the HMAC key *and* the signing key. A torn last line of the
+//! records, a wrong HMAC, a forged checkpoint, records that do not hash to a signed tree
+//! head, checkpoints missing from the cadence (`checkpoint_every` records; the head
+//! within `checkpoint_interval`) and a truncated WAL. On the node alone it cannot
+//! detect a cut back to an older checkpoint, nor a rewrite of the whole ledger, by
+//! someone holding the signing key (node root): that takes a witness off the node. A torn last line of the
 //! newest segment (a crash mid-write) is reported as an incomplete tail, not as
 //! tampering, unless the index shows the record once existed in full.
 //!
@@ -76,6 +89,7 @@ mod index;
 mod indexer;
 mod keys;
 mod maintenance;
+mod outbox;
 mod query;
 mod replay;
 mod report;
@@ -88,12 +102,16 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ContentMode, FsyncPolicy, LedgerConfig};
+pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessTarget};
 pub use error::LedgerError;
 pub use export::{export, export_with_audit, ExportFormat};
-pub use keys::{load_hmac_keys, rotate_hmac_key, Rotation, HMAC_KEY_ENV, PUBLIC_KEY_FILE};
+pub use keys::{
+    checkpoint_verifier, load_hmac_keys, rotate_hmac_key, Rotation, HMAC_KEY_ENV, PUBLIC_KEY_FILE,
+};
 pub use query::{query, tail_after, Filter};
 pub use report::{render_report_text, report, ReportKind};
 pub use sink::{record_id, LedgerSink};
-pub use verify::{verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport};
+pub use verify::{
+    verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport, WitnessCheck, WitnessedHead,
+};
 pub use writer::{Appended, Ledger, RetentionReport};

@@ -22,6 +22,8 @@
 //! | [`readiness`] | `/readyz`: ledger writable, redirect attached, upstream trust loaded |
 //! | [`record`] | the record types (the audit contract) |
 //! | [`ledger`] | the tamper-evident audit ledger: WAL, hash chain, HMAC, checkpoints |
+//! | [`tlog`] | transparency-log formats: RFC 6962 Merkle tree, C2SP notes and checkpoints |
+//! | [`witness`] | `sluice witness`: cosigns checkpoints that extend what it holds |
 //! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
@@ -49,4 +51,6 @@ pub mod redirect;
 pub mod sink;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tlog;
 pub mod tls;
+pub mod witness;

@@ -13,6 +13,7 @@ use cli::ca::CaCommand;
 use cli::events::EventsCommand;
 use cli::policy::PolicyCommand;
 use cli::report::ReportArgs;
+use cli::witness::WitnessCommand;
 use cli::ConfigArg;
 
 /// mimalloc: per-thread heaps and cheap frees of memory another thread allocated (the
@@ -68,6 +69,11 @@ enum Command {
     Report(ReportArgs),
     /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
     Doctor,
+    /// Run or set up a witness: cosigns nodes' ledger checkpoints that extend what it holds.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         },
         Command::Report(args) => cli::report::run(args),
         Command::Doctor => return cli::doctor::run(),
+        Command::Witness { command } => cli::witness::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

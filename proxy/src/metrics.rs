@@ -40,6 +40,15 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
 fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("static metric definition");
@@ -292,7 +301,39 @@ pub fn init() {
     LazyLock::force(&LEDGER_APPEND_ERRORS);
     LazyLock::force(&LEDGER_INDEX_LAG);
     LazyLock::force(&LEDGER_CHECKPOINTS);
+    LazyLock::force(&WITNESS_LAG);
+    LazyLock::force(&WITNESS_SIZE);
+    LazyLock::force(&WITNESS_ERRORS);
 }
+
+/// Seconds the oldest checkpoint not yet cosigned by a witness has waited (0 when the
+/// witness holds the newest): rises while a witness is unreachable or refuses, falls
+/// when the outbox catches up.
+pub static WITNESS_LAG: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "sluice_ledger_witness_lag_seconds",
+        "Age of the oldest ledger checkpoint a witness has not cosigned yet",
+        &["witness"],
+    )
+});
+/// The tree size each witness last cosigned.
+pub static WITNESS_SIZE: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "sluice_ledger_witness_cosigned_size",
+        "Ledger tree size the witness last cosigned",
+        &["witness"],
+    )
+});
+/// Failed deliveries to a witness, by reason (`unreachable`, `refused_403`, `refused_404`,
+/// `refused_409`, `refused_422`, `http_error`, `bad_cosignature`, `witness_ahead`,
+/// `proof`).
+pub static WITNESS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_ledger_witness_errors_total",
+        "Checkpoint deliveries to a witness that failed",
+        &["witness", "reason"],
+    )
+});
 
 /// Serve `GET /metrics`, `/healthz` (liveness: the process answers) and `/readyz`
 /// (`ready`, see `crate::readiness`: 503 with the failing checks) on `listener` until the

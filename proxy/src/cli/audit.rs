@@ -17,10 +17,26 @@ pub enum AuditCommand {
         /// Ed25519 public key (PEM) to check checkpoints with, e.g. one kept by an auditor.
         #[arg(long)]
         public_key: Option<PathBuf>,
-        /// Succeed even when a check the ledger calls for (HMACs, checkpoint signatures)
-        /// could not run for want of a key; the output still lists it as not checked.
+        /// Succeed even when a check the ledger calls for (HMACs, checkpoint signatures,
+        /// witnesses) could not run; the output still lists it as not checked.
         #[arg(long)]
         allow_partial: bool,
+        /// A witness to check the ledger against (`http://host:port`); repeat with one
+        /// `--witness-key` each, in the same order. Default: the node's
+        /// `ledger.witnesses`.
+        #[arg(long = "witness", requires = "witness_keys")]
+        witnesses: Vec<String>,
+        /// The cosigner vkey of each `--witness` (`sluice witness key` prints it).
+        #[arg(long = "witness-key")]
+        witness_keys: Vec<String>,
+        /// How many witnesses must answer with cosigned heads (default: all named).
+        #[arg(long)]
+        quorum: Option<usize>,
+    },
+    /// Print the vkey witnesses know this node's ledger by (`sluice witness serve --log`).
+    CheckpointKey {
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Export records (the export is itself recorded).
     Export {
@@ -61,8 +77,24 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             config,
             public_key,
             allow_partial,
+            witnesses,
+            witness_keys,
+            quorum,
         } => {
-            let ok = sluice::audit::verify(&config.load()?, public_key.as_deref(), allow_partial)?;
+            if witnesses.len() != witness_keys.len() {
+                anyhow::bail!(
+                    "{} --witness but {} --witness-key: give each witness its key, in the same order",
+                    witnesses.len(),
+                    witness_keys.len()
+                );
+            }
+            let args = sluice::audit::VerifyArgs {
+                public_key,
+                allow_partial,
+                witnesses: witnesses.into_iter().zip(witness_keys).collect(),
+                quorum,
+            };
+            let ok = sluice::audit::verify(&config.load()?, &args)?;
             return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -84,6 +116,13 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             sluice::audit::export(&config.load()?, format, since, until, &out)?;
         }
         AuditCommand::RotateKey { config } => sluice::audit::rotate_key(&config.load()?)?,
+        AuditCommand::CheckpointKey { config } => {
+            let c = config.load()?;
+            println!(
+                "{}",
+                sluice::ledger::checkpoint_verifier(&c.ledger, None)?.vkey()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

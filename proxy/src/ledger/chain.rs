@@ -4,12 +4,13 @@
 
 use std::fmt::Write as _;
 
-use ed25519_dalek::{Signer, Verifier};
 use hmac::Mac;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::ContentMode;
+use crate::tlog::merkle::Frontier;
+use crate::tlog::note::{CheckpointText, Note, NoteSigner, NoteVerifier};
 
 /// `prev_hash` of the first record of a ledger: 32 zero bytes.
 pub(crate) const GENESIS: [u8; 32] = [0u8; 32];
@@ -412,14 +413,88 @@ pub(crate) struct StoredRecord {
     pub hmac: String,
 }
 
-/// A checkpoint: the chain head at `seq`, signed.
+/// A checkpoint: the tree head over records `1..=seq`, as a signed C2SP checkpoint note.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Checkpoint {
+    /// The tree size: the seq of the last record covered.
     pub seq: u64,
+    /// That record's chain hash (hex), to name the record a broken head points at.
     pub hash: String,
+    /// When it was written (RFC 3339; not signed: witnesses' cosignatures carry the
+    /// time that counts).
     pub ts: String,
-    /// Ed25519 signature over `"{seq}|{hash}|{ts}"`, hex.
-    pub signature: String,
+    /// The signed note: origin, size, base64 root, blank line, the node's signature.
+    pub note: String,
+    /// The Merkle frontier at `seq` (hex subtree roots), so the writer continues the
+    /// tree without reading every record back; checked against the note's root.
+    pub frontier: Vec<String>,
+}
+
+impl Checkpoint {
+    /// The frontier, when it is well-formed and matches the signed root.
+    pub(crate) fn frontier(&self) -> Option<Frontier> {
+        let roots = self
+            .frontier
+            .iter()
+            .map(|h| decode_hash(h))
+            .collect::<Option<Vec<_>>>()?;
+        let f = Frontier::from_parts(self.seq, roots)?;
+        let text = Note::parse(&self.note).ok()?.text;
+        (CheckpointText::parse(&text).ok()?.root == f.root()).then_some(f)
+    }
+}
+
+/// Sign the tree head `tree` (whose last record has chain hash `hash`).
+pub(crate) fn sign_checkpoint(
+    signer: &NoteSigner,
+    tree: &Frontier,
+    hash: &str,
+    ts: String,
+) -> Checkpoint {
+    let text = CheckpointText {
+        origin: signer.name.clone(),
+        size: tree.size(),
+        root: tree.root(),
+    }
+    .render();
+    let note = Note {
+        signatures: vec![signer.sign(&text)],
+        text,
+    };
+    Checkpoint {
+        seq: tree.size(),
+        hash: hash.to_owned(),
+        ts,
+        note: note.render(),
+        frontier: tree.roots().iter().map(|r| hex_string(r)).collect(),
+    }
+}
+
+/// The signed text of `cp`, when its note parses, names its own size, and (with `key`)
+/// carries a valid signature by `key` under the note's origin.
+pub(crate) fn checkpoint_text(
+    cp: &Checkpoint,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> Result<CheckpointText, String> {
+    let note = Note::parse(&cp.note).map_err(|e| format!("its note does not parse: {e}"))?;
+    let text = CheckpointText::parse(&note.text).map_err(|e| e.to_string())?;
+    if text.size != cp.seq {
+        return Err(format!("its note is for tree size {}", text.size));
+    }
+    if let Some(key) = key {
+        let v = NoteVerifier {
+            name: text.origin.clone(),
+            key: *key,
+        };
+        if !note.signed_by(&v) {
+            return Err(format!(
+                "no valid signature by the trusted key under origin `{}`",
+                text.origin
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// A parsed WAL line.
@@ -474,37 +549,4 @@ pub(crate) fn checkpoint_line(cp: &Checkpoint) -> Vec<u8> {
     let mut l = serde_json::to_vec(&serde_json::json!({ "checkpoint": cp })).unwrap_or_default();
     l.push(b'\n');
     l
-}
-
-fn checkpoint_message(seq: u64, hash: &str, ts: &str) -> String {
-    format!("{seq}|{hash}|{ts}")
-}
-
-/// Sign the chain head.
-pub(crate) fn sign_checkpoint(
-    key: &ed25519_dalek::SigningKey,
-    seq: u64,
-    hash: &str,
-    ts: String,
-) -> Checkpoint {
-    let sig = key.sign(checkpoint_message(seq, hash, &ts).as_bytes());
-    Checkpoint {
-        seq,
-        hash: hash.to_owned(),
-        ts,
-        signature: hex::encode(sig.to_bytes()),
-    }
-}
-
-/// Whether `cp` carries a valid signature by `key`.
-pub(crate) fn checkpoint_valid(key: &ed25519_dalek::VerifyingKey, cp: &Checkpoint) -> bool {
-    let mut sig = [0u8; 64];
-    if hex::decode_to_slice(&cp.signature, &mut sig).is_err() {
-        return false;
-    }
-    key.verify(
-        checkpoint_message(cp.seq, &cp.hash, &cp.ts).as_bytes(),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .is_ok()
 }

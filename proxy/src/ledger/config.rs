@@ -122,6 +122,25 @@ pub struct LedgerConfig {
     /// File holding the HMAC key (hex or raw). Default: `$SLUICE_LEDGER_HMAC_KEY`, else
     /// `<dir>/hmac.key`, generated at first open.
     pub hmac_key_file: Option<PathBuf>,
+    /// The ledger's name in its checkpoints (the C2SP checkpoint origin line, and the
+    /// log a witness knows it by): no whitespace or `+`. Default:
+    /// `sluice/<16 hex digits of the checkpoint public key's SHA-256>`.
+    pub origin: Option<String>,
+    /// Witnesses off the node that cosign each checkpoint (C2SP `tlog-witness`), each
+    /// with the vkey its cosignatures are checked with. Checkpoints wait in a durable
+    /// outbox until each witness holds them; records are pruned by retention only once
+    /// every witness holds a checkpoint past them.
+    pub witnesses: Vec<WitnessTarget>,
+}
+
+/// One witness: where it listens and the key it cosigns with.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessTarget {
+    /// `http://host:port[/prefix]` (`sluice witness serve`, or any C2SP witness).
+    pub url: String,
+    /// Its cosigner vkey (`sluice witness key` prints it).
+    pub key: String,
 }
 
 impl Default for LedgerConfig {
@@ -135,6 +154,8 @@ impl Default for LedgerConfig {
             content_retention_days: None,
             content_mode: ContentMode::Full,
             hmac_key_file: None,
+            origin: None,
+            witnesses: Vec::new(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum LedgerError {
     /// A key file is missing, unreadable or malformed.
     #[error("ledger key {}: {detail}", path.display())]
     Key { path: PathBuf, detail: String },
+    /// The ledger was written in a format this version does not continue.
+    #[error("ledger {}: {detail}", path.display())]
+    Format { path: PathBuf, detail: String },
     /// No ledger at that path.
     #[error("no ledger at {} (check `ledger.dir`; the proxy creates it at first start)", path.display())]
     NotFound { path: PathBuf },

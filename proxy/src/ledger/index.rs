@@ -21,8 +21,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use zstd::bulk::{Compressor, Decompressor};
 
-use super::chain::{canonical, Checkpoint, StoredRecord};
+use super::chain::{canonical, decode_hash, Checkpoint, StoredRecord};
 use super::LedgerError;
+use crate::tlog::merkle::{leaf_hash, Frontier};
 
 /// File name of the index inside the ledger directory.
 pub(crate) const DB_FILE: &str = "ledger.sqlite";
@@ -56,13 +57,15 @@ DROP INDEX IF EXISTS records_kind;
 CREATE INDEX IF NOT EXISTS records_admin ON records(kind) WHERE kind = 'admin';
 CREATE INDEX IF NOT EXISTS records_connection ON records(kind) WHERE kind = 'connection';
 CREATE TABLE IF NOT EXISTS checkpoints (
-  seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL, signature TEXT NOT NULL
+  seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL, note TEXT NOT NULL,
+  frontier TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dictionaries (
   id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 255), bytes BLOB NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS anchors (
-  seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, record_seq INTEGER NOT NULL
+  seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, record_seq INTEGER NOT NULL,
+  frontier TEXT NOT NULL
 );
 ";
 
@@ -119,8 +122,30 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     // 64 MiB of page cache: the five secondary indexes stay in memory while indexing,
     // instead of thrashing SQLite's 2 MiB default once the table is large.
     c.pragma_update(None, "cache_size", -65_536).map_err(&e)?;
+    refuse_old_format(&c, &path)?;
     c.execute_batch(SCHEMA).map_err(&e)?;
     Ok(c)
+}
+
+/// An index written before checkpoints were Merkle tree heads (a `signature` column
+/// where `note` is now) cannot be continued: its checkpoints prove nothing a witness
+/// can check.
+fn refuse_old_format(c: &Connection, path: &Path) -> Result<(), LedgerError> {
+    let old: bool = c
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('checkpoints') WHERE name = 'signature'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql_err(path))?
+        > 0;
+    if old {
+        return Err(LedgerError::Format {
+            path: path.to_path_buf(),
+            detail: "this ledger was written by a Sluice before 0.3, whose checkpoints are not Merkle tree heads; verify and export it with that version, then move the directory aside so a new ledger starts".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Open the index read-only (works while a proxy writes it).
@@ -364,10 +389,92 @@ impl Inserter {
 /// Insert a checkpoint (idempotent).
 pub(crate) fn insert_checkpoint(tx: &Connection, cp: &Checkpoint) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO checkpoints (seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO checkpoints (seq, hash, ts, note, frontier)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![cp.seq as i64, cp.hash, cp.ts, cp.signature])?;
+    .execute(params![
+        cp.seq as i64,
+        cp.hash,
+        cp.ts,
+        cp.note,
+        serde_json::to_string(&cp.frontier).unwrap_or_default()
+    ])?;
     Ok(())
+}
+
+/// Checkpoints in seq order, from `after` on.
+pub(crate) fn checkpoints(c: &Connection, after: u64) -> rusqlite::Result<Vec<Checkpoint>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, hash, ts, note, frontier FROM checkpoints WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([after as i64], |r| {
+        let frontier: String = r.get(4)?;
+        Ok(Checkpoint {
+            seq: r.get::<_, i64>(0)? as u64,
+            hash: r.get(1)?,
+            ts: r.get(2)?,
+            note: r.get(3)?,
+            frontier: serde_json::from_str(&frontier).unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
+}
+
+/// The newest retention anchor: `(seq, chain hash, frontier)`.
+pub(crate) fn anchor(c: &Connection) -> rusqlite::Result<Option<(u64, String, Vec<String>)>> {
+    c.query_row(
+        "SELECT seq, hash, frontier FROM anchors ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| {
+            let f: String = r.get(2)?;
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                serde_json::from_str(&f).unwrap_or_default(),
+            ))
+        },
+    )
+    .optional()
+}
+
+/// The Merkle frontier at the index's head: from the newest checkpoint (or retention
+/// anchor) on, the leaves of the records after it. A checkpoint whose frontier does not
+/// match its signed root is passed over for the one before.
+pub(crate) fn frontier(c: &Connection) -> Result<Frontier, String> {
+    let cps = checkpoints(c, 0).map_err(|e| e.to_string())?;
+    let anchor = anchor(c).map_err(|e| e.to_string())?;
+    let base = cps
+        .iter()
+        .rev()
+        .find_map(Checkpoint::frontier)
+        .or_else(|| {
+            let (seq, _, roots) = anchor.as_ref()?;
+            let roots = roots
+                .iter()
+                .map(|h| decode_hash(h))
+                .collect::<Option<Vec<_>>>()?;
+            Frontier::from_parts(*seq, roots)
+        })
+        .unwrap_or_default();
+    let mut f = base;
+    let mut stmt = c
+        .prepare("SELECT seq, hash FROM records WHERE seq > ?1 ORDER BY seq")
+        .map_err(|e| e.to_string())?;
+    let mut rows = stmt.query([f.size() as i64]).map_err(|e| e.to_string())?;
+    while let Some(r) = rows.next().map_err(|e| e.to_string())? {
+        let seq = r.get::<_, i64>(0).map_err(|e| e.to_string())? as u64;
+        let hash: String = r.get(1).map_err(|e| e.to_string())?;
+        if seq != f.size() + 1 {
+            return Err(format!(
+                "record {} follows {} in the index: the tree cannot continue",
+                seq,
+                f.size()
+            ));
+        }
+        let h = decode_hash(&hash).ok_or_else(|| format!("record {seq} has a malformed hash"))?;
+        f.push(leaf_hash(&h));
+    }
+    Ok(f)
 }
 
 /// The newest record in the index: `(seq, hash)`.

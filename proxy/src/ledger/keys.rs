@@ -239,3 +239,32 @@ pub(crate) fn parse_public_pem(
 pub(crate) fn public_key_path(dir: &Path) -> PathBuf {
     dir.join(PUBLIC_KEY_FILE)
 }
+
+/// The ledger's checkpoint signer as a verifier holds it: its origin (`ledger.origin`,
+/// else derived from the key) and its public key, from `public_key` (SPKI PEM, e.g. an
+/// auditor's trusted copy, named by `source`) or else the directory's
+/// `checkpoint.pub.pem`.
+///
+/// # Errors
+/// [`LedgerError::Key`] when no public key can be read or it is malformed.
+pub fn checkpoint_verifier(
+    cfg: &super::LedgerConfig,
+    public_key: Option<(&str, &Path)>,
+) -> Result<crate::tlog::note::NoteVerifier, LedgerError> {
+    let key = match public_key {
+        Some((pem, source)) => parse_public_pem(pem, source)?,
+        None => {
+            let p = public_key_path(&cfg.dir);
+            let pem = std::fs::read_to_string(&p)
+                .map_err(|e| key_err(&p, format!("cannot read the checkpoint public key: {e} (the proxy writes it at first start)")))?;
+            parse_public_pem(&pem, &p)?
+        }
+    };
+    Ok(crate::tlog::note::NoteVerifier {
+        name: cfg
+            .origin
+            .clone()
+            .unwrap_or_else(|| super::writer::default_origin(&key)),
+        key,
+    })
+}

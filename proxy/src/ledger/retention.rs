@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::LedgerError;
-use super::writer::{self_admin, Inner, OptionalRow, RetentionReport};
+use super::writer::{self_admin, Inner, RetentionReport};
 use super::{chain, index};
 use crate::record::{AdminAction, AdminOutcome};
 
@@ -14,6 +14,8 @@ impl Inner {
     pub(super) fn run_retention(&self, now: SystemTime) -> Result<RetentionReport, LedgerError> {
         let mut last = self.retention.lock();
         *last = Some(Instant::now());
+        // Cover the head first: records are pruned only up to a checkpoint.
+        self.checkpoint_locked(&mut self.writer.lock())?;
         self.flush();
         let dir = &self.cfg.dir;
         let db = index::db_path(dir);
@@ -37,16 +39,35 @@ impl Inner {
                     |r| r.get(0),
                 )
                 .map_err(&e)?;
-            let last_pruned: Option<(i64, String)> = conn
-                .query_row(
-                    "SELECT seq, hash FROM records WHERE seq < coalesce(?1, 9223372036854775807)
-                     ORDER BY seq DESC LIMIT 1",
-                    [keep_from],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional_row()
-                .map_err(&e)?;
-            if let Some((seq, hash)) = last_pruned {
+            // …and only up to a checkpoint: its frontier is what stays of the Merkle tree
+            // over the pruned part (records after it wait for the next run).
+            let mut limit = keep_from.map_or(u64::MAX, |k| (k as u64).saturating_sub(1));
+            // …and never past what every witness holds: the outbox proves growth from
+            // there, which takes the leaves after it.
+            if !self.cfg.witnesses.is_empty() {
+                let held = super::outbox::read_state(dir);
+                let least = self
+                    .cfg
+                    .witnesses
+                    .iter()
+                    .map(|w| {
+                        crate::tlog::note::NoteVerifier::parse_vkey(&w.key)
+                            .ok()
+                            .and_then(|k| held.sizes.get(&k.name).copied())
+                            .unwrap_or(0)
+                    })
+                    .min()
+                    .unwrap_or(0);
+                limit = limit.min(least);
+            }
+            let anchored = index::anchor(&conn).map_err(&e)?.map_or(0, |a| a.0);
+            let head = index::checkpoints(&conn, anchored)
+                .map_err(&e)?
+                .into_iter()
+                .rev()
+                .find(|c| c.seq <= limit && c.frontier().is_some());
+            if let Some(cp) = head {
+                let seq = cp.seq as i64;
                 let count: i64 = conn
                     .query_row("SELECT count(*) FROM records WHERE seq <= ?1", [seq], |r| {
                         r.get(0)
@@ -59,7 +80,7 @@ impl Inner {
                     "records",
                     serde_json::json!({
                         "event": "retention_prune",
-                        "anchor": { "seq": seq, "hash": hash },
+                        "anchor": { "seq": seq, "hash": cp.hash, "frontier": cp.frontier },
                         "pruned_records": count,
                         "before": crate::record::rfc3339(cutoff),
                         "retention_days": self.cfg.retention_days,
@@ -73,8 +94,14 @@ impl Inner {
                 tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [seq])
                     .map_err(&e)?;
                 tx.execute(
-                    "INSERT OR REPLACE INTO anchors (seq, hash, record_seq) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![seq, hash, anchor.seq as i64],
+                    "INSERT OR REPLACE INTO anchors (seq, hash, record_seq, frontier)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        seq,
+                        cp.hash,
+                        anchor.seq as i64,
+                        serde_json::to_string(&cp.frontier).unwrap_or_default()
+                    ],
                 )
                 .map_err(&e)?;
                 tx.commit().map_err(&e)?;

@@ -140,8 +140,14 @@ fn admins(dir: &Path) -> Vec<Value> {
     .unwrap()
 }
 
+/// Verify with the cadence `cfg` writes at.
 fn check(dir: &Path) -> VerifyReport {
-    verify(dir, &VerifyOptions::default()).unwrap()
+    let c = cfg(dir);
+    let opts = VerifyOptions {
+        cadence: Some((c.checkpoint_every, c.checkpoint_interval)),
+        ..VerifyOptions::default()
+    };
+    verify(dir, &opts).unwrap()
 }
 
 fn first(dir: &Path) -> VerifyError {

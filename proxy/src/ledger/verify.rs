@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -14,6 +15,7 @@ use serde_json::{Map, Value};
 use super::chain::{self, Checkpoint, HmacSha256, StoredRecord, WalLine, GENESIS};
 use super::index::{self, Columns, Unpacker};
 use super::{keys, wal, LedgerError};
+use crate::tlog::merkle::{Frontier, Tree};
 
 /// What an auditor supplies.
 #[derive(Default)]
@@ -27,7 +29,49 @@ pub struct VerifyOptions<'a> {
     pub hmac_keys: HashMap<String, Vec<u8>>,
     /// Called as `(records checked, records in total)` while verifying.
     pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// The cadence the ledger was written with (`ledger.checkpoint_every` and
+    /// `checkpoint_interval`); default: [`super::LedgerConfig`]'s.
+    pub cadence: Option<(u64, Duration)>,
+    /// The origin checkpoints must name (`ledger.origin`); default: whatever the first
+    /// checkpoint names, the others must agree.
+    pub origin: Option<String>,
+    /// The time "now" for the uncovered-head check; default: the clock.
+    pub now: Option<SystemTime>,
+    /// Tree heads witnesses cosigned for this ledger (already checked for the node's
+    /// signature and the witness's cosignature by whoever fetched them).
+    pub witnessed: Vec<WitnessedHead>,
 }
+
+/// A tree head a witness cosigned.
+#[derive(Debug, Clone)]
+pub struct WitnessedHead {
+    /// The witness's name.
+    pub witness: String,
+    /// Tree size.
+    pub size: u64,
+    /// Root hash.
+    pub root: [u8; 32],
+    /// When the witness cosigned it (seconds since the epoch).
+    pub cosigned_at: u64,
+}
+
+/// What a witness's history proved.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WitnessCheck {
+    /// The witness's name.
+    pub witness: String,
+    /// Heads it cosigned that were recomputed from the ledger and matched.
+    pub matched: u64,
+    /// Heads older than the retention anchor (their records are pruned).
+    pub pruned: u64,
+    /// The largest size it cosigned, and when.
+    pub newest: Option<(u64, u64)>,
+}
+
+/// How long after `checkpoint_interval` a head may stay uncovered before verify calls
+/// it a failure: the writer checks the interval on a 100 ms tick, and a reader's clock
+/// may be a little ahead.
+const COVER_GRACE: Duration = Duration::from_secs(10);
 
 /// What kind of damage was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,6 +89,21 @@ pub enum VerifyErrorKind {
     BadCheckpointSignature,
     /// A WAL segment was cut or damaged somewhere other than a crash could leave it.
     TruncatedWal,
+    /// The records do not hash to a checkpoint's signed Merkle tree head.
+    TreeHeadMismatch,
+    /// More records, or more time, between two checkpoints than the cadence allows:
+    /// checkpoints were deleted (or never written).
+    MissingCheckpoint,
+    /// The newest records are older than `checkpoint_interval` and no checkpoint covers
+    /// them (deleted, or the proxy stopped without its final checkpoint).
+    UncoveredHead,
+    /// A checkpoint names another ledger (origin) than the rest.
+    WrongOrigin,
+    /// A witness cosigned more records than the ledger holds: the newest were removed
+    /// (a cut back to an older checkpoint, a wipe, a replaced ledger).
+    Truncated,
+    /// The records do not hash to a head a witness cosigned: rewritten since.
+    Rewritten,
 }
 
 /// One problem, at the first record it affects.
@@ -89,6 +148,14 @@ pub struct VerifyReport {
     pub head_seq: Option<u64>,
     /// The last record's hash.
     pub head_hash: Option<String>,
+    /// The origin the checkpoints name.
+    pub origin: Option<String>,
+    /// Checkpoints whose Merkle root was recomputed from the records and matched.
+    pub tree_heads_checked: u64,
+    /// The newest checkpoint: `(tree size, signed note)`.
+    pub newest_checkpoint: Option<(u64, String)>,
+    /// One entry per witness whose heads were supplied.
+    pub witnesses: Vec<WitnessCheck>,
 }
 
 const MAX_ERRORS: usize = 1000;
@@ -96,6 +163,7 @@ const MAX_ERRORS: usize = 1000;
 struct Anchor {
     seq: u64,
     hash: String,
+    frontier: Vec<String>,
     confirmed: bool,
 }
 
@@ -110,6 +178,9 @@ struct Checker {
     /// Hashes of records at checkpoint seqs, to compare with the checkpoints.
     wanted: HashSet<u64>,
     found: HashMap<u64, String>,
+    /// The Merkle tree over the records checked, in seq order; `None` once a record
+    /// comes out of order (the chain reports that) and roots cannot be recomputed.
+    tree: Option<Tree>,
 }
 
 impl Checker {
@@ -241,14 +312,27 @@ impl Checker {
             }
         }
         self.expected = self.expected.max(seq + 1);
-        self.prev = chain::decode_hash(&rec.hash).unwrap_or(hash);
+        let stored = chain::decode_hash(&rec.hash).unwrap_or(hash);
+        if let Some(t) = &mut self.tree {
+            if t.size() + 1 == seq {
+                t.push(stored);
+            } else {
+                self.tree = None;
+            }
+        }
+        self.prev = stored;
         self.head = Some((seq, rec.hash.clone()));
         if self.wanted.contains(&seq) {
             self.found.insert(seq, rec.hash.clone());
         }
         if let (Some(a), Some(d)) = (&mut self.anchor, meta.get("details")) {
+            let frontier: Option<Vec<&str>> = d
+                .pointer("/anchor/frontier")
+                .and_then(Value::as_array)
+                .map(|f| f.iter().filter_map(Value::as_str).collect());
             if d.pointer("/anchor/seq").and_then(Value::as_u64) == Some(a.seq)
                 && d.pointer("/anchor/hash").and_then(Value::as_str) == Some(a.hash.as_str())
+                && frontier.is_some_and(|f| f == a.frontier)
             {
                 a.confirmed = true;
             }
@@ -299,6 +383,7 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
         anchor: None,
         wanted: HashSet::new(),
         found: HashMap::new(),
+        tree: Some(Tree::new(Frontier::default())),
     };
     let mut report = VerifyReport {
         hmac_checked: !ck.keys.is_empty(),
@@ -337,45 +422,27 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
     if have_db {
         let mut conn = index::open_ro(dir)?;
         let tx = conn.transaction().map_err(&e)?;
-        if let Some((seq, hash)) = tx
-            .query_row(
-                "SELECT seq, hash FROM anchors ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-            .map_err(&e)?
-        {
+        if let Some((seq, hash, frontier)) = index::anchor(&tx).map_err(&e)? {
             ck.expected = seq + 1;
             ck.prev = chain::decode_hash(&hash).unwrap_or(GENESIS);
             report.anchor_seq = Some(seq);
+            // What stays of the tree over the pruned records; trusted once the hashed
+            // retention record names the same frontier (checked below).
+            ck.tree = frontier
+                .iter()
+                .map(|h| chain::decode_hash(h))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|roots| Frontier::from_parts(seq, roots))
+                .map(Tree::new);
             ck.anchor = Some(Anchor {
                 seq,
                 hash,
+                frontier,
                 confirmed: false,
             });
         }
-        {
-            let mut stmt = tx
-                .prepare("SELECT seq, hash, ts, signature FROM checkpoints ORDER BY seq")
-                .map_err(&e)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(Checkpoint {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        hash: r.get(1)?,
-                        ts: r.get(2)?,
-                        signature: r.get(3)?,
-                    })
-                })
-                .map_err(&e)?;
-            for cp in rows {
-                checkpoints.push((cp.map_err(&e)?, "index"));
-            }
+        for cp in index::checkpoints(&tx, 0).map_err(&e)? {
+            checkpoints.push((cp, "index"));
         }
         ck.wanted.extend(checkpoints.iter().map(|(c, _)| c.seq));
         let total: i64 = tx
@@ -533,29 +600,74 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
         }
     }
 
-    // 5. Checkpoints: signature, and the chain at their seq.
+    // 5. Checkpoints: signature, origin, the Merkle root and the chain at their seq.
     let head_seq = ck.head.as_ref().map_or(anchor_seq, |h| h.0);
+    let tree = ck.tree.take();
     let mut seen = HashSet::new();
+    let mut covered: Vec<u64> = Vec::new();
+    let mut origin = opts.origin.clone();
+    let mut distinct = HashSet::new();
     for (cp, src) in &checkpoints {
+        // The same checkpoint in the WAL and the index counts once.
+        if !distinct.insert((cp.seq, &cp.hash, &cp.note)) {
+            continue;
+        }
         report.checkpoints += 1;
-        if let Some(k) = &public {
-            if !chain::checkpoint_valid(k, cp) {
+        let text = match chain::checkpoint_text(cp, public.as_ref()) {
+            Ok(t) => t,
+            Err(why) => {
                 ck.err(
                     cp.seq,
                     BadCheckpointSignature,
+                    format!("{src}: checkpoint at seq {}: {why}", cp.seq),
+                );
+                continue;
+            }
+        };
+        match &origin {
+            Some(o) if *o != text.origin => {
+                ck.err(
+                    cp.seq,
+                    WrongOrigin,
                     format!(
-                        "{src}: checkpoint at seq {} has an invalid signature",
-                        cp.seq
+                        "{src}: checkpoint at seq {} names origin `{}`, not `{o}`",
+                        cp.seq, text.origin
                     ),
                 );
                 continue;
             }
+            Some(_) => {}
+            None => origin = Some(text.origin.clone()),
         }
         if !seen.insert((cp.seq, cp.hash.clone())) {
             continue;
         }
         if cp.seq < anchor_seq {
             continue;
+        }
+        covered.push(cp.seq);
+        if report
+            .newest_checkpoint
+            .as_ref()
+            .is_none_or(|(s, _)| *s < cp.seq)
+        {
+            report.newest_checkpoint = Some((cp.seq, cp.note.clone()));
+        }
+        if cp.seq <= head_seq && cp.seq > anchor_seq {
+            if let Some(root) = tree.as_ref().and_then(|t| t.root(cp.seq).ok()) {
+                if root == text.root {
+                    report.tree_heads_checked += 1;
+                } else {
+                    ck.err(
+                        cp.seq,
+                        TreeHeadMismatch,
+                        format!(
+                            "{src}: records up to seq {} do not hash to the Merkle tree head the checkpoint signed",
+                            cp.seq
+                        ),
+                    );
+                }
+            }
         }
         let actual = if cp.seq == anchor_seq {
             ck.anchor.as_ref().map(|a| a.hash.clone())
@@ -583,6 +695,140 @@ pub fn verify(dir: &Path, opts: &VerifyOptions<'_>) -> Result<VerifyReport, Ledg
             None => {}
         }
     }
+    report.origin = origin;
+
+    // 6. Witnessed heads: every one the witness cosigned must still be the ledger's
+    // tree at that size.
+    let mut by_witness: BTreeMap<&str, Vec<&WitnessedHead>> = BTreeMap::new();
+    for h in &opts.witnessed {
+        by_witness.entry(h.witness.as_str()).or_default().push(h);
+    }
+    for (name, mut heads) in by_witness {
+        heads.sort_by_key(|h| h.size);
+        let mut wc = WitnessCheck {
+            witness: name.to_owned(),
+            newest: heads.last().map(|h| (h.size, h.cosigned_at)),
+            ..WitnessCheck::default()
+        };
+        let mut last_ok = anchor_seq;
+        if let Some(h) = heads.last().filter(|h| h.size > head_seq) {
+            ck.err(
+                head_seq + 1,
+                Truncated,
+                format!(
+                    "witness {name} cosigned tree size {} (at {}), but the ledger ends at seq {head_seq}: records {}..={} are gone",
+                    h.size,
+                    crate::record::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(h.cosigned_at)),
+                    head_seq + 1,
+                    h.size
+                ),
+            );
+        }
+        for h in heads.iter().filter(|h| h.size <= head_seq) {
+            if h.size <= anchor_seq && anchor_seq > 0 {
+                wc.pruned += 1;
+                continue;
+            }
+            match tree.as_ref().map(|t| t.root(h.size)) {
+                Some(Ok(r)) if r == h.root => {
+                    wc.matched += 1;
+                    last_ok = h.size;
+                }
+                Some(Ok(_)) => {
+                    ck.err(
+                        last_ok + 1,
+                        Rewritten,
+                        format!(
+                            "records {}..={} do not hash to the tree head witness {name} cosigned for size {}: rewritten since",
+                            last_ok + 1,
+                            h.size,
+                            h.size
+                        ),
+                    );
+                    break;
+                }
+                // The chain is broken (reported above) or the size is pruned.
+                _ => {}
+            }
+        }
+        report.witnesses.push(wc);
+    }
+
+    // 7. Coverage: a checkpoint at least every `checkpoint_every` records, and the
+    // head covered within `checkpoint_interval` of its last write.
+    let defaults = super::LedgerConfig::default();
+    let (every, interval) = opts
+        .cadence
+        .unwrap_or((defaults.checkpoint_every, defaults.checkpoint_interval));
+    let every = every.max(1);
+    covered.sort_unstable();
+    covered.dedup();
+    let mut prev = anchor_seq;
+    for &seq in covered.iter().filter(|&&c| c > anchor_seq) {
+        if seq - prev > every {
+            ck.err(
+                prev + 1,
+                MissingCheckpoint,
+                format!(
+                    "records {}..={seq} ({} of them) have no checkpoint between them; the ledger writes one every {every} records",
+                    prev + 1,
+                    seq - prev
+                ),
+            );
+        }
+        prev = seq;
+    }
+    if head_seq > prev {
+        let range = format!("records {}..={head_seq}", prev + 1);
+        // A segment is deleted only once a checkpoint covers it, so uncovered records
+        // are all still in one; when it was last written tells how long they have
+        // waited for their checkpoint.
+        let segment = (prev + 1..=head_seq)
+            .map(|s| wal_by_seq.get(&s).map(|&i| wal_records[i].segment.as_str()))
+            .collect::<Option<HashSet<&str>>>();
+        let now = opts.now.unwrap_or_else(SystemTime::now);
+        if head_seq - prev > every {
+            ck.err(
+                prev + 1,
+                MissingCheckpoint,
+                format!(
+                    "{range} ({} of them) have no checkpoint; the ledger writes one every {every} records",
+                    head_seq - prev
+                ),
+            );
+        } else if let Some(segs) = segment {
+            let written = segs
+                .iter()
+                .filter_map(|s| {
+                    std::fs::metadata(dir.join(s))
+                        .and_then(|m| m.modified())
+                        .ok()
+                })
+                .max();
+            if let Some(age) = written.and_then(|w| now.duration_since(w).ok()) {
+                if age > interval + COVER_GRACE {
+                    ck.err(
+                        prev + 1,
+                        UncoveredHead,
+                        format!(
+                            "{range} were written {} s ago and no checkpoint covers them (the ledger writes one within {} s): deleted, or the proxy stopped without its final checkpoint and has not started since",
+                            age.as_secs(),
+                            interval.as_secs()
+                        ),
+                    );
+                }
+            }
+        } else {
+            ck.err(
+                prev + 1,
+                UncoveredHead,
+                format!(
+                    "{range} are no longer in a WAL segment, which is deleted only once a checkpoint covers it, yet no checkpoint covers them: the checkpoint was deleted"
+                ),
+            );
+        }
+    }
+
     if let Some(a) = &ck.anchor {
         if !a.confirmed {
             ck.err(

@@ -23,6 +23,8 @@ use super::maintenance::{collect, collector, maintenance, Collector};
 use super::replay::replay;
 use super::{canon, keys, wal};
 use crate::record::{Admin, AdminAction, AdminOutcome, Initiator, Record, Target};
+use crate::tlog::merkle::{self, Frontier};
+use crate::tlog::note::NoteSigner;
 
 /// A segment is closed (after a checkpoint) once it is this large…
 pub(super) const SEGMENT_BYTES: u64 = 16 << 20;
@@ -66,6 +68,8 @@ pub(super) struct Segment {
 pub(super) struct Writer {
     pub(super) next_seq: u64,
     pub(super) prev_hash: [u8; 32],
+    /// The Merkle tree over records `1..next_seq`, as its frontier.
+    pub(super) tree: Frontier,
     pub(super) seg: Segment,
     pub(super) since_checkpoint: u64,
     pub(super) last_checkpoint_seq: u64,
@@ -104,7 +108,8 @@ pub(super) struct Inner {
     pub(super) cfg: LedgerConfig,
     pub(super) hmac: HmacSha256,
     pub(super) hmac_key_id: String,
-    pub(super) signing: ed25519_dalek::SigningKey,
+    /// Signs checkpoints, under the ledger's origin.
+    pub(super) signer: NoteSigner,
     pub(super) public_pem: String,
     pub(super) writer: Mutex<Writer>,
     pub(super) queue: Mutex<std::collections::VecDeque<Item>>,
@@ -202,6 +207,25 @@ impl Ledger {
         let last_cp = index::last_checkpoint(&conn)
             .map_err(index::sql_err(&db))?
             .unwrap_or(0);
+        let tree = index::frontier(&conn).map_err(|detail| LedgerError::Corrupt {
+            path: db.clone(),
+            offset: 0,
+            detail: format!("the Merkle tree over the index cannot be rebuilt: {detail}"),
+        })?;
+        if tree.size() != head_seq {
+            return Err(LedgerError::Corrupt {
+                path: db.clone(),
+                offset: 0,
+                detail: format!(
+                    "the Merkle tree over the index ends at {} but the chain at {head_seq}",
+                    tree.size()
+                ),
+            });
+        }
+        let origin = match &cfg.origin {
+            Some(o) => o.clone(),
+            None => default_origin(&signing.verifying_key()),
+        };
 
         // Always continue in a fresh segment; the replayed ones are closed.
         let next_seq = head_seq + 1;
@@ -219,11 +243,15 @@ impl Ledger {
         let inner = Arc::new(Inner {
             hmac: chain::hmac_for(&hmac_key),
             hmac_key_id,
-            signing,
+            signer: NoteSigner {
+                name: origin,
+                key: signing,
+            },
             public_pem,
             writer: Mutex::new(Writer {
                 next_seq,
                 prev_hash: head_hash,
+                tree,
                 seg,
                 since_checkpoint: head_seq.saturating_sub(last_cp),
                 last_checkpoint_seq: last_cp,
@@ -280,6 +308,13 @@ impl Ledger {
         )?);
         let i = inner.clone();
         threads.push(spawn("sluice-ledger-gc", Box::new(move || collector(i)))?);
+        if !cfg.witnesses.is_empty() {
+            let i = inner.clone();
+            threads.push(spawn(
+                "sluice-ledger-witness",
+                Box::new(move || super::outbox::outbox(i)),
+            )?);
+        }
         let ledger = Ledger {
             inner,
             threads: Mutex::new(threads),
@@ -327,6 +362,16 @@ impl Ledger {
         self.shutdown()
     }
 
+    /// [`Self::close`] through a shared handle: checkpoint, sync, let the indexer (and
+    /// the witness outbox) finish and stop the threads. Appends after it fail with
+    /// [`LedgerError::Closed`]; a second call does nothing.
+    ///
+    /// # Errors
+    /// The final checkpoint or sync failed (the records are in the WAL regardless).
+    pub fn stop(&self) -> Result<(), LedgerError> {
+        self.shutdown()
+    }
+
     fn shutdown(&self) -> Result<(), LedgerError> {
         let threads = std::mem::take(&mut *self.threads.lock());
         if threads.is_empty() {
@@ -344,6 +389,10 @@ impl Ledger {
                 }
                 Ok(())
             });
+        }
+        if !self.inner.cfg.witnesses.is_empty() {
+            // The final checkpoint indexed, so the outbox's last round can send it.
+            self.inner.flush_within(Duration::from_secs(5));
         }
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.queue_cv.notify_all();
@@ -414,17 +463,6 @@ impl Drop for Ledger {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "ledger: closing on drop failed");
         }
-    }
-}
-
-/// `query_row` returning `None` on no rows.
-pub(super) trait OptionalRow<T> {
-    fn optional_row(self) -> rusqlite::Result<Option<T>>;
-}
-impl<T> OptionalRow<T> for rusqlite::Result<T> {
-    fn optional_row(self) -> rusqlite::Result<Option<T>> {
-        use rusqlite::OptionalExtension;
-        self.optional()
     }
 }
 
@@ -558,6 +596,7 @@ impl Inner {
         self.write_line(&mut w, &line)?;
         w.next_seq += 1;
         w.prev_hash = hash;
+        w.tree.push(merkle::leaf_hash(&hash));
         w.since_checkpoint += 1;
         w.dirty = true;
         w.pushed += 1;
@@ -646,8 +685,8 @@ impl Inner {
             return Ok(());
         }
         let cp = chain::sign_checkpoint(
-            &self.signing,
-            head,
+            &self.signer,
+            &w.tree,
             &hex::encode(w.prev_hash),
             crate::record::rfc3339(SystemTime::now()),
         );
@@ -684,15 +723,30 @@ impl Inner {
     }
 
     pub(super) fn flush(&self) {
+        self.flush_within(Duration::MAX);
+    }
+
+    /// [`Self::flush`], giving up after `limit`.
+    pub(super) fn flush_within(&self, limit: Duration) {
+        let deadline = Instant::now().checked_add(limit);
         let target = self.writer.lock().pushed;
         let mut p = self.progress.lock();
         while p.done < target
             && !self.crashed.load(Ordering::SeqCst)
             && !self.stop.load(Ordering::SeqCst)
+            && deadline.is_none_or(|d| Instant::now() < d)
         {
             self.queue_cv.notify_all();
             self.progress_cv
                 .wait_for(&mut p, Duration::from_millis(100));
         }
     }
+}
+
+/// The origin of a ledger whose configuration names none: derived from its checkpoint
+/// key, so it is stable across restarts and differs between nodes.
+pub(super) fn default_origin(key: &ed25519_dalek::VerifyingKey) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    format!("sluice/{}", chain::hex_string(&d[..8]))
 }

@@ -289,36 +289,48 @@ fn forged_checkpoints_are_detected() {
         .unwrap();
     c.execute("UPDATE checkpoints SET hash = ?1 WHERE seq = 20", [&h21])
         .unwrap();
+    // The chain hash beside the note is not what is signed: the chain check names it.
     let e = first(&dir);
-    assert_eq!(
-        (e.seq, e.kind),
-        (20, VerifyErrorKind::BadCheckpointSignature),
-        "{e:?}"
-    );
-    // Re-signed with another key.
+    assert_eq!((e.seq, e.kind), (20, VerifyErrorKind::Edited), "{e:?}");
     let h20: String = c
         .query_row("SELECT hash FROM records WHERE seq = 20", [], |r| r.get(0))
         .unwrap();
     c.execute("UPDATE checkpoints SET hash = ?1 WHERE seq = 20", [&h20])
         .unwrap();
     assert!(check(&dir).ok);
-    let other = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let ts: String = c
-        .query_row("SELECT ts FROM checkpoints WHERE seq = 10", [], |r| {
+    // The note re-signed with another key under the same origin.
+    let note: String = c
+        .query_row("SELECT note FROM checkpoints WHERE seq = 10", [], |r| {
             r.get(0)
         })
         .unwrap();
-    let forged = chain::sign_checkpoint(&other, 10, &h21, ts);
+    let parsed = crate::tlog::note::Note::parse(&note).unwrap();
+    let origin = crate::tlog::note::CheckpointText::parse(&parsed.text)
+        .unwrap()
+        .origin;
+    let other = crate::tlog::note::NoteSigner {
+        name: origin,
+        key: ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]),
+    };
+    let forged = crate::tlog::note::Note {
+        signatures: vec![other.sign(&parsed.text)],
+        text: parsed.text,
+    };
     c.execute(
-        "UPDATE checkpoints SET hash = ?1, signature = ?2 WHERE seq = 10",
-        [&forged.hash, &forged.signature],
+        "UPDATE checkpoints SET note = ?1 WHERE seq = 10",
+        [&forged.render()],
     )
     .unwrap();
-    let e = first(&dir);
+    // …and without a valid checkpoint at 10, records 1..=20 lack one too.
+    let r = check(&dir);
+    let kinds: Vec<_> = r.errors.iter().map(|e| (e.seq, e.kind)).collect();
     assert_eq!(
-        (e.seq, e.kind),
-        (10, VerifyErrorKind::BadCheckpointSignature),
-        "{e:?}"
+        kinds,
+        [
+            (1, VerifyErrorKind::MissingCheckpoint),
+            (10, VerifyErrorKind::BadCheckpointSignature)
+        ],
+        "{r:?}"
     );
 }
 
@@ -378,4 +390,101 @@ fn truncated_wal_is_detected_and_a_torn_tail_is_not_tampering() {
     l.close().unwrap();
     let r = check(&dir);
     assert!(r.ok && r.incomplete_tail.is_none(), "{r:?}");
+}
+
+#[test]
+fn deleted_checkpoints_are_missing_not_silently_fewer() {
+    let t = TempDir::new("cp-gone");
+    let dir = t.ledger();
+    fill(&dir, 35);
+    let c = rw(&dir);
+    for s in segments(&dir) {
+        std::fs::remove_file(s).unwrap();
+    }
+    assert!(check(&dir).ok, "{:?}", check(&dir));
+    // The newest checkpoint alone: its records are out of the WAL, so one covered them.
+    c.execute("DELETE FROM checkpoints WHERE seq = 35", [])
+        .unwrap();
+    let e = first(&dir);
+    assert_eq!(
+        (e.seq, e.kind),
+        (31, VerifyErrorKind::UncoveredHead),
+        "{e:?}"
+    );
+    // One in the middle: more records between two than the cadence allows.
+    c.execute("DELETE FROM checkpoints WHERE seq = 20", [])
+        .unwrap();
+    let e = first(&dir);
+    assert_eq!(
+        (e.seq, e.kind),
+        (11, VerifyErrorKind::MissingCheckpoint),
+        "{e:?}"
+    );
+    // All of them.
+    c.execute("DELETE FROM checkpoints", []).unwrap();
+    let e = first(&dir);
+    assert_eq!(
+        (e.seq, e.kind),
+        (1, VerifyErrorKind::MissingCheckpoint),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_uncovered_head_is_a_failure_once_older_than_the_interval() {
+    let t = TempDir::new("cp-late");
+    let dir = t.ledger();
+    let l = Ledger::open(&cfg(&dir)).unwrap();
+    for i in 0..13 {
+        l.append(&interaction(i)).unwrap();
+    }
+    l.flush();
+    // Records 11..=13 wait for their checkpoint: fine within the interval…
+    assert!(check(&dir).ok, "{:?}", check(&dir));
+    let later = SystemTime::now() + Duration::from_secs(3600 + 60);
+    let opts = VerifyOptions {
+        now: Some(later),
+        cadence: Some((10, Duration::from_secs(3600))),
+        ..VerifyOptions::default()
+    };
+    let r = verify(&dir, &opts).unwrap();
+    let e = r.first_error.unwrap();
+    assert_eq!(
+        (e.seq, e.kind),
+        (11, VerifyErrorKind::UncoveredHead),
+        "{e:?}"
+    );
+    // …and the final checkpoint at close covers them.
+    l.close().unwrap();
+    assert!(verify(&dir, &opts).unwrap().ok);
+}
+
+#[test]
+fn records_rewritten_under_a_checkpoint_do_not_match_its_tree_head() {
+    let t = TempDir::new("cp-root");
+    let dir = t.ledger();
+    fill(&dir, 20);
+    let c = rw(&dir);
+    for s in segments(&dir) {
+        std::fs::remove_file(s).unwrap();
+    }
+    // Record 4 re-hashed with the chain re-linked up to the checkpoint's own record:
+    // what a rewrite holding the HMAC key but not the signing key leaves.
+    c.execute(
+        "UPDATE checkpoints SET hash = (SELECT hash FROM records WHERE seq = 10) WHERE seq = 10",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE records SET hash = '00' || substr(hash, 3) WHERE seq = 4",
+        [],
+    )
+    .unwrap();
+    let r = check(&dir);
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.seq == 10 && e.kind == VerifyErrorKind::TreeHeadMismatch),
+        "{r:?}"
+    );
 }
