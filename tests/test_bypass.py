@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import pytest
 
@@ -75,10 +76,18 @@ def redirected(topo, tmp_path):
     r.close()
 
 
-def connections(r) -> list[dict]:
-    out = run([str(sluice_bin()), "events", "tail", "--json", "--kind", "connection",
-               "--config", str(r.config)])
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+def connections(r, reason: str, timeout: float = 15) -> list[dict]:
+    """The connection records with `reason`, waiting for the first (queries read the
+    index, which gathers records for up to a second before it commits them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = run([str(sluice_bin()), "events", "tail", "--json", "--kind", "connection",
+                   "--config", str(r.config)])
+        rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        rows = [c for c in rows if c["reason"] == reason]
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 def raw_tls(sni: str | None) -> str:
@@ -106,7 +115,7 @@ def test_unknown_or_missing_sni_is_refused_not_relayed(redirected, sni, reason):
     assert "error" in out, out
     if sni:
         assert "UNRECOGNIZED_NAME" in out["error"].upper(), out
-    (conn,) = [c for c in connections(redirected) if c["reason"] == reason]
+    (conn,) = connections(redirected, reason)
     assert conn["outcome"] == "refused" and conn["bytes_up"] == 0, conn
     assert conn["sni"] == sni
     assert conn["identity"]["process"], "attributed to the process that tried"
@@ -129,7 +138,7 @@ except OSError:
 print(json.dumps({"got": len(data)}))
 """)
     assert out["got"] == 0
-    assert [c for c in connections(redirected) if c["reason"] == "not_tls_or_http"]
+    assert connections(redirected, "not_tls_or_http")
 
 
 # === Host against SNI ======================================================================

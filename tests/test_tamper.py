@@ -254,6 +254,36 @@ def test_an_untouched_ledger_verifies_against_its_witness_with_every_check_run(n
     Ed25519PublicKey.from_public_bytes(wpub).verify(
         wraw[12:], f"cosignature/v1\ntime {ts}\n".encode() + body.encode())
 
+    # One record exported with its inclusion proof checks offline against the cosigned
+    # checkpoint; edited, or held against another checkpoint, it does not.
+    export = node.tmp / "proofs.jsonl"
+    node.stack.cli("audit", "export", "--format", "jsonl", "--with-proofs", "--out", str(export))
+    lines = [json.loads(l) for l in export.read_text().splitlines()]
+    assert len(lines) == size and all("sluice_proof" in l for l in lines)
+
+    def check(records, *extra):
+        f = node.tmp / "check.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in records))
+        r = run([str(sluice_bin()), "audit", "check-record", "--file", str(f), "--public-key",
+                 str(node.trusted), "--witness-key", node.wkey, *extra], check=False)
+        return r.returncode, r.stdout + r.stderr
+
+    interaction = next(l for l in lines if l["kind"] == "interaction")
+    code, out = check([interaction])
+    assert code == 0 and f"cosigned by {WITNESS}" in out, out
+    assert f"tree of size {size}" in out, out
+    edited = json.loads(json.dumps(interaction))
+    edited["model"] = "gpt-3.5-turbo"
+    code, out = check([edited])
+    assert code != 0 and "differ from the hashed metadata" in out, out
+    older = next(e for e in node.witness_file("history") if e["size"] < size)
+    other = json.loads(json.dumps(interaction))
+    other["sluice_proof"]["checkpoint"] = older["checkpoint"]
+    code, out = check([other])
+    assert code != 0 and "FAILED" in out, out
+    code, out = check(lines)
+    assert code == 0 and out.count("ok: seq") == size, out
+
 
 def test_every_tamper_fails_verify_naming_the_break(node, tmp_path):
     node.traffic(9)

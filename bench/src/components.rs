@@ -43,6 +43,9 @@ pub struct Options {
     /// Connects per mode and repetition (0: skip the connect figure).
     #[arg(long, default_value_t = 5_000)]
     connects: usize,
+    /// Seconds of the paced disk-per-record figure (10 records/s; 0: skip it).
+    #[arg(long, default_value_t = 20)]
+    paced_seconds: usize,
     /// Repetitions of each figure.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -55,6 +58,7 @@ pub fn run(opts: &Options) -> Value {
         query_records,
         scan_mb,
         connects,
+        paced_seconds,
         reps,
     } = *opts;
     let reps = reps.max(1);
@@ -78,6 +82,25 @@ pub fn run(opts: &Options) -> Value {
             Err(e) => json!({"available": false, "reason": e.to_string()}),
         }
     };
+    // Disk writes per record: once paced (10/s, what a quiet node sees), once saturated.
+    let paced = |fsync| {
+        if paced_seconds == 0 {
+            json!({"available": false, "reason": "not asked for (--paced-seconds 0)"})
+        } else {
+            ledger::disk_per_record(Some(10.0), paced_seconds * 10, fsync)
+                .unwrap_or_else(|e| json!({"available": false, "reason": e.to_string()}))
+        }
+    };
+    let disk = json!({
+        "paced_10_per_s": paced(None),
+        "paced_10_per_s_fsync_1s": paced(Some(sluice::ledger::FsyncPolicy::Interval(
+            Duration::from_secs(1),
+        ))),
+        "saturated": ledger::disk_per_record(None, records, None)
+            .unwrap_or_else(|e| json!({"available": false, "reason": e.to_string()})),
+        "targets": {"paced_10_per_s": 8192, "paced_10_per_s_fsync_1s": 8192, "saturated": 4096},
+        "what": "write_bytes of /proc/self/io per record (pages dirtied for the disk: WAL line, SQLite WAL and database), through the clean close",
+    });
     let connect = if connects == 0 {
         json!({"available": false, "reason": "not asked for (--connects 0)"})
     } else {
@@ -94,6 +117,7 @@ pub fn run(opts: &Options) -> Value {
             "what": "Ledger::append from 2 threads, ~1 KiB interaction records, hash chain + HMAC, fsync interval; sustained (the SQLite indexer paces appends once 32k are queued)",
         },
         "ledger_query": query,
+        "ledger_disk": disk,
         "guardrails": {
             "mb": scan_mb,
             "mb_per_s": scan,

@@ -292,6 +292,7 @@ fn components(bench: &Path, cpu: Option<u32>, p: &Profile) -> Json {
         .args(["--query-records", &p.comp_query_records.to_string()])
         .args(["--scan-mb", &p.comp_scan_mb.to_string()])
         .args(["--connects", &p.comp_connects.to_string()])
+        .args(["--paced-seconds", &p.comp_paced_seconds.to_string()])
         .args(["--reps", &p.reps.to_string()])
         .env("SLUICE_LOG", "warn");
     let line = command_line(&cmd);

@@ -90,6 +90,7 @@ mod indexer;
 mod keys;
 mod maintenance;
 mod outbox;
+mod proof;
 mod query;
 mod replay;
 mod report;
@@ -104,10 +105,11 @@ mod tests;
 
 pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessTarget};
 pub use error::LedgerError;
-pub use export::{export, export_with_audit, ExportFormat};
+pub use export::{export, export_with_audit, export_with_proofs, ExportFormat};
 pub use keys::{
     checkpoint_verifier, load_hmac_keys, rotate_hmac_key, Rotation, HMAC_KEY_ENV, PUBLIC_KEY_FILE,
 };
+pub use proof::{check_exported, CheckedRecord};
 pub use query::{query, tail_after, Filter};
 pub use report::{render_report_text, report, ReportKind};
 pub use sink::{record_id, LedgerSink};

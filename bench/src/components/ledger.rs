@@ -101,6 +101,68 @@ pub fn query(n: usize, reps: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// What the ledger writes to disk per record: `write_bytes` of `/proc/self/io` (the bytes
+/// of the pages this process dirtied, counted when it dirties them, so nothing waits for
+/// writeback) and `wchar` (bytes passed to `write`/`pwrite`), over `n` records appended
+/// at `rate` records/s from one thread, or as fast as two threads go (`None`), up to
+/// and including the clean close (final checkpoint, SQLite WAL checkpointed and cut).
+/// Also the sizes of the WAL files left behind.
+///
+/// # Errors
+/// The ledger could not be opened or written, or `/proc/self/io` read.
+pub fn disk_per_record(
+    rate: Option<f64>,
+    n: usize,
+    fsync: Option<ledger::FsyncPolicy>,
+) -> anyhow::Result<Value> {
+    let mut bench = BenchLedger::open_with("disk", |c| {
+        if let Some(f) = fsync {
+            c.fsync = f;
+        }
+    })?;
+    let sample = sample_interaction(0);
+    let before = proc_io()?;
+    let start = Instant::now();
+    match rate {
+        Some(r) => {
+            for i in 0..n {
+                bench.ledger().append(&sample)?;
+                let due = start + std::time::Duration::from_secs_f64((i + 1) as f64 / r);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+        None => append_in_two_threads(bench.ledger(), n, |_| &sample)?,
+    }
+    let running = proc_io()?;
+    if let Some(l) = bench.ledger.take() {
+        l.close()?;
+    }
+    let after = proc_io()?;
+    let size = |name: &str| std::fs::metadata(bench.dir.join(name)).map_or(0, |m| m.len());
+    let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / n as f64;
+    Ok(serde_json::json!({
+        "records": n,
+        "rate_per_s": rate,
+        "seconds": start.elapsed().as_secs_f64(),
+        "write_bytes_per_record": per(after.0, before.0),
+        "write_bytes_per_record_before_close": per(running.0, before.0),
+        "wchar_per_record": per(after.1, before.1),
+        "sqlite_wal_bytes_after_close": size("ledger.sqlite-wal"),
+        "sqlite_db_bytes": size("ledger.sqlite"),
+    }))
+}
+
+/// `(write_bytes, wchar)` of this process so far.
+fn proc_io() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/io")?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("/proc/self/io has no {name}"))
+    };
+    Ok((field("write_bytes:")?, field("wchar:")?))
+}
+
 /// A ledger in a fresh temporary directory, removed on drop.
 struct BenchLedger {
     /// `None` once closed, on drop.
@@ -110,16 +172,21 @@ struct BenchLedger {
 
 impl BenchLedger {
     fn open(what: &str) -> anyhow::Result<BenchLedger> {
+        Self::open_with(what, |_| {})
+    }
+
+    fn open_with(what: &str, tune: impl FnOnce(&mut LedgerConfig)) -> anyhow::Result<BenchLedger> {
         let dir = std::env::temp_dir().join(format!(
             "sluice-ledger-bench-{what}-{}-{}",
             std::process::id(),
             sluice::record::new_id()
         ));
-        let cfg = LedgerConfig {
+        let mut cfg = LedgerConfig {
             dir: dir.clone(),
             retention_days: 0,
             ..LedgerConfig::default()
         };
+        tune(&mut cfg);
         let ledger = Ledger::open(&cfg)?;
         Ok(BenchLedger {
             ledger: Some(ledger),

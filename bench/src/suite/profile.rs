@@ -61,6 +61,8 @@ pub struct Profile {
     pub comp_query_records: usize,
     pub comp_scan_mb: usize,
     pub comp_connects: usize,
+    /// Seconds of the paced (10 records/s) ledger disk figure.
+    pub comp_paced_seconds: usize,
     /// Connections held open for the memory figures (idle keep-alive, open streams).
     pub hold_conns: usize,
 }
@@ -88,6 +90,7 @@ impl Profile {
             comp_query_records: 1_000_000,
             comp_scan_mb: 64,
             comp_connects: 5_000,
+            comp_paced_seconds: 20,
             hold_conns: 1_000,
         };
         if opts.smoke {
@@ -112,6 +115,7 @@ impl Profile {
                 comp_query_records: 2_000,
                 comp_scan_mb: 1,
                 comp_connects: 200,
+                comp_paced_seconds: 1,
                 hold_conns: 10,
             }
         } else if opts.quick {
@@ -134,6 +138,7 @@ impl Profile {
                 comp_query_records: 200_000,
                 comp_scan_mb: 16,
                 comp_connects: 2_000,
+                comp_paced_seconds: 10,
                 hold_conns: 50,
                 ..full
             }

@@ -501,6 +501,32 @@ fn components_table(t: &mut String, c: &Json) {
         plain(c.at("raw/ledger/records"), 1.0, 0, false),
         cell(c, "ledger_records_per_s", 1.0, 0)
     );
+    for (key, what) in [
+        ("paced_10_per_s", "at 10 records/s"),
+        ("paced_10_per_s_fsync_1s", "at 10 records/s, `fsync: 1s`"),
+        ("saturated", "saturated (2 threads)"),
+    ] {
+        let d = c.at(&format!("raw/ledger_disk/{key}"));
+        let target = c.at(&format!("raw/ledger_disk/targets/{key}"));
+        if d.member("write_bytes_per_record") == &Json::Null {
+            let why = d.member("reason").str().unwrap_or("not measured");
+            let _ = writeln!(
+                t,
+                "| ledger disk writes per record {what} | not measured: {} |",
+                why.replace('|', "/")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            t,
+            "| ledger disk writes per record {what}, {} records (target ≤ {} B; with the clean close; SQLite WAL left after it: {} B) | {} B ({} B) |",
+            plain(d.member("records"), 1.0, 0, false),
+            plain(target, 1.0, 0, false),
+            plain(d.member("sqlite_wal_bytes_after_close"), 1.0, 0, false),
+            plain(d.member("write_bytes_per_record_before_close"), 1.0, 0, false),
+            plain(d.member("write_bytes_per_record"), 1.0, 0, false),
+        );
+    }
     let queries = c.member("ledger_query");
     if queries.keys().is_empty() {
         let reason = c

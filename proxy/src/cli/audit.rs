@@ -49,6 +49,33 @@ pub enum AuditCommand {
         /// A file, `-` for stdout, or `tcp://HOST:PORT` for a syslog server.
         #[arg(long, default_value = "-")]
         out: String,
+        /// Add each record's inclusion proof against the newest (cosigned) checkpoint
+        /// (`sluice_proof`), checkable offline with `audit check-record`; json or jsonl.
+        #[arg(long)]
+        with_proofs: bool,
+    },
+    /// Check exported records offline, without the ledger: each one's fields are what was
+    /// hashed, its inclusion proof leads to a checkpoint signed by the node's key and
+    /// cosigned by the witnesses given.
+    CheckRecord {
+        /// An export made with `--with-proofs` (JSON Lines or a JSON array).
+        #[arg(long)]
+        file: PathBuf,
+        /// The node's checkpoint public key (PEM), from a trusted copy.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// The ledger's origin, when `ledger.origin` was set (default: derived from the key).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A witness's cosigner vkey; repeat for each.
+        #[arg(long = "witness-key")]
+        witness_keys: Vec<String>,
+        /// How many of them must have cosigned (default: all given).
+        #[arg(long)]
+        quorum: Option<usize>,
+        /// Check only the record with this seq.
+        #[arg(long)]
+        seq: Option<u64>,
     },
     /// Retire the ledger's HMAC key (kept as hmac-<id>.key for verify) and make a new one
     /// (recorded as an admin record; a running proxy uses it from its next start).
@@ -106,6 +133,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             format,
             range,
             out,
+            with_proofs,
         } => {
             let format = match format {
                 Format::Json => ExportFormat::Json,
@@ -113,7 +141,29 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 Format::Syslog => ExportFormat::Syslog,
             };
             let (since, until) = range.parse()?;
-            sluice::audit::export(&config.load()?, format, since, until, &out)?;
+            sluice::audit::export(&config.load()?, format, since, until, &out, with_proofs)?;
+        }
+        AuditCommand::CheckRecord {
+            file,
+            public_key,
+            origin,
+            witness_keys,
+            quorum,
+            seq,
+        } => {
+            let ok = sluice::audit::check_records(
+                &file,
+                &public_key,
+                origin.as_deref(),
+                &witness_keys,
+                quorum,
+                seq,
+            )?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         AuditCommand::RotateKey { config } => sluice::audit::rotate_key(&config.load()?)?,
         AuditCommand::CheckpointKey { config } => {

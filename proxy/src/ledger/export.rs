@@ -46,9 +46,44 @@ pub fn export(
     until: Option<SystemTime>,
     out: &mut dyn Write,
 ) -> Result<u64, LedgerError> {
+    write_records(dir, format, since, until, out, false)
+}
+
+/// [`export`] with each record's inclusion proof (`sluice_proof`, see `proof`), for
+/// `json` and `jsonl`.
+///
+/// # Errors
+/// As [`export`]; [`LedgerError::Format`] for syslog, which has no room for proofs.
+pub fn export_with_proofs(
+    dir: &Path,
+    format: ExportFormat,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    out: &mut dyn Write,
+) -> Result<u64, LedgerError> {
+    if format == ExportFormat::Syslog {
+        return Err(LedgerError::Format {
+            path: dir.to_path_buf(),
+            detail: "inclusion proofs are exported with --format json or jsonl, not syslog".into(),
+        });
+    }
+    write_records(dir, format, since, until, out, true)
+}
+
+fn write_records(
+    dir: &Path,
+    format: ExportFormat,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    out: &mut dyn Write,
+    proofs: bool,
+) -> Result<u64, LedgerError> {
     let conn = index::open_ro(dir)?;
     let db = index::db_path(dir);
     let e = index::sql_err(&db);
+    let prover = proofs
+        .then(|| super::proof::Prover::open(dir, &conn))
+        .transpose()?;
     let (w, params) = where_clause(&Filter {
         since,
         until,
@@ -57,7 +92,7 @@ pub fn export(
     let mut u = Unpacker::new(&conn).map_err(&e)?;
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT meta, content, hash, hmac FROM records {w} ORDER BY seq"
+            "SELECT meta, content, hash, hmac, seq FROM records {w} ORDER BY seq"
         ))
         .map_err(&e)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(&e)?;
@@ -68,7 +103,16 @@ pub fn export(
         out.write_all(b"[").map_err(out_err)?;
     }
     while let Some(r) = rows.next().map_err(&e)? {
-        let rec = u.display_row(r).map_err(&e)?;
+        let mut rec = u.display_row(r).map_err(&e)?;
+        if let (Some(p), Value::Object(m)) = (&prover, &mut rec) {
+            let meta = u.text(r, 0).map_err(&e)?.unwrap_or_default();
+            let content = u.text(r, 1).map_err(&e)?;
+            let seq = r.get::<_, i64>(4).map_err(&e)? as u64;
+            m.insert(
+                "sluice_proof".into(),
+                p.proof(seq, &meta, content.as_deref()),
+            );
+        }
         let line = match format {
             ExportFormat::Json => {
                 let sep = if n == 0 { "\n" } else { ",\n" };

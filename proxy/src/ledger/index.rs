@@ -98,13 +98,14 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     let e = sql_err(&path);
     let c = Connection::open(&path).map_err(&e)?;
     c.busy_timeout(Duration::from_secs(10)).map_err(&e)?;
-    // 16 KiB pages for a new index (no effect on an existing one, which keeps its page
+    // 4 KiB pages for a new index (no effect on an existing one, which keeps its page
     // size). A compressed row is about 700 bytes; every commit rewrites whole pages (the
-    // newest leaf of the table and of each index), so 64 KiB pages wrote ~2 KiB per
-    // record more than 16 KiB ones, and 4 KiB pages saved nothing more but cost a WAL
-    // frame, a checksum and a `pwrite` per few rows. Measured with `sluice-bench components`
-    // and /proc/<pid>/io. Set before the journal mode, as WAL mode fixes the page size.
-    c.pragma_update(None, "page_size", 16_384).map_err(&e)?;
+    // newest leaf of the table and of each index), which at a few records a commit is
+    // most of what a record costs: at 10 records/s 16 KiB pages wrote 15.7 KB a record,
+    // 4 KiB pages 9.4 KB, and saturated they write the same ~3.4 KB (and appended as
+    // fast or faster). Measured with `sluice-bench components` (`ledger_disk`,
+    // /proc/self/io). Set before the journal mode, as WAL mode fixes the page size.
+    c.pragma_update(None, "page_size", 4_096).map_err(&e)?;
     // WAL: readers never block the indexer. NORMAL: a commit is durable once SQLite
     // checkpoints (which syncs its WAL first); the ledger's own WAL segments are only
     // deleted after such a checkpoint, so a power loss cannot lose an indexed record.
@@ -119,6 +120,10 @@ pub(crate) fn open_rw(dir: &Path) -> Result<Connection, LedgerError> {
     c.pragma_update(None, "wal_autocheckpoint", (32 << 20) / page_size.max(512))
         .map_err(&e)?;
     c.pragma_update(None, "synchronous", "NORMAL").map_err(&e)?;
+    // After a checkpoint lets SQLite start its WAL over, the file is cut back to this:
+    // the WAL stays bounded on disk however large one burst made it.
+    c.pragma_update(None, "journal_size_limit", 64i64 << 20)
+        .map_err(&e)?;
     // 64 MiB of page cache: the five secondary indexes stay in memory while indexing,
     // instead of thrashing SQLite's 2 MiB default once the table is large.
     c.pragma_update(None, "cache_size", -65_536).map_err(&e)?;

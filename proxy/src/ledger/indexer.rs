@@ -13,6 +13,14 @@ use super::writer::{Inner, Item, MAX_QUEUE};
 
 /// Items indexed per SQLite transaction at most.
 pub(super) const INDEX_BATCH: usize = 4096;
+/// At low rates the indexer gathers records for up to this long before it commits:
+/// every commit rewrites whole pages (the newest leaf of the table and of each index),
+/// about 100 KB, which one record a commit paid in full (123 KB a record at a few
+/// records a second). Records are durable in the ledger's own WAL from `append` on;
+/// queries see them this much later at most. `flush` (and a stop) commits at once.
+pub(super) const GATHER: Duration = Duration::from_secs(1);
+/// A batch this large is committed without waiting to gather more.
+pub(super) const GATHER_ENOUGH: usize = 256;
 /// Bytes the indexer writes to SQLite's WAL (estimated) before it checkpoints it
 /// itself, between two transactions, so the WAL starts over.
 pub(super) const FINISH_BYTES: u64 = 16 << 20;
@@ -50,6 +58,23 @@ pub(super) fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins
             let full = q.len() >= MAX_QUEUE;
             let n = q.len().min(INDEX_BATCH);
             batch.extend(q.drain(..n));
+            // Few records: gather more for a while rather than commit pages for each.
+            let until = std::time::Instant::now() + GATHER;
+            while batch.len() < GATHER_ENOUGH
+                && inner.flushing.load(Ordering::SeqCst) == 0
+                && !inner.stop.load(Ordering::SeqCst)
+                && !inner.crashed.load(Ordering::SeqCst)
+            {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                inner
+                    .queue_cv
+                    .wait_for(&mut q, left.min(Duration::from_millis(100)));
+                let more = q.len().min(INDEX_BATCH - batch.len());
+                batch.extend(q.drain(..more));
+            }
             drop(q);
             if full {
                 // Appenders wait for room (`wait_for_room`): there is some now.
@@ -80,7 +105,7 @@ pub(super) fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins
                 if wal_bytes >= FINISH_BYTES {
                     // The collector has copied and synced most of the WAL already; this
                     // copies the rest, with no transaction of ours in the way.
-                    if checkpoint_index(&inner, &conn, &db) == Some(true) {
+                    if checkpoint_index(&inner, &conn, &db, "PASSIVE") == Some(true) {
                         wal_bytes = 0;
                     }
                 }

@@ -73,7 +73,9 @@ pub(super) fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
     let Some(c) = &state.conn else { return };
     let db = index::db_path(&inner.cfg.dir);
     state.last = Some(Instant::now());
-    if checkpoint_index(inner, c, &db) == Some(true) {
+    // The last pass (a clean close, nobody writing) truncates SQLite's WAL to nothing.
+    let mode = if last_pass { "TRUNCATE" } else { "PASSIVE" };
+    if checkpoint_index(inner, c, &db, mode) == Some(true) {
         state.checkpointed_seq = indexed;
     }
     let synced = inner.synced_seq.load(Ordering::SeqCst);
@@ -94,7 +96,8 @@ pub(super) fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
     inner.closed.lock().append(&mut pending);
 }
 
-/// A PASSIVE checkpoint of SQLite's WAL (it waits for nobody); when it is complete,
+/// A checkpoint of SQLite's WAL, `PASSIVE` (it waits for nobody) or `TRUNCATE` (at a
+/// clean close: the WAL file is cut to nothing); when it is complete,
 /// every record indexed and covered by a ledger checkpoint before it is in the synced
 /// database, and `synced_seq` moves up to them. `Some(complete)`, `None` on error.
 ///
@@ -104,7 +107,12 @@ pub(super) fn collect(inner: &Inner, state: &mut Collector, last_pass: bool) {
 /// ends, so the WAL would only grow (to 200 MiB in a 200k-record run): every
 /// `FINISH_BYTES` the indexer checkpoints the last frames itself, between two of its
 /// transactions.
-pub(super) fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Path) -> Option<bool> {
+pub(super) fn checkpoint_index(
+    inner: &Inner,
+    c: &rusqlite::Connection,
+    db: &Path,
+    mode: &str,
+) -> Option<bool> {
     // Read before checkpointing: what a complete checkpoint syncs includes these rows.
     let covered = match (index::head(c), index::last_checkpoint(c)) {
         (Ok(h), Ok(cp)) => h.map_or(0, |h| h.0).min(cp.unwrap_or(0)),
@@ -114,7 +122,7 @@ pub(super) fn checkpoint_index(inner: &Inner, c: &rusqlite::Connection, db: &Pat
         }
     };
     // (busy, frames in the WAL, frames checkpointed)
-    let result = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+    let result = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, i64>(1)?,

@@ -1,6 +1,7 @@
 //! Read-only queries over the SQLite index (`sluice events tail`). They open the index
 //! read-only, so they work while a proxy writes it; records still in the WAL and not yet
-//! indexed (normally a few milliseconds' worth) are not seen.
+//! indexed are not seen: at low rates the indexer gathers records for up to a second
+//! before it commits them (see `indexer::GATHER`), under load a few milliseconds' worth.
 
 use std::path::Path;
 use std::time::SystemTime;

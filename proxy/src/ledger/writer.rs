@@ -128,6 +128,8 @@ pub(super) struct Inner {
     /// Records up to this seq are in SQLite's database file, synced (a complete
     /// checkpoint covered them): their segments may go.
     pub(super) synced_seq: AtomicU64,
+    /// Callers waiting in `flush`: the indexer commits what it has at once.
+    pub(super) flushing: std::sync::atomic::AtomicUsize,
 }
 
 /// An open ledger. Cheap to share (`Arc<Ledger>`); `append` may be called from any
@@ -274,6 +276,7 @@ impl Ledger {
             retention: Mutex::new(None),
             closed: Mutex::new(Vec::new()),
             synced_seq: AtomicU64::new(0),
+            flushing: std::sync::atomic::AtomicUsize::new(0),
             cfg: cfg.clone(),
         });
         {
@@ -730,6 +733,8 @@ impl Inner {
     pub(super) fn flush_within(&self, limit: Duration) {
         let deadline = Instant::now().checked_add(limit);
         let target = self.writer.lock().pushed;
+        // The indexer commits at once instead of gathering more (see `indexer`).
+        self.flushing.fetch_add(1, Ordering::SeqCst);
         let mut p = self.progress.lock();
         while p.done < target
             && !self.crashed.load(Ordering::SeqCst)
@@ -740,6 +745,8 @@ impl Inner {
             self.progress_cv
                 .wait_for(&mut p, Duration::from_millis(100));
         }
+        drop(p);
+        self.flushing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

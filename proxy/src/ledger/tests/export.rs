@@ -263,3 +263,65 @@ fn reports_group_and_render() {
     );
     assert!(render_report_text(&change).contains("policy:default"));
 }
+
+#[test]
+fn an_exported_record_with_its_proof_checks_offline_and_an_edit_does_not() {
+    let t = TempDir::new("proofs");
+    let dir = t.ledger();
+    fill(&dir, 25);
+    let mut out = Vec::new();
+    assert_eq!(
+        export_with_proofs(&dir, ExportFormat::Jsonl, None, None, &mut out).unwrap(),
+        25
+    );
+    let pem = std::fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap();
+    let node = checkpoint_verifier(&cfg(&dir), Some((&pem, dir.as_path()))).unwrap();
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines {
+        let c = check_exported(l, &node, &[], 0).unwrap();
+        assert_eq!(c.tree_size, 25, "proved under the newest checkpoint");
+    }
+    let mut edited = lines[6].clone();
+    edited["model"] = Value::String("evil-model".into());
+    let e = check_exported(&edited, &node, &[], 0).unwrap_err();
+    assert!(e.contains("differ from the hashed metadata"), "{e}");
+    // The same edit carried into the proof's metadata: no longer the hashed record.
+    let mut forged = lines[6].clone();
+    let meta = forged["sluice_proof"]["meta"].as_str().unwrap().to_owned();
+    let model = forged["model"].as_str().unwrap().to_owned();
+    forged["sluice_proof"]["meta"] =
+        Value::String(meta.replace(&format!("\"{model}\""), "\"evil-model\""));
+    forged["model"] = Value::String("evil-model".into());
+    let e = check_exported(&forged, &node, &[], 0).unwrap_err();
+    assert!(e.contains("does not hash"), "{e}");
+    // The proof held against another (older) checkpoint.
+    let older: String = rw(&dir)
+        .query_row("SELECT note FROM checkpoints WHERE seq = 10", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut other = lines[3].clone();
+    other["sluice_proof"]["checkpoint"] = Value::String(older);
+    let e = check_exported(&other, &node, &[], 0).unwrap_err();
+    assert!(e.contains("not leaf 3 of the checkpoint's size 10"), "{e}");
+    other["sluice_proof"]["tree_size"] = Value::from(10);
+    let e = check_exported(&other, &node, &[], 0).unwrap_err();
+    assert!(e.contains("does not lead to the checkpoint's root"), "{e}");
+    // Witnesses asked for but none cosigned.
+    let w = crate::tlog::note::NoteVerifier {
+        name: "w".into(),
+        key: ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key(),
+    };
+    let e = check_exported(&lines[0], &node, &[w], 1).unwrap_err();
+    assert!(
+        e.contains("cosigned by 0 of the witnesses given, 1 required"),
+        "{e}"
+    );
+    // Syslog has no room for proofs.
+    let mut sink = Vec::new();
+    assert!(export_with_proofs(&dir, ExportFormat::Syslog, None, None, &mut sink).is_err());
+}
