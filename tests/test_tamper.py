@@ -32,11 +32,13 @@ from cryptography.hazmat.primitives.serialization import (Encoding, PublicFormat
                                                           load_pem_private_key,
                                                           load_pem_public_key)
 
-from netns import Proc, run, sluice_bin, wait_for_port
+from netns import Proc, run, sluice_bin, venv_python, wait_for_port
 from sluice_stack import Stack
 
 WITNESS = "witness.test/w1"
 PORT = 7380
+S3_PORT = 7381
+BUCKET = "sluice-ledger"
 EVERY = 4
 CHAT = '{"model":"gpt-4o","messages":[{"role":"user","content":"audit me"}]}'
 
@@ -80,21 +82,39 @@ def parse_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
 # --- the node, its witness, and helpers ---------------------------------------------------
 
 class Node:
-    """The stack with a witness in the provider namespace configured as its witness."""
+    """The stack with a witness in the provider namespace configured as its witness, and
+    with `s3`, an S3-compatible server there (moto) whose Object Lock bucket keeps every
+    checkpoint too."""
 
-    def __init__(self, topo, tmp_path: Path):
+    def __init__(self, topo, tmp_path: Path, s3: bool = False):
         self.topo, self.tmp = topo, tmp_path
         self.wdir = tmp_path / "witness"
         self.wkey = run([str(sluice_bin()), "witness", "key", "--dir", str(self.wdir),
                          "--name", WITNESS]).stdout.strip()
         self.url = f"http://{topo.provider_addr}:{PORT}"
+        archive = ""
+        self.moto = None
+        if s3:
+            self.s3_url = f"http://{topo.provider_addr}:{S3_PORT}"
+            self.moto = Proc(["ip", "netns", "exec", topo.provider.name,
+                              str(Path(venv_python()).parent / "moto_server"),
+                              "-H", topo.provider_addr, "-p", str(S3_PORT)],
+                             tmp_path / "moto.log")
+            wait_for_port(topo.provider_addr, S3_PORT, timeout=30, netns=topo.provider)
+            self.s3().create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+            archive = f"""    - s3:
+        endpoint: "{self.s3_url}"
+        bucket: "{BUCKET}"
+        prefix: "node-a/"
+        retention_days: 1
+"""
         self.stack = Stack(topo, tmp_path, start=False, extra_config=f"""ledger:
   checkpoint_every: {EVERY}
   checkpoint_interval: 1s
   witnesses:
     - url: "{self.url}"
       key: "{self.wkey}"
-""")
+{archive}""")
         self.ledger = self.stack.state / "ledger"
         self.vkey = self.stack.cli("audit", "checkpoint-key").stdout.strip()
         self.origin = self.vkey.split("+")[0]
@@ -103,6 +123,14 @@ class Node:
         self.witness = None
         self.start_witness()
         self.stack.start_proxy()
+
+    def s3(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1")
+
+    def archived(self) -> list[dict]:
+        """Every version of every checkpoint object in the bucket."""
+        return self.s3().list_object_versions(Bucket=BUCKET).get("Versions", [])
 
     def start_witness(self):
         self.witness = Proc(
@@ -141,17 +169,20 @@ class Node:
             time.sleep(0.3)
         raise AssertionError(f"the witness never caught up: {self.witness.tail()}")
 
-    def verify(self, *extra: str, witness: bool = True):
-        """`audit verify` as an auditor runs it; `witness=False`: on the node alone (a
-        config without `ledger.witnesses`)."""
-        config = self.stack.config
+    def verify(self, *extra: str, tlog: bool = True, s3: bool = True):
+        """`audit verify` as an auditor runs it: with the tlog witness's URL and key on the
+        command line, and the config's Object Lock bucket if any. `tlog=False` leaves the
+        witness out, `s3=False` the bucket (both: on the node alone)."""
         args = ["audit", "verify", "--public-key", str(self.trusted)]
-        if witness:
+        if tlog:
             args += ["--witness", self.url, "--witness-key", self.wkey]
-        else:
-            config = self.tmp / "no-witness.yaml"
-            text = self.stack.config.read_text()
-            config.write_text(text[:text.index("  witnesses:")])
+        text = self.stack.config.read_text()
+        head, _, block = text.partition("  witnesses:\n")
+        entries = [e for e in block.split("    - ") if e.strip()]
+        keep = [e for e in entries if (s3 if e.startswith("s3:") else tlog)]
+        config = self.tmp / "verify.yaml"
+        config.write_text(head + ("  witnesses:\n" + "".join("    - " + e for e in keep)
+                                  if keep else ""))
         r = run([str(sluice_bin()), *args, *extra, "--config", str(config)], check=False,
                 timeout=60)
         return r.returncode, r.stdout + r.stderr
@@ -210,6 +241,17 @@ def node(topo, tmp_path):
     n = Node(topo, tmp_path)
     yield n
     n.witness.stop()
+
+
+@pytest.fixture
+def archived_node(topo, tmp_path, monkeypatch):
+    # The S3 credentials the node signs with (moto takes any).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSLUICETEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sluice-test-secret")
+    n = Node(topo, tmp_path, s3=True)
+    yield n
+    n.witness.stop()
+    n.moto.stop()
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -353,7 +395,7 @@ def test_every_tamper_fails_verify_naming_the_break(node, tmp_path):
     # shows it (the limit the README states), the witness does.
     restore()
     forge_with_every_key(node.ledger, node.origin, 4, '"model":"gpt-4o"', '"model":"gpt-4o-mini"')
-    code, out = node.verify(witness=False)
+    code, out = node.verify(tlog=False, s3=False)
     assert code == 0, "a rewrite with every key passes on the node alone:\n" + out
     expect("rewritten", f"tree head witness {WITNESS} cosigned")
     # The node carries on from the rewritten ledger: the witness refuses its next
@@ -393,3 +435,43 @@ def test_a_witness_down_for_a_while_catches_up_and_the_lag_rises_and_falls(node)
     node.wait_witnessed()
     code, out = node.verify()
     assert code == 0, out
+
+
+def test_an_object_lock_bucket_keeps_every_checkpoint_and_catches_a_rewrite(archived_node):
+    node = archived_node
+    node.traffic(6)
+    node.stack.proxy.stop()
+    size = node.wait_witnessed()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        keys = {int(v["Key"].rsplit("/", 1)[1]) for v in node.archived()}
+        if size in keys:
+            break
+        time.sleep(0.3)
+    assert size in keys, node.archived()
+    s3 = node.s3()
+    # Object Lock is on, in compliance mode: a stored checkpoint cannot be deleted.
+    newest = next(v for v in node.archived() if v["Key"].endswith(f"{size:020}"))
+    head = s3.head_object(Bucket=BUCKET, Key=newest["Key"], VersionId=newest["VersionId"])
+    assert head["ObjectLockMode"] == "COMPLIANCE", head
+    with pytest.raises(Exception, match="AccessDenied"):
+        s3.delete_object(Bucket=BUCKET, Key=newest["Key"], VersionId=newest["VersionId"])
+    body = s3.get_object(Bucket=BUCKET, Key=newest["Key"])["Body"].read().decode()
+    assert body.startswith(f"{node.origin}\n{size}\n"), body
+
+    code, out = node.verify()
+    assert code == 0, out
+    assert f"witness s3://{BUCKET}/node-a/ (Object Lock bucket" in out, out
+    assert "NOT checked" not in out, out
+
+    # Root rewrites the ledger with every key and stores a matching checkpoint in the
+    # bucket as well: the locked original still stands beside it.
+    forge_with_every_key(node.ledger, node.origin, 3, '"model":"gpt-4o"', '"model":"gpt-4o-mini"')
+    import sqlite3 as _sq
+    con = _sq.connect(node.ledger / "ledger.sqlite")
+    (note,) = con.execute("select note from checkpoints order by seq desc limit 1").fetchone()
+    con.close()
+    s3.put_object(Bucket=BUCKET, Key=newest["Key"], Body=note.encode())
+    code, out = node.verify(tlog=False)
+    assert code != 0, out
+    assert f"rewritten — records" in out and f"s3://{BUCKET}/node-a/" in out, out

@@ -261,6 +261,50 @@ fn fetch_witness(
     view
 }
 
+/// What an Object Lock bucket holds for the ledger `node` names: every version of every
+/// checkpoint object, kept when signed by the node's trusted key.
+fn fetch_s3(
+    cfg: &crate::witness::s3::S3Config,
+    node: &crate::tlog::note::NoteVerifier,
+) -> WitnessView {
+    use crate::tlog::note::{CheckpointText, Note};
+    let mut view = WitnessView {
+        name: cfg.name(),
+        url: cfg.endpoint.clone(),
+        heads: Vec::new(),
+        evidence: Vec::new(),
+        unattributable: 0,
+        error: None,
+    };
+    match crate::witness::s3::list_checkpoints(cfg, &node.name) {
+        Ok(stored) => {
+            for o in stored {
+                let head = Note::parse(&o.note).ok().and_then(|n| {
+                    n.signed_by(node).then_some(())?;
+                    let cp = CheckpointText::parse(&n.text).ok()?;
+                    let at = time::OffsetDateTime::parse(
+                        &o.last_modified,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .map_or(0, |t| t.unix_timestamp().max(0) as u64);
+                    (cp.origin == node.name).then_some(ledger::WitnessedHead {
+                        witness: cfg.name(),
+                        size: cp.size,
+                        root: cp.root,
+                        cosigned_at: at,
+                    })
+                });
+                match head {
+                    Some(h) => view.heads.push(h),
+                    None => view.unattributable += 1,
+                }
+            }
+        }
+        Err(e) => view.error = Some(e),
+    }
+    view
+}
+
 /// `sluice audit verify`; returns whether the ledger verified. The output lists each
 /// check that ran (with its key or witness) and each that could not; a check the ledger
 /// calls for (records carry HMACs, checkpoints exist, witnesses were named) that could
@@ -284,26 +328,50 @@ pub fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
     let hmac_keys = ledger::load_hmac_keys(&dir, config.ledger.hmac_key_file.as_deref())
         .with_context(|| format!("loading the HMAC keys of {}", dir.display()))?;
 
-    // Witnesses: the auditor's, else the node's configuration.
+    // Witnesses: the auditor's, else the configuration's (`--config` may be the auditor's
+    // own, naming the node's ledger directory; S3 archives come from there).
     let from_config = args.witnesses.is_empty();
-    let named: Vec<(String, String)> = if from_config {
-        config
-            .ledger
-            .witnesses
-            .iter()
-            .map(|w| (w.url.clone(), w.key.clone()))
-            .collect()
+    let configured: Vec<ledger::WitnessKind> = config
+        .ledger
+        .witnesses
+        .iter()
+        .map(|w| {
+            w.kind()
+                .map_err(|e| anyhow::anyhow!("ledger.witnesses: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut named: Vec<ledger::WitnessKind> = if from_config {
+        configured.clone()
     } else {
-        args.witnesses.clone()
+        args.witnesses
+            .iter()
+            .map(|(url, vkey)| {
+                let key = crate::tlog::note::NoteVerifier::parse_vkey(vkey)
+                    .with_context(|| format!("witness key for {url}"))?;
+                Ok(ledger::WitnessKind::Tlog {
+                    url: url.clone(),
+                    key,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
     };
+    if !from_config {
+        // Object Lock archives have no key to pass on the command line: always read.
+        named.extend(
+            configured
+                .into_iter()
+                .filter(|w| matches!(w, ledger::WitnessKind::S3(_))),
+        );
+    }
     let mut views = Vec::new();
     if !named.is_empty() {
         let node = ledger::checkpoint_verifier(&config.ledger, pem.as_deref().zip(public_key))
             .context("the checkpoint key witnessed heads are checked with")?;
-        for (url, vkey) in &named {
-            let w = crate::tlog::note::NoteVerifier::parse_vkey(vkey)
-                .with_context(|| format!("witness key for {url}"))?;
-            views.push(fetch_witness(url, &w, &node));
+        for w in &named {
+            views.push(match w {
+                ledger::WitnessKind::Tlog { url, key } => fetch_witness(url, key, &node),
+                ledger::WitnessKind::S3(s3) => fetch_s3(s3, &node),
+            });
         }
     }
     let report = ledger::verify(
@@ -439,12 +507,17 @@ fn witness_lines(
             continue;
         };
         answered += 1;
+        let source = if v.name.starts_with("s3://") {
+            " (Object Lock bucket, every version read)"
+        } else {
+            source
+        };
         let (size, at) = wc.newest.unwrap_or((0, 0));
         let pending = report.head_seq.unwrap_or(0).saturating_sub(size);
         lines.push((
             true,
             format!(
-                "witness {}{source}: {} cosigned heads match the ledger ({} before the retention anchor), newest size {size} cosigned at {}; {pending} newer records not yet witnessed",
+                "witness {}{source}: {} witnessed heads match the ledger ({} before the retention anchor), newest size {size} witnessed at {}; {pending} newer records not yet witnessed",
                 v.name,
                 wc.matched,
                 wc.pruned,

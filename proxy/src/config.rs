@@ -545,25 +545,14 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, w) in self.ledger.witnesses.iter().enumerate() {
-            if let Err(why) = crate::witness::client::split_url(&w.url) {
-                bad(
-                    format!("ledger.witnesses[{i}].url"),
-                    &w.url,
-                    why.to_string(),
-                );
-            }
-            match crate::tlog::note::NoteVerifier::parse_vkey(&w.key) {
-                Ok(v) if !names.insert(v.name.clone()) => bad(
-                    format!("ledger.witnesses[{i}].key"),
-                    &w.key,
-                    format!("witness `{}` is listed twice", v.name),
+            match w.kind() {
+                Ok(k) if !names.insert(k.name()) => bad(
+                    format!("ledger.witnesses[{i}]"),
+                    &k.name(),
+                    format!("witness `{}` is listed twice", k.name()),
                 ),
                 Ok(_) => {}
-                Err(why) => bad(
-                    format!("ledger.witnesses[{i}].key"),
-                    &w.key,
-                    format!("{why} (`sluice witness key` prints a witness's vkey)"),
-                ),
+                Err(why) => bad(format!("ledger.witnesses[{i}]"), &format!("{w:?}"), why),
             }
         }
         out

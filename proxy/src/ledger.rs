@@ -103,7 +103,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessTarget};
+pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessKind, WitnessTarget};
 pub use error::LedgerError;
 pub use export::{export, export_with_audit, export_with_proofs, ExportFormat};
 pub use keys::{

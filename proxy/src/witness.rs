@@ -533,6 +533,7 @@ pub async fn serve(listener: tokio::net::TcpListener, witness: Arc<Witness>) {
 }
 
 pub mod client;
+pub mod s3;
 
 #[cfg(test)]
 mod tests;

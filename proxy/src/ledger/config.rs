@@ -133,14 +133,68 @@ pub struct LedgerConfig {
     pub witnesses: Vec<WitnessTarget>,
 }
 
-/// One witness: where it listens and the key it cosigns with.
+/// One witness: a `tlog-witness` service (`url` and `key`) or an Object Lock bucket
+/// (`s3`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessTarget {
     /// `http://host:port[/prefix]` (`sluice witness serve`, or any C2SP witness).
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
     /// Its cosigner vkey (`sluice witness key` prints it).
-    pub key: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// An S3 bucket with Object Lock that keeps every checkpoint (see
+    /// `crate::witness::s3`).
+    #[serde(default)]
+    pub s3: Option<crate::witness::s3::S3Config>,
+}
+
+/// What a [`WitnessTarget`] is, once checked.
+#[derive(Debug, Clone)]
+pub enum WitnessKind {
+    /// A C2SP witness and its cosigner key.
+    Tlog {
+        url: String,
+        key: crate::tlog::note::NoteVerifier,
+    },
+    /// An Object Lock bucket.
+    S3(crate::witness::s3::S3Config),
+}
+
+impl WitnessTarget {
+    /// The witness, or why the entry does not name one.
+    ///
+    /// # Errors
+    /// The reason, for the configuration error.
+    pub fn kind(&self) -> Result<WitnessKind, String> {
+        match (&self.url, &self.key, &self.s3) {
+            (Some(url), Some(key), None) => {
+                crate::witness::client::split_url(url).map_err(|e| e.to_string())?;
+                let key = crate::tlog::note::NoteVerifier::parse_vkey(key)
+                    .map_err(|e| format!("{e} (`sluice witness key` prints a witness's vkey)"))?;
+                Ok(WitnessKind::Tlog {
+                    url: url.clone(),
+                    key,
+                })
+            }
+            (None, None, Some(s3)) => {
+                s3.check()?;
+                Ok(WitnessKind::S3(s3.clone()))
+            }
+            _ => Err("a witness is either `url` and `key` (a tlog witness) or `s3`".into()),
+        }
+    }
+}
+
+impl WitnessKind {
+    /// Its name in metrics, logs, `witnesses.json` and verify's output.
+    pub fn name(&self) -> String {
+        match self {
+            WitnessKind::Tlog { key, .. } => key.name.clone(),
+            WitnessKind::S3(c) => c.name(),
+        }
+    }
 }
 
 impl Default for LedgerConfig {

@@ -26,11 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::chain::{self, Checkpoint};
+use super::config::WitnessKind;
 use super::index;
 use super::writer::Inner;
 use crate::metrics::{WITNESS_ERRORS, WITNESS_LAG, WITNESS_SIZE};
 use crate::tlog::merkle::{Frontier, Tree};
-use crate::tlog::note::{Note, NoteVerifier};
+use crate::tlog::note::{CheckpointText, Note};
 use crate::witness::client;
 
 /// Per witness (by name), the tree size it last cosigned.
@@ -75,8 +76,8 @@ pub(super) struct Cosigned {
 }
 
 struct Target {
-    url: String,
-    key: NoteVerifier,
+    name: String,
+    kind: WitnessKind,
     held: u64,
     waiting_since: Option<Instant>,
     retry_at: Instant,
@@ -86,12 +87,12 @@ struct Target {
 impl Target {
     fn fail(&mut self, reason: &str, detail: &str) {
         WITNESS_ERRORS
-            .with_label_values(&[&self.key.name, reason])
+            .with_label_values(&[&self.name, reason])
             .inc();
         self.failures += 1;
         let backoff = Duration::from_secs(1 << self.failures.min(6)).min(MAX_BACKOFF);
         self.retry_at = Instant::now() + backoff;
-        tracing::warn!(witness = %self.key.name, url = %self.url, reason, detail, retry_in_s = backoff.as_secs(), "ledger: checkpoint not cosigned");
+        tracing::warn!(witness = %self.name, reason, detail, retry_in_s = backoff.as_secs(), "ledger: checkpoint not cosigned");
     }
 }
 
@@ -104,11 +105,12 @@ pub(super) fn outbox(inner: Arc<Inner>) {
         .witnesses
         .iter()
         .filter_map(|w| {
-            let key = NoteVerifier::parse_vkey(&w.key).ok()?;
+            let kind = w.kind().ok()?;
+            let name = kind.name();
             Some(Target {
-                url: w.url.clone(),
-                held: state.sizes.get(&key.name).copied().unwrap_or(0),
-                key,
+                held: state.sizes.get(&name).copied().unwrap_or(0),
+                name,
+                kind,
                 waiting_since: None,
                 retry_at: Instant::now(),
                 failures: 0,
@@ -133,10 +135,8 @@ pub(super) fn outbox(inner: Arc<Inner>) {
                 conn = None;
             }
         }
-        let sizes: BTreeMap<String, u64> = targets
-            .iter()
-            .map(|t| (t.key.name.clone(), t.held))
-            .collect();
+        let sizes: BTreeMap<String, u64> =
+            targets.iter().map(|t| (t.name.clone(), t.held)).collect();
         if sizes != state.sizes {
             state.sizes = sizes;
             if let Err(e) = write_state(&dir, &state) {
@@ -171,21 +171,39 @@ fn round(
     for t in targets.iter_mut() {
         if t.held >= cp.seq {
             t.waiting_since = None;
-            WITNESS_LAG.with_label_values(&[&t.key.name]).set(0);
+            WITNESS_LAG.with_label_values(&[&t.name]).set(0);
             WITNESS_SIZE
-                .with_label_values(&[&t.key.name])
+                .with_label_values(&[&t.name])
                 .set(t.held as i64);
             continue;
         }
         let since = *t.waiting_since.get_or_insert_with(Instant::now);
         WITNESS_LAG
-            .with_label_values(&[&t.key.name])
+            .with_label_values(&[&t.name])
             .set(since.elapsed().as_secs() as i64);
         if Instant::now() < t.retry_at && !last {
             continue;
         }
-        let tr = extend(conn, tree, cp.seq)?;
-        deliver(inner, t, tr, cp);
+        match &t.kind {
+            WitnessKind::Tlog { .. } => {
+                let tr = extend(conn, tree, cp.seq)?;
+                deliver(inner, t, tr, cp);
+            }
+            WitnessKind::S3(s3) => {
+                let origin = Note::parse(&cp.note)
+                    .ok()
+                    .and_then(|n| CheckpointText::parse(&n.text).ok())
+                    .map(|c| c.origin);
+                let result = origin
+                    .ok_or_else(|| "the checkpoint's note does not parse".to_owned())
+                    .and_then(|o| crate::witness::s3::put_checkpoint(s3, &o, cp.seq, &cp.note));
+                match result {
+                    Ok(()) => held(t, cp.seq),
+                    Err(e) if e.starts_with("PUT answered") => t.fail("http_error", &e),
+                    Err(e) => t.fail("unreachable", &e),
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -251,7 +269,10 @@ fn deliver(inner: &Inner, t: &mut Target, tree: &Tree, cp: &Checkpoint) {
             Err(e) => return t.fail("proof", &e.to_string()),
         };
         let body = crate::witness::add_checkpoint_body(t.held, &proof, &cp.note);
-        let ans = match client::exchange(&t.url, "POST", "/add-checkpoint", &body, TIMEOUT) {
+        let WitnessKind::Tlog { url, .. } = &t.kind else {
+            return;
+        };
+        let ans = match client::exchange(url, "POST", "/add-checkpoint", &body, TIMEOUT) {
             Ok(a) => a,
             Err(e) => return t.fail("unreachable", &e.to_string()),
         };
@@ -261,7 +282,7 @@ fn deliver(inner: &Inner, t: &mut Target, tree: &Tree, cp: &Checkpoint) {
                 match ans.body.trim().parse::<u64>() {
                     Ok(n) if n > cp.seq => t.held = n,
                     Ok(n) => {
-                        tracing::info!(witness = %t.key.name, holds = n, "ledger: witness holds another size; sending the proof from it");
+                        tracing::info!(witness = %t.name, holds = n, "ledger: witness holds another size; sending the proof from it");
                         t.held = n;
                     }
                     Err(_) => return t.fail("http_error", "409 without a size"),
@@ -283,28 +304,34 @@ fn accept(inner: &Inner, t: &mut Target, cp: &Checkpoint, answer: &str) {
         return t.fail("bad_cosignature", "the answer is not signature lines");
     };
     note.signatures.extend(lines.signatures);
-    if note.cosigned_by(&t.key).is_none() {
+    let WitnessKind::Tlog { key, .. } = &t.kind else {
+        return;
+    };
+    if note.cosigned_by(key).is_none() {
         return t.fail(
             "bad_cosignature",
             "no valid cosignature by the configured witness key",
         );
     }
     let line = Cosigned {
-        witness: t.key.name.clone(),
+        witness: t.name.clone(),
         size: cp.seq,
         checkpoint: note.render(),
     };
     if let Err(e) = append_cosigned(&inner.cfg.dir, &line) {
         tracing::error!(error = %e, "ledger: cannot keep a cosigned checkpoint");
     }
-    t.held = cp.seq;
+    held(t, cp.seq);
+}
+
+/// The witness holds `size` now.
+fn held(t: &mut Target, size: u64) {
+    t.held = size;
     t.failures = 0;
     t.waiting_since = None;
-    WITNESS_LAG.with_label_values(&[&t.key.name]).set(0);
-    WITNESS_SIZE
-        .with_label_values(&[&t.key.name])
-        .set(cp.seq as i64);
-    tracing::debug!(witness = %t.key.name, size = cp.seq, at = ?SystemTime::now(), "ledger: checkpoint cosigned");
+    WITNESS_LAG.with_label_values(&[&t.name]).set(0);
+    WITNESS_SIZE.with_label_values(&[&t.name]).set(size as i64);
+    tracing::debug!(witness = %t.name, size, at = ?SystemTime::now(), "ledger: checkpoint witnessed");
 }
 
 fn append_cosigned(dir: &Path, line: &Cosigned) -> std::io::Result<()> {

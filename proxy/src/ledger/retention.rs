@@ -51,9 +51,9 @@ impl Inner {
                     .witnesses
                     .iter()
                     .map(|w| {
-                        crate::tlog::note::NoteVerifier::parse_vkey(&w.key)
+                        w.kind()
                             .ok()
-                            .and_then(|k| held.sizes.get(&k.name).copied())
+                            .and_then(|k| held.sizes.get(&k.name()).copied())
                             .unwrap_or(0)
                     })
                     .min()

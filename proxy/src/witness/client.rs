@@ -60,6 +60,21 @@ pub fn exchange(
     body: &str,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
+    exchange_with(url, method, path, &[], body, timeout)
+}
+
+/// [`exchange`] with extra request headers (`(lowercase name, value)`).
+///
+/// # Errors
+/// As [`exchange`].
+pub fn exchange_with(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     let (authority, prefix) = split_url(url)?;
     let io = |source| ClientError::Io {
         url: url.to_owned(),
@@ -73,10 +88,17 @@ pub fn exchange(
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    let head = format!(
-        "{method} {prefix}{path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+    let mut head = format!("{method} {prefix}{path} HTTP/1.1\r\nhost: {authority}\r\n");
+    if !headers.iter().any(|(k, _)| k == "content-type") {
+        head.push_str("content-type: text/plain\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
-    );
+    ));
     s.write_all(head.as_bytes()).map_err(io)?;
     s.write_all(body.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
