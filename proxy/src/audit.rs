@@ -325,7 +325,7 @@ pub fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
     };
     // The node's own key configuration (ledger.hmac_key_file, the environment, the
     // directory's archived keys), not only what lies in the directory.
-    let hmac_keys = ledger::load_hmac_keys(&dir, config.ledger.hmac_key_file.as_deref())
+    let hmac_keys = ledger::load_hmac_keys(&dir, config.ledger.hmac_source())
         .with_context(|| format!("loading the HMAC keys of {}", dir.display()))?;
 
     // Witnesses: the auditor's, else the configuration's (`--config` may be the auditor's
@@ -898,6 +898,11 @@ mod tests {
         std::fs::create_dir_all(tmp.join("keys")).unwrap();
         let key_file = tmp.join("keys/hmac.key");
         std::fs::write(&key_file, "0f".repeat(32)).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let yaml = format!(
             "state_dir: {}\nledger:\n  hmac_key_file: {}\n",
             tmp.join("state").display(),
@@ -935,7 +940,8 @@ mod tests {
         let r = ledger::verify(
             &dir,
             &VerifyOptions {
-                hmac_keys: ledger::load_hmac_keys(&dir, Some(&key_file)).unwrap(),
+                hmac_keys: ledger::load_hmac_keys(&dir, Some(ledger::Secret::File(&key_file)))
+                    .unwrap(),
                 ..VerifyOptions::default()
             },
         )

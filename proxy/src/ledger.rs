@@ -61,9 +61,13 @@
 //! node checks before it cosigns.
 //!
 //! # Keys
-//! The HMAC key comes from `hmac_key_file`, else `$SLUICE_LEDGER_HMAC_KEY` (hex or raw
-//! text), else `<dir>/hmac.key`, generated (32 random bytes, hex, mode 0600) at first
-//! open. `hmac_key_id` is derived from the key (16 hex digits of a SHA-256), so rotating
+//! The HMAC key comes from `hmac_key_command` (a command printing it: a KMS or vault
+//! agent), else `hmac_key_file`, else `$SLUICE_LEDGER_HMAC_KEY` (hex or raw text), else
+//! `<dir>/hmac.key`, generated (32 random bytes, hex, mode 0600) at first open. The
+//! signing key likewise from `signing_key_command`, `signing_key_file` (PKCS#8 PEM or a
+//! hex seed), else `<dir>/checkpoint.key`, generated. A key file must be owned by root or
+//! Sluice's user and readable by nobody else, or the ledger refuses to open (see `keys`).
+//! `hmac_key_id` is derived from the key (16 hex digits of a SHA-256), so rotating
 //! means: keep the old key as `<dir>/hmac-<anything>.key` for [`verify`] and configure a
 //! new one.
 //!
@@ -107,7 +111,8 @@ pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessKind, WitnessTar
 pub use error::LedgerError;
 pub use export::{export, export_with_audit, export_with_proofs, ExportFormat};
 pub use keys::{
-    checkpoint_verifier, load_hmac_keys, rotate_hmac_key, Rotation, HMAC_KEY_ENV, PUBLIC_KEY_FILE,
+    checkpoint_verifier, load_hmac_keys, rotate_hmac_key, Rotation, Secret, HMAC_KEY_ENV,
+    PUBLIC_KEY_FILE,
 };
 pub use proof::{check_exported, CheckedRecord};
 pub use query::{query, tail_after, Filter};

@@ -122,6 +122,16 @@ pub struct LedgerConfig {
     /// File holding the HMAC key (hex or raw). Default: `$SLUICE_LEDGER_HMAC_KEY`, else
     /// `<dir>/hmac.key`, generated at first open.
     pub hmac_key_file: Option<PathBuf>,
+    /// A command that prints the HMAC key (a KMS or vault agent), e.g.
+    /// `["vault", "kv", "get", "-field=key", "secret/sluice"]`; run once at open. Takes
+    /// precedence over `hmac_key_file`.
+    pub hmac_key_command: Option<Vec<String>>,
+    /// File holding the checkpoint signing key (PKCS#8 PEM, or the 32-byte seed in hex),
+    /// owner root or Sluice's user, mode 0600/0400. Default: `<dir>/checkpoint.key`,
+    /// generated at first open.
+    pub signing_key_file: Option<PathBuf>,
+    /// A command that prints the signing key; takes precedence over `signing_key_file`.
+    pub signing_key_command: Option<Vec<String>>,
     /// The ledger's name in its checkpoints (the C2SP checkpoint origin line, and the
     /// log a witness knows it by): no whitespace or `+`. Default:
     /// `sluice/<16 hex digits of the checkpoint public key's SHA-256>`.
@@ -131,6 +141,29 @@ pub struct LedgerConfig {
     /// outbox until each witness holds them; records are pruned by retention only once
     /// every witness holds a checkpoint past them.
     pub witnesses: Vec<WitnessTarget>,
+}
+
+impl LedgerConfig {
+    /// Where the HMAC key is configured to come from (`None`: the environment or the
+    /// directory).
+    pub fn hmac_source(&self) -> Option<super::keys::Secret<'_>> {
+        self.hmac_key_command
+            .as_deref()
+            .map(super::keys::Secret::Command)
+            .or_else(|| self.hmac_key_file.as_deref().map(super::keys::Secret::File))
+    }
+
+    /// Where the signing key is configured to come from (`None`: the directory).
+    pub fn signing_source(&self) -> Option<super::keys::Secret<'_>> {
+        self.signing_key_command
+            .as_deref()
+            .map(super::keys::Secret::Command)
+            .or_else(|| {
+                self.signing_key_file
+                    .as_deref()
+                    .map(super::keys::Secret::File)
+            })
+    }
 }
 
 /// One witness: a `tlog-witness` service (`url` and `key`) or an Object Lock bucket
@@ -208,6 +241,9 @@ impl Default for LedgerConfig {
             content_retention_days: None,
             content_mode: ContentMode::Full,
             hmac_key_file: None,
+            hmac_key_command: None,
+            signing_key_file: None,
+            signing_key_command: None,
             origin: None,
             witnesses: Vec::new(),
         }

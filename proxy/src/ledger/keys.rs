@@ -3,6 +3,16 @@
 //!
 //! Files created here are written with mode 0600 through `O_CREAT|O_EXCL`, so a key is
 //! never silently replaced.
+//!
+//! **Custody.** Either key can live outside the ledger directory: a file named in the
+//! configuration (`hmac_key_file`, `signing_key_file`), the environment
+//! (`$SLUICE_LEDGER_HMAC_KEY`), or a command that prints it (`hmac_key_command`,
+//! `signing_key_command`: a KMS or vault agent, run once at open, 10 s at most, its
+//! stdout taken as the key). Every key file read, configured or generated, must belong to
+//! root or the user Sluice runs as and be readable by nobody else (mode 0600 or 0400;
+//! in Kubernetes, `defaultMode: 0400` on the secret volume); otherwise the ledger refuses
+//! to open and says so. An auditor needs neither key: `audit verify` with the public key
+//! and a witness checks everything but the HMACs.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,6 +38,108 @@ fn key_err(path: &Path, detail: impl Into<String>) -> LedgerError {
         path: path.to_path_buf(),
         detail: detail.into(),
     }
+}
+
+/// Where a configured secret comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Secret<'a> {
+    /// A file with owner and mode checked.
+    File(&'a Path),
+    /// A command (argv) whose standard output is the secret.
+    Command(&'a [String]),
+}
+
+impl Secret<'_> {
+    fn label(&self) -> PathBuf {
+        match self {
+            Secret::File(p) => p.to_path_buf(),
+            Secret::Command(argv) => PathBuf::from(format!("`{}`", argv.join(" "))),
+        }
+    }
+
+    /// The secret's bytes (not yet decoded).
+    fn read(&self) -> Result<Vec<u8>, LedgerError> {
+        match self {
+            Secret::File(p) => read_key_file(p),
+            Secret::Command(argv) => run_key_command(argv),
+        }
+    }
+}
+
+/// A key file's bytes, once its owner and mode show nobody else can read it.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, LedgerError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| LedgerError::io("read key file", path, e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(key_err(
+            path,
+            format!(
+                "owned by uid {}, not root or the user Sluice runs as (uid {euid}): chown it",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(key_err(
+            path,
+            format!(
+                "readable by others (mode {:04o}): chmod 600 {} (in Kubernetes, defaultMode: 0400 on the secret volume)",
+                meta.mode() & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| LedgerError::io("read key file", path, e))
+}
+
+/// Run `argv` (10 s at most); its standard output is the key.
+fn run_key_command(argv: &[String]) -> Result<Vec<u8>, LedgerError> {
+    use std::io::Read;
+    let label = PathBuf::from(format!("`{}`", argv.join(" ")));
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| key_err(&label, "the key command is empty"))?;
+    let mut child = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| key_err(&label, format!("cannot run it: {e}")))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(key_err(&label, "gave no key within 10 s"));
+            }
+            Err(e) => return Err(key_err(&label, format!("cannot wait for it: {e}"))),
+        }
+    };
+    let mut out = Vec::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_end(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        return Err(key_err(
+            &label,
+            format!("exited with {status}: {}", err.trim()),
+        ));
+    }
+    if out.trim_ascii().is_empty() {
+        return Err(key_err(&label, "printed no key"));
+    }
+    Ok(out)
 }
 
 /// Key text → bytes: 64+ hex digits decode to bytes, anything else is taken verbatim.
@@ -69,31 +181,36 @@ fn create_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), LedgerError> 
 /// [`LedgerError::Key`] when a configured file is unreadable or empty.
 pub(crate) fn current_hmac_key(
     dir: &Path,
-    file: Option<&Path>,
+    from: Option<Secret<'_>>,
     create: bool,
 ) -> Result<Option<(String, Vec<u8>)>, LedgerError> {
-    let key = if let Some(f) = file {
-        let text = std::fs::read(f).map_err(|e| LedgerError::io("read HMAC key", f, e))?;
-        key_bytes(&text)
+    let key = if let Some(src) = from {
+        key_bytes(&src.read()?)
     } else if let Some(v) = std::env::var_os(HMAC_KEY_ENV).filter(|v| !v.is_empty()) {
         key_bytes(v.as_encoded_bytes())
     } else {
         let path = dir.join(HMAC_KEY_FILE);
-        match std::fs::read(&path) {
+        match read_key_file(&path) {
             Ok(text) => key_bytes(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            Err(LedgerError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && create =>
+            {
                 let key = random_bytes::<32>(&path)?;
                 create_file(&path, format!("{}\n", hex::encode(key)).as_bytes(), 0o600)?;
                 tracing::info!(path = %path.display(), "generated a new ledger HMAC key");
                 key.to_vec()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(LedgerError::io("read HMAC key", &path, e)),
+            Err(LedgerError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
         }
     };
     if key.len() < 16 {
         return Err(key_err(
-            file.unwrap_or(dir),
+            &from.map_or_else(|| dir.to_path_buf(), |s| s.label()),
             "HMAC key shorter than 16 bytes; use 32 random bytes, hex-encoded",
         ));
     }
@@ -166,10 +283,10 @@ pub fn rotate_hmac_key(dir: &Path) -> Result<Rotation, LedgerError> {
 /// A key file exists but cannot be read.
 pub fn load_hmac_keys(
     dir: &Path,
-    file: Option<&Path>,
+    from: Option<Secret<'_>>,
 ) -> Result<HashMap<String, Vec<u8>>, LedgerError> {
     let mut keys = HashMap::new();
-    if let Some((id, k)) = current_hmac_key(dir, file, false)? {
+    if let Some((id, k)) = current_hmac_key(dir, from, false)? {
         keys.insert(id, k);
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -178,8 +295,7 @@ pub fn load_hmac_keys(
             let name = name.to_string_lossy();
             if name.starts_with("hmac-") && name.ends_with(".key") {
                 let path = e.path();
-                let text =
-                    std::fs::read(&path).map_err(|e| LedgerError::io("read HMAC key", &path, e))?;
+                let text = read_key_file(&path)?;
                 let k = key_bytes(&text);
                 keys.insert(hmac_key_id(&k), k);
             }
@@ -192,13 +308,39 @@ pub fn load_hmac_keys(
 ///
 /// # Errors
 /// [`LedgerError::Key`] when the key file is not a PKCS#8 Ed25519 key.
-pub(crate) fn signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey, LedgerError> {
+pub(crate) fn signing_key(
+    dir: &Path,
+    from: Option<Secret<'_>>,
+) -> Result<ed25519_dalek::SigningKey, LedgerError> {
     let path = dir.join(SIGNING_KEY_FILE);
     let pub_path = dir.join(PUBLIC_KEY_FILE);
-    let key = match std::fs::read_to_string(&path) {
-        Ok(pem) => ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| key_err(&path, format!("not a PKCS#8 Ed25519 private key: {e}")))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let parse = |text: &[u8], at: &Path| {
+        let text = String::from_utf8_lossy(text);
+        let text = text.trim();
+        let mut seed = [0u8; 32];
+        if hex::decode_to_slice(text, &mut seed).is_ok() {
+            return Ok(ed25519_dalek::SigningKey::from_bytes(&seed));
+        }
+        ed25519_dalek::SigningKey::from_pkcs8_pem(text).map_err(|e| {
+            key_err(
+                at,
+                format!("neither a PKCS#8 Ed25519 private key (PEM) nor 64 hex digits: {e}"),
+            )
+        })
+    };
+    if let Some(src) = from {
+        let key = parse(&src.read()?, &src.label())?;
+        // The public key file follows the key in use.
+        let pem = public_pem(&key, &src.label())?;
+        if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(pem.as_str()) {
+            let _ = std::fs::remove_file(&pub_path);
+            create_file(&pub_path, pem.as_bytes(), 0o644)?;
+        }
+        return Ok(key);
+    }
+    let key = match read_key_file(&path) {
+        Ok(pem) => parse(&pem, &path)?,
+        Err(LedgerError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>(&path)?);
             let pem = key
                 .to_pkcs8_pem(Default::default())
@@ -207,7 +349,7 @@ pub(crate) fn signing_key(dir: &Path) -> Result<ed25519_dalek::SigningKey, Ledge
             tracing::info!(path = %path.display(), "generated a new ledger checkpoint signing key");
             key
         }
-        Err(e) => return Err(LedgerError::io("read checkpoint key", &path, e)),
+        Err(e) => return Err(e),
     };
     // The public key file is derived; (re)write it when missing.
     if !pub_path.exists() {

@@ -184,14 +184,12 @@ impl Ledger {
                 detail: errno.desc().to_owned(),
             })?;
 
-        let (hmac_key_id, hmac_key) =
-            keys::current_hmac_key(dir, cfg.hmac_key_file.as_deref(), true)?.ok_or_else(|| {
-                LedgerError::Key {
-                    path: dir.join(keys::HMAC_KEY_FILE),
-                    detail: "no HMAC key could be created".into(),
-                }
+        let (hmac_key_id, hmac_key) = keys::current_hmac_key(dir, cfg.hmac_source(), true)?
+            .ok_or_else(|| LedgerError::Key {
+                path: dir.join(keys::HMAC_KEY_FILE),
+                detail: "no HMAC key could be created".into(),
             })?;
-        let signing = keys::signing_key(dir)?;
+        let signing = keys::signing_key(dir, cfg.signing_source())?;
         let public_pem = keys::public_pem(&signing, &dir.join(keys::SIGNING_KEY_FILE))?;
 
         let mut conn = index::open_rw(dir)?;

@@ -93,7 +93,7 @@ fn rotated_hmac_keys_verify_with_a_key_map() {
     assert_eq!(keys.len(), 2);
     // Only the new key: the old records are reported.
     let new_only: HashMap<_, _> =
-        load_hmac_keys(&dir, Some(&dir.join(keys::HMAC_KEY_FILE))).unwrap();
+        load_hmac_keys(&dir, Some(Secret::File(&dir.join(keys::HMAC_KEY_FILE)))).unwrap();
     let mut just_new = HashMap::new();
     let current = keys::current_hmac_key(&dir, None, false).unwrap().unwrap();
     just_new.insert(current.0.clone(), current.1.clone());
@@ -196,4 +196,70 @@ fn filtered_queries_and_tail() {
         vec![28, 29, 30]
     );
     l.close().unwrap();
+}
+
+#[test]
+fn keys_kept_outside_the_directory_are_used_and_loose_ones_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempDir::new("custody");
+    let dir = t.ledger();
+    let vault = t.0.join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let hmac_hex = "1f".repeat(32);
+    let seed = [5u8; 32];
+    let signing = vault.join("checkpoint.key");
+    std::fs::write(&signing, hex::encode(seed)).unwrap();
+    std::fs::set_permissions(&signing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let custody = LedgerConfig {
+        hmac_key_command: Some(vec!["sh".into(), "-c".into(), format!("echo {hmac_hex}")]),
+        signing_key_file: Some(signing.clone()),
+        ..cfg(&dir)
+    };
+    // A key file others can read is refused, with what to do.
+    let e = Ledger::open(&custody).unwrap_err().to_string();
+    assert!(
+        e.contains("readable by others (mode 0644): chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&signing, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let l = Ledger::open(&custody).unwrap();
+    l.append(&interaction(1)).unwrap();
+    l.close().unwrap();
+    // Neither key was written into the directory; the public key there is the vault's.
+    assert!(!dir.join(keys::HMAC_KEY_FILE).exists());
+    assert!(!dir.join(keys::SIGNING_KEY_FILE).exists());
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let pem = std::fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap();
+    assert_eq!(
+        keys::parse_public_pem(&pem, &dir).unwrap(),
+        public,
+        "checkpoint.pub.pem follows the configured key"
+    );
+    let rec = &newest(&dir, 1)[0];
+    assert_eq!(
+        rec["hmac_key_id"],
+        Value::String(chain::hmac_key_id(&hex::decode(&hmac_hex).unwrap()))
+    );
+    // An auditor with the public key only: everything but the HMACs verifies.
+    let r = verify(
+        &dir,
+        &VerifyOptions {
+            public_key_pem: Some(pem),
+            cadence: Some((10, Duration::from_secs(3600))),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(r.ok && !r.hmac_checked && r.signatures_checked, "{r:?}");
+    // A key command that fails says how.
+    let broken = LedgerConfig {
+        hmac_key_command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo denied >&2; exit 3".into(),
+        ]),
+        ..custody.clone()
+    };
+    let e = Ledger::open(&broken).unwrap_err().to_string();
+    assert!(e.contains("exited with") && e.contains("denied"), "{e}");
 }
