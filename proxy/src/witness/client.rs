@@ -1,12 +1,16 @@
-//! The client side of a witness: a plain HTTP/1.1 exchange with a deadline, used by the
-//! ledger's outbox (`add-checkpoint`) and by `audit verify --witness` (history).
+//! The client side of a witness: one HTTP/1.1 exchange with a deadline, over `http://`
+//! or `https://`, used by the ledger's outbox (`add-checkpoint`, S3 `PUT`) and by
+//! `audit verify` (histories, S3 listings).
 //!
-//! Plain `http://` only: what travels is signed (checkpoints by the node, cosignatures
-//! by the witness), so the channel needs no secrecy or integrity of its own; put a TLS
-//! terminator in front of a witness reached across networks one does not control.
+//! What travels is signed (checkpoints by the node, cosignatures by the witness), so a
+//! witness needs no secrecy or integrity from the channel; `https://` is there for the
+//! networks one does not control and for S3 services that require it. Server
+//! certificates are checked against the system's roots (`rustls-native-certs`, which
+//! honours `SSL_CERT_FILE` and `SSL_CERT_DIR` for a private CA).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// An HTTP answer.
@@ -20,8 +24,10 @@ pub struct Answer {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("witness URL `{0}` is not http://host:port[/prefix]")]
+    #[error("witness URL `{0}` is not http[s]://host[:port][/prefix]")]
     Url(String),
+    #[error("witness {url}: TLS: {detail}")]
+    Tls { url: String, detail: String },
     #[error("witness {url}: {source}")]
     Io { url: String, source: std::io::Error },
     #[error("witness {url}: malformed answer: {detail}")]
@@ -31,11 +37,62 @@ pub enum ClientError {
 /// The largest answer read (a history of a busy log for years stays far below).
 const MAX_ANSWER: u64 = 256 << 20;
 
-/// `http://host:port[/prefix]` → (`host:port`, `/prefix` without a trailing slash).
-pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+/// A parsed `http[s]://host[:port][/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `https`.
+    pub tls: bool,
+    /// `host[:port]` as written (the `Host` header).
+    pub authority: String,
+    /// `/prefix` without a trailing slash, or empty.
+    pub prefix: String,
+}
+
+impl Endpoint {
+    /// `scheme://authority`.
+    pub fn base(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.authority
+        )
+    }
+
+    /// The host name (for TLS) and the address to connect to.
+    fn host_port(&self) -> (String, String) {
+        let default = if self.tls { 443 } else { 80 };
+        let a = &self.authority;
+        let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+            let (h, p) = rest.split_once(']').unwrap_or((rest, ""));
+            (h.to_owned(), p.strip_prefix(':').map(str::to_owned))
+        } else {
+            match a.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p.to_owned())),
+                None => (a.clone(), None),
+            }
+        };
+        let port = port.unwrap_or_else(|| default.to_string());
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        (host, addr)
+    }
+}
+
+/// Parse `http[s]://host[:port][/prefix]`.
+///
+/// # Errors
+/// [`ClientError::Url`] when it is not such a URL.
+pub fn split_url(url: &str) -> Result<Endpoint, ClientError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(ClientError::Url(url.to_owned()));
+    };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     if authority.is_empty() || authority.contains(['@', ' ']) {
         return Err(ClientError::Url(url.to_owned()));
@@ -46,8 +103,36 @@ pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
     } else {
         format!("/{path}")
     };
-    Ok((authority.to_owned(), prefix))
+    Ok(Endpoint {
+        tls,
+        authority: authority.to_owned(),
+        prefix,
+    })
 }
+
+/// The system's roots, loaded once.
+static TLS: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    tls_config(roots)
+});
+
+/// A client configuration trusting `roots`.
+pub fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("ring supports the default versions"))
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
 
 /// One request, `connection: close`, with `timeout` for connecting and for each read.
 ///
@@ -75,19 +160,54 @@ pub fn exchange_with(
     body: &str,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
-    let (authority, prefix) = split_url(url)?;
+    exchange_trusting(&TLS, url, method, path, headers, body, timeout)
+}
+
+/// [`exchange_with`], checking an `https://` server against `tls` instead of the
+/// system's roots.
+///
+/// # Errors
+/// As [`exchange`].
+pub fn exchange_trusting(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let ep = split_url(url)?;
+    let (authority, prefix) = (ep.authority.clone(), ep.prefix.clone());
+    let (host, target) = ep.host_port();
     let io = |source| ClientError::Io {
         url: url.to_owned(),
         source,
     };
-    let addr = authority
+    let addr = target
         .to_socket_addrs()
         .map_err(io)?
         .next()
         .ok_or_else(|| ClientError::Url(url.to_owned()))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    s.set_read_timeout(Some(timeout)).map_err(io)?;
-    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(io)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut s: Box<dyn Stream> = if ep.tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+            ClientError::Tls {
+                url: url.to_owned(),
+                detail: format!("`{host}` is not a server name: {e}"),
+            }
+        })?;
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), name).map_err(|e| ClientError::Tls {
+                url: url.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
     let mut head = format!("{method} {prefix}{path} HTTP/1.1\r\nhost: {authority}\r\n");
     if !headers.iter().any(|(k, _)| k == "content-type") {
         head.push_str("content-type: text/plain\r\n");
@@ -101,8 +221,15 @@ pub fn exchange_with(
     ));
     s.write_all(head.as_bytes()).map_err(io)?;
     s.write_all(body.as_bytes()).map_err(io)?;
+    s.flush().map_err(io)?;
     let mut raw = Vec::new();
-    s.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
+    match s.take(MAX_ANSWER).read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS server that closes without close_notify: the answer is complete when
+        // its length says so (checked below).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(io(e)),
+    }
     let bad = |detail: &str| ClientError::Answer {
         url: url.to_owned(),
         detail: detail.to_owned(),
@@ -135,4 +262,79 @@ pub fn exchange_with(
         content_type,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot HTTPS server on loopback with a certificate from a throw-away CA.
+    fn https_once(pki: &sluice_mock::pki::TestPki) -> u16 {
+        let config = pki.server_config(vec![b"http/1.1".to_vec()]).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for sock in listener.incoming().take(2) {
+                let Ok(sock) = sock else { continue };
+                let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\r\nok\n",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn https_checks_the_server_against_the_roots_given() {
+        let pki =
+            sluice_mock::pki::TestPki::mint("witness test CA", &["localhost".into()]).unwrap();
+        let port = https_once(&pki);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut pki.ca_pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let url = format!("https://localhost:{port}");
+        let t = Duration::from_secs(5);
+        let a = exchange_trusting(&tls_config(roots), &url, "GET", "/key", &[], "", t).unwrap();
+        assert_eq!((a.status, a.body.as_str()), (200, "ok\n"));
+        // A server the roots do not vouch for is refused.
+        let e = exchange_trusting(
+            &tls_config(rustls::RootCertStore::empty()),
+            &url,
+            "GET",
+            "/key",
+            &[],
+            "",
+            t,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("witness https://localhost"), "{e}");
+        assert_eq!(
+            split_url("https://s3.example.com/p/").unwrap(),
+            Endpoint {
+                tls: true,
+                authority: "s3.example.com".into(),
+                prefix: "/p".into()
+            }
+        );
+        assert_eq!(
+            split_url("http://[::1]:9000").unwrap().host_port(),
+            ("::1".into(), "[::1]:9000".into())
+        );
+        assert!(split_url("ftp://x").is_err());
+    }
 }

@@ -25,7 +25,7 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
-    /// `http://host:port` of the S3 API (path-style requests).
+    /// `http[s]://host[:port]` of the S3 API (path-style requests).
     pub endpoint: String,
     /// A bucket created with Object Lock enabled.
     pub bucket: String,
@@ -126,7 +126,8 @@ fn send(
     now: SystemTime,
 ) -> Result<Answer, String> {
     let creds = credentials()?;
-    let (authority, prefix) = client::split_url(&cfg.endpoint).map_err(|e| e.to_string())?;
+    let ep = client::split_url(&cfg.endpoint).map_err(|e| e.to_string())?;
+    let (authority, prefix) = (ep.authority.clone(), ep.prefix.clone());
     let t = time::OffsetDateTime::from(now);
     let amz_date = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
@@ -193,7 +194,7 @@ fn send(
         format!("{path}?{query_text}")
     };
     client::exchange_with(
-        &format!("http://{authority}"),
+        &ep.base(),
         method,
         &target,
         &extra,
