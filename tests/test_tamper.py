@@ -384,6 +384,12 @@ def test_every_tamper_fails_verify_naming_the_break(node, tmp_path):
         restore()
         sql(stmt)
         expect("edited", f"column `{column}` of seq 3")
+    # An answer's text edited in the write-ahead copy of a record also in the index.
+    restore()
+    segs = [p for p in node.ledger.glob("wal-*.jsonl") if "Mock reply to" in p.read_text()]
+    assert segs, "the open segment keeps the records since it was started"
+    segs[0].write_text(segs[0].read_text().replace("Mock reply to", "Mock reply by", 1))
+    expect("edited", "differs between the index and WAL segment")
     # Wiped and re-created: a fresh ledger with new keys where the old one was.
     restore()
     shutil.rmtree(node.ledger)
