@@ -141,6 +141,15 @@ fn admissible(path: &Path) -> Result<Admin, String> {
     if admin.details.get("anchor").is_some() {
         return Err("it carries a retention anchor, which only the retention run writes".into());
     }
+    // The initiator a record names is the user the kernel says wrote the file: a record
+    // cannot put its deed on another user.
+    let writer = format!("uid:{}", meta.uid());
+    if admin.initiator.id != writer {
+        return Err(format!(
+            "it names initiator `{}` but was written by {writer}",
+            admin.initiator.id
+        ));
+    }
     Ok(admin)
 }
 
@@ -231,11 +240,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_the_inbox() {
+        let me = format!("uid:{}", nix::unistd::geteuid());
         let ledger = std::env::temp_dir().join(format!("sluice-inbox-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&ledger);
         let admin = admin(
             AdminAction::Export,
-            ("uid:0", "cli"),
+            (me.as_str(), "cli"),
             "syslog",
             serde_json::json!({"records": 3}),
         );
@@ -278,8 +288,20 @@ mod tests {
         );
         export.id = "z-second".into();
         write(&ledger, &export).unwrap();
+        // A genuine-looking CLI record that names another user than the one who wrote it.
+        let mut other = admin(
+            AdminAction::Export,
+            ("uid:4242", "cli"),
+            "ledger",
+            serde_json::json!({"format": "jsonl"}),
+        );
+        other.id = "z-third".into();
+        write(&ledger, &other).unwrap();
         let got = read(&dir(&ledger));
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().any(|e| matches!(e,
+            Entry::Rejected(_, why) if why.contains("names initiator `uid:4242` but was written by uid:")
+        )), "{got:?}");
         for e in &got {
             let Entry::Rejected(path, why) = e else {
                 panic!("accepted a forged record: {e:?}");
