@@ -430,6 +430,11 @@ def test_a_witness_down_for_a_while_catches_up_and_the_lag_rises_and_falls(node)
     assert node.stack.metric(series) >= 2, node.stack.metrics()
     assert node.stack.metric(
         f'sluice_ledger_witness_errors_total{{reason="unreachable",witness="{WITNESS}"}}') >= 1
+    # Every series the alerting rules read is one the node exports.
+    from test_alerts import rule_series
+    exported = {line.split("{")[0].split(" ")[0] for line in node.stack.metrics().splitlines()
+                if line.startswith("sluice_")}
+    assert rule_series() <= exported, rule_series() - exported
     node.start_witness()
     size = node.wait_witnessed(timeout=90)
     deadline = time.monotonic() + 10

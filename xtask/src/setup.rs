@@ -12,7 +12,8 @@ use anyhow::{ensure, Context, Result};
 /// Debian packages for the build and the tests: clang, llvm and libbpf-dev compile the eBPF
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
 /// network-namespace tests; rsyslog is the real syslog server the export is tested against;
-/// iptables drives the REDIRECT fallback test and the connect-hook benchmark.
+/// iptables drives the REDIRECT fallback test and the connect-hook benchmark; prometheus
+/// brings `promtool`, which checks and unit-tests the alerting rules.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -24,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "rsyslog",
     "iptables",
+    "prometheus",
 ];
 
 /// Pinned Python packages of the test suite, relative to the repo root.
