@@ -188,6 +188,38 @@ struct WitnessView {
     error: Option<String>,
 }
 
+impl WitnessView {
+    /// Count a stored head: attested for this ledger, or not.
+    fn take(&mut self, head: Option<ledger::WitnessedHead>) {
+        match head {
+            Some(h) => self.heads.push(h),
+            None => self.unattributable += 1,
+        }
+    }
+}
+
+/// The head a stored checkpoint `note` attests for the ledger `node` names: signed by
+/// the node's key under its origin, with a time from `at` (a valid cosignature's, or the
+/// store's); `None` when it attests nothing for this ledger.
+fn attested_head(
+    note: &str,
+    node: &crate::tlog::note::NoteVerifier,
+    witness: &str,
+    at: impl FnOnce(&crate::tlog::note::Note) -> Option<u64>,
+) -> Option<ledger::WitnessedHead> {
+    use crate::tlog::note::{CheckpointText, Note};
+    let n = Note::parse(note).ok()?;
+    let at = at(&n)?;
+    n.signed_by(node).then_some(())?;
+    let cp = CheckpointText::parse(&n.text).ok()?;
+    (cp.origin == node.name).then_some(ledger::WitnessedHead {
+        witness: witness.to_owned(),
+        size: cp.size,
+        root: cp.root,
+        cosigned_at: at,
+    })
+}
+
 /// Fetch what `url` holds for the ledger `node` names, keeping only heads signed by the
 /// node's trusted key and cosigned by `witness`.
 fn fetch_witness(
@@ -195,7 +227,6 @@ fn fetch_witness(
     witness: &crate::tlog::note::NoteVerifier,
     node: &crate::tlog::note::NoteVerifier,
 ) -> WitnessView {
-    use crate::tlog::note::{CheckpointText, Note};
     use crate::witness::{client, log_id, EvidenceEntry, HistoryEntry};
     let mut view = WitnessView {
         name: witness.name.clone(),
@@ -225,22 +256,12 @@ fn fetch_witness(
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let head = serde_json::from_str::<HistoryEntry>(line)
                     .ok()
-                    .and_then(|e| Note::parse(&e.checkpoint).ok())
-                    .and_then(|n| {
-                        let at = n.cosigned_by(witness)?;
-                        n.signed_by(node).then_some(())?;
-                        let cp = CheckpointText::parse(&n.text).ok()?;
-                        (cp.origin == node.name).then_some(ledger::WitnessedHead {
-                            witness: witness.name.clone(),
-                            size: cp.size,
-                            root: cp.root,
-                            cosigned_at: at,
+                    .and_then(|e| {
+                        attested_head(&e.checkpoint, node, &witness.name, |n| {
+                            n.cosigned_by(witness)
                         })
                     });
-                match head {
-                    Some(h) => view.heads.push(h),
-                    None => view.unattributable += 1,
-                }
+                view.take(head);
             }
         }
         Err(e) => view.error = Some(e),
@@ -267,7 +288,6 @@ fn fetch_s3(
     cfg: &crate::witness::s3::S3Config,
     node: &crate::tlog::note::NoteVerifier,
 ) -> WitnessView {
-    use crate::tlog::note::{CheckpointText, Note};
     let mut view = WitnessView {
         name: cfg.name(),
         url: cfg.endpoint.clone(),
@@ -279,25 +299,13 @@ fn fetch_s3(
     match crate::witness::s3::list_checkpoints(cfg, &node.name) {
         Ok(stored) => {
             for o in stored {
-                let head = Note::parse(&o.note).ok().and_then(|n| {
-                    n.signed_by(node).then_some(())?;
-                    let cp = CheckpointText::parse(&n.text).ok()?;
-                    let at = time::OffsetDateTime::parse(
-                        &o.last_modified,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .map_or(0, |t| t.unix_timestamp().max(0) as u64);
-                    (cp.origin == node.name).then_some(ledger::WitnessedHead {
-                        witness: cfg.name(),
-                        size: cp.size,
-                        root: cp.root,
-                        cosigned_at: at,
-                    })
-                });
-                match head {
-                    Some(h) => view.heads.push(h),
-                    None => view.unattributable += 1,
-                }
+                // The store's own time: the bucket checks nothing, it only keeps.
+                let at = time::OffsetDateTime::parse(
+                    &o.last_modified,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_or(0, |t| t.unix_timestamp().max(0) as u64);
+                view.take(attested_head(&o.note, node, &cfg.name(), |_| Some(at)));
             }
         }
         Err(e) => view.error = Some(e),
