@@ -75,3 +75,20 @@ policy:
     assert "unreachable" in by_line[f"{tmp_path}/sluice.yaml:13"] and "web-off" in by_line[f"{tmp_path}/sluice.yaml:13"]
     assert "ml-o3" in by_line[f"{tmp_path}/sluice.yaml:19"]
     assert "3 warning(s)" in r.stderr
+
+
+def test_environment_references_expand_and_a_missing_one_is_named(tmp_path):
+    """`${NAME}` takes the node's environment (e.g. NODE_IP from the downward API)."""
+    import os
+    text = CLEAN + 'redirect:\n  pod_facing_v4: "${SLUICE_TEST_NODE_IP}:15443"\n'
+    f = tmp_path / "sluice.yaml"
+    f.write_text(text)
+    argv = [str(sluice_bin()), "policy", "lint", "--file", str(f)]
+    env = {**os.environ, "SLUICE_TEST_NODE_IP": "10.1.2.3"}
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    env.pop("SLUICE_TEST_NODE_IP")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1
+    assert "${SLUICE_TEST_NODE_IP} is not set in the environment" in r.stderr, r.stderr
+    assert f"sluice.yaml:{text.count(chr(10), 0, text.index('${'))+1}:" in r.stderr, r.stderr

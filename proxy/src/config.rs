@@ -34,6 +34,73 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// `${NAME}` (letters, digits and `_`) replaced by `var(NAME)`, the value of an
+/// environment variable when the node reads its config, so one file serves every node:
+/// e.g. `pod_facing_v4: "${NODE_IP}:15443"` with `NODE_IP` from the Kubernetes downward
+/// API. `$${` stands for a literal `${`; any other `$`, and comment lines, are left alone
+/// (regexes keep their anchors).
+///
+/// # Errors
+/// [`ConfigError::Syntax`] at the reference, for a variable that is not set.
+pub fn expand_env(
+    text: &str,
+    file: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        // Comment lines are left as they are.
+        let offset = text.len() - tail.len();
+        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        if text[line_start..offset].trim_start().starts_with('#') {
+            let end = tail.find('\n').unwrap_or(tail.len());
+            out.push_str(&tail[..end]);
+            rest = &tail[end..];
+            continue;
+        }
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let name_len = tail.strip_prefix("${").and_then(|t| {
+            let n = t
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(t.len());
+            (n > 0 && t[n..].starts_with('}') && !t.starts_with(|c: char| c.is_ascii_digit()))
+                .then_some(n)
+        });
+        let Some(n) = name_len else {
+            out.push('$');
+            rest = &tail[1..];
+            continue;
+        };
+        let name = &tail[2..2 + n];
+        match var(name) {
+            Some(v) => out.push_str(&v),
+            None => {
+                let offset = text.len() - tail.len();
+                let line = text[..offset].matches('\n').count() + 1;
+                let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+                return Err(ConfigError::Syntax {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    message: format!(
+                        "${{{name}}} is not set in the environment (set it, or write $${{ for a literal ${{)"
+                    ),
+                });
+            }
+        }
+        rest = &tail[3 + n..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// One semantic problem in a configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -309,6 +376,8 @@ impl Config {
     /// [`ConfigError::Syntax`] for YAML, unknown keys and types, with line and column;
     /// [`ConfigError::Invalid`] listing every semantic problem found.
     pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let expanded = expand_env(text, file, |name| std::env::var(name).ok())?;
+        let text = expanded.as_str();
         // An empty document is a valid, all-defaults config.
         let mut config: Config = if text.trim().is_empty() {
             Config::default()
@@ -590,6 +659,22 @@ fn locate(text: &str, file: &str, needle: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_references_expand_and_a_missing_one_is_named() {
+        let var = |n: &str| (n == "NODE_IP").then(|| "10.1.2.3".to_string());
+        let text = "redirect:\n  pod_facing_v4: \"${NODE_IP}:15443\"\nx: \"$${LITERAL} ^a$ $5 ${1X}\"\n  # ${UNSET} in a comment\n";
+        let out = expand_env(text, "x.yaml", var).unwrap();
+        assert!(out.contains("\"10.1.2.3:15443\""), "{out}");
+        assert!(out.contains("x: \"${LITERAL} ^a$ $5 ${1X}\""), "{out}");
+        assert!(out.contains("  # ${UNSET} in a comment"), "{out}");
+        let e = expand_env("a: 1\nb: \"${MISSING_VAR}\"\n", "x.yaml", var).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("x.yaml:2:5: ${MISSING_VAR} is not set"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {
