@@ -198,6 +198,36 @@ pub fn config(data: &[u8]) {
     let _ = Config::from_yaml(&String::from_utf8_lossy(data), "fuzz.yaml");
 }
 
+/// `sluice witness` takes requests from the network: `add-checkpoint` on any body, and
+/// the note, checkpoint and vkey parsers on the same text, must answer and never panic;
+/// the witness's answer is one of the protocol's statuses. The store is a directory under
+/// the system's temporary directory, one for the process.
+pub fn witness(data: &[u8]) {
+    use sluice::tlog::note::{CheckpointText, Note, NoteVerifier};
+    use sluice::witness::Witness;
+    static W: OnceLock<Witness> = OnceLock::new();
+    let text = String::from_utf8_lossy(data);
+    let _ = NoteVerifier::parse_vkey(&text);
+    if let Ok(n) = Note::parse(&text) {
+        let _ = CheckpointText::parse(&n.text);
+    }
+    let w = W.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-fuzz-witness-{}", std::process::id()));
+        let log = NoteVerifier::parse_vkey(FUZZ_LOG_VKEY).expect("the fuzz log's vkey parses");
+        Witness::open(&dir, "fuzz.example/witness", vec![log]).expect("the fuzz witness opens")
+    });
+    let r = w.add_checkpoint(&text);
+    assert!(
+        matches!(r.status, 200 | 400 | 403 | 404 | 409 | 422 | 500),
+        "not a tlog-witness status: {r:?}"
+    );
+}
+
+/// The log the fuzz witness knows (Ed25519 seed [7; 32]); the seed corpus holds a
+/// checkpoint it signed.
+const FUZZ_LOG_VKEY: &str =
+    "fuzz.example/log+44c33050+AepKbGPinFIKvvVQexMuxfmVR3auvr57kkIe6mkURtIs";
+
 /// The policy engine's prompt guardrails on an arbitrary request body (the lenient scan
 /// of every string, redaction of the strictly parsed body), once refusing and once
 /// allowing what it cannot judge. The first byte picks the provider format and whether
@@ -310,6 +340,11 @@ mod tests {
     #[test]
     fn lenient_json_seeds() {
         run_seeds("lenient_json", super::lenient_json);
+    }
+
+    #[test]
+    fn witness_seeds() {
+        run_seeds("witness", super::witness);
     }
 
     #[test]
