@@ -180,6 +180,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "eventstream",
     "config",
     "lenient_json",
+    "witness",
 ];
 
 /// Builds every fuzz target with cargo-fuzz (installed when missing) and runs each for
@@ -293,4 +294,24 @@ fn command_line(cmd: &Command) -> String {
         .map(|word| word.to_string_lossy())
         .collect();
     words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `[[bin]]` of fuzz/Cargo.toml runs in `cargo xtask fuzz`, and nothing else.
+    #[test]
+    fn the_fuzz_target_list_is_fuzz_cargo_toml_s() {
+        let toml = include_str!("../../fuzz/Cargo.toml");
+        let bins: Vec<&str> = toml
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .filter(|n| *n != "sluice-fuzz")
+            .collect();
+        let mut want = bins.clone();
+        want.sort_unstable();
+        let mut have = super::FUZZ_TARGETS.to_vec();
+        have.sort_unstable();
+        assert_eq!(have, want, "fuzz/Cargo.toml's [[bin]]s: {bins:?}");
+    }
 }
