@@ -54,6 +54,17 @@ fn key_id(name: &str, alg: u8, public: &VerifyingKey) -> [u8; 4] {
     [d[0], d[1], d[2], d[3]]
 }
 
+/// `<name>+<hex key id>+<base64(alg ‖ key)>`.
+fn vkey_text(name: &str, alg: u8, key: &VerifyingKey) -> String {
+    let mut material = vec![alg];
+    material.extend_from_slice(key.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_id(name, alg, key)),
+        B64.encode(material)
+    )
+}
+
 /// A named Ed25519 public key, as a verifier holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
@@ -66,14 +77,7 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// The signer's vkey: `<name>+<hex key id>+<base64(0x01 ‖ key)>`.
     pub fn vkey(&self) -> String {
-        let mut material = vec![ALG_ED25519];
-        material.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(key_id(&self.name, ALG_ED25519, &self.key)),
-            B64.encode(material)
-        )
+        vkey_text(&self.name, ALG_ED25519, &self.key)
     }
 
     /// Parse a vkey (checking its key id), as `sluice witness --log` and
@@ -280,15 +284,7 @@ impl NoteSigner {
 
     /// The vkey a witness publishes for its cosignatures.
     pub fn cosigner_vkey(&self) -> String {
-        let key = self.key.verifying_key();
-        let mut material = vec![ALG_COSIGNATURE_V1];
-        material.extend_from_slice(key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(key_id(&self.name, ALG_COSIGNATURE_V1, &key)),
-            B64.encode(material)
-        )
+        vkey_text(&self.name, ALG_COSIGNATURE_V1, &self.key.verifying_key())
     }
 }
 
