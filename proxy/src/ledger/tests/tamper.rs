@@ -488,3 +488,34 @@ fn records_rewritten_under_a_checkpoint_do_not_match_its_tree_head() {
         "{r:?}"
     );
 }
+
+/// The writer continues the Merkle tree from the newest checkpoint's stored frontier,
+/// which no signature covers. A node user's edit of that row must not steer the heads
+/// the node signs next: a frontier that does not give the signed root is passed over.
+#[test]
+fn an_edited_frontier_row_does_not_steer_the_next_signed_heads() {
+    let t = TempDir::new("frontier");
+    let dir = t.ledger();
+    fill(&dir, 25);
+    // Three roots, as 25 records have: well-formed, only the signed root can tell.
+    let forged = serde_json::to_string(&vec!["ab".repeat(32); 3]).unwrap();
+    let c = rw(&dir);
+    c.execute(
+        "UPDATE checkpoints SET frontier = ?1 WHERE seq = (SELECT max(seq) FROM checkpoints)",
+        [&forged],
+    )
+    .unwrap();
+    drop(c);
+    let l = Ledger::open(&cfg(&dir)).unwrap();
+    for i in 0..7 {
+        l.append(&interaction(100 + i)).unwrap();
+    }
+    l.close().unwrap();
+    let r = check(&dir);
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.tree_heads_checked >= 4,
+        "the heads signed after the edit match the records: {r:?}"
+    );
+    assert_eq!(r.head_seq, Some(32));
+}
