@@ -193,10 +193,16 @@ class Topology:
     def enable_forwarding(self) -> None:
         """Turns IPv4 forwarding on in the root netns until `close()`, which restores the
         previous value. The setting is machine-wide: tests running concurrently see it too."""
+        self.set_forwarding(True)
+
+    def set_forwarding(self, on: bool) -> None:
+        """Sets IPv4 forwarding in the root netns until `close()`, which restores the
+        previous value. A Kubernetes node (and any host after dockerd starts) has it on, a
+        fresh VM off: tests that depend on either say which."""
         sysctl = Path("/proc/sys/net/ipv4/ip_forward")
         previous = sysctl.read_text()
         self._cleanup.callback(sysctl.write_text, previous)
-        sysctl.write_text("1\n")
+        sysctl.write_text("1\n" if on else "0\n")
 
     def _link(self, ns: Netns, net4: Network, net6: Network) -> tuple[str, str, str, str]:
         """Joins `ns` to the root netns by a veth (root side named like `ns`, `eth0` inside):

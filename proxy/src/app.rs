@@ -129,6 +129,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     let shared = Arc::new(Shared {
         providers: ProviderTable::from_config(&config),
         original_dst: Box::new(Chain(sources)),
+        pods: crate::identity::pods::PodDirectory::new(config.kubernetes.clone()),
         loop_guard: LoopGuard::new(config.listen.clone()),
         recorder: recorder.clone(),
         ledger: ledger.clone(),

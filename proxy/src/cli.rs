@@ -6,6 +6,7 @@ pub mod audit;
 pub mod ca;
 pub mod doctor;
 pub mod events;
+pub mod inject;
 pub mod policy;
 pub mod report;
 pub mod witness;
@@ -57,4 +58,37 @@ impl TimeRange {
         let one = |s: &Option<String>| s.as_deref().map(sluice::audit::parse_time).transpose();
         Ok((one(&self.since)?, one(&self.until)?))
     }
+}
+
+/// Serves `handler` on `listen` until SIGINT or SIGTERM (the witness, the webhook);
+/// `ready` runs once the address is bound.
+///
+/// # Errors
+/// The runtime cannot start or the address cannot be bound.
+pub fn serve_until_signal(
+    listen: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max_body: usize,
+    handler: sluice::http::Handler,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        ready();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            () = sluice::http::serve(listener, tls, max_body, handler) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
 }

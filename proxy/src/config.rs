@@ -157,6 +157,8 @@ pub struct Config {
     pub on_ledger_failure: OnLedgerFailure,
     /// The eBPF transparent redirect (off by default).
     pub redirect: crate::redirect::RedirectConfig,
+    /// Where the kubelet's files name the node's pods (for attribution).
+    pub kubernetes: crate::identity::pods::KubernetesConfig,
     /// Governance: virtual keys and the policy chain (empty: everything is allowed).
     pub policy: crate::policy::PolicyConfig,
     /// Bytes of each request and response body kept for inspection and records.
@@ -308,6 +310,7 @@ impl Config {
             ledger: crate::ledger::LedgerConfig::default(),
             on_ledger_failure: OnLedgerFailure::FailClosed,
             redirect: crate::redirect::RedirectConfig::default(),
+            kubernetes: crate::identity::pods::KubernetesConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()

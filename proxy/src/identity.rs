@@ -6,7 +6,12 @@
 //! path and cgroup path are then unknown. Kubernetes pod UID and container id are parsed
 //! from the cgroup path (systemd and cgroupfs drivers, containerd/CRI-O/docker).
 //!
+//! Namespace, pod and container names come from the kubelet's files on the node
+//! ([`pods`]).
+//!
 //! Virtual keys and API-key fingerprints belong to the policy layer, not here.
+
+pub mod pods;
 
 use std::net::SocketAddr;
 
@@ -14,7 +19,11 @@ use crate::original_dst::Attribution;
 use crate::record::Identity;
 
 /// The identity of a connection from `peer`, with the probe's attribution if any.
-pub fn of_connection(peer: SocketAddr, attribution: Option<&Attribution>) -> Identity {
+pub fn of_connection(
+    peer: SocketAddr,
+    attribution: Option<&Attribution>,
+    pods: &pods::PodDirectory,
+) -> Identity {
     let mut id = Identity {
         client_addr: Some(peer.to_string()),
         ..Identity::default()
@@ -35,6 +44,9 @@ pub fn of_connection(peer: SocketAddr, attribution: Option<&Attribution>) -> Ide
         .and_then(|text| unified_path(&text).map(str::to_string));
     if let Some(path) = id.cgroup.as_deref() {
         let (pod, container) = kubernetes(path);
+        id.kubernetes = pod
+            .as_deref()
+            .and_then(|uid| pods.lookup(uid, container.as_deref()));
         id.pod_uid = pod;
         id.container_id = container;
     }
@@ -124,7 +136,8 @@ mod tests {
             comm: "test".into(),
             cgroup_id: 1,
         };
-        let id = of_connection("127.0.0.1:1".parse().unwrap(), Some(&a));
+        let pods = pods::PodDirectory::new(pods::KubernetesConfig::default());
+        let id = of_connection("127.0.0.1:1".parse().unwrap(), Some(&a), &pods);
         assert_eq!(id.pid, Some(me));
         assert!(id.exe.is_some(), "our own executable is readable");
         assert_eq!(id.process.as_deref(), Some("test"));

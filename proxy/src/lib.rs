@@ -24,6 +24,8 @@
 //! | [`ledger`] | the tamper-evident audit ledger: WAL, hash chain, HMAC, checkpoints |
 //! | [`tlog`] | transparency-log formats: RFC 6962 Merkle tree, C2SP notes and checkpoints |
 //! | [`witness`] | `sluice witness`: cosigns checkpoints that extend what it holds |
+//! | [`inject`] | `sluice inject`: the admission webhook that makes pods trust the org CA |
+//! | [`http`] | the small HTTP/1.1 servers of the control side (witness, webhook) |
 //! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
@@ -36,8 +38,10 @@ pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod guardrails;
+pub mod http;
 pub mod identity;
 pub mod inbox;
+pub mod inject;
 pub mod ledger;
 pub mod metrics;
 pub mod original_dst;

@@ -69,6 +69,11 @@ enum Command {
     Report(ReportArgs),
     /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
     Doctor,
+    /// The Kubernetes admission webhook that makes pods trust the org CA.
+    Inject {
+        #[command(subcommand)]
+        command: cli::inject::InjectCommand,
+    },
     /// Run or set up a witness: cosigns nodes' ledger checkpoints that extend what it holds.
     Witness {
         #[command(subcommand)]
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cli::report::run(args),
         Command::Doctor => return cli::doctor::run(),
         Command::Witness { command } => cli::witness::run(command),
+        Command::Inject { command } => cli::inject::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

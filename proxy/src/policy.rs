@@ -156,6 +156,14 @@ pub struct Scope {
     pub uids: Vec<u32>,
     /// Kubernetes pod UIDs.
     pub pods: Vec<String>,
+    /// Kubernetes namespaces (globs), from the kubelet's files on the node.
+    pub namespaces: Vec<String>,
+    /// Kubernetes pod names (globs), from the kubelet's files on the node.
+    pub pod_names: Vec<String>,
+    /// Kubernetes service accounts (globs), from the Kubernetes API.
+    pub service_accounts: Vec<String>,
+    /// Kubernetes pod labels, each `key: glob` must match (from the Kubernetes API).
+    pub pod_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What a request looks like to steps 3–6.
@@ -586,6 +594,10 @@ fn limit_key(id: &Identity) -> String {
     if let Some(f) = &id.api_key_fingerprint {
         return format!("key:{f}");
     }
+    // In a pod, the pod: every replica's `python` as uid 0 must not share one limit.
+    if let Some(k) = &id.kubernetes {
+        return format!("pod:{}/{}", k.namespace, k.pod);
+    }
     if let (Some(p), Some(uid)) = (&id.process, id.uid) {
         return format!("process:{p}:{uid}");
     }
@@ -613,6 +625,7 @@ pub fn redact_body(doc: &mut serde_json::Value, scanner: &Scanner, found: &mut V
 }
 
 fn in_scope(s: &Scope, id: &Identity) -> bool {
+    let k8s = id.kubernetes.as_ref();
     let any = |list: &[String], value: Option<&str>| {
         list.is_empty() || value.is_some_and(|v| list.iter().any(|p| glob(p, v)))
     };
@@ -622,6 +635,16 @@ fn in_scope(s: &Scope, id: &Identity) -> bool {
         && any(&s.processes, id.process.as_deref())
         && any(&s.pods, id.pod_uid.as_deref())
         && (s.uids.is_empty() || id.uid.is_some_and(|u| s.uids.contains(&u)))
+        && any(&s.namespaces, k8s.map(|k| k.namespace.as_str()))
+        && any(&s.pod_names, k8s.map(|k| k.pod.as_str()))
+        && any(
+            &s.service_accounts,
+            k8s.and_then(|k| k.service_account.as_deref()),
+        )
+        && s.pod_labels.iter().all(|(key, pattern)| {
+            k8s.and_then(|k| k.labels.get(key))
+                .is_some_and(|v| glob(pattern, v))
+        })
 }
 
 #[cfg(test)]

@@ -170,6 +170,8 @@ pub struct Shared {
     pub providers: ProviderTable,
     /// Original destination source.
     pub original_dst: Box<dyn OriginalDst>,
+    /// Names of the node's pods, for attribution.
+    pub pods: crate::identity::pods::PodDirectory,
     /// Loop guard over our own listeners.
     pub loop_guard: LoopGuard,
     /// Where connection and admin records go (off the request path).
@@ -266,6 +268,7 @@ impl ServerApp for InterceptApp {
         let identity = identity::of_connection(
             accepted.peer,
             dst.as_ref().and_then(|d| d.attribution.as_ref()),
+            &shared.pods,
         );
         let refuse = |reason: &'static str, dst: Option<SocketAddr>| {
             metrics::REFUSED.with_label_values(&[reason]).inc();

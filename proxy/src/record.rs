@@ -67,6 +67,10 @@ pub struct Identity {
     pub pod_uid: Option<String>,
     /// Container id, from the cgroup path.
     pub container_id: Option<String>,
+    /// Namespace, pod and container names (and, from the API, labels and service
+    /// account) of that pod; absent outside Kubernetes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::identity::pods::PodRef>,
     /// Virtual-key user (the strongest identity, when a virtual key was presented).
     pub user: Option<String>,
     /// Virtual-key team.

@@ -80,3 +80,30 @@ pub fn sample_interaction(i: u64) -> Record {
         error: None,
     }))
 }
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory under the system's temporary directory, named after `name`.
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "sluice-{name}-{}-{}",
+            std::process::id(),
+            crate::record::new_id()
+        ));
+        std::fs::create_dir_all(&p).expect("creating a temporary directory");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

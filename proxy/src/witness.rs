@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::http::{reply, Reply};
 use crate::tlog::merkle::{self, Hash};
 use crate::tlog::note::{CheckpointText, Note, NoteSigner, NoteVerifier};
 
@@ -97,22 +98,6 @@ pub struct EvidenceEntry {
     pub status: u16,
     /// The request body as received.
     pub request: String,
-}
-
-/// An answer to a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: String,
-}
-
-fn reply(status: u16, body: impl Into<String>) -> Reply {
-    Reply {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body: body.into(),
-    }
 }
 
 struct Latest {
@@ -491,45 +476,9 @@ pub fn add_checkpoint_body(old: u64, proof: &[Hash], checkpoint: &str) -> String
 
 /// Serve the witness on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, witness: Arc<Witness>) {
-    use http_body_util::{BodyExt, Full, Limited};
-    use hyper::service::service_fn;
-    loop {
-        let Ok((sock, peer)) = listener.accept().await else {
-            continue;
-        };
-        let w = witness.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let w = w.clone();
-                async move {
-                    let method = req.method().as_str().to_owned();
-                    let path = req.uri().path().to_owned();
-                    let r = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                        Ok(b) => match String::from_utf8(b.to_bytes().to_vec()) {
-                            Ok(body) => {
-                                tokio::task::spawn_blocking(move || w.handle(&method, &path, &body))
-                                    .await
-                                    .unwrap_or_else(|_| reply(500, "internal error\n"))
-                            }
-                            Err(_) => reply(400, "the body is not UTF-8\n"),
-                        },
-                        Err(_) => reply(413, format!("the body exceeds {MAX_BODY} bytes\n")),
-                    };
-                    hyper::Response::builder()
-                        .status(r.status)
-                        .header("content-type", r.content_type)
-                        .body(Full::new(bytes::Bytes::from(r.body)))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(sock);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "witness: connection ended");
-            }
-        });
-    }
+    let handler: crate::http::Handler =
+        Arc::new(move |method, path, body| witness.handle(method, path, body));
+    crate::http::serve(listener, None, MAX_BODY, handler).await;
 }
 
 pub mod client;

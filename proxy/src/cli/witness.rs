@@ -60,26 +60,12 @@ pub fn run(command: WitnessCommand) -> anyhow::Result<()> {
                 .map(|v| NoteVerifier::parse_vkey(v).with_context(|| format!("--log {v}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let w = Arc::new(Witness::open(&store.dir, &store.name, logs)?);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("listening on {listen}"))?;
-                tracing::info!(%listen, vkey = %w.vkey(), "witness: serving");
-                println!("{}", w.vkey());
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .context("installing the SIGTERM handler")?;
-                tokio::select! {
-                    () = sluice::witness::serve(listener, w) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                anyhow::Ok(())
+            let vkey = w.vkey();
+            let handler: sluice::http::Handler =
+                Arc::new(move |method, path, body| w.handle(method, path, body));
+            super::serve_until_signal(listen, None, sluice::witness::MAX_BODY, handler, || {
+                tracing::info!(%listen, %vkey, "witness: serving");
+                println!("{vkey}");
             })?;
         }
     }

@@ -26,27 +26,11 @@ use chain::{StoredRecord, GENESIS};
 use index::{Columns, IndexRow};
 use writer::{prepare_value, self_admin, SEGMENT_BYTES};
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+use crate::testing::TempDir;
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "sluice-ledger-{name}-{}-{}",
-            std::process::id(),
-            crate::record::new_id()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
     fn ledger(&self) -> PathBuf {
-        self.0.join("ledger")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join("ledger")
     }
 }
 

@@ -187,17 +187,22 @@ impl RequestBody for Body {
 }
 
 fn govern(e: &Engine, key: Option<&str>, body: &mut Body) -> Governed {
+    let workload = Identity {
+        process: Some("python3".into()),
+        uid: Some(1000),
+        ..Identity::default()
+    };
+    govern_as(e, key, workload, body)
+}
+
+fn govern_as(e: &Engine, key: Option<&str>, workload: Identity, body: &mut Body) -> Governed {
     let adapter = crate::providers::adapter_by_name("openai").unwrap();
     let endpoint = adapter.endpoint("POST", "/v1/chat/completions").unwrap();
     let req = Request {
         adapter,
         endpoint: Some(&endpoint),
         presented_key: key.map(|k| (Carrier::Header("authorization"), k.to_owned())),
-        workload: Identity {
-            process: Some("python3".into()),
-            uid: Some(1000),
-            ..Identity::default()
-        },
+        workload,
     };
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -387,5 +392,78 @@ fn bodies_the_parser_rejects_are_still_judged() {
     assert_eq!(
         shadow.evaluate(&facts("gpt-4o", &id, garbage)).decision,
         Decision::ShadowBlock
+    );
+}
+
+fn pod(namespace: &str, name: &str, sa: Option<&str>, labels: &[(&str, &str)]) -> Identity {
+    Identity {
+        process: Some("python".into()),
+        uid: Some(0),
+        kubernetes: Some(crate::identity::pods::PodRef {
+            namespace: namespace.into(),
+            pod: name.into(),
+            container: Some("app".into()),
+            service_account: sa.map(str::to_owned),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+        ..Identity::default()
+    }
+}
+
+#[test]
+fn scopes_select_on_namespace_pod_service_account_and_labels() {
+    let e = engine(
+        "policies:
+  - id: team-a-models
+    scope: {namespaces: [team-a*], pod_names: [chat-*], service_accounts: [chat], pod_labels: {tier: front*}}
+    models: {allow: [gpt-4o-mini]}
+",
+    );
+    let decide = |id: &Identity| e.evaluate(&facts("gpt-4o", id, BODY)).decision;
+    let selected = pod(
+        "team-a-prod",
+        "chat-5f7",
+        Some("chat"),
+        &[("tier", "frontend")],
+    );
+    assert_eq!(decide(&selected), Decision::Block);
+    for other in [
+        pod("team-b", "chat-5f7", Some("chat"), &[("tier", "frontend")]),
+        pod("team-a", "batch-1", Some("chat"), &[("tier", "frontend")]),
+        pod(
+            "team-a",
+            "chat-5f7",
+            Some("default"),
+            &[("tier", "frontend")],
+        ),
+        pod("team-a", "chat-5f7", Some("chat"), &[("tier", "backend")]),
+        // Labels and service account unknown (no API access): a selector on them fails
+        // closed for the scope, so the policy does not apply.
+        pod("team-a", "chat-5f7", None, &[]),
+        Identity::default(),
+    ] {
+        assert_eq!(decide(&other), Decision::Allow, "{:?}", other.kubernetes);
+    }
+}
+
+#[test]
+fn rate_limits_count_per_pod_not_per_process_name() {
+    let e = engine("policies:\n  - id: rl\n    rate_limit: {requests_per_minute: 1}\n");
+    let admit = |id: &Identity| {
+        let g = govern_as(&e, None, id.clone(), &mut body(BODY));
+        if let Some(a) = g.admission {
+            e.finish(a, 0);
+        }
+        g.verdict.refusal.is_none()
+    };
+    let (a, b) = (pod("ns", "a", None, &[]), pod("ns", "b", None, &[]));
+    assert!(admit(&a));
+    assert!(admit(&b), "another pod's python has its own limit");
+    assert!(
+        !admit(&a),
+        "the same pod's second request is over the limit"
     );
 }

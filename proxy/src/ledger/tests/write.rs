@@ -66,7 +66,7 @@ fn keys_are_generated_private_and_public_key_exported() {
     // An auditor with only the public key: signatures checked, HMACs not.
     std::fs::rename(
         t.ledger().join(keys::HMAC_KEY_FILE),
-        t.0.join("elsewhere.key"),
+        t.path().join("elsewhere.key"),
     )
     .unwrap();
     let r = verify(
@@ -203,7 +203,7 @@ fn keys_kept_outside_the_directory_are_used_and_loose_ones_refused() {
     use std::os::unix::fs::PermissionsExt;
     let t = TempDir::new("custody");
     let dir = t.ledger();
-    let vault = t.0.join("vault");
+    let vault = t.path().join("vault");
     std::fs::create_dir_all(&vault).unwrap();
     let hmac_hex = "1f".repeat(32);
     let seed = [5u8; 32];
