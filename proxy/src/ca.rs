@@ -158,12 +158,22 @@ impl Ca {
         })
     }
 
-    /// Build from PEM text (certificate, PKCS#8 key).
+    /// Build from PEM text: the certificate, and its key as PKCS#8 (`PRIVATE KEY`, what
+    /// `sluice ca init` writes), SEC1 (`EC PRIVATE KEY`: Helm's `genPrivateKey "ecdsa"`,
+    /// OpenSSL's `ecparam -genkey`) or PKCS#1 (`RSA PRIVATE KEY`: Helm's `genCA`).
     ///
     /// # Errors
     /// A description of what could not be parsed.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, String> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("key: {e}"))?;
+        let key = match rustls_pemfile::private_key(&mut key_pem.as_bytes()) {
+            Ok(Some(PrivateKeyDer::Sec1(sec1))) => sec1_to_pkcs8(sec1.secret_sec1_der())
+                .ok_or("key: not an EC private key of P-256 or P-384")?,
+            Ok(Some(PrivateKeyDer::Pkcs1(rsa))) => pkcs1_to_pkcs8(rsa.secret_pkcs1_der()),
+            Ok(Some(PrivateKeyDer::Pkcs8(der))) => der.secret_pkcs8_der().to_vec(),
+            Ok(Some(_)) | Ok(None) => return Err("key: no PEM private key in it".into()),
+            Err(e) => return Err(format!("key: {e}")),
+        };
+        let key = KeyPair::try_from(key.as_slice()).map_err(|e| format!("key: {e}"))?;
         let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .next()
             .ok_or_else(|| "no CERTIFICATE block".to_string())?
@@ -274,6 +284,79 @@ impl ResolvesServerCert for LeafResolver {
     }
 }
 
+const OID_EC_PUBLIC_KEY: &[u64] = &[1, 2, 840, 10045, 2, 1];
+const OID_RSA_ENCRYPTION: &[u64] = &[1, 2, 840, 113549, 1, 1, 1];
+const CURVES: &[&[u64]] = &[&[1, 2, 840, 10045, 3, 1, 7], &[1, 3, 132, 0, 34]];
+
+/// PKCS#8 (RFC 5208) around an SEC1 (RFC 5915) EC key. The curve comes from the key's
+/// parameters; the inner key is written without them, as ring expects.
+fn sec1_to_pkcs8(sec1: &[u8]) -> Option<Vec<u8>> {
+    use yasna::models::ObjectIdentifier;
+    let (private, curve, public) = yasna::parse_der(sec1, |r| {
+        r.read_sequence(|r| {
+            let _version = r.next().read_u8()?;
+            let private = r.next().read_bytes()?;
+            let curve =
+                r.read_optional(|r| r.read_tagged(yasna::Tag::context(0), |r| r.read_oid()))?;
+            let public = r.read_optional(|r| {
+                r.read_tagged(yasna::Tag::context(1), |r| r.read_bitvec_bytes())
+            })?;
+            Ok((private, curve, public))
+        })
+    })
+    .ok()?;
+    let curve = curve?;
+    if !CURVES.iter().any(|c| curve.components().as_slice() == *c) {
+        return None;
+    }
+    let (public, public_bits) = public?;
+    let inner = yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_u8(1);
+            w.next().write_bytes(&private);
+            w.next().write_tagged(yasna::Tag::context(1), |w| {
+                w.write_bitvec_bytes(&public, public_bits)
+            });
+        })
+    });
+    Some(pkcs8(
+        |w| {
+            w.write_sequence(|w| {
+                w.next()
+                    .write_oid(&ObjectIdentifier::from_slice(OID_EC_PUBLIC_KEY));
+                w.next().write_oid(&curve);
+            })
+        },
+        &inner,
+    ))
+}
+
+/// PKCS#8 around a PKCS#1 (RFC 8017) RSA key.
+fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
+    pkcs8(
+        |w| {
+            w.write_sequence(|w| {
+                w.next()
+                    .write_oid(&yasna::models::ObjectIdentifier::from_slice(
+                        OID_RSA_ENCRYPTION,
+                    ));
+                w.next().write_null();
+            })
+        },
+        pkcs1,
+    )
+}
+
+fn pkcs8(algorithm: impl FnOnce(yasna::DERWriter<'_>), key: &[u8]) -> Vec<u8> {
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_u8(0);
+            algorithm(w.next());
+            w.next().write_bytes(key);
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +366,28 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sluice-ca-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// CA keys as Helm's `genCA` (PKCS#1 RSA) and `genCAWithKey … (genPrivateKey "ecdsa")`
+    /// (SEC1 P-256) write them: the chart makes the org CA this way.
+    #[test]
+    fn sec1_and_pkcs1_keys_are_accepted_and_mint_leaves() {
+        for kind in ["ec", "rsa"] {
+            let cert =
+                std::fs::read_to_string(format!("tests/fixtures/helm-ca-{kind}.crt")).unwrap();
+            let key =
+                std::fs::read_to_string(format!("tests/fixtures/helm-ca-{kind}.key")).unwrap();
+            let ca = Ca::from_pem(&cert, &key).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            ca.mint("api.openai.com", Duration::from_secs(3600))
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
+        let cert = std::fs::read_to_string("tests/fixtures/helm-ca-ec.crt").unwrap();
+        assert!(Ca::from_pem(
+            &cert,
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+        )
+        .is_err());
+        assert!(Ca::from_pem(&cert, "no key").is_err());
     }
 
     #[test]
