@@ -49,6 +49,8 @@ OPTIONS = {
             "extraEnv": [{"name": "RUST_LOG", "value": "debug"}],
             "podAnnotations": {"example.com/team": "platform"},
             "podLabels": {"example.com/tier": "node"},
+            "extraVolumes": [{"name": "egress-ca", "configMap": {"name": "egress-ca"}}],
+            "extraVolumeMounts": [{"name": "egress-ca", "mountPath": "/etc/egress-ca", "readOnly": True}],
         },
         "ledger": {
             "retentionDays": 365,
@@ -61,7 +63,10 @@ OPTIONS = {
             "bundlePaths": ["/etc/ssl/certs/ca-certificates.crt"],
         },
         "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.0/24"]},
-        "config": {"policy": {"policies": [{"id": "models", "models": {"allow": ["gpt-4o*"]}}]}},
+        "config": {
+            "policy": {"policies": [{"id": "models", "models": {"allow": ["gpt-4o*"]}}]},
+            "upstream": {"ca_file": "/etc/egress-ca/ca.crt"},
+        },
         "image": {"repository": "registry.example.com/sluice", "tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
     },
@@ -161,7 +166,7 @@ def test_agent_pod_spec_is_what_the_readme_promises(renders):
     sc = agent["securityContext"]
     assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["capabilities"]["add"] == [
-        "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"
+        "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"
     ]
     assert pod["hostNetwork"] and pod["hostPID"]
     assert pod["priorityClassName"] == "system-node-critical"

@@ -203,6 +203,25 @@ pub struct Stats {
     pub original_dst_answered: u64,
 }
 
+impl Stats {
+    /// The sum of two sets of counters.
+    #[must_use]
+    pub fn plus(&self, other: &Stats) -> Stats {
+        Stats {
+            redirected: self.redirected + other.redirected,
+            skipped_marked: self.skipped_marked + other.skipped_marked,
+            skipped_proxy_cgroup: self.skipped_proxy_cgroup + other.skipped_proxy_cgroup,
+            fail_open: self.fail_open + other.fail_open,
+            fail_closed: self.fail_closed + other.fail_closed,
+            quic_refused: self.quic_refused + other.quic_refused,
+            getpeername_rewritten: self.getpeername_rewritten + other.getpeername_rewritten,
+            no_proxy_addr: self.no_proxy_addr + other.no_proxy_addr,
+            tuple_recorded: self.tuple_recorded + other.tuple_recorded,
+            original_dst_answered: self.original_dst_answered + other.original_dst_answered,
+        }
+    }
+}
+
 /// Errors of loading, attaching and operating the probe.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -90,6 +90,10 @@ pub struct Probe {
     links: Vec<CgroupLink>,
     pin_dir: Option<PathBuf>,
     pinned_maps: Vec<PathBuf>,
+    /// The previous run's pinned counters: everything its programs counted, up to this
+    /// load replacing them — the fail-open connections while no proxy ran included — so
+    /// the counters run on across restarts.
+    carried: Stats,
 }
 
 // === impl Probe ===
@@ -135,10 +139,13 @@ impl Probe {
             links: Vec::new(),
             pin_dir: cfg.pin_dir.clone(),
             pinned_maps: Vec::new(),
+            carried: Stats::default(),
         };
         probe.write_config()?;
         probe.heartbeat()?;
         if let Some(dir) = cfg.pin_dir.clone() {
+            // Read before the new pins replace them: the old programs counted into these.
+            probe.carried = pinned_stats(&dir.join(format!("map_{}", name::STATS)));
             probe.pin_maps(&dir)?;
         }
         info!(proxy = %cfg.proxy_v4, host_netns_cookie = config.host_netns_cookie, "redirect probe loaded");
@@ -272,32 +279,16 @@ impl Probe {
         })
     }
 
-    /// Counters summed over CPUs; zeros if the map cannot be read.
+    /// Counters summed over CPUs, plus what the previous run's pinned programs counted
+    /// (see [`pinned_stats`]); zeros if the map cannot be read.
     pub fn stats(&self) -> Stats {
-        let read = |slot: StatSlot| -> u64 {
-            let Ok(map) = self.map(name::STATS) else {
-                return 0;
-            };
-            let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else {
-                return 0;
-            };
-            array
-                .get(&(slot as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
+        let Ok(map) = self.map(name::STATS) else {
+            return self.carried;
         };
-        Stats {
-            redirected: read(StatSlot::Redirected),
-            skipped_marked: read(StatSlot::SkippedMarked),
-            skipped_proxy_cgroup: read(StatSlot::SkippedProxyCgroup),
-            fail_open: read(StatSlot::FailOpen),
-            fail_closed: read(StatSlot::FailClosed),
-            quic_refused: read(StatSlot::QuicRefused),
-            getpeername_rewritten: read(StatSlot::GetpeernameRewritten),
-            no_proxy_addr: read(StatSlot::NoProxyAddr),
-            tuple_recorded: read(StatSlot::TupleRecorded),
-            original_dst_answered: read(StatSlot::OriginalDstAnswered),
-        }
+        let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return self.carried;
+        };
+        stats_of(&array).plus(&self.carried)
     }
 
     /// Detaches every program and removes this probe's pins (links, maps,
@@ -418,6 +409,41 @@ impl Probe {
             self.pinned_maps.push(path);
         }
         Ok(())
+    }
+}
+
+/// The counters of a stats array, summed over CPUs.
+fn stats_of<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, u64>) -> Stats {
+    let read = |slot: StatSlot| -> u64 {
+        array
+            .get(&(slot as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    };
+    Stats {
+        redirected: read(StatSlot::Redirected),
+        skipped_marked: read(StatSlot::SkippedMarked),
+        skipped_proxy_cgroup: read(StatSlot::SkippedProxyCgroup),
+        fail_open: read(StatSlot::FailOpen),
+        fail_closed: read(StatSlot::FailClosed),
+        quic_refused: read(StatSlot::QuicRefused),
+        getpeername_rewritten: read(StatSlot::GetpeernameRewritten),
+        no_proxy_addr: read(StatSlot::NoProxyAddr),
+        tuple_recorded: read(StatSlot::TupleRecorded),
+        original_dst_answered: read(StatSlot::OriginalDstAnswered),
+    }
+}
+
+/// The counters a previous run left pinned at `path` (zeros when there is none): its
+/// programs kept counting — fail-open connections above all — until this run replaced
+/// them.
+fn pinned_stats(path: &Path) -> Stats {
+    let Ok(data) = MapData::from_pin(path) else {
+        return Stats::default();
+    };
+    match PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data)) {
+        Ok(array) => stats_of(&array),
+        Err(_) => Stats::default(),
     }
 }
 

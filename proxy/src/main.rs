@@ -68,7 +68,7 @@ enum Command {
     /// Compliance summaries from the ledger.
     Report(ReportArgs),
     /// Check what this host offers for the eBPF redirect and say how to fix what is missing.
-    Doctor,
+    Doctor(cli::doctor::DoctorArgs),
     /// The Kubernetes admission webhook that makes pods trust the org CA.
     Inject {
         #[command(subcommand)]
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Report(args) => cli::report::run(args),
-        Command::Doctor => return cli::doctor::run(),
+        Command::Doctor(args) => return cli::doctor::run(args),
         Command::Witness { command } => cli::witness::run(command),
         Command::Inject { command } => cli::inject::run(command),
     };

@@ -8,9 +8,12 @@
 //! Anthropic's published ranges) are always included. The system resolver gives no TTLs,
 //! so the refresh interval bounds how stale the set can be.
 //!
-//! A clean shutdown detaches (connections go direct again). A crash leaves the pinned
-//! programs in place; the heartbeat then goes stale and the probe follows
-//! `on_proxy_down`. The next start replaces the pinned links without a gap.
+//! A clean shutdown detaches (connections go direct again) unless `on_stop: keep`, as
+//! the Kubernetes chart sets it: a rolling update's SIGTERM must not open an unaudited
+//! window, so the pinned programs stay and follow `on_proxy_down` until the new pod takes
+//! them over. A crash leaves them in place likewise; the heartbeat then goes stale and
+//! the probe follows `on_proxy_down`. The next start replaces the pinned links without a
+//! gap.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
@@ -60,8 +63,24 @@ pub struct RedirectConfig {
     pub ports: Vec<u16>,
     /// Provider host resolution interval, seconds. Default: 30.
     pub refresh_secs: u64,
+    /// What a clean stop (SIGINT, SIGTERM) does: `detach` (connections go direct again)
+    /// or `keep` (the pinned programs stay and follow `on_proxy_down` until the next
+    /// start takes them over: restarts and upgrades leave no unaudited window; needs
+    /// `pin_dir`). Default: detach.
+    pub on_stop: OnStop,
     /// How long an address is kept after it stops resolving, seconds. Default: 600.
     pub grace_secs: u64,
+}
+
+/// What a clean stop does to the redirect.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStop {
+    /// Detach and unpin: connections go direct again.
+    #[default]
+    Detach,
+    /// Leave the pinned programs attached for the next start.
+    Keep,
 }
 
 /// Proxy-down policy as written in config.
@@ -90,6 +109,7 @@ impl Default for RedirectConfig {
             ports: vec![443],
             refresh_secs: 30,
             grace_secs: 600,
+            on_stop: OnStop::Detach,
         }
     }
 }
@@ -138,6 +158,8 @@ pub struct Redirect {
     probe: Arc<Mutex<Option<Probe>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// `on_stop: keep` with a pin directory.
+    keep_on_stop: bool,
 }
 
 impl Redirect {
@@ -217,10 +239,16 @@ impl Redirect {
                     })
                 })?
         };
+        if cfg.on_stop == OnStop::Keep && cfg.pin_dir.is_none() {
+            tracing::warn!(
+                "redirect.on_stop: keep needs redirect.pin_dir; a clean stop will detach"
+            );
+        }
         Ok(Redirect {
             probe,
             stop,
             thread: Some(thread),
+            keep_on_stop: cfg.on_stop == OnStop::Keep && cfg.pin_dir.is_some(),
         })
     }
 
@@ -231,13 +259,22 @@ impl Redirect {
         }
     }
 
-    /// Stop maintenance and detach (connections go direct again).
+    /// Stop maintenance and detach (connections go direct again), or with `on_stop: keep`
+    /// leave the pinned programs to follow `on_proxy_down` until the next start.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         if let Some(probe) = self.probe.lock().take() {
+            if self.keep_on_stop {
+                // Dropping a pinned probe closes our fds only; the links stay.
+                drop(probe);
+                tracing::info!(
+                    "eBPF redirect kept attached (on_stop: keep): the next start takes it over"
+                );
+                return;
+            }
             match probe.detach() {
                 Ok(()) => tracing::info!("eBPF redirect detached"),
                 Err(e) => tracing::error!(error = %e, "detaching the eBPF redirect failed"),

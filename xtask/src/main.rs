@@ -8,6 +8,7 @@
 //! builds in seconds on a bare machine, and it drives every tool through
 //! `std::process::Command`.
 
+mod image;
 mod setup;
 
 use std::os::unix::process::CommandExt;
@@ -50,6 +51,16 @@ enum Cli {
         /// Only these targets (default: every one in fuzz/Cargo.toml).
         targets: Vec<String>,
     },
+    /// Build the OCI image of `sluice` from scratch (binary, its shared libraries, CA
+    /// roots, a non-root user): target/image/<profile>/sluice-image.tar, for `docker load`.
+    Image {
+        /// `release` (what users run) or `debug` (the tests' build, stripped).
+        #[arg(long, default_value = "release", value_parser = ["release", "debug"])]
+        profile: String,
+        /// The image's name and tag.
+        #[arg(long, default_value = concat!("sluice:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+    },
     /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
     /// fuzz/harness), the pytest suite under tests/, then every fuzz target for a few
     /// seconds (`fuzz`).
@@ -69,6 +80,13 @@ fn main() -> ExitCode {
         Cli::Bench { args } => bench(&root, &args),
         Cli::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Cli::Test { filter } => test(&root, filter.as_deref()),
+        Cli::Image { profile, tag } => image::Image {
+            root: &root,
+            profile: &profile,
+            tag: &tag,
+        }
+        .build()
+        .map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

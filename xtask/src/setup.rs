@@ -13,7 +13,9 @@ use anyhow::{ensure, Context, Result};
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
 /// network-namespace tests; rsyslog is the real syslog server the export is tested against;
 /// iptables drives the REDIRECT fallback test and the connect-hook benchmark; prometheus
-/// brings `promtool`, which checks and unit-tests the alerting rules.
+/// brings `promtool`, which checks and unit-tests the alerting rules; docker.io runs the
+/// Kubernetes DaemonSet's pod spec on a node without a kubelet, from the image built with
+/// Debian's ca-certificates as its roots.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -26,7 +28,12 @@ const APT_PACKAGES: &[&str] = &[
     "rsyslog",
     "iptables",
     "prometheus",
+    "docker.io",
+    "ca-certificates",
 ];
+
+/// The Node.js clients of the tests (`npm ci` there), relative to the repo root.
+const NODE_CLIENTS: &str = "tests/node";
 
 /// Pinned Python packages of the test suite, relative to the repo root.
 const REQUIREMENTS: &str = "tests/requirements.txt";
@@ -44,7 +51,10 @@ pub enum Venv {
 pub fn run(root: &Path, venv: Venv) -> Result<()> {
     apt_packages()?;
     match venv {
-        Venv::Install => python_venv(root),
+        Venv::Install => {
+            python_venv(root)?;
+            node_clients(root)
+        }
         Venv::Skip => Ok(()),
     }
 }
@@ -124,6 +134,30 @@ fn python_venv(root: &Path) -> Result<()> {
         REQUIREMENTS,
     ]))?;
     // Recorded only after pip succeeded, so an interrupted install is retried.
+    fs::write(&stamp, hash).with_context(|| format!("cannot write {}", stamp.display()))
+}
+
+/// Installs the Node.js clients from their lock file when it changed since the last
+/// install (Debian's nodejs and npm when the machine has no npm).
+fn node_clients(root: &Path) -> Result<()> {
+    let dir = root.join(NODE_CLIENTS);
+    let hash = sha256(&dir.join("package-lock.json"))?;
+    let stamp = dir.join("node_modules/.lock-hash");
+    if fs::read_to_string(&stamp).is_ok_and(|recorded| recorded == hash) {
+        println!("setup: node packages match {NODE_CLIENTS}/package-lock.json");
+        return Ok(());
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        println!("setup: apt-get install nodejs npm");
+        super::run(apt_get().args(["-qq", "install", "-y", "nodejs", "npm"]))?;
+    }
+    println!("setup: npm ci in {NODE_CLIENTS}");
+    super::run(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--ignore-scripts",
+    ]))?;
     fs::write(&stamp, hash).with_context(|| format!("cannot write {}", stamp.display()))
 }
 

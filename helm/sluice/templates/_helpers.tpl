@@ -63,7 +63,8 @@ app.kubernetes.io/component: {{ .component }}
     "pod_facing_v4" (printf "${NODE_IP}:%d" $port)
     "on_proxy_down" .Values.agent.onProxyDown
     "heartbeat_timeout_ms" (mul (int .Values.agent.heartbeatTimeoutSeconds) 1000)
-    "pin_dir" "/sys/fs/bpf/sluice")
+    "pin_dir" "/sys/fs/bpf/sluice"
+    "on_stop" (ternary "detach" "keep" .Values.agent.detachOnStop))
   "kubernetes" (dict "pod_logs" "/run/sluice/kubelet/pods" "container_logs" "/run/sluice/kubelet/containers")
   "ledger" (dict
     "retention_days" (int .Values.ledger.retentionDays)
