@@ -62,8 +62,8 @@ enum Cli {
         tag: String,
     },
     /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
-    /// fuzz/harness), the pytest suite under tests/, then every fuzz target for a few
-    /// seconds (`fuzz`).
+    /// fuzz/harness), build the debug image, run the pytest suite under tests/, then every
+    /// fuzz target for a few seconds (`fuzz`).
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
         #[arg(long, value_name = "EXPR")]
@@ -160,6 +160,16 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     stage("build", || build(root))?;
     stage("cargo test", || {
         run(cargo(root).args(["test", "--workspace"]))
+    })?;
+    // The image the Kubernetes node test runs (the debug build, stripped: a no-op build).
+    stage("image", || {
+        image::Image {
+            root,
+            profile: "debug",
+            tag: "sluice:e2e",
+        }
+        .build()
+        .map(drop)
     })?;
     stage("pytest", || {
         let mut pytest = Command::new(setup::venv_python(root));
