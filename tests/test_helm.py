@@ -42,6 +42,7 @@ OPTIONS = {
         "agent": {
             "onProxyDown": "fail_closed",
             "capabilitiesModern": True,
+            "podMetadataFromAPI": False,
             "bpffsInit": True,
             "threads": 4,
             "maxUnavailable": "20%",
@@ -181,8 +182,13 @@ def test_agent_pod_spec_is_what_the_readme_promises(renders):
         assert path in mounts, path
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["state"]["hostPath"]["path"] == "/var/lib/sluice"
-    assert pod["automountServiceAccountToken"] is False
-    assert not by_kind(renders["default"], "ClusterRole"), "no API access, no RBAC"
+    # Read-only on pods, for the pod watch; nothing else.
+    role = by_kind(renders["default"], "ClusterRole")[0]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert pod["automountServiceAccountToken"] is True
+    off = by_kind(renders["hardened-and-tuned"], "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert off["automountServiceAccountToken"] is False
+    assert not by_kind(renders["hardened-and-tuned"], "ClusterRole"), "no API access, no RBAC"
 
     modern = by_kind(renders["hardened-and-tuned"], "DaemonSet")[0]["spec"]["template"]["spec"]
     caps = modern["containers"][0]["securityContext"]["capabilities"]["add"]

@@ -47,6 +47,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from fake_kube_api import FakeKubeApi, pod_object
 from netns import Proc, Topology, free_port, mock_bin, require_privileges, run, wait_for_port
 from podspec import Docker, DockerPod, PodSpecError, pod_spec_of
 
@@ -122,6 +123,11 @@ class Node:
         self.port, self.metrics_port, self.webhook_port = (free_port() for _ in range(3))
         self.agent: DockerPod | None = None
         self.installed: dict | None = None
+        # The API the agent's pod watch reads (labels, service accounts), via a kubeconfig.
+        kube_dir = root / "kube"
+        kube_dir.mkdir()
+        self.api = FakeKubeApi(kube_dir)
+        self.kube_dir = kube_dir
 
     def values(self, on_proxy_down: str) -> dict:
         return {
@@ -131,10 +137,16 @@ class Node:
                 "onProxyDown": on_proxy_down, "heartbeatTimeoutSeconds": 1,
                 "cgroupRoot": str(self.cgroup_root),
                 "podLogDir": str(self.pod_logs), "containerLogDir": str(self.container_logs),
-                "extraVolumes": [{"name": "provider-ca",
-                                  "hostPath": {"path": str(self.provider_ca), "type": "Directory"}}],
-                "extraVolumeMounts": [{"name": "provider-ca", "mountPath": "/etc/sluice/provider-ca",
-                                       "readOnly": True}],
+                "extraVolumes": [
+                    {"name": "provider-ca", "hostPath": {"path": str(self.provider_ca), "type": "Directory"}},
+                    {"name": "kube", "hostPath": {"path": str(self.kube_dir), "type": "Directory"}},
+                ],
+                "extraVolumeMounts": [
+                    {"name": "provider-ca", "mountPath": "/etc/sluice/provider-ca", "readOnly": True},
+                    {"name": "kube", "mountPath": "/etc/sluice/kube", "readOnly": True},
+                ],
+                # In a cluster the service-account token; here a kubeconfig for the fake API.
+                "extraEnv": [{"name": "KUBECONFIG", "value": "/etc/sluice/kube/kubeconfig"}],
                 "terminationGracePeriodSeconds": 20,
             },
             "ledger": {"hostPath": str(self.ledger)},
@@ -145,6 +157,12 @@ class Node:
                 # The test's provider address is not in DNS: named as a static prefix.
                 "redirect": {"prefixes": [f"{self.topo.provider_addr}/32:443"],
                              "pin_dir": str(self.pins)},
+                # Selected by pod label and service account, which only the API knows.
+                "policy": {"policies": [{
+                    "id": "chat-models",
+                    "scope": {"pod_labels": {"app": "chat"}, "service_accounts": ["chat"]},
+                    "models": {"allow": ["gpt-4o-mini", "claude-*"]},
+                }]},
             },
         }
 
@@ -188,6 +206,7 @@ class Node:
         if self.agent:
             self.agent.stop()
         self.docker.close()
+        self.api.close()
         self.mock.stop()
         self.topo.close()
         remove_cgroup_tree(self.cgroup_root)
@@ -384,7 +403,13 @@ o = openai.OpenAI(api_key="sk-pod-key", max_retries=0)
 r = o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "from pod chat"}])
 a = anthropic.Anthropic(api_key="sk-ant-pod", max_retries=0)
 m = a.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "anthropic from chat"}])
-print(json.dumps({"openai": r.choices[0].message.content, "anthropic": m.content[0].text}))
+try:
+    o.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "a model chat may not use"}])
+    blocked = None
+except openai.APIStatusError as e:
+    blocked = e.status_code
+print(json.dumps({"openai": r.choices[0].message.content, "anthropic": m.content[0].text,
+                  "blocked": blocked}))
 """
 
 
@@ -405,17 +430,31 @@ def test_pods_on_a_node_without_kubelet_are_governed_and_attributed(node, webhoo
             pod = KubeletPod(node, ns, out)
             pod.run_init_containers()
             pods[ns] = pod
+            # The scheduler's and kubelet's view, as the API serves it to the agent's watch.
+            node.api.put(pod_object(
+                pod.name, ns, pod.uid, NODE_NAME, spec["metadata"].get("labels", {}),
+                spec["spec"].get("serviceAccountName", "default"),
+                {c: cid for c, (cid, _) in pod.containers.items()}))
+        deadline = time.monotonic() + 20
+        while node.metric("sluice_kubernetes_pods") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node.metric("sluice_kubernetes_pods") == 2, agent.logs("agent")
+        # The agent watches its own node's pods only.
+        assert any("fieldSelector=spec.nodeName%3Dnode-1" in r for r in node.api.requests), node.api.requests
 
         chat = pods["team-a"].run("app", [sys.executable, "-c", SDKS])
         assert chat.returncode == 0, chat.stdout + chat.stderr
         assert json.loads(chat.stdout) == {"openai": "Mock reply to: from pod chat",
-                                           "anthropic": "Mock reply to: anthropic from chat"}
-        web = pods["team-b"].run("web", ["node", "chat.mjs", "from pod web"], cwd=REPO / "tests" / "node")
+                                           "anthropic": "Mock reply to: anthropic from chat",
+                                           "blocked": 403}
+        # The same model from a pod the policy does not select is allowed.
+        web = pods["team-b"].run("web", ["node", "chat.mjs", "from pod web", "gpt-4o"],
+                                 cwd=REPO / "tests" / "node")
         assert web.returncode == 0, web.stdout + web.stderr
         assert json.loads(web.stdout) == {"reply": "Mock reply to: from pod web"}
 
         deadline = time.monotonic() + 20
-        while len(node.interactions()) < 3 and time.monotonic() < deadline:
+        while len(node.interactions()) < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
         records = node.interactions()
         by_pod = {}
@@ -425,12 +464,19 @@ def test_pods_on_a_node_without_kubelet_are_governed_and_attributed(node, webhoo
             by_pod.setdefault((k["namespace"], k["pod"], k["container"]), []).append(r)
         chat_key = ("team-a", CHAT_POD["metadata"]["name"], "app")
         web_key = ("team-b", WEB_POD["metadata"]["name"], "web")
-        assert sorted(r["provider"] for r in by_pod[chat_key]) == ["anthropic", "openai"]
-        assert [r["provider"] for r in by_pod[web_key]] == ["openai"]
-        for key, rs in ((chat_key, by_pod[chat_key]), (web_key, by_pod[web_key])):
+        chat_records = sorted(by_pod[chat_key], key=lambda r: r["seq"])
+        assert [(r["provider"], r["model"], r["decision"]) for r in chat_records] == [
+            ("openai", "gpt-4o-mini", "allow"), ("anthropic", "claude-haiku-4-5", "allow"),
+            ("openai", "gpt-4o", "block")]
+        assert chat_records[2]["policy_id"].startswith("chat-models"), chat_records[2]
+        assert [(r["provider"], r["model"], r["decision"]) for r in by_pod[web_key]] == [
+            ("openai", "gpt-4o", "allow")]
+        for key, rs in ((chat_key, chat_records), (web_key, by_pod[web_key])):
             for r in rs:
                 assert r["identity"]["pod_uid"] == pods[key[0]].uid
-                assert r["decision"] == "allow" and r["status"] == 200
+        k = chat_records[0]["identity"]["kubernetes"]
+        assert (k["service_account"], k["labels"]["app"]) == ("chat", "chat"), k
+        assert by_pod[web_key][0]["identity"]["kubernetes"]["service_account"] == "default"
     finally:
         agent.stop()
         node.agent = None

@@ -125,11 +125,17 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     }
     sources.push(Box::new(StaticDst::from_config(&config.original_dst)));
 
+    // Pod names from the kubelet's files; labels and service accounts from the API watch.
+    let pods = Arc::new(crate::identity::pods::PodDirectory::new(
+        config.kubernetes.clone(),
+    ));
+    crate::identity::pods::api::start(pods.clone());
+
     // Shared data-plane state: provider table, original destinations, loop guard.
     let shared = Arc::new(Shared {
         providers: ProviderTable::from_config(&config),
         original_dst: Box::new(Chain(sources)),
-        pods: crate::identity::pods::PodDirectory::new(config.kubernetes.clone()),
+        pods: pods.clone(),
         loop_guard: LoopGuard::new(config.listen.clone()),
         recorder: recorder.clone(),
         ledger: ledger.clone(),

@@ -275,6 +275,23 @@ pub fn render() -> Vec<u8> {
     buf
 }
 
+/// Pods of this node known from the Kubernetes API (`kubernetes.api`); absent when the
+/// API is not watched.
+pub static KUBERNETES_PODS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_kubernetes_pods",
+        "Pods of this node known from the Kubernetes API watch",
+    )
+});
+
+/// Errors of the Kubernetes API watch (RBAC refusals, unreachable API server).
+pub static KUBERNETES_API_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_kubernetes_api_errors_total",
+        "Errors of the Kubernetes API pod watch (retried with backoff)",
+    )
+});
+
 /// Touch every metric so each appears (at zero) from the first scrape on.
 pub fn init() {
     LazyLock::force(&REQUESTS);

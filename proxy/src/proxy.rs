@@ -171,7 +171,7 @@ pub struct Shared {
     /// Original destination source.
     pub original_dst: Box<dyn OriginalDst>,
     /// Names of the node's pods, for attribution.
-    pub pods: crate::identity::pods::PodDirectory,
+    pub pods: Arc<crate::identity::pods::PodDirectory>,
     /// Loop guard over our own listeners.
     pub loop_guard: LoopGuard,
     /// Where connection and admin records go (off the request path).

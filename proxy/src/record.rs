@@ -70,7 +70,7 @@ pub struct Identity {
     /// Namespace, pod and container names (and, from the API, labels and service
     /// account) of that pod; absent outside Kubernetes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<crate::identity::pods::PodRef>,
+    pub kubernetes: Option<PodRef>,
     /// Virtual-key user (the strongest identity, when a virtual key was presented).
     pub user: Option<String>,
     /// Virtual-key team.
@@ -79,6 +79,23 @@ pub struct Identity {
     pub project: Option<String>,
     /// Fingerprint of the client's own provider key (`sha256:` + 16 hex), never the key.
     pub api_key_fingerprint: Option<String>,
+}
+
+/// What a record says of the pod that made a call (`identity.kubernetes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name, when the container's log link names it.
+    pub container: Option<String>,
+    /// Service account (from the API only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Pod labels (from the API only).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The request side of an interaction.

@@ -65,7 +65,7 @@ app.kubernetes.io/component: {{ .component }}
     "heartbeat_timeout_ms" (mul (int .Values.agent.heartbeatTimeoutSeconds) 1000)
     "pin_dir" "/sys/fs/bpf/sluice"
     "on_stop" (ternary "detach" "keep" .Values.agent.detachOnStop))
-  "kubernetes" (dict "pod_logs" "/run/sluice/kubelet/pods" "container_logs" "/run/sluice/kubelet/containers")
+  "kubernetes" (dict "pod_logs" "/run/sluice/kubelet/pods" "container_logs" "/run/sluice/kubelet/containers" "api" (ternary "auto" "off" .Values.agent.podMetadataFromAPI))
   "ledger" (dict
     "retention_days" (int .Values.ledger.retentionDays)
     "content_mode" .Values.ledger.contentMode

@@ -11,15 +11,25 @@
 //! Names in both are DNS-1123 (no `_`), so the separators are unambiguous. Lookups hit an
 //! in-memory table; a miss rescans the two directories at most once per
 //! [`RESCAN_EVERY`], so a connection from an unknown cgroup never costs more than one
-//! `readdir` pair a second. Labels and the service account are not in these files: they
-//! come only from the Kubernetes API, which is a later source of this same table.
+//! `readdir` pair a second.
+//!
+//! Labels and the service account are not in these files: they come from the Kubernetes
+//! API when it is reachable and RBAC allows (`kubernetes.api: auto`): a watch of this
+//! node's pods (`spec.nodeName`), on a thread of its own, off the request path, fills a
+//! second table the lookup merges ([`api`]). Without it, records still name namespace,
+//! pod and container, and scopes on labels or service accounts match no pod.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use parking_lot::RwLock;
+use serde::Deserialize;
+
+pub use crate::record::PodRef;
+
+pub mod api;
 
 /// How often a lookup miss may rescan the kubelet's directories.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -33,6 +43,23 @@ pub struct KubernetesConfig {
     pub pod_logs: PathBuf,
     /// The kubelet's container log symlinks. Default: `/var/log/containers`.
     pub container_logs: PathBuf,
+    /// Watch this node's pods in the Kubernetes API for labels and service accounts:
+    /// `auto` (when running in a cluster, or with `$KUBECONFIG`, and the node's name is
+    /// known) or `off`. Default: auto.
+    pub api: ApiMode,
+    /// This node's name (the watch's `spec.nodeName`). Default: `$NODE_NAME`.
+    pub node_name: Option<String>,
+}
+
+/// Whether the Kubernetes API is watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiMode {
+    /// When a cluster is reachable and the node's name known.
+    #[default]
+    Auto,
+    /// Never: the kubelet's files only.
+    Off,
 }
 
 impl Default for KubernetesConfig {
@@ -40,25 +67,10 @@ impl Default for KubernetesConfig {
         KubernetesConfig {
             pod_logs: PathBuf::from("/var/log/pods"),
             container_logs: PathBuf::from("/var/log/containers"),
+            api: ApiMode::Auto,
+            node_name: None,
         }
     }
-}
-
-/// What a record says of the pod that made a call (`identity.kubernetes`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PodRef {
-    /// Namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub pod: String,
-    /// Container name, when the container's log link names it.
-    pub container: Option<String>,
-    /// Service account (from the API only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<String>,
-    /// Pod labels (from the API only).
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -74,6 +86,8 @@ struct Table {
 pub struct PodDirectory {
     config: KubernetesConfig,
     table: Mutex<Table>,
+    /// Pods as the API describes them, by UID (filled by [`api::watch`]).
+    api: RwLock<HashMap<String, api::ApiPod>>,
 }
 
 impl PodDirectory {
@@ -82,12 +96,38 @@ impl PodDirectory {
         PodDirectory {
             config,
             table: Mutex::new(Table::default()),
+            api: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The pod with `uid` (and its container `container_id`), if the kubelet's files name
-    /// it. A miss rescans at most once per [`RESCAN_EVERY`].
+    /// Its configuration.
+    pub fn config(&self) -> &KubernetesConfig {
+        &self.config
+    }
+
+    /// The pod with `uid` (and its container `container_id`), if the kubelet's files or the
+    /// API watch name it; labels and service account from the API. A miss in the files
+    /// rescans them at most once per [`RESCAN_EVERY`].
     pub fn lookup(&self, uid: &str, container_id: Option<&str>) -> Option<PodRef> {
+        let from_files = self.in_files(uid, container_id);
+        let api = self.api.read();
+        let Some(pod) = api.get(uid) else {
+            return from_files;
+        };
+        let mut found = from_files.unwrap_or_else(|| PodRef {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            ..PodRef::default()
+        });
+        if found.container.is_none() {
+            found.container = container_id.and_then(|c| pod.containers.get(c).cloned());
+        }
+        found.service_account = pod.service_account.clone();
+        found.labels = pod.labels.clone();
+        Some(found)
+    }
+
+    fn in_files(&self, uid: &str, container_id: Option<&str>) -> Option<PodRef> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let known = |t: &Table| {
             t.pods.contains_key(uid) && container_id.is_none_or(|c| t.containers.contains_key(c))
@@ -152,6 +192,7 @@ mod tests {
         let config = KubernetesConfig {
             pod_logs: dir.join("pods"),
             container_logs: dir.join("containers"),
+            ..KubernetesConfig::default()
         };
         std::fs::create_dir_all(&config.pod_logs).unwrap();
         std::fs::create_dir_all(&config.container_logs).unwrap();
@@ -201,6 +242,7 @@ mod tests {
         let pods = PodDirectory::new(KubernetesConfig {
             pod_logs: "/nonexistent/pods".into(),
             container_logs: "/nonexistent/containers".into(),
+            ..KubernetesConfig::default()
         });
         assert_eq!(pods.lookup(UID, None), None);
     }
