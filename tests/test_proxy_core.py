@@ -246,17 +246,32 @@ def test_client_hanging_up_mid_stream_is_recorded_as_cancelled(stack):
     assert stack.python(OPENAI_PLAIN)["text"] == "Mock reply to: Hello from the client netns"
 
 
+CUSTOM_MODEL = """
+import json, openai
+c = openai.OpenAI(api_key="sk-client-key-123")
+r = c.chat.completions.create(model="acme-finetune-7f3a9", messages=[{"role": "user", "content": "hi"}])
+print(json.dumps({"text": r.choices[0].message.content}))
+"""
+
+
 def test_metrics_count_what_happened(stack):
     stack.python(OPENAI_PLAIN)
     stack.python(OPENAI_PLAIN)
-    stack.wait_records(2, "interaction")
+    stack.python(OPENAI_STREAM)
+    # A model string the price table does not know is counted as `other`: clients cannot
+    # grow the label set.
+    stack.python(CUSTOM_MODEL)
+    stack.wait_records(4, "interaction")
     assert stack.metric(
-        'sluice_requests_total{endpoint="chat.completions",outcome="success",provider="openai"}') == 2
-    assert stack.metric('sluice_tokens_total{direction="input",provider="openai"}') > 0
-    assert stack.metric('sluice_cost_micro_usd_total{provider="openai"}') > 0
+        'sluice_requests_total{endpoint="chat.completions",outcome="success",provider="openai"}') == 4
+    assert stack.metric('sluice_tokens_total{direction="input",model="gpt-4o-mini",provider="openai"}') > 0
+    assert stack.metric('sluice_tokens_total{direction="input",model="other",provider="openai"}') > 0
+    assert "acme-finetune" not in stack.metrics()
+    assert stack.metric('sluice_cost_usd_total{model="gpt-4o-mini",provider="openai"}') > 0
+    assert stack.metric('sluice_time_to_first_token_seconds_count{provider="openai"}') == 1
     assert stack.metric('sluice_tls_handshakes_total{result="ok"}') >= 1
-    assert stack.metric('sluice_ledger_records_total{kind="interaction"}') == 2
-    assert stack.metric("sluice_added_latency_seconds_count") == 2
+    assert stack.metric('sluice_ledger_records_total{kind="interaction"}') == 4
+    assert stack.metric("sluice_added_latency_seconds_count") == 4
 
 
 def test_plain_http_provider_is_inspected(stack):

@@ -94,19 +94,27 @@ pub static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "sluice_tokens_total",
-        "Tokens seen in intercepted interactions",
-        &["provider", "direction"],
+        "Tokens by provider, model family (the price table's name; `other` when unpriced) and direction (input, output)",
+        &["provider", "model", "direction"],
     )
 });
-/// Cost in micro-USD (integer counter to avoid float drift).
-pub static COST_MICRO_USD: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "sluice_cost_micro_usd_total",
-        "Estimated spend in millionths of a US dollar",
-        &["provider"],
+
+/// Spend in USD, by provider and model family.
+pub static COST_USD: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
+    let c = prometheus::CounterVec::new(
+        Opts::new(
+            "sluice_cost_usd_total",
+            "Spend in US dollars by provider and model family (from the price table)",
+        ),
+        &["provider", "model"],
     )
+    .expect("static metric definition");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 });
-/// Interactions whose model has no price in the table.
+
 pub static UNPRICED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "sluice_unpriced_interactions_total",
@@ -227,6 +235,26 @@ pub static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Reason codes of policy decisions (a fixed vocabulary: `model_denied`, `prompt_injection`,
+/// `budget_exceeded`, …), one count per code per request.
+pub static REASONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_policy_reasons_total",
+        "Reason codes of policy decisions, one per code per request",
+        &["reason"],
+    )
+});
+
+/// Time from the request to the first byte of a streamed answer, by provider.
+pub static TIME_TO_FIRST_TOKEN: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sluice_time_to_first_token_seconds",
+        "Time to the first byte of a streamed answer, by provider",
+        &["provider"],
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+
 /// Config reload attempts by result.
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -297,7 +325,9 @@ pub fn init() {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&ERRORS);
     LazyLock::force(&TOKENS);
-    LazyLock::force(&COST_MICRO_USD);
+    LazyLock::force(&COST_USD);
+    LazyLock::force(&REASONS);
+    LazyLock::force(&TIME_TO_FIRST_TOKEN);
     LazyLock::force(&UNPRICED);
     LazyLock::force(&UPSTREAM_LATENCY);
     LazyLock::force(&ADDED_LATENCY);

@@ -201,6 +201,17 @@ impl PriceTable {
     /// price of its [`Adapter::price_fallback`] (Azure OpenAI deployments and
     /// OpenAI-compatible gateways: OpenAI's). `None` for an unknown model.
     pub fn lookup(&self, adapter: &dyn Adapter, model: &str) -> Option<&Price> {
+        self.entry(adapter, model).map(|e| &e.price)
+    }
+
+    /// The price table's name for `model`'s family (`gpt-4o` for `gpt-4o-2024-08-06`),
+    /// found as [`Self::lookup`] finds the price: a bounded set, fit for a metric label
+    /// (a client can send any model string; it must not become a label).
+    pub fn family(&self, adapter: &dyn Adapter, model: &str) -> Option<&str> {
+        self.entry(adapter, model).map(|e| e.model.as_str())
+    }
+
+    fn entry(&self, adapter: &dyn Adapter, model: &str) -> Option<&Entry> {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
         let model = adapter.price_model(model);
@@ -211,7 +222,7 @@ impl PriceTable {
         })
     }
 
-    fn lookup_in(&self, provider: &str, model: &str) -> Option<&Price> {
+    fn lookup_in(&self, provider: &str, model: &str) -> Option<&Entry> {
         let mut best: Option<&Entry> = None;
         for e in self
             .entries
@@ -219,7 +230,7 @@ impl PriceTable {
             .filter(|e| e.provider.eq_ignore_ascii_case(provider))
         {
             if e.model.eq_ignore_ascii_case(model) {
-                return Some(&e.price);
+                return Some(e);
             }
             let is_family = model.len() > e.model.len()
                 && model.is_char_boundary(e.model.len())
@@ -229,7 +240,7 @@ impl PriceTable {
                 best = Some(e);
             }
         }
-        best.map(|e| &e.price)
+        best
     }
 
     /// The cost in USD of `usage` for `model` at `provider`, or `None` when the model

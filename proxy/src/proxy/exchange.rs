@@ -267,6 +267,14 @@ pub(super) fn finish(
     metrics::DECISIONS
         .with_label_values(&[record.decision])
         .inc();
+    for code in &record.reason_codes {
+        metrics::REASONS.with_label_values(&[code]).inc();
+    }
+    let family = record
+        .model
+        .as_deref()
+        .and_then(|m| PriceTable::embedded().family(conn.adapter, m))
+        .unwrap_or("other");
     if record.outcome != Outcome::Success {
         metrics::ERRORS
             .with_label_values(&[provider, record.outcome.as_str()])
@@ -274,18 +282,23 @@ pub(super) fn finish(
     }
     if let Some(n) = record.usage.input_tokens {
         metrics::TOKENS
-            .with_label_values(&[provider, "input"])
+            .with_label_values(&[provider, family, "input"])
             .inc_by(n);
     }
     if let Some(n) = record.usage.output_tokens {
         metrics::TOKENS
-            .with_label_values(&[provider, "output"])
+            .with_label_values(&[provider, family, "output"])
             .inc_by(n);
     }
-    match record.cost_usd {
-        Some(c) => metrics::COST_MICRO_USD
+    if let Some(ttft) = record.ttft_ms {
+        metrics::TIME_TO_FIRST_TOKEN
             .with_label_values(&[provider])
-            .inc_by((c * 1e6).round() as u64),
+            .observe(ttft / 1000.0);
+    }
+    match record.cost_usd {
+        Some(c) => metrics::COST_USD
+            .with_label_values(&[provider, family])
+            .inc_by(c.max(0.0)),
         None if record.endpoint.is_some() && record.model.is_some() => {
             metrics::UNPRICED.with_label_values(&[provider]).inc()
         }
