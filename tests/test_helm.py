@@ -34,6 +34,7 @@ OPTIONS = {
     },
     "webhook-and-service-off": {
         "webhook": {"enabled": False},
+        "dashboards": {"enabled": False},
         "metrics": {"service": {"enabled": False}},
         "serviceAccount": {"create": False, "name": "existing-sa"},
         "fullnameOverride": "ai-governance",
@@ -153,6 +154,9 @@ def test_the_default_render_matches_the_golden_file(renders):
 def normalise(rendered: dict[str, str]) -> str:
     out = []
     for path, text in sorted(rendered.items()):
+        if path.endswith("dashboards.yaml"):
+            # The dashboards' own test checks their content (test_dashboards.py).
+            text = "# the dashboards ConfigMap: test_dashboards_ship_in_a_sidecar_configmap checks it"
         text = re.sub(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", r"<\1>", text, flags=re.S)
         text = re.sub(r"((?:tls\.crt|tls\.key|ca\.crt|caBundle): )[A-Za-z0-9+/=]{40,}", r"\1<base64>", text)
         text = re.sub(r"(checksum/tls: )[0-9a-f]{64}", r"\1<sha256>", text)
@@ -228,3 +232,12 @@ def test_webhook_is_ignore_on_failure_and_never_touches_system_namespaces(render
     org_ca = next(v for v in deploy["volumes"] if v["name"] == "org-ca")
     assert org_ca["secret"]["items"] == [{"key": "tls.crt", "path": "ca.crt"}], "never the CA key"
     assert deploy["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_dashboards_ship_in_a_sidecar_configmap(renders):
+    cm = next(d for d in by_kind(renders["default"], "ConfigMap") if d["metadata"]["name"].endswith("-dashboards"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    for name in ("sluice-overview.json", "sluice-operations.json"):
+        assert cm["data"][name] == (REPO / "deploy" / "dashboards" / name).read_text()
+    assert not any(d["metadata"]["name"].endswith("-dashboards")
+                   for d in by_kind(renders["webhook-and-service-off"], "ConfigMap"))

@@ -16,55 +16,63 @@ use prometheus::{
 /// The registry holding all Sluice series.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+/// The name of every family registered, for [`catalogue`].
+static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `c` once and notes its name.
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
     REGISTRY
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+/// Every metric family Sluice can export, by name, whether or not it has a series yet
+/// (a labelled family appears in `/metrics` only once a label value is used): what
+/// dashboards and alerting rules may reference.
+pub fn catalogue() -> Vec<String> {
+    init();
+    LazyLock::force(&KUBERNETES_PODS);
+    LazyLock::force(&KUBERNETES_API_ERRORS);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    register(c)
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition");
-    REGISTRY
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(c)
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("static metric definition");
-    REGISTRY
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(g)
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
     let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
         .expect("static metric definition");
-    REGISTRY
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(g)
 }
 
 fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("static metric definition");
-    REGISTRY
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(h)
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("static metric definition");
-    REGISTRY
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(h)
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -109,10 +117,7 @@ pub static COST_USD: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
         &["provider", "model"],
     )
     .expect("static metric definition");
-    REGISTRY
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(c)
 });
 
 pub static UNPRICED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -442,6 +447,49 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 
 #[cfg(test)]
 mod tests {
+    /// Dashboards and alerting rules read only metrics Sluice exports: renaming one away
+    /// fails here, before a panel goes blank in production.
+    #[test]
+    fn dashboards_and_rules_reference_only_exported_metrics() {
+        let catalogue = super::catalogue();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut checked = 0;
+        for dir in ["dashboards", "prometheus"] {
+            for entry in std::fs::read_dir(deploy.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if !matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("json" | "yml")
+                ) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, _) in text.match_indices("sluice_") {
+                    let name: String = text[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(&name);
+                    // Identifiers that are not metrics: dashboard uids, rule group names.
+                    if base.starts_with("sluice_overview") || base.starts_with("sluice_operations")
+                    {
+                        continue;
+                    }
+                    assert!(
+                        catalogue.iter().any(|c| c == base),
+                        "{}: {name} is not a metric Sluice exports",
+                        path.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "only {checked} references found");
+    }
+
     #[test]
     fn every_metric_renders_under_the_sluice_prefix() {
         super::init();
