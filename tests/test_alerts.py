@@ -32,7 +32,7 @@ def promtool() -> str:
 
 def test_the_rules_load_and_their_unit_tests_pass(promtool):
     out = run([promtool, "check", "rules", str(RULES)]).stdout
-    assert "SUCCESS: 3 rules found" in out, out
+    assert "SUCCESS: 16 rules found" in out, out
     # rule_files in the test file are relative to it.
     r = run([promtool, "test", "rules", str(REPO / "tests" / "prometheus" / "sluice-rules-test.yml")],
             check=False)
@@ -40,6 +40,24 @@ def test_the_rules_load_and_their_unit_tests_pass(promtool):
     assert rule_series() >= {"sluice_ledger_witness_lag_seconds",
                              "sluice_ledger_witness_errors_total",
                              "sluice_ledger_append_errors_total"}
+
+
+def test_every_alert_has_a_runbook_and_a_unit_test_that_fires_and_one_that_stays_silent():
+    import yaml
+
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    cases = yaml.safe_load((REPO / "tests" / "prometheus" / "sluice-rules-test.yml").read_text())
+    fired, silent = set(), set()
+    for case in cases["tests"]:
+        for t in case.get("alert_rule_test", []):
+            (fired if t["exp_alerts"] else silent).add(t["alertname"])
+    for a in alerts:
+        name = a["alert"]
+        assert name in fired and name in silent, f"{name}: a test where it fires and one where it does not"
+        assert a["labels"]["severity"] in ("warning", "critical"), name
+        assert a["annotations"]["summary"] and len(a["annotations"]["description"]) > 40, \
+            f"{name}: the description is the runbook: what it means and what to do"
 
 
 def test_a_broken_rule_is_refused_with_a_reason(promtool, tmp_path):

@@ -158,6 +158,7 @@ policy:
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ["{REPO / 'deploy' / 'prometheus' / 'sluice-rules.yml'}"]
 scrape_configs:
   - job_name: sluice
     static_configs: [{{targets: ["127.0.0.1:{stack.metrics_port}"]}}]
@@ -205,3 +206,18 @@ scrape_configs:
                         s["value"][1] not in ("NaN",) for s in r["data"]["result"]):
                     empty.append((p["title"], t["expr"]))
     assert not empty, f"panels without data: {empty}"
+
+    # The recording rules evaluate too, and those the traffic feeds have data.
+    rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
+    recorded = [r for g in rules["data"]["groups"] for r in g["rules"] if r["type"] == "recording"]
+    assert len(recorded) == 6, recorded
+    deadline = time.monotonic() + 20
+    while True:
+        missing = [r["name"] for r in recorded
+                   if r.get("health") != "ok" or not query(port, r["name"])["data"]["result"]]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"recording rules without data: {missing}"
+    alerts = [r for g in rules["data"]["groups"] for r in g["rules"] if r["type"] == "alerting"]
+    assert all(r.get("health") in ("ok", "unknown") for r in alerts), alerts

@@ -39,6 +39,11 @@ OPTIONS = {
         "serviceAccount": {"create": False, "name": "existing-sa"},
         "fullnameOverride": "ai-governance",
     },
+    "monitoring-on": {
+        "monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+                       "serviceMonitor": {"enabled": True, "interval": "15s"}},
+        "dashboards": {"annotations": {"grafana_folder": "Sluice"}},
+    },
     "hardened-and-tuned": {
         "agent": {
             "onProxyDown": "fail_closed",
@@ -107,6 +112,8 @@ def test_every_manifest_validates_strictly(renders, option, kube):
     docs = renders[option]
     assert docs, option
     for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's CRDs: test_monitoring_objects
         try:
             kubernetes_validate.validate(doc, kube, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -241,3 +248,22 @@ def test_dashboards_ship_in_a_sidecar_configmap(renders):
         assert cm["data"][name] == (REPO / "deploy" / "dashboards" / name).read_text()
     assert not any(d["metadata"]["name"].endswith("-dashboards")
                    for d in by_kind(renders["webhook-and-service-off"], "ConfigMap"))
+
+
+def test_monitoring_objects(renders):
+    """The PrometheusRule carries deploy/prometheus/sluice-rules.yml as is (the chart's copy
+    is kept equal); the ServiceMonitor scrapes the metrics Service's port."""
+    deploy_rules = REPO / "deploy" / "prometheus" / "sluice-rules.yml"
+    assert (CHART / "rules" / "sluice-rules.yml").read_text() == deploy_rules.read_text(), \
+        "copy deploy/prometheus/sluice-rules.yml to helm/sluice/rules/"
+    docs = renders["monitoring-on"]
+    rule = by_kind(docs, "PrometheusRule")[0]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"]["groups"] == yaml.safe_load(deploy_rules.read_text())["groups"]
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics"))
+    labels = service["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert not by_kind(renders["default"], "PrometheusRule"), "off unless the CRDs are there"

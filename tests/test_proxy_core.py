@@ -193,6 +193,8 @@ def test_invalid_upstream_certificate_fails_closed(stack):
     assert rec["provider"] == "mistral" and rec["outcome"] == "failed"
     assert "certificate" in rec["error"] or "TLS" in rec["error"], rec["error"]
     assert not [s for s in stack.mock_requests() if s["host"] == BAD_CERT], "nothing reached the provider"
+    # What the SluiceUpstreamTLSErrors alert counts.
+    assert stack.metric('sluice_upstream_errors_total{kind="tls",provider="mistral"}') == 1
 
 
 def test_fifty_megabyte_body_is_forwarded_whole(stack, tmp_path):

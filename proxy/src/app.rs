@@ -70,6 +70,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
             ledger_config.dir.display()
         )
     })?);
+    metrics::RECORD_QUEUE_CAPACITY
+        .set(i64::try_from(config.records.channel_capacity).unwrap_or(i64::MAX));
     let (recorder, writer) = sink::spawn_writer(
         Box::new(LedgerSink::new(ledger.clone())),
         config.records.channel_capacity,

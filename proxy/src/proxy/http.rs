@@ -634,6 +634,12 @@ impl ProxyHttp for Interceptor {
             // The client went silent mid-body: tell it, and record why.
             let _ = body_timeout(ctx, self.shared.body_idle_timeout);
         }
+        if *e.esource() == ErrorSource::Upstream {
+            let provider = ctx.conn.as_ref().map_or("unknown", |c| c.adapter.name());
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[provider, upstream_error_kind(e.etype())])
+                .inc();
+        }
         let code = match (&ctx.governed.verdict.refusal, e.etype()) {
             // A body judged while held back was refused: that refusal is the answer.
             (Some(r), _) if ctx.refused => r.status,
@@ -692,6 +698,26 @@ impl ProxyHttp for Interceptor {
         // Errors, cancellations and bodiless responses end here; complete responses were
         // recorded in response_body_filter already.
         let _ = self.finish(session, e, ctx);
+    }
+}
+
+/// The `kind` label of `sluice_upstream_errors_total`: a bounded name for Pingora's error
+/// type (`tls` covers a provider certificate that does not verify).
+fn upstream_error_kind(e: &ErrorType) -> &'static str {
+    match e {
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => "tls",
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError => "connect",
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => "io",
+        _ => "other",
     }
 }
 
