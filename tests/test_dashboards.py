@@ -18,9 +18,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import os
+
 import jsonschema
 import pytest
 
+from dashboard_picture import draw
 from netns import Proc, free_port, wait_for_port
 from sluice_stack import UNKNOWN, Stack
 
@@ -117,6 +120,7 @@ s = o.chat.completions.create(model="gpt-4o", stream=True, stream_options={"incl
     messages=[{"role": "user", "content": "stream please"}])
 for _ in s:
     pass
+o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mail bob@corp.example"}])
 a = anthropic.Anthropic(api_key="sk-ant-x", max_retries=0)
 a.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=[{"role": "user", "content": "hey"}])
 print(json.dumps({"ok": True}))
@@ -143,6 +147,7 @@ MUST_HAVE_DATA = {
     "Upstream latency by provider", "Time to first token by provider", "Policy decisions",
     "Top reason codes", "Blocked / s", "Connections refused by reason", "Ledger appends by kind",
     "Certificate cache", "TLS handshakes by result", "Requests per node",
+    "Guardrail findings by category",
 }
 
 
@@ -154,6 +159,8 @@ policy:
   policies:
     - id: no-nano
       models: {deny: ["gpt-4.1-nano"]}
+    - id: dlp
+      prompt: {pii: redact}
 """)
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(f"""
@@ -173,13 +180,17 @@ scrape_configs:
         assert time.monotonic() < deadline, "Prometheus never scraped Sluice"
         time.sleep(0.3)
 
-    # Twice, a scrape between: a labelled series is born at its first use, and a rate
-    # needs two samples of it.
-    for round_ in (1, 2):
+    # Twice (or SLUICE_DASHBOARD_ROUNDS times, for the README's picture), a scrape
+    # between: a labelled series is born at its first use, and a rate needs two samples.
+    started = time.time()
+    rounds = int(os.environ.get("SLUICE_DASHBOARD_ROUNDS", "2"))
+    for round_ in range(1, rounds + 1):
+        if round_ > 2:
+            time.sleep(2)
         assert stack.python(TRAFFIC) == {"ok": True}
         assert stack.python(BLOCKED) == {"status": 403}
         stack.curl(f"https://{UNKNOWN}/v1/models", check=False)
-        stack.wait_records(6 * round_, "interaction")
+        stack.wait_records(7 * round_, "interaction")
         if round_ == 1:
             deadline = time.monotonic() + 30
             while not query(port, "sluice_time_to_first_token_seconds_count")["data"]["result"]:
@@ -221,3 +232,10 @@ scrape_configs:
     assert not missing, f"recording rules without data: {missing}"
     alerts = [r for g in rules["data"]["groups"] for r in g["rules"] if r["type"] == "alerting"]
     assert all(r.get("health") in ("ok", "unknown") for r in alerts), alerts
+
+    # The picture of the overview, from this Prometheus's data (the README's is made by
+    # `cargo xtask dashboard-picture`, which runs this test with more traffic).
+    out = Path(os.environ.get("SLUICE_DASHBOARD_PNG", tmp_path / "overview.png"))
+    time.sleep(2)
+    draw(port, load("sluice-overview.json"), out, started, time.time())
+    assert out.stat().st_size > 20_000, "a picture with panels in it"

@@ -61,6 +61,9 @@ enum Cli {
         #[arg(long, default_value = concat!("sluice:", env!("CARGO_PKG_VERSION")))]
         tag: String,
     },
+    /// Draw the overview dashboard from a real Prometheus scraping Sluice under SDK
+    /// traffic (the README's picture): deploy/dashboards/overview.png.
+    DashboardPicture,
     /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
     /// fuzz/harness), build the debug image, run the pytest suite under tests/, then every
     /// fuzz target for a few seconds (`fuzz`).
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Cli::Bench { args } => bench(&root, &args),
         Cli::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Cli::Test { filter } => test(&root, filter.as_deref()),
+        Cli::DashboardPicture => dashboard_picture(&root),
         Cli::Image { profile, tag } => image::Image {
             root: &root,
             profile: &profile,
@@ -186,6 +190,34 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     })?;
     // A short run of every fuzz target (the seeds alone ran in `cargo test` already).
     stage("fuzz", || fuzz(root, TEST_FUZZ_SECONDS, &[]))
+}
+
+/// Runs the dashboards' Prometheus test with more traffic, writing its picture of the
+/// overview into the repo.
+///
+/// # Errors
+/// When setup, the build or the test fails.
+fn dashboard_picture(root: &Path) -> Result<()> {
+    setup::run(root, Venv::Install)?;
+    build(root)?;
+    let out = root.join("deploy/dashboards/overview.png");
+    run(Command::new(setup::venv_python(root))
+        .current_dir(root)
+        .args([
+            "-m",
+            "pytest",
+            "tests/test_dashboards.py",
+            "-q",
+            "-k",
+            "real_prometheus",
+        ])
+        .args(["-o", "timeout=900"])
+        .env("SLUICE_BIN", root.join("target/debug/sluice"))
+        .env("SLUICE_REPO", root)
+        .env("SLUICE_DASHBOARD_ROUNDS", "25")
+        .env("SLUICE_DASHBOARD_PNG", &out))?;
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test`.
