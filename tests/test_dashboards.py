@@ -147,7 +147,7 @@ MUST_HAVE_DATA = {
     "Upstream latency by provider", "Time to first token by provider", "Policy decisions",
     "Top reason codes", "Blocked / s", "Connections refused by reason", "Ledger appends by kind",
     "Certificate cache", "TLS handshakes by result", "Requests per node",
-    "Guardrail findings by category",
+    "Guardrail findings by category", "Budgets nearest exhaustion",
 }
 
 
@@ -161,6 +161,8 @@ policy:
       models: {deny: ["gpt-4.1-nano"]}
     - id: dlp
       prompt: {pii: redact}
+    - id: team-budget
+      budget: {usd: 100, period: month, shared: team}
 """)
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(f"""

@@ -181,6 +181,11 @@ def overview() -> dict:
         timeseries(L, "Top reason codes", "The ten reason codes seen most in the range.", "short",
                    [(f"topk(10, sum by (reason) (increase(sluice_policy_reasons_total{{{NODE}}}[$__range])))",
                      "{{reason}}")]),
+        timeseries(L, "Budgets nearest exhaustion", "Highest spend this period over each "
+                   "budget's cap (per-identity budgets: the identity nearest it); 100% is exhausted.",
+                   "percentunit",
+                   [(f"topk(10, max by (budget, period) (sluice_budget_utilisation_ratio{{{NODE}}}))",
+                     "{{budget}} ({{period}})")]),
         timeseries(L, "Guardrail findings by category", "PII, secrets and prompt injection found.",
                    "short",
                    [(f"sum by (category) (rate(sluice_guardrail_findings_total{{{NODE}}}[{RATE}]))",

@@ -227,7 +227,8 @@ fn fetch_witness(
     witness: &crate::tlog::note::NoteVerifier,
     node: &crate::tlog::note::NoteVerifier,
 ) -> WitnessView {
-    use crate::witness::{client, log_id, EvidenceEntry, HistoryEntry};
+    use crate::http::client;
+    use crate::witness::{log_id, EvidenceEntry, HistoryEntry};
     let mut view = WitnessView {
         name: witness.name.clone(),
         url: url.to_owned(),

@@ -1,5 +1,8 @@
 //! The small HTTP/1.1 servers of the control side — the witness and the admission
-//! webhook: one request in, one [`Reply`] out, handled off the async threads.
+//! webhook: one request in, one [`Reply`] out, handled off the async threads — and the
+//! blocking client the node uses for its own calls out ([`client`]: witnesses, S3).
+
+pub mod client;
 
 use std::sync::Arc;
 

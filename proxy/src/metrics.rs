@@ -308,6 +308,40 @@ pub fn render() -> Vec<u8> {
     buf
 }
 
+fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g =
+        prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    register(g)
+}
+
+/// Per budget (its shared name or policy id) and period: the highest spend this period
+/// (per-identity budgets: the identity nearest its cap), updated as spend is settled.
+pub static BUDGET_SPENT_USD: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    float_gauge_vec(
+        "sluice_budget_spent_usd",
+        "Highest spend this period under a budget (per-identity budgets: the identity nearest its cap)",
+        &["budget", "period"],
+    )
+});
+
+/// Per budget and period: its cap.
+pub static BUDGET_LIMIT_USD: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    float_gauge_vec(
+        "sluice_budget_limit_usd",
+        "A budget's cap in US dollars",
+        &["budget", "period"],
+    )
+});
+
+/// Per budget and period: spent / cap (1 = exhausted).
+pub static BUDGET_UTILISATION: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    float_gauge_vec(
+        "sluice_budget_utilisation_ratio",
+        "Highest spend this period over the budget's cap (1 = exhausted)",
+        &["budget", "period"],
+    )
+});
+
 /// Failures talking to a provider, by provider and kind (`tls`: its certificate did not
 /// verify or the handshake failed; `connect`, `timeout`, `io`, `other`).
 pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -358,6 +392,9 @@ pub fn init() {
     LazyLock::force(&TOKENS);
     LazyLock::force(&COST_USD);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&BUDGET_SPENT_USD);
+    LazyLock::force(&BUDGET_LIMIT_USD);
+    LazyLock::force(&BUDGET_UTILISATION);
     LazyLock::force(&READY);
     LazyLock::force(&RECORD_QUEUE_CAPACITY);
     LazyLock::force(&REASONS);

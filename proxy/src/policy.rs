@@ -280,6 +280,14 @@ impl Engine {
                 }
             })
             .collect();
+        // Every budget's cap is exported from the start; its spend as it is settled.
+        for p in &cfg.policies {
+            if let Some(b) = &p.budget {
+                crate::metrics::BUDGET_LIMIT_USD
+                    .with_label_values(&[budget::gauge_name(p, b), b.period.as_str()])
+                    .set(b.usd);
+            }
+        }
         let limiter = Limiter::default();
         limiter.restore(spend.load_windows());
         Ok(Engine {

@@ -481,7 +481,6 @@ pub async fn serve(listener: tokio::net::TcpListener, witness: Arc<Witness>) {
     crate::http::serve(listener, None, MAX_BODY, handler).await;
 }
 
-pub mod client;
 pub mod s3;
 
 #[cfg(test)]

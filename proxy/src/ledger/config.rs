@@ -203,7 +203,7 @@ impl WitnessTarget {
     pub fn kind(&self) -> Result<WitnessKind, String> {
         match (&self.url, &self.key, &self.s3) {
             (Some(url), Some(key), None) => {
-                crate::witness::client::split_url(url).map_err(|e| e.to_string())?;
+                crate::http::client::split_url(url).map_err(|e| e.to_string())?;
                 let key = crate::tlog::note::NoteVerifier::parse_vkey(key)
                     .map_err(|e| format!("{e} (`sluice witness key` prints a witness's vkey)"))?;
                 Ok(WitnessKind::Tlog {

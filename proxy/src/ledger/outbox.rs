@@ -29,10 +29,10 @@ use super::chain::{self, Checkpoint};
 use super::config::WitnessKind;
 use super::index;
 use super::writer::Inner;
+use crate::http::client;
 use crate::metrics::{WITNESS_ERRORS, WITNESS_LAG, WITNESS_SIZE};
 use crate::tlog::merkle::{Frontier, Tree};
 use crate::tlog::note::{CheckpointText, Note};
-use crate::witness::client;
 
 /// Per witness (by name), the tree size it last cosigned.
 pub(super) const STATE_FILE: &str = "witnesses.json";

@@ -133,9 +133,44 @@ pub(super) fn settle(engine: &Engine, identity: &Identity, cost_usd: f64) {
     for c in engine.in_scope(identity) {
         if let Some(b) = &c.policy.budget {
             let key = budget_key(&c.policy, b, identity);
-            engine.spend.add(&key, b.period.index(period_now), cost_usd);
+            let period = b.period.index(period_now);
+            engine.spend.add(&key, period, cost_usd);
+            export(&c.policy, b, period, engine.spend.spent(&key, period));
         }
     }
+}
+
+/// The highest spend seen this period under each budget name (per-identity budgets: the
+/// identity nearest its cap), for the gauges.
+static HIGHEST: Mutex<Option<HashMap<String, (i64, f64)>>> = Mutex::new(None);
+
+/// The name a budget's gauges carry: its shared name, else its policy's id (both come
+/// from the config: a bounded label set).
+pub(super) fn gauge_name<'a>(p: &'a Policy, b: &'a Budget) -> &'a str {
+    b.shared.as_deref().unwrap_or(&p.id)
+}
+
+/// Updates `sluice_budget_*{budget, period}` after `spent` was settled under one of the
+/// budget's counters.
+fn export(p: &Policy, b: &Budget, period: i64, spent: f64) {
+    let name = gauge_name(p, b);
+    let mut guard = HIGHEST.lock();
+    let highest = guard.get_or_insert_with(HashMap::new);
+    let entry = highest.entry(name.to_owned()).or_insert((period, 0.0));
+    if entry.0 != period {
+        *entry = (period, 0.0);
+    }
+    entry.1 = entry.1.max(spent);
+    let labels = [name, b.period.as_str()];
+    crate::metrics::BUDGET_SPENT_USD
+        .with_label_values(&labels)
+        .set(entry.1);
+    crate::metrics::BUDGET_LIMIT_USD
+        .with_label_values(&labels)
+        .set(b.usd);
+    crate::metrics::BUDGET_UTILISATION
+        .with_label_values(&labels)
+        .set(if b.usd > 0.0 { entry.1 / b.usd } else { 1.0 });
 }
 
 /// A budget counter: shared by name, else per policy (not version: a policy edit must not
@@ -161,6 +196,15 @@ pub enum Period {
 }
 
 impl Period {
+    /// Its name in config and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Month => "month",
+            Period::Total => "total",
+        }
+    }
+
     /// A stable number for the period containing `unix_secs`.
     pub fn index(self, unix_secs: i64) -> i64 {
         match self {

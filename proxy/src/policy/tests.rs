@@ -467,3 +467,31 @@ fn rate_limits_count_per_pod_not_per_process_name() {
         "the same pod's second request is over the limit"
     );
 }
+
+#[test]
+fn budget_gauges_follow_the_identity_nearest_its_cap() {
+    let e = engine("policies:\n  - id: gauge-test\n    budget: {usd: 10, period: day}\n");
+    let labels = ["gauge-test", "day"];
+    assert_eq!(
+        crate::metrics::BUDGET_LIMIT_USD
+            .with_label_values(&labels)
+            .get(),
+        10.0,
+        "the cap is exported before any spend"
+    );
+    let user = |u: &str| Identity {
+        user: Some(u.into()),
+        ..Identity::default()
+    };
+    e.settle(&user("a"), 2.0);
+    e.settle(&user("b"), 5.0);
+    e.settle(&user("a"), 1.0);
+    let spent = crate::metrics::BUDGET_SPENT_USD
+        .with_label_values(&labels)
+        .get();
+    assert!((spent - 5.0).abs() < 1e-9, "{spent}: b is nearest its cap");
+    let ratio = crate::metrics::BUDGET_UTILISATION
+        .with_label_values(&labels)
+        .get();
+    assert!((ratio - 0.5).abs() < 1e-9, "{ratio}");
+}

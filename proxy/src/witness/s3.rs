@@ -17,7 +17,7 @@ use base64::Engine as _;
 use hmac::Mac;
 use sha2::{Digest, Sha256};
 
-use super::client::{self, Answer};
+use crate::http::client::{self, Answer};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 

@@ -1,6 +1,6 @@
-//! The client side of a witness: one HTTP/1.1 exchange with a deadline, over `http://`
-//! or `https://`, used by the ledger's outbox (`add-checkpoint`, S3 `PUT`) and by
-//! `audit verify` (histories, S3 listings).
+//! The node's calls out: one HTTP/1.1 exchange with a deadline, over `http://` or
+//! `https://`, blocking (callers run off the request path), used by the ledger's outbox
+//! (witness `add-checkpoint`, S3 `PUT`) and by `audit verify` (histories, S3 listings).
 //!
 //! What travels is signed (checkpoints by the node, cosignatures by the witness), so a
 //! witness needs no secrecy or integrity from the channel; `https://` is there for the
@@ -24,13 +24,13 @@ pub struct Answer {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("witness URL `{0}` is not http[s]://host[:port][/prefix]")]
+    #[error("URL `{0}` is not http[s]://host[:port][/prefix]")]
     Url(String),
-    #[error("witness {url}: TLS: {detail}")]
+    #[error("{url}: TLS: {detail}")]
     Tls { url: String, detail: String },
-    #[error("witness {url}: {source}")]
+    #[error("{url}: {source}")]
     Io { url: String, source: std::io::Error },
-    #[error("witness {url}: malformed answer: {detail}")]
+    #[error("{url}: malformed answer: {detail}")]
     Answer { url: String, detail: String },
 }
 
@@ -322,7 +322,7 @@ mod tests {
             t,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("witness https://localhost"), "{e}");
+        assert!(e.to_string().contains("https://localhost"), "{e}");
         assert_eq!(
             split_url("https://s3.example.com/p/").unwrap(),
             Endpoint {
