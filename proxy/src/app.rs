@@ -138,6 +138,10 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         providers: ProviderTable::from_config(&config),
         original_dst: Box::new(Chain(sources)),
         pods: pods.clone(),
+        otel: crate::otel::Exporter::start(
+            &config.otel,
+            config.ledger.content_mode == crate::ledger::ContentMode::Full,
+        ),
         loop_guard: LoopGuard::new(config.listen.clone()),
         recorder: recorder.clone(),
         ledger: ledger.clone(),

@@ -159,6 +159,8 @@ pub struct Config {
     pub redirect: crate::redirect::RedirectConfig,
     /// Where the kubelet's files name the node's pods (for attribution).
     pub kubernetes: crate::identity::pods::KubernetesConfig,
+    /// OpenTelemetry export (off unless `otel.endpoint` is set).
+    pub otel: crate::otel::OtelConfig,
     /// Governance: virtual keys and the policy chain (empty: everything is allowed).
     pub policy: crate::policy::PolicyConfig,
     /// Bytes of each request and response body kept for inspection and records.
@@ -311,6 +313,7 @@ impl Config {
             on_ledger_failure: OnLedgerFailure::FailClosed,
             redirect: crate::redirect::RedirectConfig::default(),
             kubernetes: crate::identity::pods::KubernetesConfig::default(),
+            otel: crate::otel::OtelConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()

@@ -29,6 +29,7 @@
 //! | [`inbox`] | admin records from CLI commands while the proxy holds the ledger |
 //! | [`sink`] | handing records off the request path to a sink |
 //! | [`metrics`] | every `sluice_*` Prometheus series |
+//! | [`otel`] | OpenTelemetry export: GenAI spans and metrics over OTLP/HTTP |
 //! | [`demo`] | the hermetic end-to-end demo (the mock provider comes from `sluice-mock`) |
 //! | `testing` | fixtures for tests and the bench crate (`cfg(test)` or feature `testing`) |
 
@@ -45,6 +46,7 @@ pub mod inject;
 pub mod ledger;
 pub mod metrics;
 pub mod original_dst;
+pub mod otel;
 pub mod policy;
 pub mod pricing;
 pub mod providers;

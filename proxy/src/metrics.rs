@@ -36,6 +36,8 @@ pub fn catalogue() -> Vec<String> {
     init();
     LazyLock::force(&KUBERNETES_PODS);
     LazyLock::force(&KUBERNETES_API_ERRORS);
+    LazyLock::force(&OTEL_EXPORTED);
+    LazyLock::force(&OTEL_DROPPED);
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     names.sort();
     names.dedup();
@@ -365,6 +367,24 @@ pub static RECORD_QUEUE_CAPACITY: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "sluice_record_queue_capacity",
         "Capacity of the record hand-off queue (records.channel_capacity)",
+    )
+});
+
+/// OpenTelemetry items exported (spans, metric streams), by signal.
+pub static OTEL_EXPORTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_otel_exported_total",
+        "OpenTelemetry items exported, by signal (traces: spans, metrics: metric streams)",
+        &["signal"],
+    )
+});
+
+/// OpenTelemetry items dropped, by signal and reason (`queue_full`, `export_failed`).
+pub static OTEL_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_otel_dropped_total",
+        "OpenTelemetry items dropped, by signal and reason (queue_full, export_failed)",
+        &["signal", "reason"],
     )
 });
 

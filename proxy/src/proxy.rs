@@ -170,6 +170,8 @@ pub struct Shared {
     pub providers: ProviderTable,
     /// Original destination source.
     pub original_dst: Box<dyn OriginalDst>,
+    /// OpenTelemetry export, when configured.
+    pub otel: Option<crate::otel::Exporter>,
     /// Names of the node's pods, for attribution.
     pub pods: Arc<crate::identity::pods::PodDirectory>,
     /// Loop guard over our own listeners.

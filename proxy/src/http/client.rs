@@ -177,6 +177,49 @@ pub fn exchange_trusting(
     body: &str,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
+    let (status, content_type, payload) =
+        roundtrip(tls, url, method, path, headers, body.as_bytes(), timeout)?;
+    let body = String::from_utf8(payload).map_err(|_| ClientError::Answer {
+        url: url.to_owned(),
+        detail: "body is not UTF-8".into(),
+    })?;
+    Ok(Answer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// [`exchange_with`] for a binary body (OTLP protobuf); the answer's body is not kept.
+///
+/// # Errors
+/// As [`exchange`].
+pub fn exchange_bytes(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let (status, content_type, _) = roundtrip(&TLS, url, method, path, headers, body, timeout)?;
+    Ok(Answer {
+        status,
+        content_type,
+        body: String::new(),
+    })
+}
+
+/// One request and its answer: (status, content type, body bytes).
+fn roundtrip(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String, Vec<u8>), ClientError> {
     let ep = split_url(url)?;
     let (authority, prefix) = (ep.authority.clone(), ep.prefix.clone());
     let (host, target) = ep.host_port();
@@ -220,7 +263,7 @@ pub fn exchange_trusting(
         body.len()
     ));
     s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body.as_bytes()).map_err(io)?;
+    s.write_all(body).map_err(io)?;
     s.flush().map_err(io)?;
     let mut raw = Vec::new();
     match s.take(MAX_ANSWER).read_to_end(&mut raw) {
@@ -256,12 +299,7 @@ pub fn exchange_trusting(
     } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         return Err(bad("chunked answers are not expected from a witness"));
     }
-    let body = String::from_utf8(payload.to_vec()).map_err(|_| bad("body is not UTF-8"))?;
-    Ok(Answer {
-        status,
-        content_type,
-        body,
-    })
+    Ok((status, content_type, payload.to_vec()))
 }
 
 #[cfg(test)]

@@ -321,6 +321,10 @@ pub(super) fn finish(
         _ => Duration::ZERO,
     };
     metrics::ADDED_LATENCY.observe((before_upstream.max(ctx.t.own)).as_secs_f64());
+    if let Some(otel) = &shared.otel {
+        let started = ctx.t.started.map_or_else(SystemTime::now, |(_, at)| at);
+        otel.submit(&record, started);
+    }
     keep(shared, Record::Interaction(Box::new(record)))
 }
 
