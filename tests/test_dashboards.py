@@ -148,6 +148,7 @@ MUST_HAVE_DATA = {
     "Top reason codes", "Blocked / s", "Connections refused by reason", "Ledger appends by kind",
     "Certificate cache", "TLS handshakes by result", "Requests per node",
     "Guardrail findings by category", "Budgets nearest exhaustion",
+    "Requests in flight by provider",
 }
 
 

@@ -274,6 +274,8 @@ def test_metrics_count_what_happened(stack):
     assert stack.metric('sluice_tls_handshakes_total{result="ok"}') >= 1
     assert stack.metric('sluice_ledger_records_total{kind="interaction"}') == 4
     assert stack.metric("sluice_added_latency_seconds_count") == 4
+    # Every request left the in-flight gauge it entered (the stream too).
+    assert 'sluice_requests_in_flight{provider="openai"} 0' in stack.metrics()
 
 
 def test_plain_http_provider_is_inspected(stack):

@@ -233,6 +233,9 @@ def operations() -> dict:
         timeseries(L, "TLS handshakes by result", "Client handshakes with Sluice.", "ops",
                    [(f"sum by (result) (rate(sluice_tls_handshakes_total{{{NODE}}}[{RATE}]))",
                      "{{result}}")]),
+        timeseries(L, "Requests in flight by provider", "Requests being served; streams count "
+                   "until their last byte.", "short",
+                   [(f"sum by (provider) (sluice_requests_in_flight{{{NODE}}})", "{{provider}}")]),
         timeseries(L, "Requests per node", "Interactions per second on each node.", "reqps",
                    [(f"sum by (instance) (rate(sluice_requests_total{{{NODE}}}[{RATE}]))",
                      "{{instance}}")]),

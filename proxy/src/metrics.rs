@@ -370,6 +370,15 @@ pub static RECORD_QUEUE_CAPACITY: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Requests in flight (streams until their last byte), by provider.
+pub static IN_FLIGHT: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "sluice_requests_in_flight",
+        "Requests being served (streams until their last byte), by provider",
+        &["provider"],
+    )
+});
+
 /// OpenTelemetry items exported (spans, metric streams), by signal.
 pub static OTEL_EXPORTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -412,6 +421,7 @@ pub fn init() {
     LazyLock::force(&TOKENS);
     LazyLock::force(&COST_USD);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&BUDGET_SPENT_USD);
     LazyLock::force(&BUDGET_LIMIT_USD);
     LazyLock::force(&BUDGET_UTILISATION);

@@ -85,6 +85,8 @@ pub(super) struct Answer {
 pub struct Exchange {
     /// The connection the request arrived on (destination, adapter, workload).
     pub(super) conn: Option<Arc<ConnInfo>>,
+    /// Counts this request in `sluice_requests_in_flight` while the exchange lives.
+    pub(super) in_flight: Option<InFlight>,
     /// Request method, `Host`/`:authority` and path, for the record.
     pub(super) method: String,
     pub(super) host: Option<String>,
@@ -114,6 +116,24 @@ pub struct Exchange {
 /// A request that began but was never recorded — its task dropped because the proxy
 /// stopped mid-exchange — is recorded now, with what was seen (`outcome: failed`): a
 /// request Sluice accepted always has a record.
+/// One request in `sluice_requests_in_flight{provider}`, from its start until its
+/// exchange is dropped (streams included: they are in flight until their last byte).
+pub(super) struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    pub(super) fn new(provider: &str) -> InFlight {
+        let g = metrics::IN_FLIGHT.with_label_values(&[provider]);
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
         if self.recorded || self.conn.is_none() || self.t.started.is_none() {

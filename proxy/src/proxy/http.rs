@@ -91,6 +91,7 @@ impl Interceptor {
             })
             .map(str::to_owned);
         ctx.endpoint = conn.adapter.endpoint(req.method.as_str(), &ctx.path);
+        ctx.in_flight = Some(super::exchange::InFlight::new(conn.adapter.name()));
         ctx.governed.identity = conn.identity.clone();
         conn.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
