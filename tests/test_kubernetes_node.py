@@ -623,3 +623,40 @@ def test_a_rolling_restart_under_load_loses_no_completed_interaction(node, webho
     finally:
         agent.stop()
         node.agent = None
+
+
+def test_an_api_that_refuses_the_agent_leaves_the_names_from_the_kubelet_files(node, webhook):
+    """RBAC refuses (here: the API answers 401 to the agent's token): the agent counts the
+    errors, keeps serving, and records still name namespace, pod and container."""
+    _, hook_manifests = webhook
+    right = node.api.token
+    node.api.token = "another-token"
+    agent = node.start_agent(node.render("fail_closed"))
+    try:
+        spec = copy.deepcopy(WEB_POD)
+        spec["metadata"]["name"] = "web-no-api"
+        out = patched(call_webhook(hook_manifests, node.webhook_port, admission_review(spec, "team-b")), spec)
+        pod = KubeletPod(node, "team-b", out)
+        pod.run_init_containers()
+        node.api.put(pod_object(pod.name, "team-b", pod.uid, NODE_NAME, {"app": "web"}, "default",
+                                {c: cid for c, (cid, _) in pod.containers.items()}))
+        deadline = time.monotonic() + 20
+        while node.metric("sluice_kubernetes_api_errors_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert node.metric("sluice_kubernetes_api_errors_total") >= 1, agent.logs("agent")
+        web = pod.run("web", ["node", "chat.mjs", "without the API"], cwd=REPO / "tests" / "node")
+        assert web.returncode == 0, web.stdout + web.stderr
+        deadline = time.monotonic() + 20
+        mine = []
+        while not mine and time.monotonic() < deadline:
+            mine = [r for r in node.interactions()
+                    if (r["identity"].get("kubernetes") or {}).get("pod") == "web-no-api"]
+            time.sleep(0.2)
+        assert mine, "recorded"
+        k = mine[0]["identity"]["kubernetes"]
+        assert (k["namespace"], k["container"]) == ("team-b", "web")
+        assert "labels" not in k and "service_account" not in k, "nothing the API did not give"
+    finally:
+        node.api.token = right
+        agent.stop()
+        node.agent = None
