@@ -1,8 +1,10 @@
 """Prometheus alerting rules (deploy/prometheus/sluice-rules.yml) checked and unit-tested
 with Debian's `promtool`: the witness-lag alert fires after the lag has been over five
 minutes for five minutes and clears when the outbox catches up, a witness refusal fires at
-once, a failing ledger append too. That every series the rules read is one Sluice exports
-is checked against a live node in test_tamper.py."""
+once, a failing ledger append too; every other alert has cases where it fires and where it
+stays silent. That every series the rules read is one Sluice exports is checked against the
+registry (metrics::catalogue's Rust test); the recording rules run on a real Prometheus in
+test_dashboards.py."""
 
 from __future__ import annotations
 

@@ -177,6 +177,17 @@ scrape_configs:
           f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
          tmp_path / "prometheus.log")
     wait_for_port("127.0.0.1", port, timeout=30)
+    # The port opens before the TSDB is ready (503 meanwhile).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "Prometheus never became ready"
+        time.sleep(0.3)
     # A first scrape before the traffic, so that rates and quantiles see it arrive.
     deadline = time.monotonic() + 30
     while not query(port, 'up{job="sluice"} == 1')["data"]["result"]:
