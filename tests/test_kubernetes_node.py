@@ -154,6 +154,8 @@ class Node:
             "config": {
                 # The mock's certificate is signed by its own CA, as a provider's by a public one.
                 "upstream": {"ca_file": "/etc/sluice/provider-ca/ca.pem"},
+                # The node's kubepods tree lives under the test's cgroup, not at the root.
+                "kubernetes": {"cgroup_prefix": f"/{self.cgroup_root.name}"},
                 # The test's provider address is not in DNS: named as a static prefix.
                 "redirect": {"prefixes": [f"{self.topo.provider_addr}/32:443"],
                              "pin_dir": str(self.pins)},

@@ -43,7 +43,7 @@ pub fn of_connection(
         .ok()
         .and_then(|text| unified_path(&text).map(str::to_string));
     if let Some(path) = id.cgroup.as_deref() {
-        let (pod, container) = kubernetes(path);
+        let (pod, container) = kubernetes(path, &pods.config().cgroup_prefix);
         id.kubernetes = pod
             .as_deref()
             .and_then(|uid| pods.lookup(uid, container.as_deref()));
@@ -61,13 +61,24 @@ fn unified_path(text: &str) -> Option<&str> {
 /// Pod UID and container id from a kubelet cgroup path, e.g.
 /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-abcd.scope`
 /// or `/kubepods/besteffort/pod1234-5678/abcd`.
-pub fn kubernetes(cgroup: &str) -> (Option<String>, Option<String>) {
-    if !cgroup.contains("kubepods") {
+///
+/// Only the kubelet's own subtree counts: after `prefix` (the node's cgroup root as the
+/// probe sees it, `kubernetes.cgroup_prefix`, usually empty) and the `..` a cgroup
+/// namespace puts in front, the first segment must be `kubepods…`. A user with a
+/// delegated cgroup (systemd gives every login one) can name a sub-cgroup
+/// `kubepods-x.slice/pod<uid>.slice` under `user.slice`; that is not a pod, and must not
+/// borrow one's identity.
+pub fn kubernetes(cgroup: &str, prefix: &str) -> (Option<String>, Option<String>) {
+    let Some(rest) = cgroup.strip_prefix(prefix.trim_end_matches('/')) else {
+        return (None, None);
+    };
+    let first = rest.split('/').find(|s| !s.is_empty() && *s != "..");
+    if !first.is_some_and(|s| s.starts_with("kubepods")) {
         return (None, None);
     }
     let mut pod = None;
     let mut container = None;
-    for seg in cgroup.split('/') {
+    for seg in rest.split('/') {
         let seg = seg.strip_suffix(".slice").unwrap_or(seg);
         if let Some(i) = seg.rfind("pod") {
             let uid = &seg[i + 3..];
@@ -101,15 +112,38 @@ mod tests {
     #[test]
     fn systemd_driver_paths() {
         let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b5c7c9e_1c2d_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{CID}.scope");
-        let (pod, c) = kubernetes(&path);
+        let (pod, c) = kubernetes(&path, "");
         assert_eq!(pod.as_deref(), Some("0b5c7c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"));
         assert_eq!(c.as_deref(), Some(CID));
+    }
+
+    /// The attack: an unprivileged user names cgroups in the subtree systemd delegated to
+    /// them after a pod, to be attributed (and governed, and rate-limited, and billed) as
+    /// that pod. Not a pod; nor a look-alike outside the configured node root.
+    #[test]
+    fn a_user_cgroup_dressed_as_a_pod_is_not_one() {
+        let uid = "0b5c7c9e_1c2d_4e5f_8a9b_0c1d2e3f4a5b";
+        for path in [
+            format!("/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{CID}.scope"),
+            format!("/system.slice/evil.service/kubepods/besteffort/pod{uid}/{CID}"),
+            format!("/elsewhere/kubepods.slice/kubepods-pod{uid}.slice/cri-containerd-{CID}.scope"),
+        ] {
+            assert_eq!(kubernetes(&path, ""), (None, None), "{path}");
+            assert_eq!(kubernetes(&path, "/node-root"), (None, None), "{path}");
+        }
+        // A private cgroup namespace puts `..` in front; a configured node root is honoured.
+        let real = format!("/../../kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{CID}.scope");
+        assert!(kubernetes(&real, "").0.is_some());
+        let rooted =
+            format!("/node-root/kubepods.slice/kubepods-pod{uid}.slice/cri-containerd-{CID}.scope");
+        assert!(kubernetes(&rooted, "/node-root").0.is_some());
+        assert_eq!(kubernetes(&rooted, "").0, None);
     }
 
     #[test]
     fn cgroupfs_driver_paths() {
         let path = format!("/kubepods/besteffort/pod0b5c7c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b/{CID}");
-        let (pod, c) = kubernetes(&path);
+        let (pod, c) = kubernetes(&path, "");
         assert_eq!(pod.as_deref(), Some("0b5c7c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"));
         assert_eq!(c.as_deref(), Some(CID));
     }
@@ -117,7 +151,7 @@ mod tests {
     #[test]
     fn non_kubernetes_paths() {
         assert_eq!(
-            kubernetes("/user.slice/user-0.slice/session-1.scope"),
+            kubernetes("/user.slice/user-0.slice/session-1.scope", ""),
             (None, None)
         );
         assert_eq!(

@@ -49,6 +49,10 @@ pub struct KubernetesConfig {
     pub api: ApiMode,
     /// This node's name (the watch's `spec.nodeName`). Default: `$NODE_NAME`.
     pub node_name: Option<String>,
+    /// The node's cgroup root as processes' `/proc/<pid>/cgroup` names it, when the
+    /// kubelet's `kubepods` tree is not at the root of the hierarchy. Only cgroups under
+    /// `<prefix>/kubepods…` are pods. Default: empty (the root).
+    pub cgroup_prefix: String,
 }
 
 /// Whether the Kubernetes API is watched.
@@ -69,6 +73,7 @@ impl Default for KubernetesConfig {
             container_logs: PathBuf::from("/var/log/containers"),
             api: ApiMode::Auto,
             node_name: None,
+            cgroup_prefix: String::new(),
         }
     }
 }
