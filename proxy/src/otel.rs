@@ -632,13 +632,18 @@ impl std::fmt::Debug for Exporter {
 mod tests {
     use super::*;
 
+    fn sample() -> Box<Interaction> {
+        match crate::testing::sample_interaction(1) {
+            crate::record::Record::Interaction(r) => r,
+            _ => unreachable!("sample_interaction makes an interaction"),
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         let (tx, _rx) = sync_channel(1);
         let exporter = Exporter { tx, content: false };
-        let crate::record::Record::Interaction(r) = crate::testing::sample_interaction(1) else {
-            unreachable!("sample_interaction makes an interaction")
-        };
+        let r = sample();
         let dropped = || {
             metrics::OTEL_DROPPED
                 .with_label_values(&["traces", "queue_full"])
@@ -664,9 +669,7 @@ mod tests {
 
     #[test]
     fn content_goes_only_where_allowed() {
-        let crate::record::Record::Interaction(r) = crate::testing::sample_interaction(1) else {
-            unreachable!("sample_interaction makes an interaction")
-        };
+        let r = sample();
         let keys = |content| {
             event(&r, SystemTime::now(), content)
                 .span

@@ -100,14 +100,7 @@ impl Image<'_> {
         // One layer, reproducible: sorted, owned by root, mtime 0; /tmp sticky and open.
         super::run(Command::new("chmod").arg("1777").arg(rootfs.join("tmp")))?;
         super::run(
-            Command::new("tar")
-                .args([
-                    "--sort=name",
-                    "--mtime=@0",
-                    "--owner=0",
-                    "--group=0",
-                    "--numeric-owner",
-                ])
+            reproducible_tar()
                 .args([
                     "--format=posix",
                     "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
@@ -118,18 +111,17 @@ impl Image<'_> {
                 .arg(&layer)
                 .arg("."),
         )?;
-        let (layer_digest, layer_size) = store(&blobs, &fs::read(&layer)?)?;
-        fs::remove_file(&layer)?;
+        let (layer_digest, layer_size) = store(&blobs, &layer)?;
         let config = format!(
             r#"{{"architecture":"{arch}","os":"linux","config":{{"User":"{USER}:{USER}","Entrypoint":["/usr/local/bin/sluice"],"Cmd":["--help"],"Env":["PATH=/usr/local/bin","SLUICE_STATE_DIR=/var/lib/sluice"],"WorkingDir":"/","Labels":{{"org.opencontainers.image.title":"sluice","org.opencontainers.image.source":"https://github.com/sluice-dev/sluice"}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_digest}"]}},"history":[{{"created_by":"cargo xtask image --profile {profile}"}}]}}"#,
             arch = oci_arch()?,
             profile = self.profile,
         );
-        let (config_digest, config_size) = store(&blobs, config.as_bytes())?;
+        let (config_digest, config_size) = store_bytes(&blobs, config.as_bytes())?;
         let manifest = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{layer_digest}","size":{layer_size}}}]}}"#
         );
-        let (manifest_digest, manifest_size) = store(&blobs, manifest.as_bytes())?;
+        let (manifest_digest, manifest_size) = store_bytes(&blobs, manifest.as_bytes())?;
         let name = if self.tag.contains(':') {
             self.tag.to_string()
         } else {
@@ -154,14 +146,7 @@ impl Image<'_> {
             ),
         )?;
         super::run(
-            Command::new("tar")
-                .args([
-                    "--sort=name",
-                    "--mtime=@0",
-                    "--owner=0",
-                    "--group=0",
-                    "--numeric-owner",
-                ])
+            reproducible_tar()
                 .arg("-C")
                 .arg(layout)
                 .arg("-cf")
@@ -223,22 +208,32 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Writes `bytes` as a content-addressed blob; returns (hex digest, size).
-fn store(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
-    let tmp = blobs.join("incoming");
-    fs::write(&tmp, bytes)?;
-    let out = Command::new("sha256sum")
-        .arg(&tmp)
-        .output()
-        .context("running sha256sum")?;
-    ensure!(out.status.success(), "sha256sum failed");
-    let digest = String::from_utf8(out.stdout)?
-        .split_whitespace()
-        .next()
-        .context("sha256sum printed nothing")?
-        .to_string();
-    fs::rename(&tmp, blobs.join(&digest))?;
-    Ok((digest, bytes.len() as u64))
+/// Moves `file` into `blobs` under its SHA-256; returns (hex digest, size).
+fn store(blobs: &Path, file: &Path) -> Result<(String, u64)> {
+    let digest = super::setup::sha256(file)?;
+    let size = fs::metadata(file)?.len();
+    fs::rename(file, blobs.join(&digest))?;
+    Ok((digest, size))
+}
+
+/// Writes `bytes` as a blob; returns (hex digest, size).
+fn store_bytes(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
+    let incoming = blobs.join("incoming");
+    fs::write(&incoming, bytes)?;
+    store(blobs, &incoming)
+}
+
+/// `tar` writing the same archive for the same files: sorted, root-owned, mtime 0.
+fn reproducible_tar() -> Command {
+    let mut tar = Command::new("tar");
+    tar.args([
+        "--sort=name",
+        "--mtime=@0",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+    ]);
+    tar
 }
 
 fn oci_arch() -> Result<&'static str> {

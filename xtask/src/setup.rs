@@ -162,7 +162,7 @@ fn node_clients(root: &Path) -> Result<()> {
 }
 
 /// Hex SHA-256 of a file, from coreutils' `sha256sum` (keeps xtask free of hash crates).
-fn sha256(path: &Path) -> Result<String> {
+pub fn sha256(path: &Path) -> Result<String> {
     let out = Command::new("sha256sum")
         .arg(path)
         .output()
