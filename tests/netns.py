@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -391,3 +392,39 @@ class Proc:
     def tail(self, lines: int = 40) -> str:
         """The last `lines` lines of the log."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+# Where the cgroup v2 hierarchy is mounted (None without one).
+UNIFIED = next(
+    (Path(line.split(" - ")[0].split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
+     if " - cgroup2 " in line),
+    None,
+)
+
+
+class Cgroup:
+    """A child cgroup of the unified hierarchy, removed (after its processes) at close."""
+
+    def __init__(self, name: str):
+        assert UNIFIED, "no cgroup2 mount on this machine"
+        self.path = UNIFIED / name
+        self.path.mkdir()
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv run as a process that first joins this cgroup."""
+        return ["sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "sh", *argv]
+
+    def close(self):
+        for _ in range(50):
+            procs = (self.path / "cgroup.procs").read_text().split()
+            for pid in procs:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"cannot remove {self.path}")

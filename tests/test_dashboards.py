@@ -2,7 +2,9 @@
 chart): in sync with their generator, valid against Grafana's dashboard and panel schemas
 (tests/schemas/grafana, Apache-2.0, from Grafana), checked for what a schema cannot see, and
 every panel query evaluated by a real Prometheus (Debian's) that scrapes a running Sluice
-while real SDK traffic — plain, streamed, blocked, refused — flows through it. (That every
+while real SDK traffic — plain, streamed, cut, failing upstream, blocked, refused, and
+captured by the eBPF redirect — flows through it, its checkpoints cosigned by a witness, and
+returns data: no panel is left that only a production node would fill. (That every
 metric a panel names is one Sluice exports is a Rust test against the registry:
 `metrics::tests::dashboards_and_rules_reference_only_exported_metrics`.)"""
 
@@ -24,8 +26,9 @@ import jsonschema
 import pytest
 
 from dashboard_picture import draw
-from netns import Proc, free_port, wait_for_port
-from sluice_stack import UNKNOWN, Stack
+from netns import Cgroup, Proc, free_port, run, wait_for_port
+from sluice_stack import UNKNOWN
+from test_tamper import Node
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "deploy" / "dashboards"
@@ -123,8 +126,22 @@ for _ in s:
 o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "mail bob@corp.example"}])
 a = anthropic.Anthropic(api_key="sk-ant-x", max_retries=0)
 a.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=[{"role": "user", "content": "hey"}])
+# A stream the client walks away from after its first chunk (the mock paces its frames).
+cut = o.chat.completions.create(model="gpt-4o", stream=True, messages=[{"role": "user", "content": "cut me"}],
+    extra_headers={"x-mock-delay-ms": "300"})
+next(iter(cut))
+cut.close()
+# The provider failing.
+try:
+    o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "fail"}],
+        extra_headers={"x-mock-status": "500"})
+except openai.InternalServerError:
+    pass
 print(json.dumps({"ok": True}))
 """
+CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"redirected"}]}'
+# Interactions each round records: TRAFFIC's 8, BLOCKED's 1, the redirected curl's 1.
+PER_ROUND = 10
 
 
 def query(port: int, expr: str) -> dict:
@@ -139,32 +156,41 @@ def concrete(expr: str) -> str:
             .replace("$node", ".*").replace("$provider", ".*"))
 
 
-# Panels the traffic above must fill (the rest need a redirect, a witness, guardrail
-# findings or errors this stack does not produce; they must still evaluate).
-MUST_HAVE_DATA = {
-    "Requests / s", "Requests by provider and outcome", "Tokens by provider and model",
-    "Spend by provider and model (USD / hour)", "Added latency (Sluice itself)",
-    "Upstream latency by provider", "Time to first token by provider", "Policy decisions",
-    "Top reason codes", "Blocked / s", "Connections refused by reason", "Ledger appends by kind",
-    "Certificate cache", "TLS handshakes by result", "Requests per node",
-    "Guardrail findings by category", "Budgets nearest exhaustion",
-    "Requests in flight by provider",
-}
-
-
 def test_every_panel_query_evaluates_on_a_real_prometheus_scraping_sluice(topo, tmp_path):
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is missing: `cargo xtask setup` installs Debian's prometheus"
-    stack = Stack(topo, tmp_path, extra_config="""
+    # Clients in this cgroup that dial the provider's real address are captured by the
+    # probe (the proxy itself runs outside it); the node's checkpoints go to a witness.
+    cg = Cgroup(f"sluice-dash-{os.getpid()}-{tmp_path.name[-12:]}")
+    pins = Path(f"/sys/fs/bpf/sluice-dash-{os.getpid()}")
+    node = None
+    try:
+        node = Node(topo, tmp_path, extra_config=f"""
 policy:
   policies:
     - id: no-nano
-      models: {deny: ["gpt-4.1-nano"]}
+      models: {{deny: ["gpt-4.1-nano"]}}
     - id: dlp
-      prompt: {pii: redact}
+      prompt: {{pii: redact}}
     - id: team-budget
-      budget: {usd: 100, period: month, shared: team}
+      budget: {{usd: 100, period: month, shared: team}}
+redirect:
+  enabled: true
+  cgroup: "{cg.path}"
+  pod_facing_v4: "{topo.client_gw}:443"
+  pin_dir: "{pins}"
+  prefixes: ["{topo.provider_addr}/32:443"]
 """)
+        panels_have_data(topo, tmp_path, node, cg, prometheus)
+    finally:
+        if node is not None and node.stack.proxy is not None:
+            node.stack.proxy.stop(timeout=30)
+        cg.close()
+        shutil.rmtree(pins, ignore_errors=True)
+
+
+def panels_have_data(topo, tmp_path, node, cg, prometheus):
+    stack = node.stack
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
@@ -204,12 +230,24 @@ scrape_configs:
         assert stack.python(TRAFFIC) == {"ok": True}
         assert stack.python(BLOCKED) == {"status": 403}
         stack.curl(f"https://{UNKNOWN}/v1/models", check=False)
-        stack.wait_records(7 * round_, "interaction")
+        # Dialled at the provider's own address, captured by the connect hook.
+        r = run(cg.wrap(topo.client.argv(
+            ["curl", "--silent", "--show-error", "--max-time", "30", "--cacert", str(stack.org_ca),
+             "--resolve", f"api.openai.com:443:{topo.provider_addr}", "-o", "/dev/null",
+             "-w", "%{http_code}", "-H", "content-type: application/json", "--data-binary", CHAT,
+             "https://api.openai.com/v1/chat/completions"])), check=False)
+        assert r.stdout == "200", (r.stdout, r.stderr)
+        stack.wait_records(PER_ROUND * round_, "interaction")
         if round_ == 1:
             deadline = time.monotonic() + 30
             while not query(port, "sluice_time_to_first_token_seconds_count")["data"]["result"]:
                 assert time.monotonic() < deadline, "the first round was never scraped"
                 time.sleep(0.3)
+
+    # The traffic is what it claims: a stream the client cut, a provider error, a capture.
+    outcomes = {r["outcome"] for r in stack.all_records() if r["kind"] == "interaction"}
+    assert {"success", "cancelled", "upstream_error"} <= outcomes, outcomes
+    assert stack.metric('sluice_redirect_events_total{event="redirected"}') >= rounds
 
     # That every series a panel reads is one Sluice exports, labelled or not yet used, is
     # checked against the registry itself: metrics.rs, dashboards_and_rules_reference_only_…
@@ -227,8 +265,7 @@ scrape_configs:
             for t in p["targets"]:
                 r = query(port, concrete(t["expr"]))
                 assert r["status"] == "success", (p["title"], t["expr"], r)
-                if p["title"] in MUST_HAVE_DATA and not any(
-                        s["value"][1] not in ("NaN",) for s in r["data"]["result"]):
+                if not any(s["value"][1] != "NaN" for s in r["data"]["result"]):
                     empty.append((p["title"], t["expr"]))
     assert not empty, f"panels without data: {empty}"
 

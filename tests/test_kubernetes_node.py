@@ -48,18 +48,13 @@ import pytest
 import yaml
 
 from fake_kube_api import FakeKubeApi, pod_object
-from netns import Proc, Topology, free_port, mock_bin, require_privileges, run, wait_for_port
+from netns import UNIFIED, Proc, Topology, free_port, mock_bin, require_privileges, run, wait_for_port
 from podspec import Docker, DockerPod, PodSpecError, pod_spec_of
 
 REPO = Path(os.environ.get("SLUICE_REPO", Path(__file__).resolve().parents[1]))
 CHART = REPO / "helm" / "sluice"
 NAMESPACE = "sluice-system"
 NODE_NAME = "node-1"
-UNIFIED = next(
-    (Path(line.split(" - ")[0].split()[4]) for line in Path("/proc/self/mountinfo").read_text().splitlines()
-     if " - cgroup2 " in line),
-    None,
-)
 
 
 def render(values: dict) -> list[dict]:

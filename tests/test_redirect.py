@@ -25,43 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
-
-UNIFIED = None
-for line in Path("/proc/self/mountinfo").read_text().splitlines():
-    fields = line.split(" - ")
-    if len(fields) == 2 and fields[1].startswith("cgroup2 "):
-        UNIFIED = Path(fields[0].split()[4])
-        break
-
-
-class Cgroup:
-    """A child cgroup of the unified hierarchy, removed (after its processes) at close."""
-
-    def __init__(self, name: str):
-        assert UNIFIED, "no cgroup2 mount on this machine"
-        self.path = UNIFIED / name
-        self.path.mkdir()
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        """argv run as a process that first joins this cgroup."""
-        return ["sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "sh", *argv]
-
-    def close(self):
-        for _ in range(50):
-            procs = (self.path / "cgroup.procs").read_text().split()
-            for pid in procs:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"cannot remove {self.path}")
-
+from netns import Cgroup, Proc, free_port, mock_bin, run, sluice_bin, wait_for_port
 
 class Redirected:
     """Mock provider (v4 + v6), `sluice run` with the redirect on, both in the test cgroup."""

@@ -84,9 +84,9 @@ def parse_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
 class Node:
     """The stack with a witness in the provider namespace configured as its witness, and
     with `s3`, an S3-compatible server there (moto) whose Object Lock bucket keeps every
-    checkpoint too."""
+    checkpoint too. `extra_config` is appended to the config (other top-level sections)."""
 
-    def __init__(self, topo, tmp_path: Path, s3: bool = False):
+    def __init__(self, topo, tmp_path: Path, s3: bool = False, extra_config: str = ""):
         self.topo, self.tmp = topo, tmp_path
         self.wdir = tmp_path / "witness"
         self.wkey = run([str(sluice_bin()), "witness", "key", "--dir", str(self.wdir),
@@ -114,7 +114,7 @@ class Node:
   witnesses:
     - url: "{self.url}"
       key: "{self.wkey}"
-{archive}""")
+{archive}{extra_config}""")
         self.ledger = self.stack.state / "ledger"
         self.vkey = self.stack.cli("audit", "checkpoint-key").stdout.strip()
         self.origin = self.vkey.split("+")[0]

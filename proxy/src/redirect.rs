@@ -328,12 +328,12 @@ fn export_stats(before: &sluice_probe::Stats, now: &sluice_probe::Stats) {
         ("quic_refused", before.quic_refused, now.quic_refused),
         ("no_proxy_addr", before.no_proxy_addr, now.no_proxy_addr),
     ];
+    // Every event's series exists from the first export, at zero until it happens: a
+    // dashboard or an alert on `fail_open` then reads 0 rather than "no data".
     for (name, a, b) in pairs {
-        if b > a {
-            metrics::REDIRECT_EVENTS
-                .with_label_values(&[name])
-                .inc_by(b - a);
-        }
+        metrics::REDIRECT_EVENTS
+            .with_label_values(&[name])
+            .inc_by(b.saturating_sub(a));
     }
 }
 
