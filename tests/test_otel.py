@@ -21,14 +21,16 @@ o = openai.OpenAI(api_key="sk-otel", max_retries=0)
 r = o.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me"}])
 s = o.chat.completions.create(model="gpt-4o", stream=True, stream_options={"include_usage": True},
     messages=[{"role": "user", "content": "stream me"}])
-for _ in s:
-    pass
+sid = None
+for chunk in s:
+    sid = sid or chunk.id
 try:
     o.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "no"}])
     blocked = None
 except openai.APIStatusError as e:
     blocked = e.status_code
-print(json.dumps({"reply": r.choices[0].message.content, "usage": [r.usage.prompt_tokens, r.usage.completion_tokens], "blocked": blocked}))
+print(json.dumps({"reply": r.choices[0].message.content, "usage": [r.usage.prompt_tokens, r.usage.completion_tokens], "blocked": blocked,
+                  "id": r.id, "model": r.model, "stream_id": sid}))
 """
 
 
@@ -122,6 +124,10 @@ policy:
         assert plain["gen_ai.request.model"] == "gpt-4o-mini"
         assert [plain["gen_ai.usage.input_tokens"], plain["gen_ai.usage.output_tokens"]] == out["usage"]
         assert plain["server.address"] == "api.openai.com" and plain["server.port"] == 443
+        # The provider's own id and model, as the SDK saw them (streamed: from the chunks).
+        assert [plain["gen_ai.response.id"], plain["gen_ai.response.model"]] == [out["id"], out["model"]]
+        streamed = attrs(spans["chat gpt-4o"].attributes)
+        assert streamed["gen_ai.response.id"] == out["stream_id"] and out["stream_id"]
         assert plain["sluice.decision"] == "allow" and "error.type" not in plain
         assert "trace me" in plain["gen_ai.input.messages"]
         assert out["reply"] in plain["gen_ai.output.messages"]
@@ -165,3 +171,31 @@ policy:
         time.sleep(0.2)
     assert stack.metric('sluice_otel_dropped_total{reason="export_failed",signal="traces"}') >= before + 3
     assert stack.alive()
+
+
+def test_spans_still_queued_at_a_clean_stop_reach_the_collector(topo, tmp_path):
+    """Batches held back (a long flush interval): stopping Sluice sends them, and the
+    metrics, before it exits."""
+    receiver = Receiver()
+    try:
+        stack = Stack(topo, tmp_path, extra_config=f"""
+otel:
+  endpoint: "http://127.0.0.1:{receiver.port}"
+  flush_interval_ms: 600000
+  metrics_interval_ms: 600000
+  batch: 1000
+policy:
+  policies:
+    - id: no-nano
+      models: {{deny: ["gpt-4.1-nano"]}}
+""")
+        assert stack.python(CALLS)["blocked"] == 403
+        time.sleep(1)
+        assert receiver.spans == [], "held back until the flush interval or the stop"
+        assert stack.proxy.stop(timeout=30) == 0, stack.proxy.tail()
+        names = sorted(s.name for s in receiver.spans)
+        assert names == ["chat gpt-4.1-nano", "chat gpt-4o", "chat gpt-4o-mini"], names
+        assert {m.name for m in receiver.metrics} >= {"gen_ai.client.operation.duration",
+                                                       "gen_ai.client.token.usage"}
+    finally:
+        receiver.close()

@@ -273,6 +273,10 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     // The rate-limit windows as of now (the background saver may not get its last turn).
     shared.policy.load().save_counters();
     flush(&recorder);
+    // Spans of the last requests, and the metrics, reach the collector before the exit.
+    if let Some(otel) = &shared.otel {
+        otel.flush(Duration::from_secs(5));
+    }
     drop(recorder);
     drop(writer);
     // Other handles may outlive the services that held them (the server keeps its

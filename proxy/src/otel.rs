@@ -4,7 +4,7 @@
 //! **Conventions followed: OpenTelemetry semantic conventions v1.41.0, GenAI (status
 //! Development).** Spans are named `{gen_ai.operation.name} {gen_ai.request.model}`, kind
 //! CLIENT, with `gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
-//! `gen_ai.usage.input_tokens`/`output_tokens`, `gen_ai.response.finish_reasons`,
+//! `gen_ai.response.model`, `gen_ai.response.id`, `gen_ai.usage.input_tokens`/`output_tokens`, `gen_ai.response.finish_reasons`,
 //! `server.address`/`server.port` (the real provider), `error.type` when the interaction
 //! did not succeed; Sluice's own `sluice.decision`, `sluice.reason_codes`,
 //! `sluice.policy_id`, `sluice.outcome`, `sluice.cost_usd`; and the caller as the
@@ -13,8 +13,9 @@
 //! and the ledger's `content_mode: full`. Metrics: `gen_ai.client.token.usage`
 //! (`{token}`, by `gen_ai.token.type`), `gen_ai.client.operation.duration` (s) and, for
 //! streams, `gen_ai.client.operation.time_to_first_chunk` (s), as cumulative explicit-bucket
-//! histograms with the buckets the conventions advise. Not emitted:
-//! `gen_ai.response.model` and `gen_ai.response.id` (the record does not keep them).
+//! histograms with the buckets the conventions advise. `gen_ai.response.model` (on spans
+//! and metrics) and `gen_ai.response.id` (spans) are the provider's own, when it says
+//! (Bedrock's bodies carry no id).
 //!
 //! Off the request path: the request path only builds the span's attributes and offers
 //! them to a bounded queue (`otel.queue`); a full queue drops the span and counts it
@@ -102,9 +103,16 @@ struct Event {
     ttfc_s: Option<f64>,
 }
 
+/// What the export thread receives: spans, or a request to send everything it holds.
+enum Msg {
+    Event(Box<Event>),
+    /// Export what is batched and the metrics now, then answer.
+    Flush(SyncSender<()>),
+}
+
 /// The handle the data plane holds.
 pub struct Exporter {
-    tx: SyncSender<Event>,
+    tx: SyncSender<Msg>,
     content: bool,
 }
 
@@ -132,13 +140,42 @@ impl Exporter {
     /// it, counted).
     pub fn submit(&self, r: &Interaction, started: SystemTime) {
         let event = event(r, started, self.content);
-        match self.tx.try_send(event) {
+        match self.tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 metrics::OTEL_DROPPED
                     .with_label_values(&["traces", "queue_full"])
                     .inc();
             }
+        }
+    }
+
+    /// At shutdown: exports the spans still queued and the metrics, waiting at most
+    /// `timeout` (what is left then is lost, and said).
+    pub fn flush(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (ack, done) = sync_channel(1);
+        let mut msg = Msg::Flush(ack);
+        // The queue may be full: retry until the thread makes room or time runs out.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    tracing::warn!("otel: the export thread did not take the final flush; queued spans are lost");
+                    return;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done.recv_timeout(left).is_err() {
+            tracing::warn!(
+                timeout_s = timeout.as_secs_f64(),
+                "otel: the final export did not finish in time"
+            );
         }
     }
 }
@@ -210,6 +247,9 @@ fn event(r: &Interaction, started: SystemTime, content: bool) -> Event {
     if !model.is_empty() {
         metric_attrs.push(s("gen_ai.request.model", model));
     }
+    if let Some(m) = &r.response.model {
+        metric_attrs.push(s("gen_ai.response.model", m.clone()));
+    }
     let (host, port) = match &r.upstream.sni {
         Some(h) => (Some(h.clone()), 443),
         None => (None, 0),
@@ -231,6 +271,9 @@ fn event(r: &Interaction, started: SystemTime, content: bool) -> Event {
     let mut attrs = metric_attrs.clone();
     if port > 0 {
         attrs.push(i("server.port", port));
+    }
+    if let Some(id) = &r.response.id {
+        attrs.push(s("gen_ai.response.id", id.clone()));
     }
     if let Some(n) = r.usage.input_tokens {
         attrs.push(i("gen_ai.usage.input_tokens", n as i64));
@@ -500,7 +543,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self, rx: Receiver<Event>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         let flush = Duration::from_millis(self.config.flush_interval_ms.max(10));
         let metrics_every = Duration::from_millis(self.config.metrics_interval_ms.max(100));
         let mut batch: Vec<Span> = Vec::new();
@@ -508,33 +551,48 @@ impl Worker {
         let mut last_metrics = Instant::now();
         let mut dirty = false;
         loop {
-            let closed = match rx.recv_timeout(flush) {
-                Ok(e) => {
-                    self.take(e, &mut batch);
-                    while batch.len() < self.config.batch {
-                        match rx.try_recv() {
-                            Ok(e) => self.take(e, &mut batch),
-                            Err(_) => break,
-                        }
-                    }
-                    dirty = true;
-                    false
+            // A flush asked for (at shutdown) sends everything now, like a closed queue.
+            let mut ack = None;
+            let mut next = match rx.recv_timeout(flush) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    ack = Some(None);
+                    None
                 }
-                Err(RecvTimeoutError::Timeout) => false,
-                Err(RecvTimeoutError::Disconnected) => true,
             };
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Event(e) => {
+                        self.take(*e, &mut batch);
+                        dirty = true;
+                    }
+                    Msg::Flush(done) => {
+                        ack = Some(Some(done));
+                        break;
+                    }
+                }
+                if batch.len() < self.config.batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let now = ack.is_some();
             if !batch.is_empty()
-                && (closed || batch.len() >= self.config.batch || last_flush.elapsed() >= flush)
+                && (now || batch.len() >= self.config.batch || last_flush.elapsed() >= flush)
             {
                 self.export_spans(std::mem::take(&mut batch));
                 last_flush = Instant::now();
             }
-            if dirty && (closed || last_metrics.elapsed() >= metrics_every) {
+            if dirty && (now || last_metrics.elapsed() >= metrics_every) {
                 self.export_metrics();
                 last_metrics = Instant::now();
             }
-            if closed {
-                return;
+            match ack {
+                Some(Some(done)) => {
+                    let _ = done.send(());
+                }
+                Some(None) => return,
+                None => {}
             }
         }
     }

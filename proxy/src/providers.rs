@@ -126,6 +126,9 @@ pub struct Message {
 pub struct ParsedResponse {
     /// The model the provider says answered (may be a dated version).
     pub model: Option<String>,
+    /// The provider's id of this response: OpenAI's `chatcmpl-…`/`resp_…`, Anthropic's
+    /// `msg_…`, Gemini's `responseId` (Bedrock's bodies carry none).
+    pub id: Option<String>,
     /// Assistant text; several choices/candidates are joined with `\n`.
     pub output: String,
     /// Tool calls, each `{"id", "name", "arguments"}` (`arguments` a JSON string).

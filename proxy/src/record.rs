@@ -124,6 +124,11 @@ pub struct RequestPart {
 /// The response side of an interaction.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ResponsePart {
+    /// The model the provider says answered (often a dated version of the one asked for).
+    pub model: Option<String>,
+    /// The provider's id of this response (`chatcmpl-…`, `msg_…`, …), to find it in the
+    /// provider's own logs.
+    pub id: Option<String>,
     /// Assistant text.
     pub output: String,
     /// Tool calls the model made.

@@ -55,6 +55,8 @@ pub fn sample_interaction(i: u64) -> Record {
             parse_error: None,
         },
         response: ResponsePart {
+            model: Some("gpt-4o-mini-2024-07-18".into()),
+            id: Some(format!("chatcmpl-{i:08}")),
             output: "- Revenue grew 12% quarter over quarter.\n- Costs were flat thanks to cloud savings.\n- Outlook: steady growth, hiring in Q3.".into(),
             tool_calls: vec![],
             finish_reason: Some("stop".into()),

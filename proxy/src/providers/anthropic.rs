@@ -244,6 +244,7 @@ pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
     };
     let mut r = ParsedResponse {
         model: str_field(&v, "model").map(str::to_owned),
+        id: str_field(&v, "id").map(str::to_owned),
         finish_reason: str_field(&v, "stop_reason").map(str::to_owned),
         error: provider_error(&v),
         ..ParsedResponse::default()
@@ -274,6 +275,7 @@ pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
 #[derive(Debug, Default)]
 pub(super) struct MessagesStream {
     model: Option<String>,
+    id: Option<String>,
     text: String,
     cut: bool,
     calls: Vec<PendingCall>,
@@ -293,6 +295,9 @@ impl StreamHandler for MessagesStream {
                 if let Some(m) = v.get("message") {
                     if let Some(model) = str_field(m, "model") {
                         self.model = Some(model.to_owned());
+                    }
+                    if let Some(id) = str_field(m, "id") {
+                        self.id = Some(id.to_owned());
                     }
                     if let Some(u) = m.get("usage").filter(|u| u.is_object()) {
                         self.counts.merge(u);
@@ -379,6 +384,7 @@ impl StreamHandler for MessagesStream {
             .collect();
         ParsedResponse {
             model: self.model.take(),
+            id: self.id.take(),
             output: std::mem::take(&mut self.text),
             tool_calls,
             finish_reason: self.stop_reason.take(),

@@ -635,6 +635,7 @@ impl ConverseStream {
         }
         ParsedResponse {
             model: None,
+            id: None,
             output: std::mem::take(&mut self.text),
             tool_calls: self.calls.drain(..).map(PendingCall::into_value).collect(),
             finish_reason: self.stop_reason.take(),

@@ -323,6 +323,7 @@ pub(super) fn parse_response_body(body: &[u8]) -> ParsedResponse {
 #[derive(Debug, Default)]
 struct GeminiStream {
     model: Option<String>,
+    id: Option<String>,
     text: Choices,
     tool_calls: Vec<Value>,
     finish_reason: Option<String>,
@@ -339,6 +340,9 @@ impl StreamHandler for GeminiStream {
         }
         if let Some(m) = str_field(v, "modelVersion") {
             self.model = Some(m.strip_prefix("models/").unwrap_or(m).to_owned());
+        }
+        if self.id.is_none() {
+            self.id = str_field(v, "responseId").map(str::to_owned);
         }
         if let Some(Value::Array(candidates)) = v.get("candidates") {
             for (pos, c) in candidates.iter().enumerate() {
@@ -390,6 +394,7 @@ impl StreamHandler for GeminiStream {
         errors.extend(self.text.cut_note());
         ParsedResponse {
             model: self.model.take(),
+            id: self.id.take(),
             output: self.text.joined(),
             tool_calls: std::mem::take(&mut self.tool_calls),
             finish_reason: self.finish_reason.take(),

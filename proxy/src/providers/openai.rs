@@ -435,6 +435,7 @@ pub(super) fn parse_response_body(name: &str, body: &[u8]) -> ParsedResponse {
     };
     let mut r = ParsedResponse {
         model: str_field(&v, "model").map(str::to_owned),
+        id: str_field(&v, "id").map(str::to_owned),
         error: provider_error(&v),
         ..ParsedResponse::default()
     };
@@ -566,6 +567,7 @@ fn responses_body(v: &Value, r: &mut ParsedResponse) {
 struct ChatStream {
     endpoint: &'static str,
     model: Option<String>,
+    id: Option<String>,
     text: Choices,
     calls: Vec<PendingCall>,
     calls_cut: bool,
@@ -583,6 +585,11 @@ impl StreamHandler for ChatStream {
         if self.model.is_none() {
             // Azure's first chunk (prompt filter results only) has `"model": ""`.
             self.model = str_field(v, "model")
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned);
+        }
+        if self.id.is_none() {
+            self.id = str_field(v, "id")
                 .filter(|m| !m.is_empty())
                 .map(str::to_owned);
         }
@@ -634,6 +641,7 @@ impl StreamHandler for ChatStream {
         errors.extend(calls_cut);
         ParsedResponse {
             model: self.model.take(),
+            id: self.id.take(),
             output: self.text.joined(),
             tool_calls: self.calls.drain(..).map(PendingCall::into_value).collect(),
             finish_reason: self.finish_reason.take(),
@@ -692,6 +700,7 @@ impl ChatStream {
 #[derive(Debug, Default)]
 struct ResponsesStream {
     model: Option<String>,
+    id: Option<String>,
     text: String,
     text_cut: bool,
     calls: Vec<PendingCall>,
@@ -708,6 +717,9 @@ impl StreamHandler for ResponsesStream {
             "response.created" | "response.in_progress" | "response.queued" => {
                 if let Some(m) = v.pointer("/response/model").and_then(Value::as_str) {
                     self.model = Some(m.to_owned());
+                }
+                if let Some(id) = v.pointer("/response/id").and_then(Value::as_str) {
+                    self.id = Some(id.to_owned());
                 }
             }
             "response.output_text.delta" | "response.refusal.delta" => {
@@ -756,6 +768,7 @@ impl StreamHandler for ResponsesStream {
                 let mut r = ParsedResponse::default();
                 if let Some(resp) = v.get("response") {
                     r.model = str_field(resp, "model").map(str::to_owned);
+                    r.id = str_field(resp, "id").map(str::to_owned);
                     r.error = provider_error(resp);
                     responses_body(resp, &mut r);
                 }
@@ -775,12 +788,14 @@ impl StreamHandler for ResponsesStream {
     fn finish(&mut self) -> ParsedResponse {
         let mut r = ParsedResponse {
             model: self.model.take(),
+            id: self.id.take(),
             ..ParsedResponse::default()
         };
         let mut errors = std::mem::take(&mut self.errors);
         match self.terminal.take() {
             Some(t) => {
                 r.model = t.model.or(r.model);
+                r.id = t.id.or(r.id);
                 r.finish_reason = t.finish_reason;
                 r.usage = t.usage;
                 errors.extend(t.error);

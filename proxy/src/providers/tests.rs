@@ -109,3 +109,51 @@ mod gemini;
 mod openai;
 mod registry;
 mod robustness;
+
+/// The provider's response id and answering model, from plain bodies and streams of each
+/// format that carries them.
+#[test]
+fn response_ids_and_models() {
+    let openai = host("api.openai.com");
+    let chat = post(openai, "/v1/chat/completions");
+    let body = br#"{"id":"chatcmpl-1","model":"gpt-4o-2024-08-06","choices":[]}"#;
+    let r = openai.parse_response(&chat, body);
+    assert_eq!(
+        (r.id.as_deref(), r.model.as_deref()),
+        (Some("chatcmpl-1"), Some("gpt-4o-2024-08-06"))
+    );
+    let sse = b"data: {\"id\":\"chatcmpl-2\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"id\":\"chatcmpl-2\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    assert_eq!(
+        stream_every_way(openai, &chat, sse).id.as_deref(),
+        Some("chatcmpl-2")
+    );
+    let responses = post(openai, "/v1/responses");
+    let sse = b"data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-4.1\"}}\n\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-4.1-2025-04-14\",\"output\":[]}}\n\n";
+    let r = stream_every_way(openai, &responses, sse);
+    assert_eq!(
+        (r.id.as_deref(), r.model.as_deref()),
+        (Some("resp_1"), Some("gpt-4.1-2025-04-14"))
+    );
+
+    let anthropic = host("api.anthropic.com");
+    let messages = post(anthropic, "/v1/messages");
+    let body = br#"{"id":"msg_1","type":"message","model":"claude-haiku-4-5","content":[],"stop_reason":"end_turn"}"#;
+    assert_eq!(
+        anthropic.parse_response(&messages, body).id.as_deref(),
+        Some("msg_1")
+    );
+    let sse = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":3}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    assert_eq!(
+        stream_every_way(anthropic, &messages, sse).id.as_deref(),
+        Some("msg_2")
+    );
+
+    let gemini = host("generativelanguage.googleapis.com");
+    let generate = post(gemini, "/v1beta/models/gemini-2.0-flash:generateContent");
+    let body = br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],"modelVersion":"gemini-2.0-flash-001","responseId":"g-1"}"#;
+    let r = gemini.parse_response(&generate, body);
+    assert_eq!(
+        (r.id.as_deref(), r.model.as_deref()),
+        (Some("g-1"), Some("gemini-2.0-flash-001"))
+    );
+}

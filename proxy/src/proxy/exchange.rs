@@ -514,6 +514,8 @@ fn build_record(
             parse_error: req_error,
         },
         response: ResponsePart {
+            model: parsed_resp.model.take(),
+            id: parsed_resp.id.take(),
             output: std::mem::take(&mut parsed_resp.output),
             tool_calls: std::mem::take(&mut parsed_resp.tool_calls),
             finish_reason: parsed_resp.finish_reason.take(),
