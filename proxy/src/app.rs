@@ -157,13 +157,8 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         mark: (config.redirect.enabled || config.original_dst.so_original_dst)
             .then_some(config.redirect.mark),
         policy: arc_swap::ArcSwap::from_pointee(
-            crate::policy::Engine::new(
-                &config.policy,
-                Arc::new(crate::policy::SqliteCounters::open(
-                    &config.state_dir.join("budgets.sqlite"),
-                )?),
-            )
-            .context("preparing the policy")?,
+            crate::policy::Engine::new(&config.policy, Arc::new(counters(&config)?))
+                .context("preparing the policy")?,
         ),
     });
 
@@ -284,6 +279,29 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     // the witnesses before the process exits.
     drop(shared);
     ledger.stop().context("closing the ledger")
+}
+
+/// Budget and rate-limit counters: this node's (persisted in the state directory), shared
+/// through Redis when `fleet.redis` is set.
+fn counters(config: &Config) -> anyhow::Result<crate::policy::Counters> {
+    use crate::policy::{Counters, RedisCounters, SqliteCounters};
+    let local = Arc::new(SqliteCounters::open(
+        &config.state_dir.join("budgets.sqlite"),
+    )?);
+    let Some(redis) = &config.fleet.redis else {
+        return Ok(Counters::local(local));
+    };
+    let node = config.fleet.node();
+    let store = Arc::new(
+        RedisCounters::new(redis, &node).context("fleet.redis: the Redis URL is not usable")?,
+    );
+    store.start();
+    tracing::info!(
+        node,
+        nodes = config.fleet.nodes,
+        "fleet: budgets and rate limits shared through Redis"
+    );
+    Ok(Counters::with_fleet(local, store, config.fleet.nodes))
 }
 
 /// Appends admin records that CLI commands left in the ledger's inbox (they cannot open

@@ -161,6 +161,8 @@ pub struct Config {
     pub kubernetes: crate::identity::pods::KubernetesConfig,
     /// OpenTelemetry export (off unless `otel.endpoint` is set).
     pub otel: crate::otel::OtelConfig,
+    /// What the nodes of a fleet share: budgets and rate limits in Redis.
+    pub fleet: crate::policy::FleetConfig,
     /// Governance: virtual keys and the policy chain (empty: everything is allowed).
     pub policy: crate::policy::PolicyConfig,
     /// Bytes of each request and response body kept for inspection and records.
@@ -314,6 +316,7 @@ impl Config {
             redirect: crate::redirect::RedirectConfig::default(),
             kubernetes: crate::identity::pods::KubernetesConfig::default(),
             otel: crate::otel::OtelConfig::default(),
+            fleet: crate::policy::FleetConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
@@ -449,6 +452,14 @@ impl Config {
         }
         if self.threads == 0 {
             bad("threads".into(), "threads", "must be at least 1".into());
+        }
+        if self.fleet.nodes == 0 {
+            bad("fleet.nodes".into(), "nodes", "must be at least 1".into());
+        }
+        if let Some(r) = &self.fleet.redis {
+            for (key, message) in r.problems() {
+                bad(format!("fleet.redis.{key}"), key, message);
+            }
         }
         if self.records.channel_capacity == 0 {
             bad(

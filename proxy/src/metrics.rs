@@ -38,6 +38,11 @@ pub fn catalogue() -> Vec<String> {
     LazyLock::force(&KUBERNETES_API_ERRORS);
     LazyLock::force(&OTEL_EXPORTED);
     LazyLock::force(&OTEL_DROPPED);
+    LazyLock::force(&COUNTER_STORE_UP);
+    LazyLock::force(&COUNTER_STORE_ERRORS);
+    LazyLock::force(&COUNTER_STORE_SECONDS);
+    LazyLock::force(&COUNTER_STORE_FALLBACKS);
+    LazyLock::force(&COUNTER_STORE_PENDING);
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     names.sort();
     names.dedup();
@@ -453,6 +458,47 @@ pub fn init() {
     LazyLock::force(&WITNESS_SIZE);
     LazyLock::force(&WITNESS_ERRORS);
 }
+
+/// Whether the fleet's shared counter store (Redis) answers: 1 up, 0 down (only with
+/// `fleet.redis`).
+pub static COUNTER_STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_counter_store_up",
+        "Whether the shared counter store (Redis) answers: 1 up, 0 down",
+    )
+});
+/// Shared counter store calls that failed or timed out, by operation.
+pub static COUNTER_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_counter_store_errors_total",
+        "Shared counter store calls that failed or timed out",
+        &["op"],
+    )
+});
+/// Shared counter store round trips on the request path, by operation.
+pub static COUNTER_STORE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sluice_counter_store_seconds",
+        "Round trip of a shared counter store call",
+        &["op"],
+        ADDED_BUCKETS.to_vec(),
+    )
+});
+/// Decisions taken without the shared store, by the policy's `on_counter_store_unavailable`.
+pub static COUNTER_STORE_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_counter_store_fallbacks_total",
+        "Budget and rate-limit decisions taken while the shared counter store was down",
+        &["mode"],
+    )
+});
+/// Spend settled locally while the shared store was down, waiting to be pushed to it.
+pub static COUNTER_STORE_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_counter_store_pending",
+        "Settlements made while the shared counter store was down, not yet reconciled",
+    )
+});
 
 /// Seconds the oldest checkpoint not yet cosigned by a witness has waited (0 when the
 /// witness holds the newest): rises while a witness is unreachable or refuses, falls

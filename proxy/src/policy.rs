@@ -26,6 +26,7 @@
 
 mod body;
 mod budget;
+mod counters;
 mod keys;
 mod limits;
 mod lint;
@@ -41,6 +42,10 @@ use serde::Deserialize;
 
 pub use budget::{
     Budget, CounterStore, MemoryCounters, Period, SqliteCounters, StoreError, StreamBudget,
+};
+pub use counters::{
+    Admitted, BudgetHold, Counters, FleetConfig, OnUnavailable, RateHold, RedisConfig,
+    RedisCounters, Reserved,
 };
 pub use keys::{
     fingerprint, presented_key, scrub_path, Carrier, KeyError, KeySwap, ResolvedKey, Secret,
@@ -102,10 +107,15 @@ pub struct Policy {
     /// client's key fingerprint, else the process and uid, else the client address).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
-    /// Spend cap per identity (or shared), checked with a worst-case estimate before the
-    /// request and settled with the real cost after it.
+    /// Spend cap per identity (or shared): the worst case is reserved before the request
+    /// and settled with the real cost after it.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// With a fleet's shared counter store down: `local` (default: this node's share of
+    /// each limit), `fail_open` or `fail_closed` — for this policy's budget and rate
+    /// limits.
+    #[serde(default)]
+    pub on_counter_store_unavailable: OnUnavailable,
     /// What the prompt guardrails do with a body they cannot judge — not parseable as
     /// the provider's JSON (`body_unparseable`, 400) or larger than `max_inspect_bytes`
     /// (`body_too_large`, 413): `refuse` (default) or `allow`, which forwards it after
@@ -238,16 +248,17 @@ pub struct Engine {
     policies: Vec<Compiled>,
     /// Virtual keys.
     pub keys: VirtualKeys,
-    limiter: Arc<Limiter>,
-    spend: Arc<dyn CounterStore>,
+    /// Budget and rate-limit counters, kept across reloads.
+    counters: Arc<Counters>,
     /// The policies as configured, to describe what a reload changed.
     config: PolicyConfig,
 }
 
-/// Rate-limit slots a request holds until it finishes.
+/// What a request holds until it finishes: rate-limit slots and budget reservations.
 #[derive(Debug, Default)]
 pub struct Admission {
-    keys: Vec<String>,
+    rates: Vec<RateHold>,
+    budgets: Vec<BudgetHold>,
 }
 
 struct Compiled {
@@ -263,7 +274,7 @@ impl Engine {
     ///
     /// # Errors
     /// A virtual key whose provider secret cannot be read.
-    pub fn new(cfg: &PolicyConfig, spend: Arc<dyn CounterStore>) -> Result<Engine, KeyError> {
+    pub fn new(cfg: &PolicyConfig, counters: Arc<Counters>) -> Result<Engine, KeyError> {
         let policies = cfg
             .policies
             .iter()
@@ -288,13 +299,10 @@ impl Engine {
                     .set(b.usd);
             }
         }
-        let limiter = Limiter::default();
-        limiter.restore(spend.load_windows());
         Ok(Engine {
             policies,
             keys: VirtualKeys::new(&cfg.virtual_keys)?,
-            limiter: Arc::new(limiter),
-            spend,
+            counters,
             config: cfg.clone(),
         })
     }
@@ -305,9 +313,7 @@ impl Engine {
     /// # Errors
     /// As [`Engine::new`].
     pub fn reload(&self, cfg: &PolicyConfig) -> Result<Engine, KeyError> {
-        let mut next = Engine::new(cfg, self.spend.clone())?;
-        next.limiter = self.limiter.clone();
-        Ok(next)
+        Engine::new(cfg, self.counters.clone())
     }
 
     /// What changed between this engine's policies and `next`'s, for the audit trail:
@@ -360,7 +366,7 @@ impl Engine {
     /// Save the rate-limit windows to the counter store (periodically and at shutdown),
     /// so a restart keeps the minute's counts.
     pub fn save_counters(&self) {
-        self.spend.save_windows(&self.limiter.snapshot());
+        self.counters.save_windows();
     }
 }
 
@@ -501,12 +507,13 @@ impl Engine {
             whole.bytes,
             whole.truncated,
         );
-        self.evaluate_into(&facts, &mut governed.verdict);
+        let held = governed.admission.get_or_insert_with(Admission::default);
+        self.evaluate_into(&facts, &mut governed.verdict, &mut held.budgets);
     }
 
     /// Steps 3–6 of [`Engine::apply_request_policies`] for every policy in scope, folded
-    /// into `v`.
-    fn evaluate_into(&self, facts: &Facts<'_>, v: &mut Verdict) {
+    /// into `v`; budget reservations taken go to `holds`.
+    fn evaluate_into(&self, facts: &Facts<'_>, v: &mut Verdict, holds: &mut Vec<BudgetHold>) {
         let mut prompt = PromptBody::default();
         for c in self.in_scope(facts.identity) {
             let p = &c.policy;
@@ -520,7 +527,7 @@ impl Engine {
             }
             // 5. Budget.
             if out.refuse.is_none() {
-                budget::check(self, p, &id, facts, v, &mut out);
+                budget::check(self, c, &id, facts, v, &mut out, holds);
             }
             // 6. Response plan.
             if out.refuse.is_none() {
@@ -535,10 +542,21 @@ impl Engine {
         }
     }
 
-    /// Steps 3–6 alone, on facts already gathered (tests, tools).
+    /// Steps 3–6 alone, on facts already gathered (tests, tools): budget reservations
+    /// are released at once.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
         let mut v = Verdict::default();
-        self.evaluate_into(facts, &mut v);
+        let mut holds = Vec::new();
+        self.evaluate_into(facts, &mut v, &mut holds);
+        self.finish(
+            Admission {
+                rates: Vec::new(),
+                budgets: holds,
+            },
+            0,
+            facts.identity,
+            None,
+        );
         v
     }
 
@@ -549,16 +567,20 @@ impl Engine {
             .filter(move |c| in_scope(&c.policy.scope, identity))
     }
 
-    /// Adds the real cost of a finished request to every budget that covers its caller.
-    pub fn settle(&self, identity: &Identity, cost_usd: f64) {
-        budget::settle(self, identity, cost_usd);
-    }
-
-    /// Releases rate-limit slots and charges the tokens the request used.
-    pub fn finish(&self, admission: Admission, tokens: u64) {
-        for key in admission.keys {
-            self.limiter.finish(&key, tokens);
+    /// Ends a request: releases its rate-limit slots charging the `tokens` it used, and
+    /// settles every budget that covers `identity` with its real cost (`None`: it cost
+    /// nothing countable), releasing its reservations.
+    pub fn finish(
+        &self,
+        admission: Admission,
+        tokens: u64,
+        identity: &Identity,
+        cost_usd: Option<f64>,
+    ) {
+        for hold in admission.rates {
+            self.counters.finish(hold, tokens);
         }
+        budget::settle(self, admission.budgets, identity, cost_usd);
     }
 
     /// Whether any policy needs the request body.

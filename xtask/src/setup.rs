@@ -15,7 +15,8 @@ use anyhow::{ensure, Context, Result};
 /// iptables drives the REDIRECT fallback test and the connect-hook benchmark; prometheus
 /// brings `promtool`, which checks and unit-tests the alerting rules; docker.io runs the
 /// Kubernetes DaemonSet's pod spec on a node without a kubelet, from the image built with
-/// Debian's ca-certificates as its roots.
+/// Debian's ca-certificates as its roots; redis-server and postgresql are the fleet's shared
+/// counter store and central ledger, started by the tests on loopback.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -30,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "docker.io",
     "ca-certificates",
+    "redis-server",
+    "postgresql",
 ];
 
 /// The Node.js clients of the tests (`npm ci` there), relative to the repo root.

@@ -13,7 +13,7 @@
 use std::sync::{Arc, OnceLock};
 
 use sluice::config::Config;
-use sluice::policy::{Engine, Facts, MemoryCounters, PolicyConfig};
+use sluice::policy::{Counters, Engine, Facts, PolicyConfig};
 use sluice::providers::registry::{adapter_by_name, PROVIDERS};
 use sluice::providers::{Adapter, Endpoint, ParsedResponse};
 use sluice::record::Identity;
@@ -243,7 +243,7 @@ pub fn lenient_json(data: &[u8]) {
             let cfg: PolicyConfig = Config::from_yaml(&yaml, "fuzz.yaml")
                 .expect("the fuzz policy is valid")
                 .policy;
-            Engine::new(&cfg, Arc::new(MemoryCounters::default())).expect("engine")
+            Engine::new(&cfg, Arc::new(Counters::memory())).expect("engine")
         })
     });
     let eps = EPS.get_or_init(|| {

@@ -1,18 +1,19 @@
 //! Budgets in USD per scope and period, persisted so a restart forgets nothing.
 //!
 //! Before a request: its worst case (estimated input tokens at the input price plus the
-//! requested maximum output at the output price) must fit in what is left. After it: the
-//! real cost from the record is added — streams and cancelled streams included, since
-//! both end in a priced record. A model missing from the price table cannot be budgeted
+//! requested maximum output at the output price) must fit in what is neither spent nor
+//! reserved by requests in flight, and is reserved. After it: the reservation is released
+//! and the real cost from the record added — streams and cancelled streams included,
+//! since both end in a priced record; a refused or failed request releases it whole. A model missing from the price table cannot be budgeted
 //! and is refused by a budgeted policy (`budget_unpriced_model`): spend that cannot be
 //! counted cannot be capped.
 //!
 //! This is step 5 of the governance order: only a request that passed the rules and the
 //! prompt guardrails reserves its worst case.
 //!
-//! Counters are kept behind [`CounterStore`]; [`SqliteCounters`] is the embedded default
-//! (a fleet shares one store later). Reads come from memory; every spend is written
-//! through, so a crash loses nothing already settled.
+//! Counters are kept by [`super::Counters`]: on one node behind [`CounterStore`]
+//! ([`SqliteCounters`] is the embedded default; reads come from memory, every spend is
+//! written through, so a crash loses nothing already settled), in a fleet in Redis.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,8 +21,9 @@ use std::path::Path;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
+use super::counters::{BudgetHold, OnUnavailable, Reserved};
 use super::verdict::{PolicyOutcome, Verdict};
-use super::{limit_key, now_secs, Engine, Facts, Mode, Policy};
+use super::{limit_key, Compiled, Engine, Facts, Mode, Policy};
 use crate::record::Identity;
 
 /// `budget:` of a policy.
@@ -67,17 +69,20 @@ impl StreamBudget {
     }
 }
 
-/// Checks policy `p`'s budget: the worst case must fit in what is left (429 otherwise);
-/// an unpriced model cannot be budgeted (refused). The tightest enforcing budget travels
-/// with the request so a stream can be cut when it spends past it.
+/// Checks policy `c`'s budget: the worst case must fit in what is neither spent nor
+/// reserved (429 otherwise) and is reserved into `holds`; an unpriced model cannot be
+/// budgeted (refused). The tightest enforcing budget travels with the request so a
+/// stream can be cut when it spends past it.
 pub(super) fn check(
     engine: &Engine,
-    p: &Policy,
+    c: &Compiled,
     id: &str,
     facts: &Facts<'_>,
     v: &mut Verdict,
     out: &mut PolicyOutcome,
+    holds: &mut Vec<BudgetHold>,
 ) {
+    let p = &c.policy;
     let Some(b) = &p.budget else { return };
     if !facts.llm_call {
         return; // no model, no spend: not a generation the budget counts
@@ -101,8 +106,39 @@ pub(super) fn check(
     let input_usd = facts.input_tokens as f64 * price.input_per_mtok / 1e6;
     let worst = input_usd + max_out as f64 * price.output_per_mtok / 1e6;
     let key = budget_key(p, b, facts.identity);
-    let spent = engine.spend.spent(&key, b.period.index(now_secs()));
-    let headroom = b.usd - spent;
+    let on = p.on_counter_store_unavailable;
+    let (spent, reserved) = match engine.counters.reserve(&key, b.period, b.usd, worst, on) {
+        Reserved::Granted {
+            spent,
+            reserved,
+            hold,
+        } => {
+            holds.push(hold);
+            (spent, reserved)
+        }
+        Reserved::Exhausted { spent, reserved } => {
+            v.note("budget_exceeded");
+            out.refuse = Some((
+                429,
+                format!(
+                    "budget exhausted: ${spent:.6} of ${:.6} spent this {:?} period (${reserved:.6} reserved by requests in flight), this request may cost up to ${worst:.6}",
+                    b.usd, b.period
+                ),
+            ));
+            return;
+        }
+        Reserved::Unavailable => {
+            v.note("counter_store_unavailable");
+            if on == OnUnavailable::FailClosed {
+                out.refuse = Some((
+                    503,
+                    "the fleet's budget counters cannot be reached, and this policy refuses without them (on_counter_store_unavailable: fail_closed)".into(),
+                ));
+            }
+            return;
+        }
+    };
+    let headroom = b.usd - spent - reserved;
     let tighter = v
         .stream_budget
         .as_ref()
@@ -115,28 +151,36 @@ pub(super) fn check(
             output_usd_per_token: price.output_per_mtok / 1e6,
         });
     }
-    if spent + worst > b.usd {
-        v.note("budget_exceeded");
-        out.refuse = Some((
-            429,
-            format!(
-                "budget exhausted: ${spent:.6} of ${:.6} spent this {:?} period, this request may cost up to ${worst:.6}",
-                b.usd, b.period
-            ),
-        ));
-    }
 }
 
-/// Adds the real cost of a finished request to every budget that covers its caller.
-pub(super) fn settle(engine: &Engine, identity: &Identity, cost_usd: f64) {
-    let period_now = now_secs();
+/// Releases a finished request's reservations and adds its real cost to every budget
+/// that covers its caller.
+pub(super) fn settle(
+    engine: &Engine,
+    mut holds: Vec<BudgetHold>,
+    identity: &Identity,
+    cost_usd: Option<f64>,
+) {
+    let usd = cost_usd.unwrap_or(0.0);
     for c in engine.in_scope(identity) {
         if let Some(b) = &c.policy.budget {
             let key = budget_key(&c.policy, b, identity);
-            let period = b.period.index(period_now);
-            engine.spend.add(&key, period, cost_usd);
-            export(&c.policy, b, period, engine.spend.spent(&key, period));
+            let hold = holds
+                .iter()
+                .position(|h| h.key == key)
+                .map(|i| holds.swap_remove(i));
+            if hold.is_none() && usd <= 0.0 {
+                continue;
+            }
+            let period = b.period.index(super::now_secs());
+            let spent = engine.counters.settle(hold, &key, b.period, usd);
+            export(&c.policy, b, period, spent);
         }
+    }
+    // Reservations of budgets no longer in scope (a reload changed them): released.
+    for h in holds {
+        let key = h.key.clone();
+        engine.counters.settle(Some(h), &key, Period::Total, 0.0);
     }
 }
 

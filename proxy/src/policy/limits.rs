@@ -10,10 +10,11 @@
 //! response completes (the real count, streams and cancellations included), so a burst
 //! can overshoot `tokens_per_minute` by at most the requests already in flight.
 //!
-//! Counters live in memory, and their windows are saved to the counter store every few
-//! seconds and at shutdown ([`Limiter::snapshot`]) and loaded at start
+//! On one node the counters live in memory, and their windows are saved to the counter
+//! store every few seconds and at shutdown ([`Limiter::snapshot`]) and loaded at start
 //! ([`Limiter::restore`]): a restart within the minute keeps the count (in-flight slots
-//! are not kept: those requests died with the process).
+//! are not kept: those requests died with the process). In a fleet the same windows are
+//! kept in Redis (`super::counters`).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
+use super::counters::{Admitted, OnUnavailable};
 use super::verdict::{Refusal, Verdict};
 use super::{limit_key, Admission, Engine, Mode};
 use crate::record::Identity;
@@ -212,11 +214,32 @@ impl Engine {
             };
             let id = format!("{}@v{}", c.policy.id, c.policy.version);
             let key = format!("{id}|{who}");
-            match self.limiter.admit(&key, limit) {
-                Ok(()) => held.keys.push(key),
-                Err(l) if c.policy.mode == Mode::Shadow => v.shadow_refuse(id, l.reason),
-                Err(l) => {
-                    self.finish(held, 0);
+            let on = c.policy.on_counter_store_unavailable;
+            match self.counters.admit(&key, limit, on) {
+                Admitted::Granted(hold) => held.rates.push(hold),
+                Admitted::Limited(l) if c.policy.mode == Mode::Shadow => {
+                    v.shadow_refuse(id, l.reason)
+                }
+                Admitted::Unavailable if on == OnUnavailable::FailOpen => {
+                    v.note("counter_store_unavailable")
+                }
+                Admitted::Unavailable if c.policy.mode == Mode::Shadow => {
+                    v.shadow_refuse(id, "counter_store_unavailable")
+                }
+                Admitted::Unavailable => {
+                    self.finish(held, 0, identity, None);
+                    let refusal = Refusal {
+                        status: 503,
+                        message: format!(
+                            "Sluice policy {id} cannot reach the fleet's rate-limit counters and refuses without them (on_counter_store_unavailable: fail_closed); retry shortly."
+                        ),
+                        retry_after: Some(1),
+                    };
+                    v.refuse(Some(id), "counter_store_unavailable", refusal);
+                    return Err(());
+                }
+                Admitted::Limited(l) => {
+                    self.finish(held, 0, identity, None);
                     let message = format!(
                         "Rate limited by Sluice policy {id}: more than {}; retry after {} s.",
                         l.detail, l.retry_after

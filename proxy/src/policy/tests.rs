@@ -2,7 +2,7 @@ use super::*;
 
 fn engine(yaml: &str) -> Engine {
     let cfg: PolicyConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    Engine::new(&cfg, Arc::new(MemoryCounters::default())).unwrap()
+    Engine::new(&cfg, Arc::new(Counters::memory())).unwrap()
 }
 
 fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
@@ -129,7 +129,7 @@ fn a_missing_provider_secret_fails_start_up() {
         "virtual_keys:\n  - key: sk-sluice-x\n    user: x\n    provider_keys:\n      openai: {env: SLUICE_TEST_UNSET_VARIABLE}\n",
     )
     .unwrap();
-    let err = Engine::new(&cfg, Arc::new(MemoryCounters::default()))
+    let err = Engine::new(&cfg, Arc::new(Counters::memory()))
         .err()
         .unwrap()
         .to_string();
@@ -148,7 +148,7 @@ fn budgets_check_the_worst_case_and_settle_the_real_cost() {
         e.evaluate(&facts("gpt-4o-mini", &id, BODY)).decision,
         Decision::Allow
     );
-    e.settle(&id, 0.00005);
+    e.finish(Admission::default(), 0, &id, Some(0.00005));
     let v = e.evaluate(&facts("gpt-4o-mini", &id, BODY));
     assert_eq!(v.decision, Decision::Block);
     assert_eq!(v.reason_codes, vec!["budget_exceeded"]);
@@ -258,7 +258,7 @@ fn rate_limits_are_decided_before_the_body_is_read() {
         g.identity.api_key_fingerprint.as_deref(),
         Some(fingerprint("sk-client-own-key").as_str())
     );
-    e.finish(g.admission.unwrap(), 0);
+    e.finish(g.admission.unwrap(), 0, &g.identity, None);
     let mut second = body(BODY);
     let g = govern(&e, Some("sk-client-own-key"), &mut second);
     let r = g.verdict.refusal.unwrap();
@@ -455,7 +455,7 @@ fn rate_limits_count_per_pod_not_per_process_name() {
     let admit = |id: &Identity| {
         let g = govern_as(&e, None, id.clone(), &mut body(BODY));
         if let Some(a) = g.admission {
-            e.finish(a, 0);
+            e.finish(a, 0, id, None);
         }
         g.verdict.refusal.is_none()
     };
@@ -483,9 +483,9 @@ fn budget_gauges_follow_the_identity_nearest_its_cap() {
         user: Some(u.into()),
         ..Identity::default()
     };
-    e.settle(&user("a"), 2.0);
-    e.settle(&user("b"), 5.0);
-    e.settle(&user("a"), 1.0);
+    e.finish(Admission::default(), 0, &user("a"), Some(2.0));
+    e.finish(Admission::default(), 0, &user("b"), Some(5.0));
+    e.finish(Admission::default(), 0, &user("a"), Some(1.0));
     let spent = crate::metrics::BUDGET_SPENT_USD
         .with_label_values(&labels)
         .get();

@@ -264,20 +264,25 @@ pub(super) fn finish(
         return Ok(());
     };
     let record = build_record(shared.max_inspect_bytes, &conn, e, ctx, status);
-    if let Some(admission) = ctx.governed.admission.take() {
-        let tokens =
-            record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
-        shared.policy.load().finish(admission, tokens);
-    }
-    // Budgets are settled with the real cost, streams and cancellations included; a
-    // cut stream with at least what the guard counted when it cut.
-    if let Some(cost) = record.cost_usd {
-        let cost = ctx
-            .answer
+    // Rate-limit slots released with the tokens used; budgets settled with the real
+    // cost, streams and cancellations included (a cut stream with at least what the guard
+    // counted when it cut), their reservations released — a failed request's whole.
+    let cost = record.cost_usd.map(|cost| {
+        ctx.answer
             .cut
             .as_ref()
-            .map_or(cost, |c| cost.max(c.spent_usd));
-        shared.policy.load().settle(&record.identity, cost);
+            .map_or(cost, |c| cost.max(c.spent_usd))
+    });
+    let admission = ctx.governed.admission.take();
+    if admission.is_some() || cost.is_some() {
+        let tokens =
+            record.usage.input_tokens.unwrap_or(0) + record.usage.output_tokens.unwrap_or(0);
+        shared.policy.load().finish(
+            admission.unwrap_or_default(),
+            tokens,
+            &record.identity,
+            cost,
+        );
     }
     let provider = conn.adapter.name();
     let endpoint = record.endpoint.as_deref().unwrap_or("other");

@@ -1,0 +1,944 @@
+//! Budgets and rate limits shared by a fleet, in Redis.
+//!
+//! Every step is one Lua script, atomic on the server and timed on its clock (`TIME`):
+//! reserve a budget's worst case, settle it, admit a request under a rate limit, finish
+//! it. Keys carry a hash tag (`{b:…}`, `{r:…}`) so that one counter's keys share a Redis
+//! Cluster slot, and are named by a hash of the counter (identities never appear in key
+//! names). Budget keys expire two periods after their last use, rate-limit keys after
+//! three minutes, so Redis holds only live counters.
+//!
+//! Calls run on the request path with `timeout_ms` bounding connect, write and read; a
+//! call that fails or times out marks the store down, and until a background probe
+//! finds it answering again no request waits on it (each policy's
+//! `on_counter_store_unavailable` decides). The same thread renews the leases of the
+//! requests in flight every third of `lease_ttl_ms` and pushes spend settled while the
+//! store was down.
+//!
+//! Calls are synchronous on a small pool of connections; on a multi-threaded Tokio
+//! runtime they run in `block_in_place`, so the runtime moves the worker's other tasks
+//! elsewhere while one waits (a loopback or in-cluster round trip is a fraction of a
+//! millisecond; the timeout caps the worst case).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::super::budget::Period;
+use super::super::limits::{Limited, RateLimit};
+use super::Reserved;
+use crate::metrics;
+
+/// `fleet.redis:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Keep a password out of the file with
+    /// `${REDIS_URL}` (expanded from the environment when the config is read).
+    pub url: String,
+    /// Bound on connecting, writing and reading one call, in ms. Default 50.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// How long a dead node's reservations and concurrency slots survive it, in ms
+    /// (live ones are renewed every third of it). Default 30000.
+    #[serde(default = "default_lease")]
+    pub lease_ttl_ms: u64,
+    /// Prefix of every key. Default `sluice`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_timeout() -> u64 {
+    50
+}
+fn default_lease() -> u64 {
+    30_000
+}
+fn default_prefix() -> String {
+    "sluice".into()
+}
+
+impl RedisConfig {
+    /// Problems with the section, as `(key, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            out.push((
+                "url",
+                format!("not a Redis URL ({e}); write redis://host:6379 or redis://:password@host:6379/0"),
+            ));
+        }
+        if !(1..=10_000).contains(&self.timeout_ms) {
+            out.push((
+                "timeout_ms",
+                format!(
+                    "{} is out of range; use 1 to 10000 (default 50)",
+                    self.timeout_ms
+                ),
+            ));
+        }
+        if self.lease_ttl_ms < 1_000 {
+            out.push((
+                "lease_ttl_ms",
+                format!(
+                    "{} is too short; use at least 1000 (default 30000)",
+                    self.lease_ttl_ms
+                ),
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            out.push(("prefix", "must be non-empty and without braces".into()));
+        }
+        out
+    }
+}
+
+/// Lua: the calendar period of `secs` as `Period::index` computes it (days since the
+/// epoch; year × 12 + month, UTC; 0).
+const PERIOD_LUA: &str = r#"
+local function period(secs, kind)
+  if kind == 'day' then return math.floor(secs / 86400) end
+  if kind == 'total' then return 0 end
+  local z = math.floor(secs / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y * 12 + m
+end
+local t = redis.call('TIME')
+local secs = tonumber(t[1])
+local now_ms = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Reservations whose lease ran out (their node died) give their amount back.
+local function expire(h, r, a)
+  local dead = redis.call('ZRANGEBYSCORE', r, '-inf', now_ms)
+  for _, m in ipairs(dead) do
+    local amt = redis.call('HGET', a, m)
+    if amt then
+      local p = string.match(m, '^(%-?%d+):')
+      redis.call('HINCRBYFLOAT', h, 'reserved:' .. p, -tonumber(amt))
+      redis.call('HDEL', a, m)
+    end
+  end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', r, '-inf', now_ms) end
+end
+local function keep(keys, ttl)
+  if ttl > 0 then for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end end
+end
+"#;
+
+/// KEYS: hash, reservations (zset), amounts, done. ARGV: kind, cap, worst, lease,
+/// lease ttl ms, key ttl ms. Returns {granted, period, spent, reserved}.
+const RESERVE: &str = r#"
+expire(KEYS[1], KEYS[2], KEYS[3])
+local p = period(secs, ARGV[1])
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent:' .. p) or '0')
+local reserved = math.max(0, tonumber(redis.call('HGET', KEYS[1], 'reserved:' .. p) or '0'))
+local worst = tonumber(ARGV[3])
+if spent + reserved + worst > tonumber(ARGV[2]) then
+  return {0, p, tostring(spent), tostring(reserved)}
+end
+local m = p .. ':' .. ARGV[4]
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved:' .. p, ARGV[3])
+redis.call('HSET', KEYS[3], m, ARGV[3])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[5]), m)
+keep({KEYS[1], KEYS[2], KEYS[3]}, tonumber(ARGV[6]))
+return {1, p, tostring(spent), tostring(reserved)}
+"#;
+
+/// KEYS: hash, reservations, amounts, done. ARGV: period ('' = now), kind, lease ('' =
+/// none), usd, op id, key ttl ms. Returns the spend after it. Idempotent on the op id
+/// (kept an hour), so a retried or reconciled settlement counts once.
+const SETTLE: &str = r#"
+local p = ARGV[1]
+if p == '' then p = tostring(period(secs, ARGV[2])) end
+if redis.call('ZSCORE', KEYS[4], ARGV[5]) then
+  return redis.call('HGET', KEYS[1], 'spent:' .. p) or '0'
+end
+redis.call('ZADD', KEYS[4], now_ms, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms - 3600000)
+if ARGV[3] ~= '' then
+  local m = p .. ':' .. ARGV[3]
+  local amt = redis.call('HGET', KEYS[3], m)
+  if amt then
+    redis.call('HINCRBYFLOAT', KEYS[1], 'reserved:' .. p, -tonumber(amt))
+    redis.call('HDEL', KEYS[3], m)
+    redis.call('ZREM', KEYS[2], m)
+  end
+end
+local spent = redis.call('HINCRBYFLOAT', KEYS[1], 'spent:' .. p, ARGV[4])
+keep({KEYS[1], KEYS[4]}, math.max(tonumber(ARGV[6]), 3600000))
+return spent
+"#;
+
+/// Lua: the one-minute windows of a rate-limit hash, rolled to now (as `Window::roll`).
+const WINDOW_LUA: &str = r#"
+local minute = math.floor(secs / 60)
+local frac = ((secs % 60) + tonumber(t[2]) / 1e6) / 60
+local function load(h)
+  local v = redis.call('HMGET', h, 'm', 'rc', 'rp', 'tc', 'tp')
+  local w = {m = tonumber(v[1] or minute), rc = tonumber(v[2] or '0'), rp = tonumber(v[3] or '0'),
+             tc = tonumber(v[4] or '0'), tp = tonumber(v[5] or '0')}
+  if w.m ~= minute then
+    if minute == w.m + 1 then w.rp = w.rc; w.tp = w.tc else w.rp = 0; w.tp = 0 end
+    w.rc = 0; w.tc = 0; w.m = minute
+  end
+  return w
+end
+local function store(h, w)
+  redis.call('HSET', h, 'm', w.m, 'rc', w.rc, 'rp', w.rp, 'tc', w.tc, 'tp', w.tp)
+  redis.call('PEXPIRE', h, 180000)
+end
+"#;
+
+/// KEYS: windows hash, leases (zset). ARGV: requests/min, tokens/min, concurrent (-1:
+/// none), lease, lease ttl ms. Returns {admitted, reason, retry after s}.
+const ADMIT: &str = r#"
+local w = load(KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local retry = math.max(1, math.ceil((1 - frac) * 60))
+if conc >= 0 and redis.call('ZCARD', KEYS[2]) >= conc then
+  return {0, 'concurrency_limit', 1}
+end
+if rpm >= 0 and w.rp * (1 - frac) + w.rc + 1 > rpm then
+  return {0, 'rate_limit_requests', retry}
+end
+if tpm >= 0 and w.tp * (1 - frac) + w.tc >= tpm then
+  return {0, 'rate_limit_tokens', retry}
+end
+w.rc = w.rc + 1
+store(KEYS[1], w)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[5]), ARGV[4])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 4)
+return {1, '', 0}
+"#;
+
+/// KEYS: windows hash, leases. ARGV: lease, tokens.
+const FINISH: &str = r#"
+local w = load(KEYS[1])
+w.tc = w.tc + tonumber(ARGV[2])
+store(KEYS[1], w)
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// KEYS: lease zsets; ARGV: lease ttl ms, then one member per key. Pushes each live
+/// lease's expiry forward (only those still there: `XX`).
+const RENEW: &str = r#"
+local ttl = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  redis.call('ZADD', k, 'XX', now_ms + ttl, ARGV[i + 1])
+end
+return #KEYS
+"#;
+
+/// The store could not answer (down, or slower than `timeout_ms`).
+#[derive(Debug, thiserror::Error)]
+#[error("the shared counter store did not answer")]
+pub struct Down;
+
+/// Spend settled while the store was down, to push when it returns.
+struct Pending {
+    key: String,
+    kind: Period,
+    period: Option<i64>,
+    usd: f64,
+    op: String,
+}
+
+struct Scripts {
+    reserve: redis::Script,
+    settle: redis::Script,
+    admit: redis::Script,
+    finish: redis::Script,
+    renew: redis::Script,
+}
+
+/// Budgets and rate limits in Redis, shared by every node configured with it.
+pub struct RedisCounters {
+    client: redis::Client,
+    pool: Mutex<Vec<redis::Connection>>,
+    timeout: Duration,
+    lease_ttl: Duration,
+    prefix: String,
+    node: String,
+    up: AtomicBool,
+    next_lease: AtomicU64,
+    scripts: Scripts,
+    /// Leases of requests in flight: member → its zset, renewed by the maintenance thread.
+    live: Mutex<HashMap<String, String>>,
+    pending: Mutex<Vec<Pending>>,
+    /// The shared spend each budget had when Redis last said, for the local fallback.
+    last_spent: Mutex<HashMap<(String, i64), f64>>,
+}
+
+/// Connections kept for reuse; more are opened under load and closed after use.
+const POOL: usize = 16;
+
+impl RedisCounters {
+    /// Connects (without waiting for Redis: a store that does not answer yet starts down,
+    /// and the maintenance thread started by [`RedisCounters::start`] brings it up).
+    ///
+    /// # Errors
+    /// An unusable URL (the config check catches it first).
+    pub fn new(config: &RedisConfig, node: &str) -> Result<RedisCounters, redis::RedisError> {
+        let script = |body: &str, with_windows: bool| {
+            let mut src = String::from(PERIOD_LUA);
+            if with_windows {
+                src.push_str(WINDOW_LUA);
+            }
+            src.push_str(body);
+            redis::Script::new(&src)
+        };
+        let store = RedisCounters {
+            client: redis::Client::open(config.url.as_str())?,
+            pool: Mutex::new(Vec::new()),
+            timeout: Duration::from_millis(config.timeout_ms),
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+            prefix: config.prefix.clone(),
+            node: node.to_owned(),
+            up: AtomicBool::new(false),
+            next_lease: AtomicU64::new(0),
+            scripts: Scripts {
+                reserve: script(RESERVE, false),
+                settle: script(SETTLE, false),
+                admit: script(ADMIT, true),
+                finish: script(FINISH, true),
+                renew: script(RENEW, false),
+            },
+            live: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            last_spent: Mutex::new(HashMap::new()),
+        };
+        metrics::COUNTER_STORE_UP.set(0);
+        if store.ping() {
+            store.mark_up();
+        } else {
+            tracing::warn!(node, "fleet: Redis does not answer yet; policies use their on_counter_store_unavailable until it does");
+        }
+        Ok(store)
+    }
+
+    /// Starts the maintenance thread: lease renewal, probing while down, reconciliation.
+    pub fn start(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let tick = (self.lease_ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let spawned = std::thread::Builder::new()
+            .name("sluice-fleet".into())
+            .spawn(move || {
+                let mut last_renew = Instant::now();
+                loop {
+                    std::thread::sleep(tick.min(Duration::from_millis(500)));
+                    let Some(store) = me.upgrade() else { return };
+                    if !store.up.load(Ordering::Acquire) {
+                        if store.ping() && store.reconcile() {
+                            store.mark_up();
+                        }
+                        continue;
+                    }
+                    if last_renew.elapsed() >= tick {
+                        store.renew();
+                        last_renew = Instant::now();
+                    }
+                    if !store.pending.lock().is_empty() {
+                        store.reconcile();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "fleet: cannot start the maintenance thread; leases of live requests will expire");
+        }
+    }
+
+    /// Whether Redis answered the last call.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.node, "fleet: Redis answers; shared counters in use");
+        }
+        metrics::COUNTER_STORE_UP.set(1);
+    }
+
+    fn mark_down(&self, op: &str, e: &redis::RedisError) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(node = %self.node, op, error = %e, "fleet: Redis does not answer; policies fall back to their on_counter_store_unavailable");
+        }
+        metrics::COUNTER_STORE_UP.set(0);
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let conn = self.client.get_connection_with_timeout(self.timeout)?;
+        conn.set_read_timeout(Some(self.timeout))?;
+        conn.set_write_timeout(Some(self.timeout))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection, off the async worker; any failure marks the
+    /// store down. Refuses at once while the store is down.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
+        self.call_anyway(op, f)
+    }
+
+    fn call_anyway<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Down> {
+        let started = Instant::now();
+        let result = off_worker(|| {
+            let pooled = self.pool.lock().pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => self.connect()?,
+            };
+            let r = f(&mut conn);
+            if r.is_ok() {
+                let mut pool = self.pool.lock();
+                if pool.len() < POOL {
+                    pool.push(conn);
+                }
+            }
+            r
+        });
+        metrics::COUNTER_STORE_SECONDS
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            metrics::COUNTER_STORE_ERRORS.with_label_values(&[op]).inc();
+            self.mark_down(op, &e);
+            Down
+        })
+    }
+
+    fn ping(&self) -> bool {
+        self.call_anyway("ping", |c| redis::cmd("PING").query::<String>(c))
+            .is_ok()
+    }
+
+    fn lease(&self) -> String {
+        let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{}:{n}", self.node, std::process::id())
+    }
+
+    fn tag(&self, kind: char, key: &str) -> String {
+        let h = Sha256::digest(key.as_bytes());
+        format!("{}:{{{kind}:{}}}", self.prefix, hex::encode(&h[..16]))
+    }
+
+    fn budget_keys(&self, key: &str) -> [String; 4] {
+        let base = self.tag('b', key);
+        [
+            base.clone(),
+            format!("{base}:r"),
+            format!("{base}:a"),
+            format!("{base}:d"),
+        ]
+    }
+
+    fn key_ttl_ms(period: Period) -> u64 {
+        match period {
+            Period::Day => 3 * 86_400_000,
+            Period::Month => 70 * 86_400_000,
+            Period::Total => 0,
+        }
+    }
+
+    /// See [`super::Counters::reserve`].
+    pub(super) fn reserve(
+        &self,
+        key: &str,
+        kind: Period,
+        cap: f64,
+        worst: f64,
+    ) -> Result<Reserved, Down> {
+        let keys = self.budget_keys(key);
+        let lease = self.lease();
+        let (granted, period, spent, reserved): (i64, i64, String, String) =
+            self.call("reserve", |c| {
+                self.scripts
+                    .reserve
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .key(&keys[3])
+                    .arg(kind.as_str())
+                    .arg(cap)
+                    .arg(worst)
+                    .arg(&lease)
+                    .arg(self.lease_ttl.as_millis() as u64)
+                    .arg(Self::key_ttl_ms(kind))
+                    .invoke(c)
+            })?;
+        let spent = spent.parse().unwrap_or(0.0);
+        let reserved = reserved.parse().unwrap_or(0.0);
+        self.last_spent
+            .lock()
+            .insert((key.to_owned(), period), spent);
+        if granted == 0 {
+            return Ok(Reserved::Exhausted { spent, reserved });
+        }
+        let member = format!("{period}:{lease}");
+        self.live.lock().insert(member, keys[1].clone());
+        Ok(Reserved::Granted {
+            spent,
+            reserved,
+            hold: super::BudgetHold {
+                key: key.to_owned(),
+                period,
+                amount: worst,
+                lease: Some(lease),
+            },
+        })
+    }
+
+    /// See [`super::Counters::settle`]: never fails; a settlement Redis cannot take now
+    /// is queued and pushed when it returns.
+    pub(super) fn settle(
+        &self,
+        key: &str,
+        kind: Period,
+        period: Option<i64>,
+        lease: Option<String>,
+        usd: f64,
+    ) -> f64 {
+        if let (Some(p), Some(l)) = (period, &lease) {
+            self.live.lock().remove(&format!("{p}:{l}"));
+        }
+        let op = format!("{}:s", lease.clone().unwrap_or_else(|| self.lease()));
+        let pending = Pending {
+            key: key.to_owned(),
+            kind,
+            period,
+            usd,
+            op,
+        };
+        match self.push(&pending, lease.as_deref(), false) {
+            Ok(spent) => spent,
+            Err(Down) => {
+                // The reservation itself expires with its lease; the spend is kept.
+                let p = period.unwrap_or_else(|| kind.index(super::now_secs()));
+                let spent = self.last_spent(key, p) + self.pending_spend(key, p) + usd;
+                if usd > 0.0 {
+                    let mut q = self.pending.lock();
+                    q.push(pending);
+                    metrics::COUNTER_STORE_PENDING.set(q.len() as i64);
+                }
+                spent
+            }
+        }
+    }
+
+    /// One settlement to Redis; `anyway`: even while the store is marked down (the
+    /// maintenance thread reconciling before it marks it up).
+    fn push(&self, s: &Pending, lease: Option<&str>, anyway: bool) -> Result<f64, Down> {
+        let keys = self.budget_keys(&s.key);
+        let call = |c: &mut redis::Connection| {
+            self.scripts
+                .settle
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .key(&keys[3])
+                .arg(s.period.map(|p| p.to_string()).unwrap_or_default())
+                .arg(s.kind.as_str())
+                .arg(lease.unwrap_or(""))
+                .arg(s.usd)
+                .arg(&s.op)
+                .arg(Self::key_ttl_ms(s.kind))
+                .invoke::<String>(c)
+        };
+        let spent: f64 = if anyway {
+            self.call_anyway("settle", call)?
+        } else {
+            self.call("settle", call)?
+        }
+        .parse()
+        .unwrap_or(0.0);
+        if let Some(p) = s.period {
+            self.last_spent.lock().insert((s.key.clone(), p), spent);
+        }
+        Ok(spent)
+    }
+
+    /// Pushes queued settlements; true when none is left.
+    fn reconcile(&self) -> bool {
+        let queued: Vec<Pending> = std::mem::take(&mut *self.pending.lock());
+        let mut left = Vec::new();
+        let mut failed = false;
+        for s in queued {
+            if failed || self.push(&s, None, true).is_err() {
+                failed = true;
+                left.push(s);
+            }
+        }
+        let mut q = self.pending.lock();
+        let pushed = !failed;
+        left.append(&mut q);
+        *q = left;
+        metrics::COUNTER_STORE_PENDING.set(q.len() as i64);
+        if pushed && q.is_empty() {
+            tracing::info!(node = %self.node, "fleet: spend settled while Redis was down is reconciled");
+        }
+        pushed && q.is_empty()
+    }
+
+    /// Spend of budget `key` in `period` settled here and not yet in Redis.
+    pub(super) fn pending_spend(&self, key: &str, period: i64) -> f64 {
+        self.pending
+            .lock()
+            .iter()
+            .filter(|s| s.key == key && s.period.is_none_or(|p| p == period))
+            .map(|s| s.usd)
+            .sum()
+    }
+
+    /// The shared spend of budget `key` in `period` when Redis last said (0 if never).
+    pub(super) fn last_spent(&self, key: &str, period: i64) -> f64 {
+        self.last_spent
+            .lock()
+            .get(&(key.to_owned(), period))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// See [`super::Counters::admit`]: the lease of the slot taken, or why not.
+    pub(super) fn admit(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> Result<Result<String, Limited>, Down> {
+        let base = self.tag('r', key);
+        let leases = format!("{base}:l");
+        let lease = self.lease();
+        let n = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let (admitted, reason, retry): (i64, String, u64) = self.call("admit", |c| {
+            self.scripts
+                .admit
+                .key(&base)
+                .key(&leases)
+                .arg(n(limit.requests_per_minute))
+                .arg(n(limit.tokens_per_minute))
+                .arg(n(limit.concurrent))
+                .arg(&lease)
+                .arg(self.lease_ttl.as_millis() as u64)
+                .invoke(c)
+        })?;
+        if admitted == 1 {
+            self.live.lock().insert(lease.clone(), leases);
+            return Ok(Ok(lease));
+        }
+        let (reason, detail) = match reason.as_str() {
+            "concurrency_limit" => (
+                "concurrency_limit",
+                format!("{} concurrent requests", limit.concurrent.unwrap_or(0)),
+            ),
+            "rate_limit_tokens" => (
+                "rate_limit_tokens",
+                format!("{} tokens per minute", limit.tokens_per_minute.unwrap_or(0)),
+            ),
+            _ => (
+                "rate_limit_requests",
+                format!(
+                    "{} requests per minute",
+                    limit.requests_per_minute.unwrap_or(0)
+                ),
+            ),
+        };
+        Ok(Err(Limited {
+            reason,
+            retry_after: retry.max(1),
+            detail,
+        }))
+    }
+
+    /// See [`super::Counters::finish`]: a failure only loses the token charge (the slot's
+    /// lease expires by itself).
+    pub(super) fn finish(&self, key: &str, lease: &str, tokens: u64) {
+        self.live.lock().remove(lease);
+        let base = self.tag('r', key);
+        let leases = format!("{base}:l");
+        let _ = self.call("finish", |c| {
+            self.scripts
+                .finish
+                .key(&base)
+                .key(&leases)
+                .arg(lease)
+                .arg(tokens)
+                .invoke::<i64>(c)
+        });
+    }
+
+    fn renew(&self) {
+        let live: Vec<(String, String)> = self
+            .live
+            .lock()
+            .iter()
+            .map(|(m, k)| (m.clone(), k.clone()))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let _ = self.call("renew", |c| {
+            let mut inv = self.scripts.renew.prepare_invoke();
+            inv.arg(self.lease_ttl.as_millis() as u64);
+            for (member, key) in &live {
+                inv.key(key).arg(member);
+            }
+            inv.invoke::<i64>(c)
+        });
+    }
+}
+
+/// Runs blocking `f` so that a multi-threaded Tokio runtime moves its other tasks off
+/// this worker meanwhile; elsewhere (threads, current-thread runtimes) just runs it.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Admitted, Counters, OnUnavailable};
+    use super::*;
+
+    /// A throwaway `redis-server` on a free loopback port (installed by `cargo xtask
+    /// setup`), killed on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Server {
+        fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect(
+                    "redis-server is missing: `cargo xtask setup` installs Debian's redis-server",
+                );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Server(child, port)
+        }
+
+        fn store(&self, lease_ttl_ms: u64) -> Arc<RedisCounters> {
+            let config = RedisConfig {
+                url: format!("redis://127.0.0.1:{}", self.1),
+                timeout_ms: 200,
+                lease_ttl_ms,
+                prefix: "t".into(),
+            };
+            Arc::new(RedisCounters::new(&config, "n1").expect("store"))
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn lua_periods_are_rusts() {
+        let server = Server::start();
+        let store = server.store(30_000);
+        let probe = redis::Script::new(&format!(
+            "{PERIOD_LUA}\nreturn period(tonumber(ARGV[1]), ARGV[2])"
+        ));
+        for secs in [
+            0_i64,
+            951_782_400,
+            1_709_164_800,
+            1_735_689_599,
+            1_735_689_600,
+            1_763_900_000,
+            4_102_444_800,
+        ] {
+            for kind in [Period::Day, Period::Month, Period::Total] {
+                let lua: i64 = store
+                    .call("probe", |c| probe.arg(secs).arg(kind.as_str()).invoke(c))
+                    .expect("redis answers");
+                assert_eq!(lua, kind.index(secs), "{kind:?} at {secs}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_nodes_share_one_budget_and_one_rate_limit() {
+        let server = Server::start();
+        let a = Counters::with_fleet(
+            Arc::new(crate::policy::MemoryCounters::default()),
+            server.store(30_000),
+            2,
+        );
+        let b = Counters::with_fleet(
+            Arc::new(crate::policy::MemoryCounters::default()),
+            server.store(30_000),
+            2,
+        );
+        let on = OnUnavailable::FailClosed;
+        let Reserved::Granted { hold, .. } = a.reserve("team", Period::Day, 1.0, 0.7, on) else {
+            panic!("node a's reservation fits")
+        };
+        assert!(
+            matches!(b.reserve("team", Period::Day, 1.0, 0.7, on), Reserved::Exhausted { reserved, .. } if (reserved - 0.7).abs() < 1e-9)
+        );
+        assert!((a.settle(Some(hold), "team", Period::Day, 0.2) - 0.2).abs() < 1e-9);
+        let Reserved::Granted {
+            spent, reserved, ..
+        } = b.reserve("team", Period::Day, 1.0, 0.7, on)
+        else {
+            panic!("the rest fits once a settled")
+        };
+        assert!((spent - 0.2).abs() < 1e-9 && reserved.abs() < 1e-9);
+
+        let limit = RateLimit {
+            requests_per_minute: Some(3),
+            concurrent: Some(2),
+            ..RateLimit::default()
+        };
+        let Admitted::Granted(h1) = a.admit("k", &limit, on) else {
+            panic!("1st")
+        };
+        let Admitted::Granted(h2) = b.admit("k", &limit, on) else {
+            panic!("2nd")
+        };
+        assert!(
+            matches!(a.admit("k", &limit, on), Admitted::Limited(l) if l.reason == "concurrency_limit")
+        );
+        b.finish(h2, 10);
+        let Admitted::Granted(h3) = a.admit("k", &limit, on) else {
+            panic!("3rd")
+        };
+        a.finish(h1, 0);
+        match b.admit("k", &limit, on) {
+            Admitted::Limited(l) => {
+                assert!(l.reason == "rate_limit_requests" && (1..=60).contains(&l.retry_after))
+            }
+            other => {
+                panic!("the 4th request in a minute is over 3/min across both nodes: {other:?}")
+            }
+        }
+        a.finish(h3, 0);
+    }
+
+    #[test]
+    fn a_dead_nodes_leases_expire_and_settlements_count_once() {
+        let server = Server::start();
+        let dead = server.store(1_000);
+        let live = server.store(1_000);
+        let limit = RateLimit {
+            concurrent: Some(1),
+            ..RateLimit::default()
+        };
+        assert!(matches!(dead.admit("k", &limit), Ok(Ok(_))));
+        assert!(matches!(
+            dead.reserve("team", Period::Total, 1.0, 0.9),
+            Ok(Reserved::Granted { .. })
+        ));
+        // Never finished, never renewed (no maintenance thread): gone after the lease.
+        assert!(matches!(live.admit("k", &limit), Ok(Err(_))));
+        assert!(matches!(
+            live.reserve("team", Period::Total, 1.0, 0.9),
+            Ok(Reserved::Exhausted { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(1_200));
+        assert!(matches!(live.admit("k", &limit), Ok(Ok(_))));
+        let Ok(Reserved::Granted { hold, .. }) = live.reserve("team", Period::Total, 1.0, 0.9)
+        else {
+            panic!("the dead node's reservation expired")
+        };
+        // A settlement pushed twice (a retry, a reconciliation) counts once.
+        let s = Pending {
+            key: "team".into(),
+            kind: Period::Total,
+            period: Some(hold.period),
+            usd: 0.25,
+            op: "op-1".into(),
+        };
+        assert!((live.push(&s, hold.lease.as_deref(), false).unwrap() - 0.25).abs() < 1e-9);
+        assert!((live.push(&s, None, false).unwrap() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_fails_fast_and_queues_spend() {
+        let server = Server::start();
+        let store = server.store(30_000);
+        let on_local = Counters::with_fleet(
+            Arc::new(crate::policy::MemoryCounters::default()),
+            store.clone(),
+            4,
+        );
+        let Reserved::Granted { hold, .. } =
+            on_local.reserve("team", Period::Day, 1.0, 0.1, OnUnavailable::Local)
+        else {
+            panic!("fits")
+        };
+        on_local.settle(Some(hold), "team", Period::Day, 0.2);
+        drop(server);
+        // The first call finds it down; then nothing waits on it.
+        assert!(matches!(
+            on_local.reserve("team", Period::Day, 1.0, 0.1, OnUnavailable::FailOpen),
+            Reserved::Unavailable
+        ));
+        assert!(!store.is_up());
+        let started = Instant::now();
+        assert!(matches!(
+            on_local.reserve("team", Period::Day, 1.0, 0.1, OnUnavailable::FailClosed),
+            Reserved::Unavailable
+        ));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Local: a quarter of the 0.8 left when Redis last answered.
+        assert!(matches!(
+            on_local.reserve("team", Period::Day, 1.0, 0.19, OnUnavailable::Local),
+            Reserved::Granted { .. }
+        ));
+        assert!(matches!(
+            on_local.reserve("team", Period::Day, 1.0, 0.02, OnUnavailable::Local),
+            Reserved::Exhausted { .. }
+        ));
+        on_local.settle(None, "team", Period::Day, 0.05);
+        assert!(
+            (store.pending_spend("team", Period::Day.index(super::super::now_secs())) - 0.05).abs()
+                < 1e-9
+        );
+    }
+}
