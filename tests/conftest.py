@@ -60,3 +60,13 @@ def make_netns(privileged, request):
 def topo(privileged, request):
     with Topology(request.node.nodeid) as topology:
         yield topology
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real `redis-server` for the whole run (tests isolate by key prefix)."""
+    from servers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,14 +44,59 @@ class Stack:
 
     def __init__(self, topo, tmp_path: Path, extra_config: str = "", start: bool = True,
                  static_dst: bool = True, hosts_to: str | None = None,
-                 listen: list[str] | None = None):
+                 listen: list[str] | None = None, peer: Stack | None = None):
         """`static_dst=False` leaves out the static destination table (another source must
-        know); `hosts_to` points the client's provider names elsewhere than the proxy."""
+        know); `hosts_to` points the client's provider names elsewhere than the proxy;
+        `peer`: another node of the same fleet, whose mock provider and organisation CA
+        this one shares (give it its own `listen`)."""
         self.topo = topo
         self.dir = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.state = tmp_path / "state"
-        self.provider_ca = tmp_path / "provider-ca.pem"
         self.mock_addr = f"{topo.provider_addr}:443"
+        if peer is not None:
+            self.provider_ca = peer.provider_ca
+            self.mock = self.plain_mock = None
+        else:
+            self.provider_ca = tmp_path / "provider-ca.pem"
+            self._start_mocks(topo, tmp_path)
+        self.metrics_port = free_port("127.0.0.1")
+        static = "\n".join(
+            f"    {h}: \"{self.mock_addr}\"" for h in INSPECTED + [PASSTHROUGH, BAD_CERT]
+        ) + f"\n    {PLAIN}: \"{topo.provider_addr}:{PLAIN_PORT}\""
+        providers = "\n".join(f"  - host: \"{h}\"" for h in DEFAULT_PROVIDERS) + (
+            f"\n  - host: {PLAIN}\n    tls: false\n    adapter: openai_compatible")
+        self.config = tmp_path / "sluice.yaml"
+        listen = listen or [f"{topo.client_gw}:443"]
+        host, _, port = listen[0].rpartition(":")
+        self.listen_addr = (host.strip("[]"), int(port))
+        self.config.write_text(
+            f"""listen: {json.dumps(listen)}
+metrics_listen: "127.0.0.1:{self.metrics_port}"
+state_dir: "{self.state}"
+upstream:
+  ca_file: "{self.provider_ca}"
+providers:
+{providers}
+passthrough: ["{PASSTHROUGH}"]
+{"original_dst:" + chr(10) + "  static:" + chr(10) + static if static_dst else ""}
+{extra_config}"""
+        )
+        if peer is None:
+            subprocess.run([sluice_bin(), "ca", "init", "--config", str(self.config)], check=True,
+                           capture_output=True)
+        else:
+            (self.state / "ca").mkdir(parents=True)
+            for name in ("ca.crt", "ca.key"):
+                shutil.copy2(peer.state / "ca" / name, self.state / "ca" / name)
+        self.org_ca = self.state / "ca" / "ca.crt"
+        self.proxy = None
+        if start:
+            self.start_proxy()
+        topo.client.hosts({h: hosts_to or topo.client_gw
+                           for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
+
+    def _start_mocks(self, topo, tmp_path: Path):
         self.mock = Proc(
             [
                 "ip", "netns", "exec", topo.provider.name, mock_bin(),
@@ -67,39 +113,12 @@ class Stack:
         )
         wait_for_port(topo.provider_addr, 443, timeout=20, netns=topo.provider)
         wait_for_port(topo.provider_addr, PLAIN_PORT, timeout=20, netns=topo.provider)
-        self.metrics_port = free_port("127.0.0.1")
-        static = "\n".join(
-            f"    {h}: \"{self.mock_addr}\"" for h in INSPECTED + [PASSTHROUGH, BAD_CERT]
-        ) + f"\n    {PLAIN}: \"{topo.provider_addr}:{PLAIN_PORT}\""
-        providers = "\n".join(f"  - host: \"{h}\"" for h in DEFAULT_PROVIDERS) + (
-            f"\n  - host: {PLAIN}\n    tls: false\n    adapter: openai_compatible")
-        self.config = tmp_path / "sluice.yaml"
-        self.config.write_text(
-            f"""listen: {json.dumps(listen or [f"{topo.client_gw}:443"])}
-metrics_listen: "127.0.0.1:{self.metrics_port}"
-state_dir: "{self.state}"
-upstream:
-  ca_file: "{self.provider_ca}"
-providers:
-{providers}
-passthrough: ["{PASSTHROUGH}"]
-{"original_dst:" + chr(10) + "  static:" + chr(10) + static if static_dst else ""}
-{extra_config}"""
-        )
-        subprocess.run([sluice_bin(), "ca", "init", "--config", str(self.config)], check=True,
-                       capture_output=True)
-        self.org_ca = self.state / "ca" / "ca.crt"
-        self.proxy = None
-        if start:
-            self.start_proxy()
-        topo.client.hosts({h: hosts_to or topo.client_gw
-                           for h in INSPECTED + [PASSTHROUGH, BAD_CERT, UNKNOWN, PLAIN]})
 
     def start_proxy(self):
         self.proxy = Proc([sluice_bin(), "run", "--config", str(self.config)],
                           self.dir / f"proxy-{time.monotonic_ns()}.log",
                           env={**os.environ, "SLUICE_LOG": os.environ.get("SLUICE_TEST_LOG", "info")})
-        wait_for_port(self.topo.client_gw, 443, timeout=30)
+        wait_for_port(*self.listen_addr, timeout=30)
 
     # --- clients -------------------------------------------------------------------------
 
