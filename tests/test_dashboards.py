@@ -156,11 +156,12 @@ def concrete(expr: str) -> str:
             .replace("$node", ".*").replace("$provider", ".*"))
 
 
-def test_every_panel_query_evaluates_on_a_real_prometheus_scraping_sluice(topo, tmp_path):
+def test_every_panel_query_evaluates_on_a_real_prometheus_scraping_sluice(topo, tmp_path, redis_server):
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is missing: `cargo xtask setup` installs Debian's prometheus"
     # Clients in this cgroup that dial the provider's real address are captured by the
-    # probe (the proxy itself runs outside it); the node's checkpoints go to a witness.
+    # probe (the proxy itself runs outside it); the node's checkpoints go to a witness;
+    # its budgets and rate limits are kept in a (one-node) fleet's Redis.
     cg = Cgroup(f"sluice-dash-{os.getpid()}-{tmp_path.name[-12:]}")
     pins = Path(f"/sys/fs/bpf/sluice-dash-{os.getpid()}")
     node = None
@@ -174,6 +175,8 @@ policy:
       prompt: {{pii: redact}}
     - id: team-budget
       budget: {{usd: 100, period: month, shared: team}}
+fleet:
+  redis: {{url: "{redis_server.url}", prefix: "dash{os.getpid()}"}}
 redirect:
   enabled: true
   cgroup: "{cg.path}"

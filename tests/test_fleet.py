@@ -241,7 +241,7 @@ def test_each_failure_mode_when_redis_stops_and_returns(topo, tmp_path, redis_se
     clear_of_minute_end(30)
     assert [s for s, _ in call(*nodes)] == [200, 200, 200]
     for n in nodes:
-        assert n.metric("sluice_counter_store_up") == 1
+        assert n.metric('sluice_counter_store_up{store="redis"}') == 1
 
     redis_server.stop()
     try:
@@ -250,7 +250,7 @@ def test_each_failure_mode_when_redis_stops_and_returns(topo, tmp_path, redis_se
         # local: this node's third of 30/min.
         assert [s for s, _ in call(local, times=12)] == [200] * 10 + [429] * 2
         for n in nodes:
-            assert n.metric("sluice_counter_store_up") == 0
+            assert n.metric('sluice_counter_store_up{store="redis"}') == 0
         assert closed.metric('sluice_counter_store_fallbacks_total{mode="fail_closed"}') >= 2
         assert local.metric("sluice_counter_store_pending") == 10, "spend queued for reconciliation"
     finally:
@@ -258,7 +258,7 @@ def test_each_failure_mode_when_redis_stops_and_returns(topo, tmp_path, redis_se
 
     # Back: probes find it, queued spend is pushed, fail_closed serves again.
     for n in nodes:
-        wait_until(lambda n=n: n.metric("sluice_counter_store_up") == 1
+        wait_until(lambda n=n: n.metric('sluice_counter_store_up{store="redis"}') == 1
                    and n.metric("sluice_counter_store_pending") == 0, what="the fleet to reconnect")
     assert call(closed)[0][0] == 200
 

@@ -242,6 +242,11 @@ def operations() -> dict:
         timeseries(L, "Checkpoints and witness lag", "Signed checkpoints written; how far each "
                    "witness is behind.", "s",
                    [(f"max by (witness) (sluice_ledger_witness_lag_seconds{{{NODE}}})", "lag {{witness}}")]),
+        timeseries(L, "Shared counter store", "Fleet budgets and rate limits in Redis: whether "
+                   "each node reaches it, and its round trip on the request path (p99).", "short",
+                   [(f"max by (instance) (sluice_counter_store_up{{{NODE}}})", "up {{instance}}"),
+                    (f"histogram_quantile(0.99, sum by (le, op) (rate(sluice_counter_store_seconds_bucket{{{NODE}}}[{RATE}])))",
+                     "p99 s {{op}}")]),
     ]
     return dashboard("sluice-operations", "Sluice / Operations",
                      "The machinery: redirect, refusals, ledger, certificates, nodes, witnesses.",

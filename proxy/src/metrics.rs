@@ -459,12 +459,13 @@ pub fn init() {
     LazyLock::force(&WITNESS_ERRORS);
 }
 
-/// Whether the fleet's shared counter store (Redis) answers: 1 up, 0 down (only with
-/// `fleet.redis`).
-pub static COUNTER_STORE_UP: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
+/// Whether the fleet's shared counter store answers: 1 up, 0 down, by store (`redis`);
+/// no series without `fleet.redis`.
+pub static COUNTER_STORE_UP: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
         "sluice_counter_store_up",
-        "Whether the shared counter store (Redis) answers: 1 up, 0 down",
+        "Whether the shared counter store answers: 1 up, 0 down",
+        &["store"],
     )
 });
 /// Shared counter store calls that failed or timed out, by operation.
