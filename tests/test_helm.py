@@ -30,6 +30,7 @@ OPTIONS = {
     "default": {},
     "existing-secrets-and-shared-claim": {
         "ca": {"existingSecret": "corp-ca"},
+        "fleet": {"redis": {"urlSecret": "sluice-redis", "timeoutMs": 80}, "nodes": 20},
         "ledger": {"keysSecret": "sluice-ledger-keys", "existingClaim": "sluice-ledger"},
     },
     "webhook-and-service-off": {
@@ -210,13 +211,14 @@ def test_agent_pod_spec_is_what_the_readme_promises(renders):
 def test_the_rendered_config_is_valid_sluice_config(renders, tmp_path):
     """`sluice policy lint` checks the ConfigMap's sluice.yaml as the agent will read it,
     with NODE_IP as the downward API sets it."""
-    for option in ("default", "hardened-and-tuned"):
+    for option in ("default", "hardened-and-tuned", "existing-secrets-and-shared-claim"):
         cm = next(
             d for d in by_kind(renders[option], "ConfigMap") if d["metadata"]["name"].endswith("-config")
         )
         path = tmp_path / f"{option}.yaml"
         path.write_text(cm["data"]["sluice.yaml"])
-        env = {**os.environ, "NODE_IP": "10.1.2.3"}
+        env = {**os.environ, "NODE_IP": "10.1.2.3", "NODE_NAME": "node-1",
+               "REDIS_URL": "redis://:secret@redis.sluice-system:6379/0"}
         lint = subprocess.run(
             [os.environ["SLUICE_BIN"], "policy", "lint", "--file", str(path)],
             capture_output=True, text=True, env=env,
@@ -267,3 +269,18 @@ def test_monitoring_objects(renders):
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
     assert not by_kind(renders["default"], "PrometheusRule"), "off unless the CRDs are there"
+
+
+def test_the_fleets_redis_url_comes_from_a_secret_never_the_configmap(renders):
+    """With fleet.redis.urlSecret the agent reads REDIS_URL from the Secret, and the
+    config names only the variable (a password in it stays out of the ConfigMap)."""
+    docs = renders["existing-secrets-and-shared-claim"]
+    agent = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sluice-redis", "key": "url"}
+    cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config"))
+    fleet = yaml.safe_load(cm["data"]["sluice.yaml"])["fleet"]
+    assert fleet == {"node_id": "${NODE_NAME}", "nodes": 20,
+                     "redis": {"url": "${REDIS_URL}", "timeout_ms": 80, "lease_ttl_ms": 30000}}
+    default = next(d for d in by_kind(renders["default"], "ConfigMap") if d["metadata"]["name"].endswith("-config"))
+    assert "fleet" not in yaml.safe_load(default["data"]["sluice.yaml"])

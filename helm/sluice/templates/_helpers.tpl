@@ -74,6 +74,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if gt (int .Values.agent.threads) 0 -}}
 {{- $_ := set $base "threads" (int .Values.agent.threads) -}}
 {{- end -}}
+{{- if .Values.fleet.redis.urlSecret -}}
+{{- $_ := set $base "fleet" (dict
+  "node_id" "${NODE_NAME}"
+  "nodes" (int .Values.fleet.nodes)
+  "redis" (dict
+    "url" "${REDIS_URL}"
+    "timeout_ms" (int .Values.fleet.redis.timeoutMs)
+    "lease_ttl_ms" (int .Values.fleet.redis.leaseTtlMs))) -}}
+{{- end -}}
 {{- if .Values.ledger.keysSecret -}}
 {{- $_ := set $base.ledger "hmac_key_file" "/etc/sluice/ledger-keys/hmac.key" -}}
 {{- $_ := set $base.ledger "signing_key_file" "/etc/sluice/ledger-keys/checkpoint.key" -}}

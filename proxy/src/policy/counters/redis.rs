@@ -319,7 +319,9 @@ impl RedisCounters {
             pending: Mutex::new(Vec::new()),
             last_spent: Mutex::new(HashMap::new()),
         };
-        metrics::COUNTER_STORE_UP.with_label_values(&["redis"]).set(0);
+        metrics::COUNTER_STORE_UP
+            .with_label_values(&["redis"])
+            .set(0);
         if store.ping() {
             store.mark_up();
         } else {
@@ -368,14 +370,18 @@ impl RedisCounters {
         if !self.up.swap(true, Ordering::AcqRel) {
             tracing::info!(node = %self.node, "fleet: Redis answers; shared counters in use");
         }
-        metrics::COUNTER_STORE_UP.with_label_values(&["redis"]).set(1);
+        metrics::COUNTER_STORE_UP
+            .with_label_values(&["redis"])
+            .set(1);
     }
 
     fn mark_down(&self, op: &str, e: &redis::RedisError) {
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.node, op, error = %e, "fleet: Redis does not answer; policies fall back to their on_counter_store_unavailable");
         }
-        metrics::COUNTER_STORE_UP.with_label_values(&["redis"]).set(0);
+        metrics::COUNTER_STORE_UP
+            .with_label_values(&["redis"])
+            .set(0);
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
