@@ -162,3 +162,16 @@ def test_component_figures_ledger_guardrails_and_connect_hook(results):
     if ipt["available"]:
         assert {"iptables_miss", "iptables_redirect"} <= set(modes)
     assert "### Components" in results["markdown"]
+
+
+@pytest.mark.timeout(300)
+def test_the_cost_of_fleet_counters_is_reported_against_local_ones(results):
+    """`sluice-fleet` (budget and rate limit in Redis) next to `sluice-budget` (the same
+    policy on the node), and their ratio, from one run."""
+    for name in ("sluice-budget", "sluice-fleet"):
+        entry = results["paths"][name]
+        assert entry["available"] is True, (name, entry.get("reason"))
+        assert is_number(entry["scenarios"]["lat1_1k"]["added_p50"]), name
+        assert entry["audit"]["kind"] == "interaction" and entry["audit"]["expected"] > 0, name
+    ratio = results["ratios"]["sluice-fleet/sluice-budget"]
+    assert is_number(ratio["added_p50_1k"]) and is_number(ratio["added_p99_1k"]), ratio

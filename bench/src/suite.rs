@@ -167,6 +167,7 @@ pub fn run(opts: &Options) -> Result<()> {
         peer_pem,
         peer_ca,
         proxy_cpu: pin.then_some(1),
+        rig_cpu,
     };
     let lg = Loadgen {
         bench: bins.bench.clone(),

@@ -18,6 +18,8 @@ pub const PATHS: &[&str] = &[
     "pingora-minimal",
     "sluice",
     "sluice-passthrough",
+    "sluice-budget",
+    "sluice-fleet",
     "litellm",
     "mitmproxy",
 ];
@@ -44,6 +46,8 @@ pub struct Rig {
     pub peer_ca: PathBuf,
     /// `taskset -c N` prefix for the proxy under test, when there are two CPUs or more.
     pub proxy_cpu: Option<u32>,
+    /// Where the rig's own servers run (mock, load generator, Redis).
+    pub rig_cpu: Option<u32>,
 }
 
 /// Where a path's records go (its state directory and config), for the audit
@@ -66,6 +70,8 @@ pub struct Running {
     pub records: Option<Records>,
     /// How long the first answer may take (cold Python peers).
     pub first_answer_timeout: f64,
+    /// A server the path needs beside it (the fleet's Redis), stopped with it.
+    pub sidecar: Option<Child>,
 }
 
 impl Running {
@@ -73,8 +79,16 @@ impl Running {
         self.child.as_ref().map(Child::id)
     }
 
-    /// SIGTERM, a grace period, then SIGKILL.
+    /// SIGTERM, a grace period, then SIGKILL (then the sidecar).
     pub fn stop(&mut self) {
+        self.stop_child();
+        if let Some(mut sidecar) = self.sidecar.take() {
+            let _ = sidecar.kill();
+            let _ = sidecar.wait();
+        }
+    }
+
+    fn stop_child(&mut self) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
@@ -95,7 +109,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        for child in self.child.iter_mut().chain(self.sidecar.iter_mut()) {
             if let Ok(None) = child.try_wait() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -332,6 +346,7 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
     let mut client_ca = rig.peer_ca.clone();
     let mut ready_timeout = Duration::from_secs(20);
     let mut first_answer_timeout = 30.0;
+    let mut sidecar = None;
     let cmd = match path {
         "direct" => {
             return Ok(Running {
@@ -341,6 +356,7 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
                 log,
                 records: None,
                 first_answer_timeout,
+                sidecar: None,
             })
         }
         "nginx" => {
@@ -377,11 +393,20 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
                 .arg(&rig.peer_key);
             c
         }
-        "sluice" | "sluice-passthrough" => {
+        "sluice" | "sluice-passthrough" | "sluice-budget" | "sluice-fleet" => {
             let passthrough = path == "sluice-passthrough";
             let state = dir.join("state");
             let conf = dir.join("sluice.yaml");
-            fs::write(&conf, sluice_conf(rig, &state, addr, passthrough))?;
+            let mut extra = String::new();
+            if path == "sluice-budget" || path == "sluice-fleet" {
+                extra.push_str(BUDGET_POLICY);
+            }
+            if path == "sluice-fleet" {
+                let (redis, url) = start_redis(rig, &dir)?;
+                sidecar = Some(redis);
+                extra.push_str(&format!("fleet:\n  redis: {{url: \"{url}\"}}\n"));
+            }
+            fs::write(&conf, sluice_conf(rig, &state, addr, passthrough) + &extra)?;
             let out = Command::new(&rig.sluice)
                 .args(["ca", "init", "--config"])
                 .arg(&conf)
@@ -479,7 +504,47 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
         log,
         records,
         first_answer_timeout,
+        sidecar,
     })
+}
+
+/// The governed paths' policy: one shared budget and one rate limit, both far from
+/// refusing, so every request reserves, settles, admits and finishes.
+const BUDGET_POLICY: &str = "policy:
+  policies:
+    - id: bench-budget
+      budget: {usd: 1000000000, period: day, shared: bench}
+      rate_limit: {requests_per_minute: 1000000000, concurrent: 1000000}
+";
+
+/// A `redis-server` for the fleet path on a free loopback port, beside the load generator
+/// (not on the proxy's CPU), without persistence.
+fn start_redis(rig: &Rig, dir: &Path) -> Result<(Child, String)> {
+    if !which("redis-server") {
+        bail!("redis-server is not installed (`cargo xtask setup` installs it)");
+    }
+    let addr = free_addr()?;
+    let mut cmd = pinned(rig.rig_cpu, "redis-server");
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--port",
+    ])
+    .arg(addr.port().to_string())
+    .arg("--dir")
+    .arg(dir);
+    let mut child = spawn(cmd, &dir.join("redis.log"))?;
+    wait_ready(
+        &mut child,
+        addr,
+        &dir.join("redis.log"),
+        Duration::from_secs(20),
+    )?;
+    Ok((child, format!("redis://{addr}")))
 }
 
 /// Fills `@NAME@` placeholders of a template from bench/.

@@ -214,6 +214,15 @@ fn ratios(out: &Json) -> Json {
         .set("sluice/haproxy", pair("sluice", "haproxy"))
         .set("sluice/pingora-minimal", pair("sluice", "pingora-minimal"))
         .set("sluice/direct", pair("sluice", "direct"));
+    // What sharing budgets and rate limits through Redis costs the request path, against
+    // the same policy counted on the node.
+    let available = |p: &str| out.at(&format!("paths/{p}/available")) == &Json::Bool(true);
+    if available("sluice-fleet") && available("sluice-budget") {
+        r.set(
+            "sluice-fleet/sluice-budget",
+            pair("sluice-fleet", "sluice-budget"),
+        );
+    }
     for peer in PATHS {
         if *peer == "sluice" || *peer == "direct" {
             continue;
