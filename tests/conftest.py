@@ -70,3 +70,13 @@ def redis_server():
     server = RedisServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL for the whole run (tests isolate by node ids)."""
+    from servers import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()

@@ -4,6 +4,7 @@ again on the same port, for the tests of what Sluice does while one is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -62,3 +63,57 @@ def wait_until(predicate, timeout: float = 15, what: str = "the condition"):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+class PostgresServer:
+    """A PostgreSQL cluster made by `initdb` in a temporary directory (trust auth, loopback
+    only), run as the `postgres` system user (the server refuses root), on a free port,
+    with a `sluice` database."""
+
+    def __init__(self):
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        assert bins, "PostgreSQL is missing: `cargo xtask setup` installs Debian's postgresql"
+        self.bin = bins[-1].parent
+        self.port = free_port("127.0.0.1")
+        self.dir = Path(tempfile.mkdtemp(prefix="sluice-pg-"))
+        self.data = self.dir / "data"
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
+                           "-U", "postgres", "--no-sync"])
+        self.start()
+        self._as_postgres([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                           "-U", "postgres", "sluice"])
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/sluice"
+
+    def _as_postgres(self, argv: list[str]) -> str:
+        r = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
+                           text=True, timeout=60, cwd=self.dir)
+        assert r.returncode == 0, f"{argv[0]} failed: {r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def start(self):
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
+                           str(self.dir / "server.log"), "-w", "-o",
+                           f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off", "start"])
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+
+    def stop(self):
+        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def sql(self, query: str, db: str = "sluice") -> str:
+        """One statement through psql; its unaligned output."""
+        return self._as_postgres([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
+                                  "-U", "postgres", "-d", db, "-At", "-c", query]).strip()
+
+    def database(self, name: str) -> str:
+        """A new, empty database; its URL."""
+        self.sql(f'CREATE DATABASE "{name}"')
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self):
+        with contextlib.suppress(AssertionError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

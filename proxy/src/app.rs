@@ -252,6 +252,15 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         recorder.submit_blocking(Record::Admin(Box::new(admin)));
     }
 
+    // Records shipped to the fleet's central ledger, off the request path.
+    let shipper = config.ledger.central.clone().map(|central| {
+        crate::ledger::central::Shipper::start(
+            ledger_config.dir.clone(),
+            config.fleet.node(),
+            central,
+        )
+    });
+
     tracing::info!(
         listen = ?config.listen,
         metrics = ?config.metrics_listen,
@@ -278,7 +287,12 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     // services): close through this one, so the final checkpoint is written and handed to
     // the witnesses before the process exits.
     drop(shared);
-    ledger.stop().context("closing the ledger")
+    ledger.stop().context("closing the ledger")?;
+    // The last records reach the central ledger too (when it answers now).
+    if let Some(s) = shipper {
+        s.stop();
+    }
+    Ok(())
 }
 
 /// Budget and rate-limit counters: this node's (persisted in the state directory), shared

@@ -83,6 +83,77 @@ pub fn tail(config: &Config, filter: &Filter, json: bool, follow: bool) -> anyho
     }
 }
 
+/// `events tail --central`: the fleet's records from the central ledger (PostgreSQL), with
+/// the same filters and output as on a node, each also naming its `node_id`.
+///
+/// # Errors
+/// No `ledger.central` in the config, or PostgreSQL cannot be read.
+pub fn tail_central(config: &Config, filter: &Filter, json: bool) -> anyhow::Result<()> {
+    let mut client = central_client(config)?;
+    let rows = ledger::central::query(&mut client, filter)?;
+    let mut out = std::io::stdout().lock();
+    for r in &rows {
+        print_row(&mut out, r, json)?;
+    }
+    if !json && rows.is_empty() {
+        writeln!(out, "no records in the central ledger match")?;
+    }
+    Ok(())
+}
+
+fn central_client(config: &Config) -> anyhow::Result<postgres::Client> {
+    let c = config.ledger.central.as_ref().context(
+        "no central ledger configured: set ledger.central.url to the fleet's PostgreSQL",
+    )?;
+    Ok(ledger::central::connect(&c.url, Duration::from_secs(10))?)
+}
+
+/// `audit verify --central`: every node's chain (or `node`'s) checked from PostgreSQL
+/// alone; HMACs too where this machine holds the key (`ledger.hmac_key_file`, the shared
+/// key of the chart's `ledger.keysSecret`). Prints one verdict per node, each break by
+/// node and seq; true when every node verifies.
+///
+/// # Errors
+/// No `ledger.central`, or PostgreSQL cannot be read.
+pub fn verify_central(config: &Config, node: Option<&str>) -> anyhow::Result<bool> {
+    let mut client = central_client(config)?;
+    let keys =
+        ledger::load_hmac_keys(&config.ledger.dir, config.ledger.hmac_source()).unwrap_or_default();
+    let reports = ledger::central::verify(&mut client, &keys, node)?;
+    let mut out = std::io::stdout().lock();
+    if reports.is_empty() {
+        writeln!(
+            out,
+            "FAIL: the central ledger holds no records{}",
+            node.map(|n| format!(" of node {n}")).unwrap_or_default()
+        )?;
+        return Ok(false);
+    }
+    let mut ok = true;
+    for r in &reports {
+        let hmac = if r.hmac_checked == r.records {
+            "HMACs ok".to_string()
+        } else if r.hmac_checked == 0 {
+            "HMACs not checked (no key here)".to_string()
+        } else {
+            format!("{} of {} HMACs checked", r.hmac_checked, r.records)
+        };
+        if r.errors.is_empty() {
+            writeln!(
+                out,
+                "ok: node {}: {} records, seq {}..{}, chain intact, {hmac}",
+                r.node, r.records, r.first_seq, r.last_seq
+            )?;
+        } else {
+            ok = false;
+            for e in &r.errors {
+                writeln!(out, "FAIL: node {}: {e}", r.node)?;
+            }
+        }
+    }
+    Ok(ok)
+}
+
 fn read(
     dir: &Path,
     f: impl FnOnce() -> Result<Vec<Value>, LedgerError>,

@@ -456,6 +456,11 @@ impl Config {
         if self.fleet.nodes == 0 {
             bad("fleet.nodes".into(), "nodes", "must be at least 1".into());
         }
+        if let Some(c) = &self.ledger.central {
+            for (key, message) in c.problems() {
+                bad(format!("ledger.central.{key}"), key, message);
+            }
+        }
         if let Some(r) = &self.fleet.redis {
             for (key, message) in r.problems() {
                 bad(format!("fleet.redis.{key}"), key, message);

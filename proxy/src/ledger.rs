@@ -85,6 +85,7 @@
 //! when appending fails (`on_ledger_failure` is the caller's policy).
 
 mod canon;
+pub mod central;
 mod chain;
 mod config;
 mod error;

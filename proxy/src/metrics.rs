@@ -43,6 +43,9 @@ pub fn catalogue() -> Vec<String> {
     LazyLock::force(&COUNTER_STORE_SECONDS);
     LazyLock::force(&COUNTER_STORE_FALLBACKS);
     LazyLock::force(&COUNTER_STORE_PENDING);
+    LazyLock::force(&CENTRAL_LAG);
+    LazyLock::force(&CENTRAL_SHIPPED);
+    LazyLock::force(&CENTRAL_ERRORS);
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     names.sort();
     names.dedup();
@@ -498,6 +501,28 @@ pub static COUNTER_STORE_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "sluice_counter_store_pending",
         "Settlements made while the shared counter store was down, not yet reconciled",
+    )
+});
+
+/// Records of this node's ledger not yet in the central ledger (PostgreSQL).
+pub static CENTRAL_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_central_lag_records",
+        "Records of the node's ledger not yet shipped to the central ledger",
+    )
+});
+/// Records shipped to the central ledger.
+pub static CENTRAL_SHIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_central_shipped_total",
+        "Records shipped to the central ledger (PostgreSQL)",
+    )
+});
+/// Failed connections or transactions to the central ledger (retried).
+pub static CENTRAL_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_central_errors_total",
+        "Failed connections or transactions to the central ledger, retried",
     )
 });
 

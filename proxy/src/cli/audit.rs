@@ -32,6 +32,13 @@ pub enum AuditCommand {
         /// How many witnesses must answer with cosigned heads (default: all named).
         #[arg(long)]
         quorum: Option<usize>,
+        /// Verify every node's chain in the fleet's central ledger (`ledger.central`)
+        /// instead of this node's ledger.
+        #[arg(long, conflicts_with_all = ["witnesses", "public_key"])]
+        central: bool,
+        /// With --central: only this node.
+        #[arg(long, requires = "central")]
+        node: Option<String>,
     },
     /// Print the vkey witnesses know this node's ledger by (`sluice witness serve --log`).
     CheckpointKey {
@@ -107,7 +114,17 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             witnesses,
             witness_keys,
             quorum,
+            central,
+            node,
         } => {
+            if central {
+                let ok = sluice::audit::verify_central(&config.load()?, node.as_deref())?;
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             if witnesses.len() != witness_keys.len() {
                 anyhow::bail!(
                     "{} --witness but {} --witness-key: give each witness its key, in the same order",

@@ -32,6 +32,9 @@ pub enum EventsCommand {
         /// interaction, connection or admin.
         #[arg(long)]
         kind: Option<String>,
+        /// Every node's records, from the fleet's central ledger (`ledger.central`).
+        #[arg(long, conflicts_with = "follow")]
+        central: bool,
         #[command(flatten)]
         range: TimeRange,
     },
@@ -50,6 +53,7 @@ pub fn run(command: EventsCommand) -> anyhow::Result<()> {
         decision,
         identity,
         kind,
+        central,
         range,
     } = command;
     let (since, until) = range.parse()?;
@@ -63,5 +67,8 @@ pub fn run(command: EventsCommand) -> anyhow::Result<()> {
         since,
         until,
     };
+    if central {
+        return sluice::audit::tail_central(&config.load()?, &filter, json);
+    }
     sluice::audit::tail(&config.load()?, &filter, json, follow)
 }

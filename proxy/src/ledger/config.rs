@@ -141,6 +141,9 @@ pub struct LedgerConfig {
     /// outbox until each witness holds them; records are pruned by retention only once
     /// every witness holds a checkpoint past them.
     pub witnesses: Vec<WitnessTarget>,
+    /// The fleet's central ledger on PostgreSQL, which this node ships its records to
+    /// (README "Running a fleet"). Default: none.
+    pub central: Option<super::central::CentralConfig>,
 }
 
 impl LedgerConfig {
@@ -246,6 +249,7 @@ impl Default for LedgerConfig {
             signing_key_command: None,
             origin: None,
             witnesses: Vec::new(),
+            central: None,
         }
     }
 }

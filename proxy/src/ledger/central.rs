@@ -1,0 +1,588 @@
+//! The fleet's central ledger on PostgreSQL: every node ships its records there, with
+//! their chain intact, so an auditor can query and verify every node from one place.
+//!
+//! The node's own ledger stays the source of truth (it is what is written on the request
+//! path, checkpointed and witnessed); shipping runs on its own thread, off the request
+//! path. The cursor is durable because it is PostgreSQL's own: at (re)connection the
+//! shipper asks for the highest `seq` it holds for this node and sends what follows, in
+//! `seq` order, in transactions of up to `batch` rows, each row keyed by `(node_id, seq)`
+//! (`ON CONFLICT DO NOTHING`), so a retry or a crash between insert and acknowledgement
+//! never duplicates, and a row is never skipped. Lag is a metric
+//! (`sluice_central_lag_records`).
+//!
+//! Stored per record: the node, `seq`, the exact canonical `meta` and `content` texts and
+//! the `hash`/`hmac` the node computed (so verification hashes bytes, as on the node), and
+//! columns for the queries (`ts`, `kind`, `provider`, `model`, `decision`, the identity
+//! text), indexed as the node's index is.
+//!
+//! Migrations are versioned (`sluice_migrations`) and applied by `sluice` itself at
+//! connection, inside one transaction holding a PostgreSQL advisory lock, so any number
+//! of nodes may start at once: one applies, the others find them applied.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::chain;
+use super::index::{self, Unpacker};
+use super::LedgerError;
+use crate::metrics;
+
+/// `ledger.central:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// `postgres://user:password@host:5432/db` (or key=value form). Keep the password out
+    /// of the file with `${DATABASE_URL}`.
+    pub url: String,
+    /// Rows per transaction. Default 1000.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Pause when caught up, in ms. Default 500.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_batch() -> usize {
+    1000
+}
+fn default_interval() -> u64 {
+    500
+}
+
+impl CentralConfig {
+    /// Problems with the section, as `(key, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Err(e) = self.url.parse::<postgres::Config>() {
+            out.push((
+                "url",
+                format!("not a PostgreSQL connection string ({e}); write postgres://user:password@host:5432/db"),
+            ));
+        }
+        if !(1..=50_000).contains(&self.batch) {
+            out.push((
+                "batch",
+                format!(
+                    "{} is out of range; use 1 to 50000 (default 1000)",
+                    self.batch
+                ),
+            ));
+        }
+        if self.interval_ms == 0 {
+            out.push(("interval_ms", "must be at least 1".into()));
+        }
+        out
+    }
+}
+
+/// Errors of the central store.
+#[derive(Debug, thiserror::Error)]
+pub enum CentralError {
+    /// PostgreSQL refused or could not be reached.
+    #[error(
+        "central ledger (PostgreSQL): {0} (check ledger.central.url and that the server is up)"
+    )]
+    Db(#[from] postgres::Error),
+    /// The connection string does not parse.
+    #[error("central ledger: ledger.central.url is not a PostgreSQL connection string: {0}")]
+    Url(String),
+    /// The node's own ledger could not be read.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// The schema, one migration per version; never edit one that shipped, add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: records with each node's chain, indexed like the node's index.
+    "CREATE TABLE sluice_records (
+        node_id text NOT NULL,
+        seq bigint NOT NULL,
+        id text,
+        ts timestamptz NOT NULL,
+        kind text NOT NULL,
+        provider text,
+        model text,
+        decision text,
+        identity text,
+        meta text NOT NULL,
+        content text,
+        hash text NOT NULL,
+        hmac text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (node_id, seq)
+     );
+     CREATE INDEX sluice_records_ts ON sluice_records (ts);
+     CREATE INDEX sluice_records_kind_ts ON sluice_records (kind, ts);
+     CREATE INDEX sluice_records_provider_model_ts ON sluice_records (provider, model, ts);
+     CREATE INDEX sluice_records_decision_ts ON sluice_records (decision, ts);",
+];
+
+/// Any 64-bit number, the same on every node: the advisory lock migrations hold.
+const MIGRATION_LOCK: i64 = 0x511C_E1ED_5EED;
+
+/// Connects, bounded by `timeout`.
+///
+/// # Errors
+/// [`CentralError`] naming what failed.
+pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client, CentralError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| CentralError::Url(e.to_string()))?;
+    config.connect_timeout(timeout);
+    config.application_name("sluice");
+    Ok(config.connect(postgres::NoTls)?)
+}
+
+/// Applies the migrations this binary knows and the database lacks; safe from many nodes
+/// at once. Returns the schema version.
+///
+/// # Errors
+/// [`CentralError::Db`].
+pub fn migrate(client: &mut postgres::Client) -> Result<i32, CentralError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS sluice_migrations (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    let have: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM sluice_migrations",
+            &[],
+        )?
+        .get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i32 + 1;
+        if version > have {
+            tx.batch_execute(sql)?;
+            tx.execute(
+                "INSERT INTO sluice_migrations (version) VALUES ($1)",
+                &[&version],
+            )?;
+            tracing::info!(version, "central ledger: migration applied");
+        }
+    }
+    tx.commit()?;
+    Ok(MIGRATIONS.len() as i32)
+}
+
+/// One record as stored: exact texts and the node's hashes.
+struct Raw {
+    seq: i64,
+    meta: String,
+    content: Option<String>,
+    hash: String,
+    hmac: String,
+}
+
+/// Up to `limit` records of the node's ledger after `after`, oldest first.
+fn raw_after(dir: &Path, after: i64, limit: usize) -> Result<Vec<Raw>, LedgerError> {
+    let conn = index::open_ro(dir)?;
+    let db = index::db_path(dir);
+    let e = index::sql_err(&db);
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, meta, content, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .map_err(&e)?;
+    let mut u = Unpacker::new(&conn).map_err(&e)?;
+    let rows = stmt
+        .query_map(rusqlite::params![after, limit as i64], |r| {
+            Ok(Raw {
+                seq: r.get(0)?,
+                meta: u.text(r, 1)?.unwrap_or_default(),
+                content: u.text(r, 2)?,
+                hash: r.get(3)?,
+                hmac: r.get(4)?,
+            })
+        })
+        .map_err(&e)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&e)
+}
+
+/// Ships the node's ledger to PostgreSQL on its own thread.
+pub struct Shipper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shipper {
+    /// Starts shipping the ledger in `dir` as node `node`.
+    pub fn start(dir: PathBuf, node: String, config: CentralConfig) -> Shipper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-central".into())
+            .spawn(move || ship(&dir, &node, &config, &flag))
+            .map_err(|e| tracing::error!(error = %e, "central ledger: cannot start the shipping thread; records stay on the node"))
+            .ok();
+        Shipper { stop, thread }
+    }
+
+    /// Ships what the ledger holds now (a last round), then stops.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
+    let idle = Duration::from_millis(config.interval_ms);
+    let mut backoff = Duration::from_millis(200);
+    let mut client: Option<(postgres::Client, i64)> = None;
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if client.is_none() {
+            match connect(&config.url, Duration::from_secs(5)).and_then(|mut c| {
+                migrate(&mut c)?;
+                let at = resume_after(&mut c, dir, node)?;
+                Ok((c, at))
+            }) {
+                Ok((c, at)) => {
+                    tracing::info!(
+                        node,
+                        from_seq = at + 1,
+                        "central ledger: connected; shipping"
+                    );
+                    backoff = Duration::from_millis(200);
+                    client = Some((c, at));
+                }
+                Err(e) => {
+                    metrics::CENTRAL_ERRORS.inc();
+                    tracing::warn!(node, error = %e, retry_in_ms = backoff.as_millis() as u64, "central ledger: cannot connect; records wait on the node");
+                    if stopping {
+                        return;
+                    }
+                    sleep_unless(stop, backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+        }
+        let Some((c, at)) = client.as_mut() else {
+            continue;
+        };
+        let rows = match raw_after(dir, *at, config.batch) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "central ledger: cannot read the node's ledger; retrying");
+                sleep_unless(stop, idle);
+                continue;
+            }
+        };
+        if let Ok(Some((head, _))) = index::open_ro(dir)
+            .and_then(|conn| index::head(&conn).map_err(index::sql_err(&index::db_path(dir))))
+        {
+            let shipped = rows.last().map_or(*at, |r| r.seq);
+            metrics::CENTRAL_LAG.set(i64::try_from(head).unwrap_or(i64::MAX) - shipped);
+        }
+        if rows.is_empty() {
+            if stopping {
+                return;
+            }
+            sleep_unless(stop, idle);
+            continue;
+        }
+        let started = Instant::now();
+        match insert(c, node, &rows) {
+            Ok(()) => {
+                *at = rows.last().map_or(*at, |r| r.seq);
+                metrics::CENTRAL_SHIPPED.inc_by(rows.len() as u64);
+                tracing::debug!(
+                    node,
+                    rows = rows.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "central ledger: shipped"
+                );
+            }
+            Err(e) => {
+                metrics::CENTRAL_ERRORS.inc();
+                tracing::warn!(node, error = %e, "central ledger: shipping failed; reconnecting (nothing is lost: the node keeps the records)");
+                client = None;
+                if stopping {
+                    return;
+                }
+                sleep_unless(stop, backoff);
+            }
+        }
+    }
+}
+
+/// Where shipping resumes: after the last record PostgreSQL holds without a gap before
+/// it. A hole (rows lost centrally, a restore from an older backup) is sent again from
+/// the node, as long as the node still keeps those records.
+fn resume_after(c: &mut postgres::Client, dir: &Path, node: &str) -> Result<i64, CentralError> {
+    let row = c.query_one(
+        "SELECT min(seq),
+                (SELECT min(r.seq) FROM sluice_records r WHERE r.node_id = $1 AND NOT EXISTS
+                   (SELECT 1 FROM sluice_records x WHERE x.node_id = $1 AND x.seq = r.seq + 1))
+         FROM sluice_records WHERE node_id = $1",
+        &[&node],
+    )?;
+    let (first, contiguous_end): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    let local_first = raw_after(dir, 0, 1)?.first().map(|r| r.seq);
+    Ok(match (first, local_first) {
+        // The store lacks the node's oldest records: from the node's first.
+        (Some(f), Some(l)) if l < f => l - 1,
+        (Some(_), _) => contiguous_end.unwrap_or(0),
+        (None, _) => 0,
+    })
+}
+
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20).min(d));
+    }
+}
+
+fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), postgres::Error> {
+    let mut tx = c.transaction()?;
+    let stmt = tx.prepare(
+        "INSERT INTO sluice_records
+           (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
+         VALUES ($1, $2, $3, $4::text::timestamptz, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (node_id, seq) DO NOTHING",
+    )?;
+    for r in rows {
+        let m: Value = serde_json::from_str(&r.meta).unwrap_or(Value::Null);
+        let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+        let identity = m.get("identity").map(Value::to_string);
+        let ts = s("ts").unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
+        let kind = s("kind").unwrap_or_else(|| "unknown".into());
+        tx.execute(
+            &stmt,
+            &[
+                &node,
+                &r.seq,
+                &s("id"),
+                &ts,
+                &kind,
+                &s("provider"),
+                &s("model"),
+                &s("decision"),
+                &identity,
+                &r.meta,
+                &r.content,
+                &r.hash,
+                &r.hmac,
+            ],
+        )?;
+    }
+    tx.commit()
+}
+
+/// What `audit verify --central` found for one node.
+#[derive(Debug, Default)]
+pub struct NodeReport {
+    pub node: String,
+    pub records: u64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// HMACs checked (a key for their `hmac_key_id` was at hand).
+    pub hmac_checked: u64,
+    /// Each break: `seq N: what`.
+    pub errors: Vec<String>,
+}
+
+/// Verifies every node's chain from PostgreSQL alone: no gap in `seq`, each record's
+/// `prev_hash` the previous one's hash, each hash the SHA-256 of the previous hash and the
+/// stored metadata, content matching its digest, and HMACs where `keys` hold the key.
+///
+/// # Errors
+/// [`CentralError::Db`] when the store cannot be read.
+pub fn verify(
+    client: &mut postgres::Client,
+    keys: &HashMap<String, Vec<u8>>,
+    only: Option<&str>,
+) -> Result<Vec<NodeReport>, CentralError> {
+    let keyed: HashMap<&str, chain::HmacSha256> = keys
+        .iter()
+        .map(|(id, k)| (id.as_str(), chain::hmac_for(k)))
+        .collect();
+    let nodes: Vec<String> = client
+        .query(
+            "SELECT DISTINCT node_id FROM sluice_records ORDER BY node_id",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|n: &String| only.is_none_or(|o| o == n))
+        .collect();
+    let mut reports = Vec::new();
+    for node in nodes {
+        let mut rep = NodeReport {
+            node: node.clone(),
+            ..NodeReport::default()
+        };
+        let mut prev: Option<(i64, [u8; 32])> = None;
+        let params: [&(dyn postgres::types::ToSql + Sync); 1] = [&node];
+        let mut rows = client.query_raw(
+            "SELECT seq, meta, content, hash, hmac FROM sluice_records WHERE node_id = $1 ORDER BY seq",
+            params,
+        )?;
+        use postgres::fallible_iterator::FallibleIterator;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0);
+            let meta: String = row.get(1);
+            let content: Option<String> = row.get(2);
+            let hash_hex: String = row.get(3);
+            let hmac: String = row.get(4);
+            rep.records += 1;
+            if rep.records == 1 {
+                rep.first_seq = seq;
+            }
+            rep.last_seq = seq;
+            let m: serde_json::Map<String, Value> = match serde_json::from_str(&meta) {
+                Ok(Value::Object(m)) => m,
+                _ => {
+                    rep.errors.push(format!(
+                        "seq {seq}: the metadata is not a JSON object (edited)"
+                    ));
+                    prev = chain::decode_hash(&hash_hex).map(|h| (seq, h));
+                    continue;
+                }
+            };
+            if m.get("seq").and_then(Value::as_i64) != Some(seq) {
+                rep.errors.push(format!(
+                    "seq {seq}: the row's seq is not the record's (moved)"
+                ));
+            }
+            let prev_hash = m
+                .get("prev_hash")
+                .and_then(Value::as_str)
+                .and_then(chain::decode_hash);
+            match (&prev, prev_hash) {
+                (Some((p, _)), _) if seq != p + 1 => {
+                    rep.errors
+                        .push(format!("seq {}..{}: missing (deleted)", p + 1, seq - 1));
+                }
+                (Some((_, h)), Some(ph)) if *h != ph => {
+                    rep.errors.push(format!(
+                        "seq {seq}: prev_hash is not seq {}'s hash (chain broken)",
+                        seq - 1
+                    ));
+                }
+                (None, Some(ph)) if seq == 1 && ph != chain::GENESIS => {
+                    rep.errors
+                        .push("seq 1: prev_hash is not the genesis hash".into());
+                }
+                (_, None) => rep.errors.push(format!("seq {seq}: no prev_hash (edited)")),
+                _ => {}
+            }
+            let computed = chain::chain_hash(&prev_hash.unwrap_or(chain::GENESIS), &meta);
+            if chain::hex_string(&computed) != hash_hex {
+                rep.errors.push(format!(
+                    "seq {seq}: the hash does not match the record (edited)"
+                ));
+            }
+            if let Some(c) = &content {
+                if m.get("content_sha256").and_then(Value::as_str)
+                    != Some(chain::sha256_hex(c.as_bytes()).as_str())
+                {
+                    rep.errors.push(format!(
+                        "seq {seq}: the content does not match content_sha256 (edited)"
+                    ));
+                }
+            }
+            let key_id = m.get("hmac_key_id").and_then(Value::as_str).unwrap_or("");
+            if let Some(k) = keyed.get(key_id) {
+                rep.hmac_checked += 1;
+                let stored = chain::decode_hash(&hash_hex).unwrap_or(computed);
+                if chain::hmac_hex(k, &stored) != hmac {
+                    rep.errors
+                        .push(format!("seq {seq}: the HMAC does not match (forged)"));
+                }
+            }
+            prev = Some((seq, chain::decode_hash(&hash_hex).unwrap_or(computed)));
+        }
+        reports.push(rep);
+    }
+    Ok(reports)
+}
+
+/// Records from the central store, newest `filter.limit` matching, oldest first, each
+/// as the node shows it plus `node_id`.
+///
+/// # Errors
+/// [`CentralError::Db`].
+pub fn query(
+    client: &mut postgres::Client,
+    filter: &super::Filter,
+) -> Result<Vec<Value>, CentralError> {
+    let mut sql =
+        String::from("SELECT node_id, meta, content, hash, hmac FROM sluice_records WHERE true");
+    let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
+    let mut add = |sql: &mut String, clause: &str, v: Box<dyn postgres::types::ToSql + Sync>| {
+        params.push(v);
+        sql.push_str(&clause.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(v) = &filter.provider {
+        add(&mut sql, " AND provider = ?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.model {
+        add(&mut sql, " AND model = ?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.decision {
+        add(&mut sql, " AND decision = ?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.kind {
+        add(&mut sql, " AND kind = ?", Box::new(v.clone()));
+    }
+    if let Some(v) = &filter.identity {
+        add(
+            &mut sql,
+            " AND strpos(identity, ?) > 0",
+            Box::new(v.clone()),
+        );
+    }
+    if let Some(v) = filter.since {
+        let ms = super::query::millis(v) as f64;
+        add(
+            &mut sql,
+            " AND ts >= to_timestamp(?::double precision / 1000)",
+            Box::new(ms),
+        );
+    }
+    if let Some(v) = filter.until {
+        let ms = super::query::millis(v) as f64;
+        add(
+            &mut sql,
+            " AND ts < to_timestamp(?::double precision / 1000)",
+            Box::new(ms),
+        );
+    }
+    let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+    add(
+        &mut sql,
+        " ORDER BY ts DESC, node_id, seq DESC LIMIT ?",
+        Box::new(limit),
+    );
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref()).collect();
+    let mut out: Vec<Value> = client
+        .query(&sql, &refs)?
+        .iter()
+        .map(|r| {
+            let node: String = r.get(0);
+            let meta: String = r.get(1);
+            let content: Option<String> = r.get(2);
+            let hash: String = r.get(3);
+            let hmac: String = r.get(4);
+            let mut v = index::display(&meta, content.as_deref(), &hash, &hmac);
+            if let Value::Object(m) = &mut v {
+                m.insert("node_id".into(), Value::String(node));
+            }
+            v
+        })
+        .collect();
+    out.reverse();
+    Ok(out)
+}
