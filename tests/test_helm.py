@@ -30,7 +30,8 @@ OPTIONS = {
     "default": {},
     "existing-secrets-and-shared-claim": {
         "ca": {"existingSecret": "corp-ca"},
-        "fleet": {"redis": {"urlSecret": "sluice-redis", "timeoutMs": 80}, "nodes": 20},
+        "fleet": {"redis": {"urlSecret": "sluice-redis", "timeoutMs": 80}, "nodes": 20,
+                  "central": {"urlSecret": "sluice-postgres"}},
         "ledger": {"keysSecret": "sluice-ledger-keys", "existingClaim": "sluice-ledger"},
     },
     "webhook-and-service-off": {
@@ -218,7 +219,8 @@ def test_the_rendered_config_is_valid_sluice_config(renders, tmp_path):
         path = tmp_path / f"{option}.yaml"
         path.write_text(cm["data"]["sluice.yaml"])
         env = {**os.environ, "NODE_IP": "10.1.2.3", "NODE_NAME": "node-1",
-               "REDIS_URL": "redis://:secret@redis.sluice-system:6379/0"}
+               "REDIS_URL": "redis://:secret@redis.sluice-system:6379/0",
+               "DATABASE_URL": "postgres://sluice:secret@pg.sluice-system:5432/sluice"}
         lint = subprocess.run(
             [os.environ["SLUICE_BIN"], "policy", "lint", "--file", str(path)],
             capture_output=True, text=True, env=env,
@@ -272,15 +274,18 @@ def test_monitoring_objects(renders):
 
 
 def test_the_fleets_redis_url_comes_from_a_secret_never_the_configmap(renders):
-    """With fleet.redis.urlSecret the agent reads REDIS_URL from the Secret, and the
-    config names only the variable (a password in it stays out of the ConfigMap)."""
+    """With fleet.redis.urlSecret (and fleet.central.urlSecret) the agent reads REDIS_URL
+    (DATABASE_URL) from the Secret, and the config names only the variable (a password in
+    it stays out of the ConfigMap)."""
     docs = renders["existing-secrets-and-shared-claim"]
     agent = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in agent["env"]}
     assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sluice-redis", "key": "url"}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sluice-postgres", "key": "url"}
     cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config"))
     fleet = yaml.safe_load(cm["data"]["sluice.yaml"])["fleet"]
     assert fleet == {"node_id": "${NODE_NAME}", "nodes": 20,
                      "redis": {"url": "${REDIS_URL}", "timeout_ms": 80, "lease_ttl_ms": 30000}}
+    assert yaml.safe_load(cm["data"]["sluice.yaml"])["ledger"]["central"] == {"url": "${DATABASE_URL}"}
     default = next(d for d in by_kind(renders["default"], "ConfigMap") if d["metadata"]["name"].endswith("-config"))
     assert "fleet" not in yaml.safe_load(default["data"]["sluice.yaml"])

@@ -83,6 +83,12 @@ app.kubernetes.io/component: {{ .component }}
     "timeout_ms" (int .Values.fleet.redis.timeoutMs)
     "lease_ttl_ms" (int .Values.fleet.redis.leaseTtlMs))) -}}
 {{- end -}}
+{{- if .Values.fleet.central.urlSecret -}}
+{{- $_ := set $base.ledger "central" (dict "url" "${DATABASE_URL}") -}}
+{{- if not .Values.fleet.redis.urlSecret -}}
+{{- $_ := set $base "fleet" (dict "node_id" "${NODE_NAME}") -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.ledger.keysSecret -}}
 {{- $_ := set $base.ledger "hmac_key_file" "/etc/sluice/ledger-keys/hmac.key" -}}
 {{- $_ := set $base.ledger "signing_key_file" "/etc/sluice/ledger-keys/checkpoint.key" -}}
