@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use sluice_probe::{Probe, ProbeConfig, ProxyDownPolicy};
 
 /// What `sluice-bench components` measures, and how much.
-#[derive(clap::Args, Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct Options {
     /// Records appended per ledger repetition.
     #[arg(long, default_value_t = 200_000)]
@@ -49,6 +49,9 @@ pub struct Options {
     /// Repetitions of each figure.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// A PostgreSQL to time the central ledger's ingest against (the suite starts one).
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 /// Runs every component figure `reps` times; one JSON object with per-repetition lists.
@@ -60,6 +63,7 @@ pub fn run(opts: &Options) -> Value {
         connects,
         paced_seconds,
         reps,
+        ref postgres_url,
     } = *opts;
     let reps = reps.max(1);
     let mut ledger = Vec::new();
@@ -109,7 +113,29 @@ pub fn run(opts: &Options) -> Value {
             Err(reason) => json!({"available": false, "reason": reason}),
         }
     };
+    let central = match postgres_url {
+        None => {
+            json!({"available": false, "reason": "no PostgreSQL (the suite starts Debian's when installed)"})
+        }
+        Some(url) => {
+            let mut rates = Vec::new();
+            let mut err = None;
+            for rep in 0..reps {
+                match ledger::central_ingest(records, url, rep) {
+                    Ok(r) => rates.push(r),
+                    Err(e) => err = Some(e.to_string()),
+                }
+            }
+            json!({
+                "records": records,
+                "records_per_s": rates,
+                "error": err,
+                "what": "a ledger of varied ~1 KiB records shipped to PostgreSQL on loopback (ledger::central::ship_all: 1000 rows per transaction, ON CONFLICT on (node_id, seq)), read from the node's index",
+            })
+        }
+    };
     json!({
+        "central_ingest": central,
         "ledger": {
             "records": records,
             "records_per_s": ledger,

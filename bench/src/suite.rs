@@ -296,6 +296,17 @@ fn components(bench: &Path, cpu: Option<u32>, p: &Profile) -> Json {
         .args(["--paced-seconds", &p.comp_paced_seconds.to_string()])
         .args(["--reps", &p.reps.to_string()])
         .env("SLUICE_LOG", "warn");
+    // The central ledger's ingest, against a PostgreSQL of our own for the run.
+    // (Under the temporary directory: the postgres user must reach it.)
+    let postgres = peers::Postgres::start(
+        &std::env::temp_dir().join(format!("sluice-bench-pg-{}", std::process::id())),
+    );
+    match &postgres {
+        Ok(pg) => {
+            cmd.args(["--postgres-url", &pg.url]);
+        }
+        Err(e) => println!("bench: no central ingest figure: {e:#}"),
+    }
     let line = command_line(&cmd);
     let raw = match cmd.output() {
         Ok(o) if o.status.success() => Json::parse(String::from_utf8_lossy(&o.stdout).trim()),
@@ -331,6 +342,10 @@ fn components(bench: &Path, cpu: Option<u32>, p: &Profile) -> Json {
         .set(
             "guardrail_mb_per_s",
             report::stat(&list(raw.at("guardrails/mb_per_s"))),
+        )
+        .set(
+            "central_records_per_s",
+            report::stat(&list(raw.at("central_ingest/records_per_s"))),
         );
     let mut query = Json::obj();
     for name in raw.at("ledger_query/queries").keys() {

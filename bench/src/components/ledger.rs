@@ -25,6 +25,25 @@ pub fn append(n: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// Fill a fresh ledger with `n` varied records, then time shipping all of them to the
+/// central ledger at `url` (as node `bench-<rep>`); returns records/s.
+///
+/// # Errors
+/// The ledger could not be written or PostgreSQL could not take the rows.
+pub fn central_ingest(n: usize, url: &str, rep: usize) -> anyhow::Result<f64> {
+    let bench = BenchLedger::open("central")?;
+    append_in_two_threads(bench.ledger(), n, varied)?;
+    bench.ledger().flush();
+    let config: ledger::central::CentralConfig =
+        serde_json::from_value(serde_json::json!({ "url": url }))?;
+    let node = format!("bench-{}-{rep}", std::process::id());
+    let start = Instant::now();
+    let sent = ledger::central::ship_all(&bench.dir, &node, &config)?;
+    let rate = sent as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(sent as usize >= n, "shipped {sent} of {n} records");
+    Ok(rate)
+}
+
 /// Fill a fresh ledger with `n` varied interaction records (through `append`, from two
 /// threads: four providers, ten models, one decision in 50 a block, a thousand pids),
 /// then time each filter `sluice events tail` offers `reps` times (at least three) as it

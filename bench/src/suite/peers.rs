@@ -612,3 +612,88 @@ fn litellm_conf(rig: &Rig) -> String {
         ],
     )
 }
+
+/// A PostgreSQL cluster of the bench's own (`initdb` in `dir`, loopback, trust auth), run
+/// as the `postgres` user when the bench runs as root (the server refuses root); stopped
+/// on drop.
+pub struct Postgres {
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+}
+
+impl Postgres {
+    pub fn start(dir: &Path) -> Result<Postgres> {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("bin"))
+                    .filter(|b| b.join("pg_ctl").exists())
+                    .max()
+            })
+            .context(
+                "PostgreSQL is not installed (`cargo xtask setup` installs Debian's postgresql)",
+            )?;
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let root = nix::unistd::geteuid().is_root();
+        let run = |program: &str, args: &[&str]| -> Result<()> {
+            let mut c = if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                c
+            } else {
+                Command::new(bin.join(program))
+            };
+            let out = c.args(args).current_dir(dir).output()?;
+            if !out.status.success() {
+                bail!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        };
+        if root {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()?;
+        }
+        let data = dir.join("data");
+        let port = free_addr()?.port();
+        let d = data.display().to_string();
+        run("initdb", &["-D", &d, "-A", "trust", "-U", "postgres"])?;
+        let opts = format!("-p {port} -h 127.0.0.1 -k {}", dir.display());
+        let log = dir.join("server.log").display().to_string();
+        run(
+            "pg_ctl",
+            &["-D", &d, "-l", &log, "-w", "-o", &opts, "start"],
+        )?;
+        let pg = Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+        };
+        Ok(pg)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut c = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = c
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        if let Some(dir) = self.data.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -510,6 +510,22 @@ fn components_table(t: &mut String, c: &Json) {
         plain(c.at("raw/ledger/records"), 1.0, 0, false),
         cell(c, "ledger_records_per_s", 1.0, 0)
     );
+    match c.at("raw/central_ingest/records_per_s") {
+        Json::Array(_) => {
+            let _ = writeln!(
+                t,
+                "| central ledger ingest: those records shipped to PostgreSQL on loopback, 1000 per transaction | {} records/s |",
+                cell(c, "central_records_per_s", 1.0, 0)
+            );
+        }
+        _ => {
+            let why = c
+                .at("raw/central_ingest/reason")
+                .str()
+                .unwrap_or("not measured");
+            let _ = writeln!(t, "| central ledger ingest | — ({why}) |");
+        }
+    }
     for (key, what) in [
         ("paced_10_per_s", "at 10 records/s"),
         ("paced_10_per_s_fsync_1s", "at 10 records/s, `fsync: 1s`"),

@@ -315,6 +315,27 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
     }
 }
 
+/// Ships everything the node's ledger in `dir` holds that the store lacks, now, on this
+/// thread; returns the rows sent (benchmarks, and a node catching up by hand).
+///
+/// # Errors
+/// [`CentralError`] when PostgreSQL or the node's ledger cannot be used.
+pub fn ship_all(dir: &Path, node: &str, config: &CentralConfig) -> Result<u64, CentralError> {
+    let mut c = connect(&config.url, Duration::from_secs(10))?;
+    migrate(&mut c)?;
+    let mut at = resume_after(&mut c, dir, node)?;
+    let mut sent = 0;
+    loop {
+        let rows = raw_after(dir, at, config.batch)?;
+        let Some(last) = rows.last() else {
+            return Ok(sent);
+        };
+        at = last.seq;
+        insert(&mut c, node, &rows)?;
+        sent += rows.len() as u64;
+    }
+}
+
 /// Where shipping resumes: after the last record PostgreSQL holds without a gap before
 /// it. A hole (rows lost centrally, a restore from an older backup) is sent again from
 /// the node, as long as the node still keeps those records.
