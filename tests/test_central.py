@@ -120,6 +120,14 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
     assert {r["node_id"] for r in rows} == set(ids)
     assert len(rows) == 8 + 7 + 8
 
+    # ...and export it, node by node in seq order; syslog names each record's node.
+    out = nodes[2].cli("audit", "export", "--central", "--format", "jsonl").stdout
+    exported = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(exported) == sum(len(n.all_records()) for n in nodes)
+    assert [(r["node_id"], r["seq"]) for r in exported] == sorted((r["node_id"], r["seq"]) for r in exported)
+    syslog = nodes[2].cli("audit", "export", "--central", "--format", "syslog").stdout.splitlines()
+    assert len(syslog) == len(exported) and all(line.split(" ")[2] in ids for line in syslog), syslog[:2]
+
     # Rows lost centrally (say, a restore from an older backup) are sent again.
     postgres_server.sql(f"DELETE FROM sluice_records WHERE node_id = '{ids[0]}' "
                         f"AND seq > (SELECT max(seq) - 3 FROM sluice_records WHERE node_id = '{ids[0]}')", db=db)

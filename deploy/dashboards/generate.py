@@ -247,6 +247,9 @@ def operations() -> dict:
                    [(f"max by (instance) (sluice_counter_store_up{{{NODE}}})", "up {{instance}}"),
                     (f"histogram_quantile(0.99, sum by (le, op) (rate(sluice_counter_store_seconds_bucket{{{NODE}}}[{RATE}])))",
                      "p99 s {{op}}")]),
+        timeseries(L, "Central ledger lag", "Records of each node not yet in the fleet's "
+                   "central ledger (PostgreSQL); 0 when caught up or not configured.", "short",
+                   [(f"max by (instance) (sluice_central_lag_records{{{NODE}}})", "{{instance}}")]),
     ]
     return dashboard("sluice-operations", "Sluice / Operations",
                      "The machinery: redirect, refusals, ledger, certificates, nodes, witnesses.",

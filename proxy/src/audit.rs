@@ -691,6 +691,7 @@ pub fn export(
     until: Option<SystemTime>,
     out: &str,
     with_proofs: bool,
+    central: bool,
 ) -> anyhow::Result<u64> {
     if with_proofs && format == ExportFormat::Syslog {
         bail!("--with-proofs needs --format json or jsonl: a syslog line has no room for a proof");
@@ -710,6 +711,15 @@ pub fn export(
             std::fs::File::create(out).with_context(|| format!("creating {out}"))?,
         ))
     };
+    if central {
+        // Read from PostgreSQL; the node's own ledger is not touched (nor is there one
+        // where an auditor runs this).
+        let mut client = central_client(config)?;
+        let n = ledger::central::export(&mut client, format, since, until, &mut sink)?;
+        sink.flush()?;
+        eprintln!("exported {n} records of the central ledger to {out}");
+        return Ok(n);
+    }
     let n = if with_proofs {
         ledger::export_with_proofs(dir, format, since, until, &mut sink)
     } else {

@@ -460,6 +460,9 @@ pub fn init() {
     LazyLock::force(&WITNESS_LAG);
     LazyLock::force(&WITNESS_SIZE);
     LazyLock::force(&WITNESS_ERRORS);
+    LazyLock::force(&CENTRAL_LAG);
+    LazyLock::force(&CENTRAL_SHIPPED);
+    LazyLock::force(&CENTRAL_ERRORS);
 }
 
 /// Whether the fleet's shared counter store answers: 1 up, 0 down, by store (`redis`);

@@ -60,6 +60,9 @@ pub enum AuditCommand {
         /// (`sluice_proof`), checkable offline with `audit check-record`; json or jsonl.
         #[arg(long)]
         with_proofs: bool,
+        /// Every node's records, from the fleet's central ledger (`ledger.central`).
+        #[arg(long, conflicts_with = "with_proofs")]
+        central: bool,
     },
     /// Check exported records offline, without the ledger: each one's fields are what was
     /// hashed, its inclusion proof leads to a checkpoint signed by the node's key and
@@ -151,6 +154,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             range,
             out,
             with_proofs,
+            central,
         } => {
             let format = match format {
                 Format::Json => ExportFormat::Json,
@@ -158,7 +162,15 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 Format::Syslog => ExportFormat::Syslog,
             };
             let (since, until) = range.parse()?;
-            sluice::audit::export(&config.load()?, format, since, until, &out, with_proofs)?;
+            sluice::audit::export(
+                &config.load()?,
+                format,
+                since,
+                until,
+                &out,
+                with_proofs,
+                central,
+            )?;
         }
         AuditCommand::CheckRecord {
             file,

@@ -97,11 +97,7 @@ fn write_records(
         .map_err(&e)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(&e)?;
     let host = hostname();
-    let pid = std::process::id();
-    let mut n = 0u64;
-    if format == ExportFormat::Json {
-        out.write_all(b"[").map_err(out_err)?;
-    }
+    let mut w = RecordWriter::new(format, out)?;
     while let Some(r) = rows.next().map_err(&e)? {
         let mut rec = u.display_row(r).map_err(&e)?;
         if let (Some(p), Value::Object(m)) = (&prover, &mut rec) {
@@ -113,22 +109,56 @@ fn write_records(
                 p.proof(seq, &meta, content.as_deref()),
             );
         }
-        let line = match format {
+        w.record(&rec, &host)?;
+    }
+    w.finish()
+}
+
+/// Writes records one at a time in an export format (a JSON array's brackets included),
+/// so a node's ledger and the central one export the same bytes for the same records.
+pub(crate) struct RecordWriter<'a> {
+    format: ExportFormat,
+    out: &'a mut dyn Write,
+    n: u64,
+    pid: u32,
+}
+
+impl<'a> RecordWriter<'a> {
+    pub(crate) fn new(format: ExportFormat, out: &'a mut dyn Write) -> Result<Self, LedgerError> {
+        if format == ExportFormat::Json {
+            out.write_all(b"[").map_err(out_err)?;
+        }
+        Ok(RecordWriter {
+            format,
+            out,
+            n: 0,
+            pid: std::process::id(),
+        })
+    }
+
+    /// One record; `host` is the syslog HOSTNAME (the node it was recorded on).
+    pub(crate) fn record(&mut self, rec: &Value, host: &str) -> Result<(), LedgerError> {
+        let line = match self.format {
             ExportFormat::Json => {
-                let sep = if n == 0 { "\n" } else { ",\n" };
-                format!("{sep}{}", serde_json::to_string(&rec)?)
+                let sep = if self.n == 0 { "\n" } else { ",\n" };
+                format!("{sep}{}", serde_json::to_string(rec)?)
             }
-            ExportFormat::Jsonl => format!("{}\n", serde_json::to_string(&rec)?),
-            ExportFormat::Syslog => format!("{}\n", syslog_line(&rec, &host, pid)),
+            ExportFormat::Jsonl => format!("{}\n", serde_json::to_string(rec)?),
+            ExportFormat::Syslog => format!("{}\n", syslog_line(rec, host, self.pid)),
         };
-        out.write_all(line.as_bytes()).map_err(out_err)?;
-        n += 1;
+        self.out.write_all(line.as_bytes()).map_err(out_err)?;
+        self.n += 1;
+        Ok(())
     }
-    if format == ExportFormat::Json {
-        out.write_all(b"\n]\n").map_err(out_err)?;
+
+    /// Closes the array (JSON), flushes; returns how many records were written.
+    pub(crate) fn finish(self) -> Result<u64, LedgerError> {
+        if self.format == ExportFormat::Json {
+            self.out.write_all(b"\n]\n").map_err(out_err)?;
+        }
+        self.out.flush().map_err(out_err)?;
+        Ok(self.n)
     }
-    out.flush().map_err(out_err)?;
-    Ok(n)
 }
 
 /// [`export`] from an open ledger, recording the export itself as an admin record
