@@ -1008,6 +1008,7 @@ mod tests {
             None,
             out.to_str().unwrap(),
             false,
+            false,
         )
         .unwrap();
 
