@@ -105,7 +105,11 @@ fn central_client(config: &Config) -> anyhow::Result<postgres::Client> {
     let c = config.ledger.central.as_ref().context(
         "no central ledger configured: set ledger.central.url to the fleet's PostgreSQL",
     )?;
-    Ok(ledger::central::connect(&c.url, Duration::from_secs(10))?)
+    let mut client = ledger::central::connect(&c.url, Duration::from_secs(10))?;
+    // A store no node has shipped to yet gets its schema here too (same migrations, same
+    // lock), so reading it says "no records" rather than "no table".
+    ledger::central::migrate(&mut client)?;
+    Ok(client)
 }
 
 /// `audit verify --central`: every node's chain (or `node`'s) checked from PostgreSQL
