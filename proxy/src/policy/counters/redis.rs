@@ -247,13 +247,25 @@ return #KEYS
 pub struct Down;
 
 /// Spend settled while the store was down, to push when it returns.
+///
+/// Settlements made while the store was known down are summed per budget and period
+/// into one entry (so a long outage costs memory per budget, not per request); one whose
+/// call was attempted keeps its own entry and id, since Redis may have applied it.
 struct Pending {
     key: String,
     kind: Period,
     period: Option<i64>,
     usd: f64,
     op: String,
+    /// Settlements summed into it (for the gauge).
+    count: u64,
+    /// Sent at least once: its id is spoken for, nothing more may be added to it.
+    attempted: bool,
 }
+
+/// A live request's lease is renewed for at most this long: a request that never
+/// finishes (a bug, a hung client) cannot hold a slot or a reservation forever.
+const MAX_LEASE_AGE: Duration = Duration::from_secs(3600);
 
 struct Scripts {
     reserve: redis::Script,
@@ -274,8 +286,9 @@ pub struct RedisCounters {
     up: AtomicBool,
     next_lease: AtomicU64,
     scripts: Scripts,
-    /// Leases of requests in flight: member → its zset, renewed by the maintenance thread.
-    live: Mutex<HashMap<String, String>>,
+    /// Leases of requests in flight: member → its zset and when it was taken, renewed by
+    /// the maintenance thread (for at most [`MAX_LEASE_AGE`]).
+    live: Mutex<HashMap<String, (String, Instant)>>,
     pending: Mutex<Vec<Pending>>,
     /// The shared spend each budget had when Redis last said, for the local fallback.
     last_spent: Mutex<HashMap<(String, i64), f64>>,
@@ -503,7 +516,9 @@ impl RedisCounters {
             return Ok(Reserved::Exhausted { spent, reserved });
         }
         let member = format!("{period}:{lease}");
-        self.live.lock().insert(member, keys[1].clone());
+        self.live
+            .lock()
+            .insert(member, (keys[1].clone(), Instant::now()));
         Ok(Reserved::Granted {
             spent,
             reserved,
@@ -530,27 +545,42 @@ impl RedisCounters {
             self.live.lock().remove(&format!("{p}:{l}"));
         }
         let op = format!("{}:s", lease.clone().unwrap_or_else(|| self.lease()));
-        let pending = Pending {
+        let mut pending = Pending {
             key: key.to_owned(),
             kind,
             period,
             usd,
             op,
+            count: 1,
+            attempted: false,
         };
-        match self.push(&pending, lease.as_deref(), false) {
-            Ok(spent) => spent,
-            Err(Down) => {
-                // The reservation itself expires with its lease; the spend is kept.
-                let p = period.unwrap_or_else(|| kind.index(super::now_secs()));
-                let spent = self.last_spent(key, p) + self.pending_spend(key, p) + usd;
-                if usd > 0.0 {
-                    let mut q = self.pending.lock();
-                    q.push(pending);
-                    metrics::COUNTER_STORE_PENDING.set(q.len() as i64);
-                }
-                spent
+        if self.is_up() {
+            match self.push(&pending, lease.as_deref(), false) {
+                Ok(spent) => return spent,
+                Err(Down) => pending.attempted = true,
             }
         }
+        // The reservation itself expires with its lease; the spend is kept.
+        let p = period.unwrap_or_else(|| kind.index(super::now_secs()));
+        let spent = self.last_spent(key, p) + self.pending_spend(key, p) + usd;
+        if usd > 0.0 {
+            let mut q = self.pending.lock();
+            let same = |e: &&mut Pending| {
+                !e.attempted
+                    && e.key == pending.key
+                    && e.period == pending.period
+                    && e.kind == pending.kind
+            };
+            match (pending.attempted, q.iter_mut().find(same)) {
+                (false, Some(e)) => {
+                    e.usd += pending.usd;
+                    e.count += 1;
+                }
+                _ => q.push(pending),
+            }
+            metrics::COUNTER_STORE_PENDING.set(q.iter().map(|e| e.count as i64).sum());
+        }
+        spent
     }
 
     /// One settlement to Redis; `anyway`: even while the store is marked down (the
@@ -590,8 +620,13 @@ impl RedisCounters {
         let queued: Vec<Pending> = std::mem::take(&mut *self.pending.lock());
         let mut left = Vec::new();
         let mut failed = false;
-        for s in queued {
-            if failed || self.push(&s, None, true).is_err() {
+        for mut s in queued {
+            if failed {
+                left.push(s);
+                continue;
+            }
+            s.attempted = true;
+            if self.push(&s, None, true).is_err() {
                 failed = true;
                 left.push(s);
             }
@@ -600,7 +635,7 @@ impl RedisCounters {
         let pushed = !failed;
         left.append(&mut q);
         *q = left;
-        metrics::COUNTER_STORE_PENDING.set(q.len() as i64);
+        metrics::COUNTER_STORE_PENDING.set(q.iter().map(|e| e.count as i64).sum());
         if pushed && q.is_empty() {
             tracing::info!(node = %self.node, "fleet: spend settled while Redis was down is reconciled");
         }
@@ -649,7 +684,9 @@ impl RedisCounters {
                 .invoke(c)
         })?;
         if admitted == 1 {
-            self.live.lock().insert(lease.clone(), leases);
+            self.live
+                .lock()
+                .insert(lease.clone(), (leases, Instant::now()));
             return Ok(Ok(lease));
         }
         let (reason, detail) = match reason.as_str() {
@@ -694,12 +731,19 @@ impl RedisCounters {
     }
 
     fn renew(&self) {
-        let live: Vec<(String, String)> = self
-            .live
-            .lock()
-            .iter()
-            .map(|(m, k)| (m.clone(), k.clone()))
-            .collect();
+        let live: Vec<(String, String)> = {
+            let mut map = self.live.lock();
+            map.retain(|member, (_, taken)| {
+                let keep = taken.elapsed() < MAX_LEASE_AGE;
+                if !keep {
+                    tracing::warn!(lease = %member, "fleet: a request held its lease for an hour; no longer renewed (it expires)");
+                }
+                keep
+            });
+            map.iter()
+                .map(|(m, (k, _))| (m.clone(), k.clone()))
+                .collect()
+        };
         if live.is_empty() {
             return;
         }
@@ -899,6 +943,8 @@ mod tests {
             period: Some(hold.period),
             usd: 0.25,
             op: "op-1".into(),
+            count: 1,
+            attempted: true,
         };
         assert!((live.push(&s, hold.lease.as_deref(), false).unwrap() - 0.25).abs() < 1e-9);
         assert!((live.push(&s, None, false).unwrap() - 0.25).abs() < 1e-9);
