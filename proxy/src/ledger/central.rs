@@ -364,39 +364,57 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
     }
 }
 
+/// One batch in one statement (columns as arrays, `unnest`ed): one round trip per batch.
 fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), postgres::Error> {
-    let mut tx = c.transaction()?;
-    let stmt = tx.prepare(
-        "INSERT INTO sluice_records
-           (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
-         VALUES ($1, $2, $3, $4::text::timestamptz, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (node_id, seq) DO NOTHING",
-    )?;
+    let n = rows.len();
+    let (mut seq, mut id, mut ts, mut kind) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut provider, mut model, mut decision, mut identity) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut meta, mut content, mut hash, mut hmac) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for r in rows {
         let m: Value = serde_json::from_str(&r.meta).unwrap_or(Value::Null);
         let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-        let identity = m.get("identity").map(Value::to_string);
-        let ts = s("ts").unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
-        let kind = s("kind").unwrap_or_else(|| "unknown".into());
-        tx.execute(
-            &stmt,
-            &[
-                &node,
-                &r.seq,
-                &s("id"),
-                &ts,
-                &kind,
-                &s("provider"),
-                &s("model"),
-                &s("decision"),
-                &identity,
-                &r.meta,
-                &r.content,
-                &r.hash,
-                &r.hmac,
-            ],
-        )?;
+        seq.push(r.seq);
+        id.push(s("id"));
+        ts.push(s("ts").unwrap_or_else(|| "1970-01-01T00:00:00Z".into()));
+        kind.push(s("kind").unwrap_or_else(|| "unknown".into()));
+        provider.push(s("provider"));
+        model.push(s("model"));
+        decision.push(s("decision"));
+        identity.push(m.get("identity").map(Value::to_string));
+        meta.push(r.meta.as_str());
+        content.push(r.content.as_deref());
+        hash.push(r.hash.as_str());
+        hmac.push(r.hmac.as_str());
     }
+    let mut tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO sluice_records
+           (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
+         SELECT $1, seq, id, ts::timestamptz, kind, provider, model, decision, identity, meta, content, hash, hmac
+         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+              AS r(seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
+         ON CONFLICT (node_id, seq) DO NOTHING",
+        &[
+            &node, &seq, &id, &ts, &kind, &provider, &model, &decision, &identity, &meta,
+            &content, &hash, &hmac,
+        ],
+    )?;
     tx.commit()
 }
 
