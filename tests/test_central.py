@@ -107,6 +107,9 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
         assert node.metric("sluice_central_lag_records") == 0
         assert node.metric("sluice_central_shipped_total") > 0
 
+    doctor = subprocess.run([str(sluice_bin()), "doctor", "--config", str(nodes[0].config)],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "[ ok ] central ledger: PostgreSQL answers, schema version 1" in doctor, doctor
     r = verify(nodes[0])
     assert r.returncode == 0, r.stdout + r.stderr
     for node_id in ids:

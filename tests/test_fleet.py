@@ -56,6 +56,13 @@ policy:
     return nodes, prefix
 
 
+def doctor(node: Stack) -> str:
+    """`sluice doctor --config` of a node: its output (the exit code also covers the host's
+    eBPF checks)."""
+    return subprocess.run([str(sluice_bin()), "doctor", "--config", str(node.config)],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
 def port(node: Stack) -> int:
     return node.listen_addr[1]
 
@@ -242,9 +249,11 @@ def test_each_failure_mode_when_redis_stops_and_returns(topo, tmp_path, redis_se
     assert [s for s, _ in call(*nodes)] == [200, 200, 200]
     for n in nodes:
         assert n.metric('sluice_counter_store_up{store="redis"}') == 1
+    assert "[ ok ] fleet redis: answers" in doctor(closed)
 
     redis_server.stop()
     try:
+        assert "[FAIL] fleet redis: does not answer" in doctor(closed)
         assert call(closed, times=2) == [[503, "1"], [503, "1"]], "fail_closed refuses without the shared counters"
         assert [s for s, _ in call(open_, times=3)] == [200] * 3, "fail_open serves"
         # local: this node's third of 30/min.

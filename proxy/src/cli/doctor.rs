@@ -15,8 +15,9 @@ const CHART_CONFIG: &str = "/etc/sluice/config/sluice.yaml";
 
 #[derive(clap::Args)]
 pub struct DoctorArgs {
-    /// The config whose redirect cgroup and kubelet directories are checked. Default in
-    /// a Kubernetes pod: the chart's.
+    /// The config whose redirect cgroup and kubelet directories (in a pod), and fleet
+    /// stores (Redis, the central PostgreSQL) are checked. Default in a Kubernetes pod:
+    /// the chart's.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Mount bpffs at /sys/fs/bpf first when it is not (the chart's `agent.bpffsInit`
@@ -55,6 +56,14 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         });
         checks = in_chart_terms(checks);
         checks.extend(pod_checks(config.as_ref()));
+        if let Some(c) = &config {
+            checks.extend(fleet_checks(c));
+        }
+    } else if let Some(path) = &args.config {
+        match sluice::config::Config::load(path) {
+            Ok(c) => checks.extend(fleet_checks(&c)),
+            Err(e) => checks.push(failed("config", e.to_string(), "fix the config file")),
+        }
     }
     let mut ok = true;
     for c in &checks {
@@ -98,6 +107,47 @@ fn passed(name: &str, detail: String) -> Check {
         detail,
         fix: None,
     }
+}
+
+/// The fleet's shared stores, when the config names them: answering now, within the
+/// timeouts Sluice itself uses.
+fn fleet_checks(config: &sluice::config::Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    if let Some(r) = &config.fleet.redis {
+        let timeout = std::time::Duration::from_millis(r.timeout_ms.max(500));
+        let answer = redis::Client::open(r.url.as_str()).and_then(|c| {
+            let mut conn = c.get_connection_with_timeout(timeout)?;
+            conn.set_read_timeout(Some(timeout))?;
+            redis::cmd("PING").query::<String>(&mut conn)
+        });
+        out.push(match answer {
+            Ok(_) => passed(
+                "fleet redis",
+                "answers: budgets and rate limits are shared".into(),
+            ),
+            Err(e) => failed(
+                "fleet redis",
+                format!("does not answer ({e}): policies act on on_counter_store_unavailable"),
+                "check fleet.redis.url (host, port, password) and that Redis is up",
+            ),
+        });
+    }
+    if let Some(c) = &config.ledger.central {
+        let answer = sluice::ledger::central::connect(&c.url, std::time::Duration::from_secs(5))
+            .and_then(|mut client| Ok(sluice::ledger::central::migrate(&mut client)?));
+        out.push(match answer {
+            Ok(version) => passed(
+                "central ledger",
+                format!("PostgreSQL answers, schema version {version}"),
+            ),
+            Err(e) => failed(
+                "central ledger",
+                format!("{e}: records wait on the node"),
+                "check ledger.central.url and that PostgreSQL is up",
+            ),
+        });
+    }
+    out
 }
 
 /// The probe's fixes, said as chart values.
