@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 from netns import free_port, sluice_bin
@@ -109,7 +110,7 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
 
     doctor = subprocess.run([str(sluice_bin()), "doctor", "--config", str(nodes[0].config)],
                             capture_output=True, text=True, timeout=60).stdout
-    assert "[ ok ] central ledger: PostgreSQL answers, schema version 1" in doctor, doctor
+    assert "[ ok ] central ledger: PostgreSQL answers, schema version 2" in doctor, doctor
     r = verify(nodes[0])
     assert r.returncode == 0, r.stdout + r.stderr
     for node_id in ids:
@@ -188,4 +189,57 @@ ledger:
     # Each reads an empty, migrated store: "no records" (exit 1), never a schema error.
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 1 and "holds no records" in out, (out, err)
-    assert central(postgres_server, db, "SELECT version FROM sluice_migrations ORDER BY version") == [["1"]]
+    assert central(postgres_server, db, "SELECT version FROM sluice_migrations ORDER BY version") == [["1"], ["2"]]
+
+
+def test_central_retention_prunes_a_prefix_and_the_rest_still_verifies(topo, tmp_path, postgres_server):
+    db = f"retention_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.database(db)
+    nodes, ids = nodes_with_central(topo, tmp_path, url, n=2)
+
+    def shipped(node, node_id):
+        local = {r["seq"] for r in node.all_records()}
+        rows = central(postgres_server, db, f"SELECT seq FROM sluice_records WHERE node_id = '{node_id}'")
+        anchor = central(postgres_server, db, f"SELECT seq FROM sluice_anchors WHERE node_id = '{node_id}'")
+        floor = int(anchor[0][0]) if anchor else 0
+        return {int(r[0]) for r in rows} == {s for s in local if s > floor}
+
+    traffic(nodes, rounds=2)
+    for node in nodes:
+        node.wait_records(2, "interaction")
+    wait_until(lambda: all(shipped(n, i) for n, i in zip(nodes, ids)), what="the first records shipped")
+    time.sleep(1.2)
+    cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 0.5))
+    time.sleep(1.2)
+    traffic(nodes, rounds=2)
+    for node in nodes:
+        node.wait_records(4, "interaction")
+    wait_until(lambda: all(shipped(n, i) for n, i in zip(nodes, ids)), what="the newer records shipped")
+
+    out = nodes[0].cli("audit", "prune-central", "--before", cutoff).stdout
+    anchors = dict(central(postgres_server, db, "SELECT node_id, seq FROM sluice_anchors"))
+    assert set(anchors) == set(ids), (out, anchors)
+    for node_id in ids:
+        assert f"node {node_id}: {anchors[node_id]} records pruned" in out, out
+        [[first]] = central(postgres_server, db, f"SELECT min(seq) FROM sluice_records WHERE node_id = '{node_id}'")
+        assert int(first) == int(anchors[node_id]) + 1
+    r = verify(nodes[0])
+    assert r.returncode == 0, r.stdout
+    for node_id in ids:
+        assert f"(after the retention anchor at seq {anchors[node_id]})" in r.stdout, r.stdout
+
+    # A restarted node does not send what was pruned again.
+    nodes[0].proxy.stop(timeout=30)
+    nodes[0].start_proxy()
+    traffic(nodes)
+    nodes[0].wait_records(5, "interaction")
+    wait_until(lambda: shipped(nodes[0], ids[0]), what="the restarted node to catch up")
+    assert central(postgres_server, db, f"SELECT count(*) FROM sluice_records WHERE node_id = '{ids[0]}' "
+                                        f"AND seq <= {anchors[ids[0]]}") == [["0"]]
+    assert verify(nodes[0]).returncode == 0
+
+    # The anchor is part of what is checked.
+    a = int(anchors[ids[1]])
+    postgres_server.sql(f"UPDATE sluice_anchors SET hash = repeat('0', 64) WHERE node_id = '{ids[1]}'", db=db)
+    r = verify(nodes[0])
+    assert r.returncode == 1 and f"FAIL: node {ids[1]}: seq {a + 1}: prev_hash is not seq {a}'s hash" in r.stdout, r.stdout

@@ -112,6 +112,24 @@ fn central_client(config: &Config) -> anyhow::Result<postgres::Client> {
     Ok(client)
 }
 
+/// `audit prune-central`: central retention (see `ledger::central::prune`); prints what
+/// was pruned per node.
+///
+/// # Errors
+/// No `ledger.central`, or PostgreSQL refused.
+pub fn prune_central(config: &Config, before: SystemTime) -> anyhow::Result<()> {
+    let mut client = central_client(config)?;
+    let pruned = ledger::central::prune(&mut client, before)?;
+    let mut out = std::io::stdout().lock();
+    for (node, n) in &pruned {
+        writeln!(out, "node {node}: {n} records pruned")?;
+    }
+    if pruned.is_empty() {
+        writeln!(out, "nothing to prune")?;
+    }
+    Ok(())
+}
+
 /// `audit verify --central`: every node's chain (or `node`'s) checked from PostgreSQL
 /// alone; HMACs too where this machine holds the key (`ledger.hmac_key_file`, the shared
 /// key of the chart's `ledger.keysSecret`). Prints one verdict per node, each break by
@@ -142,10 +160,14 @@ pub fn verify_central(config: &Config, node: Option<&str>) -> anyhow::Result<boo
         } else {
             format!("{} of {} HMACs checked", r.hmac_checked, r.records)
         };
+        let from = r
+            .anchor
+            .map(|a| format!(" (after the retention anchor at seq {a})"))
+            .unwrap_or_default();
         if r.errors.is_empty() {
             writeln!(
                 out,
-                "ok: node {}: {} records, seq {}..{}, chain intact, {hmac}",
+                "ok: node {}: {} records, seq {}..{}{from}, chain intact, {hmac}",
                 r.node, r.records, r.first_seq, r.last_seq
             )?;
         } else {

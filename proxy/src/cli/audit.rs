@@ -40,6 +40,16 @@ pub enum AuditCommand {
         #[arg(long, requires = "central")]
         node: Option<String>,
     },
+    /// Central retention: delete every node's records older than `--before` from the
+    /// central ledger, keeping each node's chain verifiable from an anchor (the last
+    /// record pruned). The nodes' own ledgers are untouched.
+    PruneCentral {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// RFC 3339, a date, or an age (`90d`).
+        #[arg(long)]
+        before: String,
+    },
     /// Print the vkey witnesses know this node's ledger by (`sluice witness serve --log`).
     CheckpointKey {
         #[command(flatten)]
@@ -195,6 +205,10 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             });
         }
         AuditCommand::RotateKey { config } => sluice::audit::rotate_key(&config.load()?)?,
+        AuditCommand::PruneCentral { config, before } => {
+            let before = sluice::audit::parse_time(&before)?;
+            sluice::audit::prune_central(&config.load()?, before)?;
+        }
         AuditCommand::CheckpointKey { config } => {
             let c = config.load()?;
             println!(

@@ -121,6 +121,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX sluice_records_kind_ts ON sluice_records (kind, ts);
      CREATE INDEX sluice_records_provider_model_ts ON sluice_records (provider, model, ts);
      CREATE INDEX sluice_records_decision_ts ON sluice_records (decision, ts);",
+    // 2: retention anchors: for each node, the last record pruned centrally (its seq and
+    // hash), from which the node's remaining chain verifies.
+    "CREATE TABLE sluice_anchors (
+        node_id text PRIMARY KEY,
+        seq bigint NOT NULL,
+        hash text NOT NULL,
+        pruned_at timestamptz NOT NULL DEFAULT now()
+     );",
 ];
 
 /// Any 64-bit number, the same on every node: the advisory lock migrations hold.
@@ -348,12 +356,19 @@ fn resume_after(c: &mut postgres::Client, dir: &Path, node: &str) -> Result<i64,
         &[&node],
     )?;
     let (first, contiguous_end): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-    let local_first = raw_after(dir, 0, 1)?.first().map(|r| r.seq);
+    // Records pruned centrally are never sent again.
+    let anchor: i64 = c
+        .query_opt(
+            "SELECT seq FROM sluice_anchors WHERE node_id = $1",
+            &[&node],
+        )?
+        .map_or(0, |r| r.get(0));
+    let local_first = raw_after(dir, anchor, 1)?.first().map(|r| r.seq);
     Ok(match (first, local_first) {
-        // The store lacks the node's oldest records: from the node's first.
+        // The store lacks the node's oldest records (past the anchor): from the first.
         (Some(f), Some(l)) if l < f => l - 1,
-        (Some(_), _) => contiguous_end.unwrap_or(0),
-        (None, _) => 0,
+        (Some(_), _) => contiguous_end.unwrap_or(anchor).max(anchor),
+        (None, _) => anchor,
     })
 }
 
@@ -427,6 +442,8 @@ pub struct NodeReport {
     pub last_seq: i64,
     /// HMACs checked (a key for their `hmac_key_id` was at hand).
     pub hmac_checked: u64,
+    /// The last seq pruned by central retention, the chain's starting point.
+    pub anchor: Option<i64>,
     /// Each break: `seq N: what`.
     pub errors: Vec<String>,
 }
@@ -461,7 +478,19 @@ pub fn verify(
             node: node.clone(),
             ..NodeReport::default()
         };
-        let mut prev: Option<(i64, [u8; 32])> = None;
+        // After central retention the chain continues from the anchor: the last pruned
+        // record's seq and hash.
+        let mut prev: Option<(i64, [u8; 32])> = client
+            .query_opt(
+                "SELECT seq, hash FROM sluice_anchors WHERE node_id = $1",
+                &[&node],
+            )?
+            .and_then(|r| {
+                let seq: i64 = r.get(0);
+                let hash: String = r.get(1);
+                chain::decode_hash(&hash).map(|h| (seq, h))
+            });
+        rep.anchor = prev.map(|(seq, _)| seq);
         let params: [&(dyn postgres::types::ToSql + Sync); 1] = [&node];
         let mut rows = client.query_raw(
             "SELECT seq, meta, content, hash, hmac FROM sluice_records WHERE node_id = $1 ORDER BY seq",
@@ -663,4 +692,63 @@ pub fn export(
         w.record(&v, &node)?;
     }
     Ok(w.finish()?)
+}
+
+/// Central retention: for every node, deletes its records with `ts < before` — only a
+/// prefix of its chain (up to the first record that is newer), and records the last one
+/// deleted as the node's anchor in the same transaction, so what remains still verifies.
+/// Returns `(node, records pruned)`.
+///
+/// # Errors
+/// [`CentralError::Db`].
+pub fn prune(
+    client: &mut postgres::Client,
+    before: std::time::SystemTime,
+) -> Result<Vec<(String, u64)>, CentralError> {
+    let cutoff = super::query::millis(before) as f64;
+    let nodes: Vec<String> = client
+        .query(
+            "SELECT DISTINCT node_id FROM sluice_records ORDER BY node_id",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for node in nodes {
+        let mut tx = client.transaction()?;
+        // The chain's prefix older than the cutoff: up to (not including) the first
+        // record at or after it.
+        let last: Option<i64> = tx
+            .query_one(
+                "SELECT coalesce(
+                    (SELECT min(seq) FROM sluice_records
+                       WHERE node_id = $1 AND ts >= to_timestamp($2::double precision / 1000)) - 1,
+                    (SELECT max(seq) FROM sluice_records WHERE node_id = $1))",
+                &[&node, &cutoff],
+            )?
+            .get(0);
+        let Some(last) = last else { continue };
+        let Some(row) = tx.query_opt(
+            "SELECT hash FROM sluice_records WHERE node_id = $1 AND seq = $2",
+            &[&node, &last],
+        )?
+        else {
+            continue;
+        };
+        let hash: String = row.get(0);
+        let deleted = tx.execute(
+            "DELETE FROM sluice_records WHERE node_id = $1 AND seq <= $2",
+            &[&node, &last],
+        )?;
+        tx.execute(
+            "INSERT INTO sluice_anchors (node_id, seq, hash) VALUES ($1, $2, $3)
+             ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, pruned_at = now()
+             WHERE sluice_anchors.seq < excluded.seq",
+            &[&node, &last, &hash],
+        )?;
+        tx.commit()?;
+        out.push((node, deleted));
+    }
+    Ok(out)
 }
