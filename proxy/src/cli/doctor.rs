@@ -114,13 +114,7 @@ fn passed(name: &str, detail: String) -> Check {
 fn fleet_checks(config: &sluice::config::Config) -> Vec<Check> {
     let mut out = Vec::new();
     if let Some(r) = &config.fleet.redis {
-        let timeout = std::time::Duration::from_millis(r.timeout_ms.max(500));
-        let answer = redis::Client::open(r.url.as_str()).and_then(|c| {
-            let mut conn = c.get_connection_with_timeout(timeout)?;
-            conn.set_read_timeout(Some(timeout))?;
-            redis::cmd("PING").query::<String>(&mut conn)
-        });
-        out.push(match answer {
+        out.push(match r.ping() {
             Ok(_) => passed(
                 "fleet redis",
                 "answers: budgets and rate limits are shared".into(),

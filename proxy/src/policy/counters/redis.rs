@@ -37,9 +37,15 @@ use crate::metrics;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. Keep a password out of the file with
-    /// `${REDIS_URL}` (expanded from the environment when the config is read).
-    pub url: String,
+    /// A single Redis (or a proxy in front of replicas): `redis://[user:password@]host:port[/db]`.
+    /// Keep a password out of the file with `${REDIS_URL}` (expanded from the environment
+    /// when the config is read).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Or a Redis Cluster: some of its nodes' URLs (`redis://host:7000`); the rest and the
+    /// slots are discovered. Every counter's keys share a slot (hash tags).
+    #[serde(default)]
+    pub cluster: Vec<String>,
     /// Bound on connecting, writing and reading one call, in ms. Default 50.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
@@ -63,14 +69,44 @@ fn default_prefix() -> String {
 }
 
 impl RedisConfig {
+    /// Whether the configured Redis answers a PING now (`sluice doctor`).
+    ///
+    /// # Errors
+    /// What failed, as Redis's client says it.
+    pub fn ping(&self) -> redis::RedisResult<()> {
+        let timeout = Duration::from_millis(self.timeout_ms.max(500));
+        let mut conn = match Client::new(self)? {
+            Client::Single(c) => {
+                let conn = c.get_connection_with_timeout(timeout)?;
+                conn.set_read_timeout(Some(timeout))?;
+                Conn::Single(conn)
+            }
+            Client::Cluster(c) => Conn::Cluster(Box::new(c.get_connection()?)),
+        };
+        redis::cmd("PING").query::<String>(conn.like()).map(|_| ())
+    }
+
     /// Problems with the section, as `(key, message)`.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            out.push((
+        match (&self.url, self.cluster.is_empty()) {
+            (Some(_), false) => out.push((
+                "cluster",
+                "give either url (one Redis) or cluster (a Redis Cluster's nodes), not both".into(),
+            )),
+            (None, true) => out.push((
                 "url",
-                format!("not a Redis URL ({e}); write redis://host:6379 or redis://:password@host:6379/0"),
-            ));
+                "missing: write url: redis://host:6379, or cluster: [redis://host:7000, …]".into(),
+            )),
+            _ => {}
+        }
+        for u in self.url.iter().chain(&self.cluster) {
+            if let Err(e) = redis::Client::open(u.as_str()) {
+                out.push((
+                    if self.url.is_some() { "url" } else { "cluster" },
+                    format!("{u:?} is not a Redis URL ({e}); write redis://host:6379 or redis://:password@host:6379/0"),
+                ));
+            }
         }
         if !(1..=10_000).contains(&self.timeout_ms) {
             out.push((
@@ -277,8 +313,8 @@ struct Scripts {
 
 /// Budgets and rate limits in Redis, shared by every node configured with it.
 pub struct RedisCounters {
-    client: redis::Client,
-    pool: Mutex<Vec<redis::Connection>>,
+    client: Client,
+    pool: Mutex<Vec<Conn>>,
     timeout: Duration,
     lease_ttl: Duration,
     prefix: String,
@@ -313,7 +349,7 @@ impl RedisCounters {
             redis::Script::new(&src)
         };
         let store = RedisCounters {
-            client: redis::Client::open(config.url.as_str())?,
+            client: Client::new(config)?,
             pool: Mutex::new(Vec::new()),
             timeout: Duration::from_millis(config.timeout_ms),
             lease_ttl: Duration::from_millis(config.lease_ttl_ms),
@@ -397,11 +433,16 @@ impl RedisCounters {
             .set(0);
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(self.timeout)?;
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
-        Ok(conn)
+    fn connect(&self) -> redis::RedisResult<Conn> {
+        match &self.client {
+            Client::Single(c) => {
+                let conn = c.get_connection_with_timeout(self.timeout)?;
+                conn.set_read_timeout(Some(self.timeout))?;
+                conn.set_write_timeout(Some(self.timeout))?;
+                Ok(Conn::Single(conn))
+            }
+            Client::Cluster(c) => Ok(Conn::Cluster(Box::new(c.get_connection()?))),
+        }
     }
 
     /// Runs `f` on a pooled connection, off the async worker; any failure marks the
@@ -409,7 +450,7 @@ impl RedisCounters {
     fn call<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut dyn redis::ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, Down> {
         if !self.is_up() {
             return Err(Down);
@@ -420,7 +461,7 @@ impl RedisCounters {
     fn call_anyway<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl FnOnce(&mut dyn redis::ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, Down> {
         let started = Instant::now();
         let result = off_worker(|| {
@@ -429,7 +470,7 @@ impl RedisCounters {
                 Some(c) => c,
                 None => self.connect()?,
             };
-            let r = f(&mut conn);
+            let r = f(conn.like());
             if r.is_ok() {
                 let mut pool = self.pool.lock();
                 if pool.len() < POOL {
@@ -587,7 +628,7 @@ impl RedisCounters {
     /// maintenance thread reconciling before it marks it up).
     fn push(&self, s: &Pending, lease: Option<&str>, anyway: bool) -> Result<f64, Down> {
         let keys = self.budget_keys(&s.key);
-        let call = |c: &mut redis::Connection| {
+        let call = |c: &mut dyn redis::ConnectionLike| {
             self.scripts
                 .settle
                 .key(&keys[0])
@@ -747,14 +788,55 @@ impl RedisCounters {
         if live.is_empty() {
             return;
         }
+        // One call per lease: in a Redis Cluster each lease's key may live on another
+        // node (and its expiry is on that node's clock).
         let _ = self.call("renew", |c| {
-            let mut inv = self.scripts.renew.prepare_invoke();
-            inv.arg(self.lease_ttl.as_millis() as u64);
             for (member, key) in &live {
-                inv.key(key).arg(member);
+                self.scripts
+                    .renew
+                    .key(key)
+                    .arg(self.lease_ttl.as_millis() as u64)
+                    .arg(member)
+                    .invoke::<i64>(c)?;
             }
-            inv.invoke::<i64>(c)
+            Ok(())
         });
+    }
+}
+
+/// One Redis, or a Redis Cluster.
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Client {
+    fn new(config: &RedisConfig) -> redis::RedisResult<Client> {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        Ok(match &config.url {
+            Some(url) => Client::Single(redis::Client::open(url.as_str())?),
+            None => Client::Cluster(
+                redis::cluster::ClusterClient::builder(config.cluster.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?,
+            ),
+        })
+    }
+}
+
+/// A pooled connection of either kind.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
     }
 }
 
@@ -780,10 +862,17 @@ mod tests {
 
     impl Server {
         fn start() -> Server {
+            Server::start_with(&[])
+        }
+
+        fn start_with(extra: &[&str]) -> Server {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .expect("a free port");
+            let dir =
+                std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
             let child = std::process::Command::new("redis-server")
                 .args([
                     "--port",
@@ -795,6 +884,8 @@ mod tests {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
+                .current_dir(&dir)
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect(
@@ -810,7 +901,8 @@ mod tests {
 
         fn store(&self, lease_ttl_ms: u64) -> Arc<RedisCounters> {
             let config = RedisConfig {
-                url: format!("redis://127.0.0.1:{}", self.1),
+                url: Some(format!("redis://127.0.0.1:{}", self.1)),
+                cluster: Vec::new(),
                 timeout_ms: 200,
                 lease_ttl_ms,
                 prefix: "t".into(),
@@ -823,7 +915,116 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.0.kill();
             let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
+                "sluice-redis-{}-{}",
+                std::process::id(),
+                self.1
+            )));
         }
+    }
+
+    /// Three masters made a Redis Cluster with `redis-cli --cluster create`.
+    fn cluster() -> (Vec<Server>, RedisConfig) {
+        let nodes: Vec<Server> = (0..3)
+            .map(|_| Server::start_with(&["--cluster-enabled", "yes"]))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.1)).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian's redis-tools)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Until every node agrees the cluster is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for a in &addrs {
+            let port = a.rsplit(':').next().unwrap_or_default();
+            loop {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", port, "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never came up: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let config = RedisConfig {
+            url: None,
+            cluster: addrs.iter().map(|a| format!("redis://{a}")).collect(),
+            timeout_ms: 500,
+            lease_ttl_ms: 30_000,
+            prefix: "c".into(),
+        };
+        (nodes, config)
+    }
+
+    #[test]
+    fn a_redis_cluster_shares_budgets_and_limits_across_its_slots() {
+        let (_nodes, config) = cluster();
+        assert!(config.ping().is_ok());
+        let store = |n: &str| Arc::new(RedisCounters::new(&config, n).expect("store"));
+        let (a, b) = (store("n1"), store("n2"));
+        assert!(a.is_up() && b.is_up());
+        let mem = || Arc::new(crate::policy::MemoryCounters::default());
+        let (a, b) = (
+            Counters::with_fleet(mem(), a, 2),
+            Counters::with_fleet(mem(), b, 2),
+        );
+        let on = OnUnavailable::FailClosed;
+        // Many budgets and limits: their keys land on all three masters' slots.
+        for i in 0..30 {
+            let key = format!("team-{i}");
+            let Reserved::Granted { hold, .. } = a.reserve(&key, Period::Month, 1.0, 0.7, on)
+            else {
+                panic!("{key}: node a's reservation fits")
+            };
+            assert!(
+                matches!(
+                    b.reserve(&key, Period::Month, 1.0, 0.7, on),
+                    Reserved::Exhausted { .. }
+                ),
+                "{key}"
+            );
+            assert!(
+                (a.settle(Some(hold), &key, Period::Month, 0.25) - 0.25).abs() < 1e-9,
+                "{key}"
+            );
+            let limit = RateLimit {
+                requests_per_minute: Some(1),
+                ..RateLimit::default()
+            };
+            let Admitted::Granted(h) = a.admit(&key, &limit, on) else {
+                panic!("{key}: first")
+            };
+            assert!(
+                matches!(b.admit(&key, &limit, on), Admitted::Limited(_)),
+                "{key}: second"
+            );
+            a.finish(h, 5);
+        }
+        // Lease renewal works key by key across the masters.
+        let c = store("n3");
+        let lease = c.admit(
+            "renewed",
+            &RateLimit {
+                concurrent: Some(1),
+                ..RateLimit::default()
+            },
+        );
+        assert!(matches!(lease, Ok(Ok(_))));
+        c.renew();
     }
 
     #[test]
