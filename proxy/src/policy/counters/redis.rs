@@ -46,6 +46,10 @@ pub struct RedisConfig {
     /// slots are discovered. Every counter's keys share a slot (hash tags).
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Or Redis with replicas behind Sentinel: the master is asked of the sentinels at
+    /// each new connection, so a failover is followed.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
     /// Bound on connecting, writing and reading one call, in ms. Default 50.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
@@ -56,6 +60,16 @@ pub struct RedisConfig {
     /// Prefix of every key. Default `sluice`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+}
+
+/// `fleet.redis.sentinel:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The sentinels (`redis://host:26379`).
+    pub nodes: Vec<String>,
+    /// The monitored master's name (`sentinel monitor <name> …`).
+    pub master: String,
 }
 
 fn default_timeout() -> u64 {
@@ -75,32 +89,39 @@ impl RedisConfig {
     /// What failed, as Redis's client says it.
     pub fn ping(&self) -> redis::RedisResult<()> {
         let timeout = Duration::from_millis(self.timeout_ms.max(500));
-        let mut conn = match Client::new(self)? {
-            Client::Single(c) => {
-                let conn = c.get_connection_with_timeout(timeout)?;
-                conn.set_read_timeout(Some(timeout))?;
-                Conn::Single(conn)
-            }
-            Client::Cluster(c) => Conn::Cluster(Box::new(c.get_connection()?)),
-        };
+        let mut conn = Client::new(self)?.connect(timeout)?;
         redis::cmd("PING").query::<String>(conn.like()).map(|_| ())
     }
 
     /// Problems with the section, as `(key, message)`.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        match (&self.url, self.cluster.is_empty()) {
-            (Some(_), false) => out.push((
-                "cluster",
-                "give either url (one Redis) or cluster (a Redis Cluster's nodes), not both".into(),
-            )),
-            (None, true) => out.push((
+        let given = usize::from(self.url.is_some())
+            + usize::from(!self.cluster.is_empty())
+            + usize::from(self.sentinel.is_some());
+        match given {
+            0 => out.push((
                 "url",
-                "missing: write url: redis://host:6379, or cluster: [redis://host:7000, …]".into(),
+                "missing: write url: redis://host:6379, cluster: [redis://host:7000, …] or sentinel: {nodes: [redis://host:26379], master: mymaster}".into(),
             )),
-            _ => {}
+            1 => {}
+            _ => out.push((
+                "url",
+                "give one of url (one Redis), cluster (a Redis Cluster's nodes) or sentinel, not several".into(),
+            )),
         }
-        for u in self.url.iter().chain(&self.cluster) {
+        let sentinels = self.sentinel.iter().flat_map(|s| &s.nodes);
+        if self
+            .sentinel
+            .as_ref()
+            .is_some_and(|s| s.nodes.is_empty() || s.master.is_empty())
+        {
+            out.push((
+                "sentinel",
+                "needs nodes (the sentinels' URLs) and master (its name)".into(),
+            ));
+        }
+        for u in self.url.iter().chain(&self.cluster).chain(sentinels) {
             if let Err(e) = redis::Client::open(u.as_str()) {
                 out.push((
                     if self.url.is_some() { "url" } else { "cluster" },
@@ -434,15 +455,7 @@ impl RedisCounters {
     }
 
     fn connect(&self) -> redis::RedisResult<Conn> {
-        match &self.client {
-            Client::Single(c) => {
-                let conn = c.get_connection_with_timeout(self.timeout)?;
-                conn.set_read_timeout(Some(self.timeout))?;
-                conn.set_write_timeout(Some(self.timeout))?;
-                Ok(Conn::Single(conn))
-            }
-            Client::Cluster(c) => Ok(Conn::Cluster(Box::new(c.get_connection()?))),
-        }
+        self.client.connect(self.timeout)
     }
 
     /// Runs `f` on a pooled connection, off the async worker; any failure marks the
@@ -804,15 +817,26 @@ impl RedisCounters {
     }
 }
 
-/// One Redis, or a Redis Cluster.
+/// One Redis, a Redis Cluster, or a master found through Sentinel.
 enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    Sentinel(Mutex<redis::sentinel::SentinelClient>),
 }
 
 impl Client {
     fn new(config: &RedisConfig) -> redis::RedisResult<Client> {
         let timeout = Duration::from_millis(config.timeout_ms);
+        if let Some(s) = &config.sentinel {
+            return Ok(Client::Sentinel(Mutex::new(
+                redis::sentinel::SentinelClient::build(
+                    s.nodes.iter().map(String::as_str).collect(),
+                    s.master.clone(),
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )?,
+            )));
+        }
         Ok(match &config.url {
             Some(url) => Client::Single(redis::Client::open(url.as_str())?),
             None => Client::Cluster(
@@ -822,6 +846,24 @@ impl Client {
                     .build()?,
             ),
         })
+    }
+
+    /// A new connection, bounded by `timeout` (through Sentinel: to the master it names now).
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<Conn> {
+        let single = |c: &redis::Client| -> redis::RedisResult<Conn> {
+            let conn = c.get_connection_with_timeout(timeout)?;
+            conn.set_read_timeout(Some(timeout))?;
+            conn.set_write_timeout(Some(timeout))?;
+            Ok(Conn::Single(conn))
+        };
+        match self {
+            Client::Single(c) => single(c),
+            Client::Cluster(c) => Ok(Conn::Cluster(Box::new(c.get_connection()?))),
+            Client::Sentinel(s) => {
+                let master = s.lock().get_client()?;
+                single(&master)
+            }
+        }
     }
 }
 
@@ -903,6 +945,7 @@ mod tests {
             let config = RedisConfig {
                 url: Some(format!("redis://127.0.0.1:{}", self.1)),
                 cluster: Vec::new(),
+                sentinel: None,
                 timeout_ms: 200,
                 lease_ttl_ms,
                 prefix: "t".into(),
@@ -963,6 +1006,7 @@ mod tests {
         let config = RedisConfig {
             url: None,
             cluster: addrs.iter().map(|a| format!("redis://{a}")).collect(),
+            sentinel: None,
             timeout_ms: 500,
             lease_ttl_ms: 30_000,
             prefix: "c".into(),
@@ -1025,6 +1069,95 @@ mod tests {
         );
         assert!(matches!(lease, Ok(Ok(_))));
         c.renew();
+    }
+
+    #[test]
+    fn through_sentinel_the_counters_follow_a_failover() {
+        let master = Server::start();
+        let _replica = Server::start_with(&["--replicaof", "127.0.0.1", &master.1.to_string()]);
+        // A sentinel: redis-server in sentinel mode, its config file written here (it
+        // rewrites it).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir =
+            std::env::temp_dir().join(format!("sluice-sentinel-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds m 500\nsentinel failover-timeout m 2000\n",
+                master.1
+            ),
+        )
+        .expect("sentinel.conf");
+        let sentinel = Server(
+            std::process::Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel"),
+            port,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let config = RedisConfig {
+            url: None,
+            cluster: Vec::new(),
+            sentinel: Some(SentinelConfig {
+                nodes: vec![format!("redis://127.0.0.1:{port}")],
+                master: "m".into(),
+            }),
+            timeout_ms: 300,
+            lease_ttl_ms: 30_000,
+            prefix: "s".into(),
+        };
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let store = Arc::new(RedisCounters::new(&config, "n1").expect("store"));
+        assert!(store.is_up(), "the master was found through the sentinel");
+        let Ok(Reserved::Granted { hold, .. }) = store.reserve("team", Period::Total, 1.0, 0.5)
+        else {
+            panic!("fits")
+        };
+        store.settle("team", Period::Total, Some(hold.period), hold.lease, 0.3);
+        // The replica acknowledges the writes (WAIT), then the master dies: the sentinel
+        // promotes the replica, and the store, after one failed call, finds it.
+        let acked = std::process::Command::new("redis-cli")
+            .args(["-p", &master.1.to_string(), "WAIT", "1", "5000"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        assert_eq!(acked, "1", "the replica acknowledged the counters");
+        drop(master);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if !store.is_up() && store.ping() {
+                store.mark_up();
+            }
+            if let Ok(Reserved::Exhausted { spent, .. }) =
+                store.reserve("team", Period::Total, 1.0, 0.8)
+            {
+                assert!(
+                    (spent - 0.3).abs() < 1e-9,
+                    "the spend survived the failover: {spent}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never reached the promoted replica"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(sentinel);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
