@@ -497,6 +497,9 @@ impl RedisCounters {
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|e| {
             metrics::COUNTER_STORE_ERRORS.with_label_values(&[op]).inc();
+            // The other pooled connections most likely lead to the same dead server (or,
+            // after a failover, to the old master): the next call connects anew.
+            self.pool.lock().clear();
             self.mark_down(op, &e);
             Down
         })
