@@ -132,6 +132,18 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
     syslog = nodes[2].cli("audit", "export", "--central", "--format", "syslog").stdout.splitlines()
     assert len(syslog) == len(exported) and all(line.split(" ")[2] in ids for line in syslog), syslog[:2]
 
+    # ...and report on it: the usage report sums every node's interactions, and the
+    # change report lists each node's admin records with its node.
+    usage = json.loads(nodes[1].cli("report", "--central", "--type", "usage", "--json").stdout)
+    assert sum(r["requests"] for r in usage["rows"]) == 8 + 7 + 8, usage
+    local_cost = sum(r.get("cost_usd") or 0 for n in nodes for r in n.all_records() if r["kind"] == "interaction")
+    assert abs(sum(r["cost_usd"] for r in usage["rows"]) - local_cost) < 1e-9
+    access = json.loads(nodes[1].cli("report", "--central", "--type", "access", "--json").stdout)
+    assert {(r["provider"], r["model"]) for r in access["rows"]} == {("openai", "gpt-4o-mini")}
+    change = json.loads(nodes[1].cli("report", "--central", "--type", "change", "--json").stdout)
+    assert change["columns"][0] == "node_id" and {r["node_id"] for r in change["rows"]} == set(ids)
+    assert "node_id" in nodes[1].cli("report", "--central", "--type", "change").stdout.splitlines()[2].lower()
+
     # Rows lost centrally (say, a restore from an older backup) are sent again.
     postgres_server.sql(f"DELETE FROM sluice_records WHERE node_id = '{ids[0]}' "
                         f"AND seq > (SELECT max(seq) - 3 FROM sluice_records WHERE node_id = '{ids[0]}')", db=db)

@@ -988,6 +988,27 @@ pub fn report(
     Ok(())
 }
 
+/// `sluice report --central`: the report over the fleet's central ledger.
+///
+/// # Errors
+/// No `ledger.central`, or PostgreSQL cannot be read.
+pub fn report_central(
+    config: &Config,
+    kind: ReportKind,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = central_client(config)?;
+    let r = ledger::central::report(&mut client, kind, since, until)?;
+    if json {
+        println!("{r}");
+    } else {
+        print!("{}", ledger::render_report_text(&r));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

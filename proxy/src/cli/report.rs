@@ -17,6 +17,9 @@ pub struct ReportArgs {
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Over every node's records, from the fleet's central ledger (`ledger.central`).
+    #[arg(long)]
+    central: bool,
 }
 
 /// `--type` of `sluice report`.
@@ -42,5 +45,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         Kind::Usage => ReportKind::Usage,
     };
     let (since, until) = args.range.parse()?;
+    if args.central {
+        return sluice::audit::report_central(&args.config.load()?, kind, since, until, args.json);
+    }
     sluice::audit::report(&args.config.load()?, kind, since, until, args.json)
 }

@@ -752,3 +752,101 @@ pub fn prune(
     }
     Ok(out)
 }
+
+/// `sluice report --central`: the same reports over every node's records, read from the
+/// central store (identities are grouped across nodes; the change and security reports
+/// list records node by node, each with its `node_id`).
+///
+/// # Errors
+/// PostgreSQL cannot be read.
+pub fn report(
+    client: &mut postgres::Client,
+    kind: super::ReportKind,
+    since: Option<std::time::SystemTime>,
+    until: Option<std::time::SystemTime>,
+) -> Result<Value, CentralError> {
+    use super::report::{aggregate_columns, assemble, record_rows, Aggregate};
+    use super::ReportKind;
+    let ms = |t: Option<std::time::SystemTime>| t.map(|t| super::query::millis(t) as f64);
+    let (from, to) = (ms(since), ms(until));
+    let window = "($1::double precision IS NULL OR ts >= to_timestamp($1 / 1000))
+                  AND ($2::double precision IS NULL OR ts < to_timestamp($2 / 1000))";
+    let (columns, rows) = match kind {
+        ReportKind::Access | ReportKind::Usage => {
+            let access = kind == ReportKind::Access;
+            let sql = format!(
+                "SELECT identity, {} count(*),
+                        sum((meta::jsonb #>> '{{usage,input_tokens}}')::bigint)::bigint,
+                        sum((meta::jsonb #>> '{{usage,output_tokens}}')::bigint)::bigint,
+                        sum((meta::jsonb ->> 'cost_usd')::float8),
+                        min(meta::jsonb ->> 'ts'), max(meta::jsonb ->> 'ts'),
+                        string_agg(DISTINCT provider, ',')
+                 FROM sluice_records WHERE kind = 'interaction' AND {window}
+                 GROUP BY identity{} ORDER BY count(*) DESC",
+                if access {
+                    "provider, model,"
+                } else {
+                    "NULL::text, NULL::text,"
+                },
+                if access { ", provider, model" } else { "" },
+            );
+            let rows = client
+                .query(&sql, &[&from, &to])?
+                .iter()
+                .map(|r| {
+                    Aggregate {
+                        identity: r.get(0),
+                        provider: r.get(1),
+                        model: r.get(2),
+                        requests: r.get(3),
+                        input_tokens: r.get(4),
+                        output_tokens: r.get(5),
+                        cost_usd: r.get(6),
+                        first_seen: r.get(7),
+                        last_seen: r.get(8),
+                        providers: r.get(9),
+                    }
+                    .row(access)
+                })
+                .collect();
+            (aggregate_columns(access), rows)
+        }
+        ReportKind::Change | ReportKind::Security => {
+            let cond = if kind == ReportKind::Change {
+                "kind = 'admin'"
+            } else {
+                "(kind = 'interaction' AND decision IS NOT NULL AND decision != 'allow')
+                 OR (kind = 'connection' AND meta::jsonb ->> 'outcome' = 'refused')"
+            };
+            let sql = format!(
+                "SELECT node_id, meta, content, hash, hmac FROM sluice_records
+                 WHERE ({cond}) AND {window} ORDER BY node_id, seq"
+            );
+            let recs: Vec<(String, Value)> = client
+                .query(&sql, &[&from, &to])?
+                .iter()
+                .map(|r| {
+                    let meta: String = r.get(1);
+                    let content: Option<String> = r.get(2);
+                    let hash: String = r.get(3);
+                    let hmac: String = r.get(4);
+                    (
+                        r.get(0),
+                        index::display(&meta, content.as_deref(), &hash, &hmac),
+                    )
+                })
+                .collect();
+            let nodes: Vec<String> = recs.iter().map(|(n, _)| n.clone()).collect();
+            let (mut columns, mut rows) =
+                record_rows(kind, recs.into_iter().map(|(_, v)| v).collect());
+            columns.insert(0, "node_id");
+            for (row, node) in rows.iter_mut().zip(nodes) {
+                if let Value::Object(m) = row {
+                    m.insert("node_id".into(), Value::String(node));
+                }
+            }
+            (columns, rows)
+        }
+    };
+    Ok(assemble(kind, since, until, &columns, rows))
+}

@@ -98,60 +98,24 @@ pub fn report(
             let mut stmt = conn.prepare(&sql).map_err(&e)?;
             let rows = stmt
                 .query_map(p(), |r| {
-                    let identity = identity_text(r.get(0)?);
-                    let requests: i64 = r.get(3)?;
-                    let inp: Option<i64> = r.get(4)?;
-                    let out: Option<i64> = r.get(5)?;
-                    let cost: Option<f64> = r.get(6)?;
-                    Ok(if access {
-                        json!({
-                            "identity": identity,
-                            "provider": r.get::<_, Option<String>>(1)?,
-                            "model": r.get::<_, Option<String>>(2)?,
-                            "requests": requests,
-                            "input_tokens": inp.unwrap_or(0),
-                            "output_tokens": out.unwrap_or(0),
-                            "cost_usd": cost.unwrap_or(0.0),
-                        })
-                    } else {
-                        json!({
-                            "identity": identity,
-                            "requests": requests,
-                            "input_tokens": inp.unwrap_or(0),
-                            "output_tokens": out.unwrap_or(0),
-                            "cost_usd": cost.unwrap_or(0.0),
-                            "providers": r.get::<_, Option<String>>(9)?,
-                            "first_seen": r.get::<_, Option<String>>(7)?,
-                            "last_seen": r.get::<_, Option<String>>(8)?,
-                        })
-                    })
+                    Ok(Aggregate {
+                        identity: r.get(0)?,
+                        provider: r.get(1)?,
+                        model: r.get(2)?,
+                        requests: r.get(3)?,
+                        input_tokens: r.get(4)?,
+                        output_tokens: r.get(5)?,
+                        cost_usd: r.get(6)?,
+                        first_seen: r.get(7)?,
+                        last_seen: r.get(8)?,
+                        providers: r.get(9)?,
+                    }
+                    .row(access))
                 })
                 .map_err(&e)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;
-            let cols = if access {
-                vec![
-                    "identity",
-                    "provider",
-                    "model",
-                    "requests",
-                    "input_tokens",
-                    "output_tokens",
-                    "cost_usd",
-                ]
-            } else {
-                vec![
-                    "identity",
-                    "requests",
-                    "input_tokens",
-                    "output_tokens",
-                    "cost_usd",
-                    "providers",
-                    "first_seen",
-                    "last_seen",
-                ]
-            };
-            (cols, rows)
+            (aggregate_columns(access), rows)
         }
         ReportKind::Change | ReportKind::Security => {
             let cond = if kind == ReportKind::Change {
@@ -171,75 +135,159 @@ pub fn report(
                 .map_err(&e)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;
-            if kind == ReportKind::Change {
-                let rows = recs
-                    .into_iter()
-                    .map(|r| {
-                        json!({
-                            "seq": r["seq"], "ts": r["ts"], "action": r["action"],
-                            "outcome": r["outcome"],
-                            "initiator": identity_text(Some(r["initiator"].to_string())),
-                            "target": format!("{}:{}", r["target"]["type"].as_str().unwrap_or("-"), r["target"]["id"].as_str().unwrap_or("-")),
-                            "details": r["details"],
-                        })
-                    })
-                    .collect();
-                (
-                    vec![
-                        "seq",
-                        "ts",
-                        "action",
-                        "outcome",
-                        "initiator",
-                        "target",
-                        "details",
-                    ],
-                    rows,
-                )
-            } else {
-                let rows = recs
-                    .into_iter()
-                    .map(|r| {
-                        let reason = match r.get("reason_codes").and_then(Value::as_array) {
-                            Some(codes) if !codes.is_empty() => Value::String(
-                                codes
-                                    .iter()
-                                    .filter_map(Value::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(","),
-                            ),
-                            _ => r.get("reason").cloned().unwrap_or(Value::Null),
-                        };
-                        json!({
-                            "seq": r["seq"], "ts": r["ts"], "kind": r["kind"],
-                            "identity": identity_text(Some(r["identity"].to_string())),
-                            "provider": r.get("provider").cloned().unwrap_or(Value::Null),
-                            "model": r.get("model").cloned().unwrap_or(Value::Null),
-                            "decision": r.get("decision").cloned().unwrap_or(Value::Null),
-                            "outcome": r["outcome"],
-                            "reason": reason,
-                        })
-                    })
-                    .collect();
-                (
-                    vec![
-                        "seq", "ts", "kind", "identity", "provider", "model", "decision",
-                        "outcome", "reason",
-                    ],
-                    rows,
-                )
-            }
+            record_rows(kind, recs)
         }
     };
+    Ok(assemble(kind, since, until, &columns, rows))
+}
+
+/// A report's JSON.
+pub(crate) fn assemble(
+    kind: ReportKind,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    columns: &[&str],
+    rows: Vec<Value>,
+) -> Value {
     let ts = |t: Option<SystemTime>| t.map(crate::record::rfc3339);
-    Ok(json!({
+    json!({
         "report": kind.name(),
         "since": ts(since),
         "until": ts(until),
         "generated_at": crate::record::rfc3339(SystemTime::now()),
         "columns": columns,
         "rows": rows,
-    }))
+    })
+}
+
+/// One group of an access (per identity, provider and model) or usage (per identity)
+/// report, as the store's query sums it.
+pub(crate) struct Aggregate {
+    pub(crate) identity: Option<String>,
+    pub(crate) provider: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) requests: i64,
+    pub(crate) input_tokens: Option<i64>,
+    pub(crate) output_tokens: Option<i64>,
+    pub(crate) cost_usd: Option<f64>,
+    pub(crate) first_seen: Option<String>,
+    pub(crate) last_seen: Option<String>,
+    pub(crate) providers: Option<String>,
+}
+
+impl Aggregate {
+    pub(crate) fn row(self, access: bool) -> Value {
+        let identity = identity_text(self.identity);
+        if access {
+            json!({
+                "identity": identity,
+                "provider": self.provider,
+                "model": self.model,
+                "requests": self.requests,
+                "input_tokens": self.input_tokens.unwrap_or(0),
+                "output_tokens": self.output_tokens.unwrap_or(0),
+                "cost_usd": self.cost_usd.unwrap_or(0.0),
+            })
+        } else {
+            json!({
+                "identity": identity,
+                "requests": self.requests,
+                "input_tokens": self.input_tokens.unwrap_or(0),
+                "output_tokens": self.output_tokens.unwrap_or(0),
+                "cost_usd": self.cost_usd.unwrap_or(0.0),
+                "providers": self.providers,
+                "first_seen": self.first_seen,
+                "last_seen": self.last_seen,
+            })
+        }
+    }
+}
+
+pub(crate) fn aggregate_columns(access: bool) -> Vec<&'static str> {
+    if access {
+        vec![
+            "identity",
+            "provider",
+            "model",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+        ]
+    } else {
+        vec![
+            "identity",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "providers",
+            "first_seen",
+            "last_seen",
+        ]
+    }
+}
+
+/// The change or security report's rows from its records (as displayed).
+pub(crate) fn record_rows(kind: ReportKind, recs: Vec<Value>) -> (Vec<&'static str>, Vec<Value>) {
+    if kind == ReportKind::Change {
+        let rows = recs
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "seq": r["seq"], "ts": r["ts"], "action": r["action"],
+                    "outcome": r["outcome"],
+                    "initiator": identity_text(Some(r["initiator"].to_string())),
+                    "target": format!("{}:{}", r["target"]["type"].as_str().unwrap_or("-"), r["target"]["id"].as_str().unwrap_or("-")),
+                    "details": r["details"],
+                })
+            })
+            .collect();
+        (
+            vec![
+                "seq",
+                "ts",
+                "action",
+                "outcome",
+                "initiator",
+                "target",
+                "details",
+            ],
+            rows,
+        )
+    } else {
+        let rows = recs
+            .into_iter()
+            .map(|r| {
+                let reason = match r.get("reason_codes").and_then(Value::as_array) {
+                    Some(codes) if !codes.is_empty() => Value::String(
+                        codes
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    _ => r.get("reason").cloned().unwrap_or(Value::Null),
+                };
+                json!({
+                    "seq": r["seq"], "ts": r["ts"], "kind": r["kind"],
+                    "identity": identity_text(Some(r["identity"].to_string())),
+                    "provider": r.get("provider").cloned().unwrap_or(Value::Null),
+                    "model": r.get("model").cloned().unwrap_or(Value::Null),
+                    "decision": r.get("decision").cloned().unwrap_or(Value::Null),
+                    "outcome": r["outcome"],
+                    "reason": reason,
+                })
+            })
+            .collect();
+        (
+            vec![
+                "seq", "ts", "kind", "identity", "provider", "model", "decision", "outcome",
+                "reason",
+            ],
+            rows,
+        )
+    }
 }
 
 fn cell(v: &Value) -> String {
