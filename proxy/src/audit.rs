@@ -976,31 +976,15 @@ pub fn report(
     since: Option<SystemTime>,
     until: Option<SystemTime>,
     json: bool,
+    central: bool,
 ) -> anyhow::Result<()> {
     let dir = config.ledger.dir.clone();
-    let r = ledger::report(&dir, kind, since, until)
-        .with_context(|| format!("reading the ledger in {}", dir.display()))?;
-    if json {
-        println!("{r}");
+    let r = if central {
+        ledger::central::report(&mut central_client(config)?, kind, since, until)?
     } else {
-        print!("{}", ledger::render_report_text(&r));
-    }
-    Ok(())
-}
-
-/// `sluice report --central`: the report over the fleet's central ledger.
-///
-/// # Errors
-/// No `ledger.central`, or PostgreSQL cannot be read.
-pub fn report_central(
-    config: &Config,
-    kind: ReportKind,
-    since: Option<SystemTime>,
-    until: Option<SystemTime>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let mut client = central_client(config)?;
-    let r = ledger::central::report(&mut client, kind, since, until)?;
+        ledger::report(&dir, kind, since, until)
+            .with_context(|| format!("reading the ledger in {}", dir.display()))?
+    };
     if json {
         println!("{r}");
     } else {

@@ -45,8 +45,12 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         Kind::Usage => ReportKind::Usage,
     };
     let (since, until) = args.range.parse()?;
-    if args.central {
-        return sluice::audit::report_central(&args.config.load()?, kind, since, until, args.json);
-    }
-    sluice::audit::report(&args.config.load()?, kind, since, until, args.json)
+    sluice::audit::report(
+        &args.config.load()?,
+        kind,
+        since,
+        until,
+        args.json,
+        args.central,
+    )
 }

@@ -585,8 +585,7 @@ pub fn query(
     client: &mut postgres::Client,
     filter: &super::Filter,
 ) -> Result<Vec<Value>, CentralError> {
-    let mut sql =
-        String::from("SELECT node_id, meta, content, hash, hmac FROM sluice_records WHERE true");
+    let mut sql = format!("SELECT {RECORD_COLUMNS} FROM sluice_records WHERE true");
     let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
     let mut add = |sql: &mut String, clause: &str, v: Box<dyn postgres::types::ToSql + Sync>| {
         params.push(v);
@@ -638,22 +637,42 @@ pub fn query(
     let mut out: Vec<Value> = client
         .query(&sql, &refs)?
         .iter()
-        .map(|r| {
-            let node: String = r.get(0);
-            let meta: String = r.get(1);
-            let content: Option<String> = r.get(2);
-            let hash: String = r.get(3);
-            let hmac: String = r.get(4);
-            let mut v = index::display(&meta, content.as_deref(), &hash, &hmac);
-            if let Value::Object(m) = &mut v {
-                m.insert("node_id".into(), Value::String(node));
-            }
-            v
-        })
+        .map(|r| displayed(r).1)
         .collect();
     out.reverse();
     Ok(out)
 }
+
+/// The columns every central reader selects, in this order.
+const RECORD_COLUMNS: &str = "node_id, meta, content, hash, hmac";
+
+/// A row of [`RECORD_COLUMNS`] as the node shows the record, plus its `node_id`; and the
+/// node.
+fn displayed(r: &postgres::Row) -> (String, Value) {
+    let node: String = r.get(0);
+    let meta: String = r.get(1);
+    let content: Option<String> = r.get(2);
+    let hash: String = r.get(3);
+    let hmac: String = r.get(4);
+    let mut v = index::display(&meta, content.as_deref(), &hash, &hmac);
+    if let Value::Object(m) = &mut v {
+        m.insert("node_id".into(), Value::String(node.clone()));
+    }
+    (node, v)
+}
+
+/// `$1`/`$2` of [`WINDOW`]: the bounds in ms since the epoch.
+fn window(
+    since: Option<std::time::SystemTime>,
+    until: Option<std::time::SystemTime>,
+) -> (Option<f64>, Option<f64>) {
+    let ms = |t: Option<std::time::SystemTime>| t.map(|t| super::query::millis(t) as f64);
+    (ms(since), ms(until))
+}
+
+/// `since <= ts < until`, either bound optional, as `$1` and `$2`.
+const WINDOW: &str = "($1::double precision IS NULL OR ts >= to_timestamp($1 / 1000))
+                  AND ($2::double precision IS NULL OR ts < to_timestamp($2 / 1000))";
 
 /// `audit export --central`: every node's records with `since <= ts < until`, node by
 /// node in `seq` order, in `format` (syslog's HOSTNAME is the node); returns how many.
@@ -668,27 +687,17 @@ pub fn export(
     out: &mut dyn std::io::Write,
 ) -> Result<u64, CentralError> {
     use postgres::fallible_iterator::FallibleIterator;
-    let ms = |t: Option<std::time::SystemTime>| t.map(|t| super::query::millis(t) as f64);
-    let (since, until) = (ms(since), ms(until));
+    let (since, until) = window(since, until);
     let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&since, &until];
     let mut rows = client.query_raw(
-        "SELECT node_id, meta, content, hash, hmac FROM sluice_records
-         WHERE ($1::double precision IS NULL OR ts >= to_timestamp($1 / 1000))
-           AND ($2::double precision IS NULL OR ts < to_timestamp($2 / 1000))
-         ORDER BY node_id, seq",
+        &format!(
+            "SELECT {RECORD_COLUMNS} FROM sluice_records WHERE {WINDOW} ORDER BY node_id, seq"
+        ),
         params,
     )?;
     let mut w = super::export::RecordWriter::new(format, out)?;
     while let Some(r) = rows.next()? {
-        let node: String = r.get(0);
-        let meta: String = r.get(1);
-        let content: Option<String> = r.get(2);
-        let hash: String = r.get(3);
-        let hmac: String = r.get(4);
-        let mut v = index::display(&meta, content.as_deref(), &hash, &hmac);
-        if let Value::Object(m) = &mut v {
-            m.insert("node_id".into(), Value::String(node.clone()));
-        }
+        let (node, v) = displayed(&r);
         w.record(&v, &node)?;
     }
     Ok(w.finish()?)
@@ -767,10 +776,7 @@ pub fn report(
 ) -> Result<Value, CentralError> {
     use super::report::{aggregate_columns, assemble, record_rows, Aggregate};
     use super::ReportKind;
-    let ms = |t: Option<std::time::SystemTime>| t.map(|t| super::query::millis(t) as f64);
-    let (from, to) = (ms(since), ms(until));
-    let window = "($1::double precision IS NULL OR ts >= to_timestamp($1 / 1000))
-                  AND ($2::double precision IS NULL OR ts < to_timestamp($2 / 1000))";
+    let (from, to) = window(since, until);
     let (columns, rows) = match kind {
         ReportKind::Access | ReportKind::Usage => {
             let access = kind == ReportKind::Access;
@@ -781,7 +787,7 @@ pub fn report(
                         sum((meta::jsonb ->> 'cost_usd')::float8),
                         min(meta::jsonb ->> 'ts'), max(meta::jsonb ->> 'ts'),
                         string_agg(DISTINCT provider, ',')
-                 FROM sluice_records WHERE kind = 'interaction' AND {window}
+                 FROM sluice_records WHERE kind = 'interaction' AND {WINDOW}
                  GROUP BY identity{} ORDER BY count(*) DESC",
                 if access {
                     "provider, model,"
@@ -819,26 +825,15 @@ pub fn report(
                  OR (kind = 'connection' AND meta::jsonb ->> 'outcome' = 'refused')"
             };
             let sql = format!(
-                "SELECT node_id, meta, content, hash, hmac FROM sluice_records
-                 WHERE ({cond}) AND {window} ORDER BY node_id, seq"
+                "SELECT {RECORD_COLUMNS} FROM sluice_records
+                 WHERE ({cond}) AND {WINDOW} ORDER BY node_id, seq"
             );
-            let recs: Vec<(String, Value)> = client
+            let (nodes, recs): (Vec<String>, Vec<Value>) = client
                 .query(&sql, &[&from, &to])?
                 .iter()
-                .map(|r| {
-                    let meta: String = r.get(1);
-                    let content: Option<String> = r.get(2);
-                    let hash: String = r.get(3);
-                    let hmac: String = r.get(4);
-                    (
-                        r.get(0),
-                        index::display(&meta, content.as_deref(), &hash, &hmac),
-                    )
-                })
-                .collect();
-            let nodes: Vec<String> = recs.iter().map(|(n, _)| n.clone()).collect();
-            let (mut columns, mut rows) =
-                record_rows(kind, recs.into_iter().map(|(_, v)| v).collect());
+                .map(displayed)
+                .unzip();
+            let (mut columns, mut rows) = record_rows(kind, recs);
             columns.insert(0, "node_id");
             for (row, node) in rows.iter_mut().zip(nodes) {
                 if let Value::Object(m) = row {
