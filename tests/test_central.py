@@ -255,3 +255,41 @@ def test_central_retention_prunes_a_prefix_and_the_rest_still_verifies(topo, tmp
     postgres_server.sql(f"UPDATE sluice_anchors SET hash = repeat('0', 64) WHERE node_id = '{ids[1]}'", db=db)
     r = verify(nodes[0])
     assert r.returncode == 1 and f"FAIL: node {ids[1]}: seq {a + 1}: prev_hash is not seq {a}'s hash" in r.stdout, r.stdout
+
+
+def test_a_row_planted_ahead_of_a_node_is_replaced_by_its_record(topo, tmp_path, postgres_server):
+    """Someone with write access to PostgreSQL plants a row under a node's id at a seq the
+    node has not shipped yet, hoping shipping skips the real one (`ON CONFLICT`): the
+    node's own record replaces it, the conflict is counted, and the chain verifies."""
+    db = f"planted_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.database(db)
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(f'listen: ["127.0.0.1:0"]\nstate_dir: "{tmp_path / "probe"}"\n'
+                     f'ledger:\n  central: {{url: "{url}"}}\n')
+    # Any reader applies the schema first.
+    subprocess.run([str(sluice_bin()), "audit", "verify", "--central", "--config", str(probe)],
+                   capture_output=True, timeout=60)
+    nodes, ids = nodes_with_central(topo, tmp_path, url, n=1)
+    node, node_id = nodes[0], ids[0]
+    # Stop shipping first, so the planted row is ahead of the node.
+    node.proxy.stop(timeout=30)
+    [[head]] = central(postgres_server, db, f"SELECT coalesce(max(seq), 0) FROM sluice_records WHERE node_id = '{node_id}'")
+    forged = int(head) + 3
+    postgres_server.sql(
+        f"INSERT INTO sluice_records (node_id, seq, ts, kind, decision, meta, hash, hmac) VALUES "
+        f"('{node_id}', {forged}, now(), 'interaction', 'allow', '{{\"seq\":{forged},\"note\":\"planted\"}}', "
+        f"repeat('a', 64), 'forged')", db=db)
+    node.start_proxy()
+    traffic(nodes, rounds=4)
+    node.wait_records(4, "interaction")
+
+    def caught_up():
+        local = {r["seq"]: r["hash"] for r in node.all_records()}
+        rows = central(postgres_server, db, f"SELECT seq, hash FROM sluice_records WHERE node_id = '{node_id}'")
+        return local and {int(s): h for s, h in rows} == local
+    wait_until(caught_up, timeout=60, what="the node's records, the planted one replaced")
+    assert central(postgres_server, db,
+                   """SELECT count(*) FROM sluice_records WHERE meta LIKE '%"note":"planted"%'""") == [["0"]]
+    assert node.metric("sluice_central_conflicts_total") == 1
+    r = verify(node)
+    assert r.returncode == 0, r.stdout

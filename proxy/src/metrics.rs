@@ -463,6 +463,7 @@ pub fn init() {
     LazyLock::force(&CENTRAL_LAG);
     LazyLock::force(&CENTRAL_SHIPPED);
     LazyLock::force(&CENTRAL_ERRORS);
+    LazyLock::force(&CENTRAL_CONFLICTS);
 }
 
 /// Whether the fleet's shared counter store answers: 1 up, 0 down, by store (`redis`);
@@ -519,6 +520,14 @@ pub static CENTRAL_SHIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "sluice_central_shipped_total",
         "Records shipped to the central ledger (PostgreSQL)",
+    )
+});
+/// Rows found under this node's id and seq in the central ledger that were not its
+/// records, replaced by them.
+pub static CENTRAL_CONFLICTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "sluice_central_conflicts_total",
+        "Central ledger rows under this node's id that did not match its records, replaced",
     )
 });
 /// Failed connections or transactions to the central ledger (retried).

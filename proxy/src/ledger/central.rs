@@ -5,9 +5,11 @@
 //! path, checkpointed and witnessed); shipping runs on its own thread, off the request
 //! path. The cursor is durable because it is PostgreSQL's own: at (re)connection the
 //! shipper asks for the highest `seq` it holds for this node and sends what follows, in
-//! `seq` order, in transactions of up to `batch` rows, each row keyed by `(node_id, seq)`
-//! (`ON CONFLICT DO NOTHING`), so a retry or a crash between insert and acknowledgement
-//! never duplicates, and a row is never skipped. Lag is a metric
+//! `seq` order, in transactions of up to `batch` rows, each row keyed by `(node_id, seq)`,
+//! so a retry or a crash between insert and acknowledgement never duplicates, and a row
+//! is never skipped. A row already stored under the same key with another hash (planted
+//! ahead of the node) is replaced by the node's record and counted
+//! (`sluice_central_conflicts_total`). Lag is a metric
 //! (`sluice_central_lag_records`).
 //!
 //! Stored per record: the node, `seq`, the exact canonical `meta` and `content` texts and
@@ -417,20 +419,39 @@ fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), post
         hmac.push(r.hmac.as_str());
     }
     let mut tx = c.transaction()?;
-    tx.execute(
+    let rows = tx.query(
         "INSERT INTO sluice_records
            (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
          SELECT $1, seq, id, ts::timestamptz, kind, provider, model, decision, identity, meta, content, hash, hmac
          FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
               AS r(seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
-         ON CONFLICT (node_id, seq) DO NOTHING",
+         ON CONFLICT (node_id, seq) DO UPDATE SET
+           id = excluded.id, ts = excluded.ts, kind = excluded.kind,
+           provider = excluded.provider, model = excluded.model, decision = excluded.decision,
+           identity = excluded.identity, meta = excluded.meta, content = excluded.content,
+           hash = excluded.hash, hmac = excluded.hmac
+         WHERE sluice_records.hash <> excluded.hash
+         RETURNING seq, xmax <> 0",
         &[
             &node, &seq, &id, &ts, &kind, &provider, &model, &decision, &identity, &meta,
             &content, &hash, &hmac,
         ],
     )?;
-    tx.commit()
+    // A row already there under this node and seq with another hash was not this node's
+    // record (planted, or left from another node under the same id): the node's own
+    // record replaces it, and it is said.
+    let replaced: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit()?;
+    if !replaced.is_empty() {
+        metrics::CENTRAL_CONFLICTS.inc_by(replaced.len() as u64);
+        tracing::error!(node, seqs = ?replaced, "central ledger: rows under this node's id did not match its records; replaced with the node's");
+    }
+    Ok(())
 }
 
 /// What `audit verify --central` found for one node.
