@@ -110,7 +110,7 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
 
     doctor = subprocess.run([str(sluice_bin()), "doctor", "--config", str(nodes[0].config)],
                             capture_output=True, text=True, timeout=60).stdout
-    assert "[ ok ] central ledger: PostgreSQL answers, schema version 2" in doctor, doctor
+    assert "[ ok ] central ledger: PostgreSQL answers, schema version 3" in doctor, doctor
     r = verify(nodes[0])
     assert r.returncode == 0, r.stdout + r.stderr
     for node_id in ids:
@@ -138,6 +138,11 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
     assert sum(r["requests"] for r in usage["rows"]) == 8 + 7 + 8, usage
     local_cost = sum(r.get("cost_usd") or 0 for n in nodes for r in n.all_records() if r["kind"] == "interaction")
     assert abs(sum(r["cost_usd"] for r in usage["rows"]) - local_cost) < 1e-9
+    local = [r for n in nodes for r in n.all_records() if r["kind"] == "interaction"]
+    for k in ("input_tokens", "output_tokens"):
+        assert sum(r[k] for r in usage["rows"]) == sum(r["usage"][k] for r in local), (k, usage)
+    assert min(r["first_seen"] for r in usage["rows"]) == min(r["ts"] for r in local)
+    assert max(r["last_seen"] for r in usage["rows"]) == max(r["ts"] for r in local)
     access = json.loads(nodes[1].cli("report", "--central", "--type", "access", "--json").stdout)
     assert {(r["provider"], r["model"]) for r in access["rows"]} == {("openai", "gpt-4o-mini")}
     change = json.loads(nodes[1].cli("report", "--central", "--type", "change", "--json").stdout)
@@ -201,7 +206,7 @@ ledger:
     # Each reads an empty, migrated store: "no records" (exit 1), never a schema error.
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 1 and "holds no records" in out, (out, err)
-    assert central(postgres_server, db, "SELECT version FROM sluice_migrations ORDER BY version") == [["1"], ["2"]]
+    assert central(postgres_server, db, "SELECT version FROM sluice_migrations ORDER BY version") == [["1"], ["2"], ["3"]]
 
 
 def test_central_retention_prunes_a_prefix_and_the_rest_still_verifies(topo, tmp_path, postgres_server):
@@ -293,3 +298,144 @@ def test_a_row_planted_ahead_of_a_node_is_replaced_by_its_record(topo, tmp_path,
     assert node.metric("sluice_central_conflicts_total") == 1
     r = verify(node)
     assert r.returncode == 0, r.stdout
+
+
+# The schema as the release before partitioning made it (migrations 1 and 2), kept
+# verbatim: a store of that release must upgrade in place.
+SCHEMA_V2 = """
+CREATE TABLE sluice_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE sluice_records (
+    node_id text NOT NULL, seq bigint NOT NULL, id text, ts timestamptz NOT NULL, kind text NOT NULL,
+    provider text, model text, decision text, identity text, meta text NOT NULL, content text,
+    hash text NOT NULL, hmac text NOT NULL, received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (node_id, seq));
+CREATE INDEX sluice_records_ts ON sluice_records (ts);
+CREATE INDEX sluice_records_kind_ts ON sluice_records (kind, ts);
+CREATE INDEX sluice_records_provider_model_ts ON sluice_records (provider, model, ts);
+CREATE INDEX sluice_records_decision_ts ON sluice_records (decision, ts);
+CREATE TABLE sluice_anchors (node_id text PRIMARY KEY, seq bigint NOT NULL, hash text NOT NULL,
+                             pruned_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO sluice_migrations (version) VALUES (1), (2);
+"""
+
+
+def probe_config(tmp_path, url: str, name: str = "probe"):
+    probe = tmp_path / f"{name}.yaml"
+    probe.write_text(f'listen: ["127.0.0.1:0"]\nstate_dir: "{tmp_path / name}"\n'
+                     f'ledger:\n  central: {{url: "{url}"}}\n')
+    return probe
+
+
+def cli(config, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(sluice_bin()), *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def days_of(pg, db: str) -> list[str]:
+    """The day partitions holding rows, by name."""
+    return [r[0] for r in central(pg, db, "SELECT DISTINCT tableoid::regclass::text FROM sluice_records ORDER BY 1")]
+
+
+def test_a_store_of_the_previous_schema_is_upgraded_in_place(topo, tmp_path, postgres_server):
+    """Records shipped before partitioning (schema 2, one plain table) move into day
+    partitions with tokens and cost as columns, on the first connection of a new binary;
+    chains, reports and shipping carry on."""
+    new, old = (f"{p}_{uuid.uuid4().hex[:8]}" for p in ("now", "old"))
+    url = postgres_server.database(new)
+    nodes, ids = nodes_with_central(topo, tmp_path, url, n=1)
+    node = nodes[0]
+    traffic(nodes, rounds=3)
+    node.wait_records(3, "interaction")
+    wait_until(lambda: central(postgres_server, new, "SELECT count(*) FROM sluice_records")
+               == [[str(len(node.all_records()))]], what="the node's records shipped")
+    node.proxy.stop(timeout=30)
+    # The same rows in a store of the previous schema.
+    old_url = postgres_server.database(old)
+    postgres_server.sql(SCHEMA_V2, db=old)
+    inserts = postgres_server.sql(
+        "SELECT format('INSERT INTO sluice_records (node_id, seq, id, ts, kind, provider, model, decision, "
+        "identity, meta, content, hash, hmac) VALUES (%L, %s, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L);', "
+        "node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac) "
+        "FROM sluice_records ORDER BY seq", db=new)
+    postgres_server.sql(inserts, db=old)
+    rows = central(postgres_server, old, "SELECT count(*) FROM sluice_records")
+
+    probe = probe_config(tmp_path, old_url)
+    r = cli(probe, "audit", "verify", "--central")
+    assert r.returncode == 0 and f"node {ids[0]}" in r.stdout, (r.stdout, r.stderr)
+    assert central(postgres_server, old, "SELECT version FROM sluice_migrations ORDER BY version") == [["1"], ["2"], ["3"]]
+    assert central(postgres_server, old, "SELECT relkind FROM pg_class WHERE relname = 'sluice_records'") == [["p"]]
+    assert central(postgres_server, old, "SELECT count(*) FROM sluice_records") == rows
+    days = days_of(postgres_server, old)
+    assert days and all(d.startswith("sluice_records_2") for d in days), days
+    assert central(postgres_server, old, "SELECT count(*) FROM sluice_records WHERE kind = 'interaction' AND "
+                   "input_tokens IS DISTINCT FROM (meta::jsonb #>> '{usage,input_tokens}')::bigint") == [["0"]]
+    now_report = json.loads(cli(probe_config(tmp_path, url, "now"), "report", "--central", "--type", "usage", "--json").stdout)
+    old_report = json.loads(cli(probe, "report", "--central", "--type", "usage", "--json").stdout)
+    assert old_report["rows"] == now_report["rows"] and old_report["rows"], old_report
+
+    # The node, pointed at the upgraded store, ships what follows.
+    node.config.write_text(node.config.read_text().replace(url, old_url))
+    node.start_proxy()
+    traffic(nodes)
+    node.wait_records(4, "interaction")
+    wait_until(lambda: central(postgres_server, old, "SELECT count(*) FROM sluice_records")
+               == [[str(len(node.all_records()))]], what="the new records in the upgraded store")
+    assert cli(probe, "audit", "verify", "--central").returncode == 0
+
+
+def test_retention_drops_whole_days_and_a_planted_second_row_is_named(topo, tmp_path, postgres_server):
+    """A cutoff past every record drops the day partitions (no row-by-row delete), leaves
+    each node's anchor, and shipping and verification carry on from it; a row planted
+    under a node's seq in another day is not hidden by the key — verify names it."""
+    db = f"days_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.database(db)
+    nodes, ids = nodes_with_central(topo, tmp_path, url, n=2)
+
+    def shipped():
+        return all(central(postgres_server, db, f"SELECT count(*) FROM sluice_records WHERE node_id = '{i}'")
+                   == [[str(sum(1 for r in n.all_records() if r["seq"] > anchor(i)))]] for n, i in zip(nodes, ids))
+
+    def anchor(node_id):
+        a = central(postgres_server, db, f"SELECT seq FROM sluice_anchors WHERE node_id = '{node_id}'")
+        return int(a[0][0]) if a else 0
+
+    traffic(nodes, rounds=2)
+    for node in nodes:
+        node.wait_records(2, "interaction")
+    wait_until(shipped, what="the records shipped")
+    days = days_of(postgres_server, db)
+    # Stop shipping so that the cutoff (two days ahead) covers every record.
+    for node in nodes:
+        node.proxy.stop(timeout=30)
+    heads = {i: max(r["seq"] for r in n.all_records()) for n, i in zip(nodes, ids)}
+    cutoff = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() + 2 * 86400))
+    out = cli(nodes[0].config, "audit", "prune-central", "--before", cutoff).stdout
+    assert f"{len(days)} day partitions dropped: {', '.join(days)}" in out, (out, days)
+    for node_id in ids:
+        assert f"node {node_id}: {heads[node_id]} records pruned" in out, out
+        assert anchor(node_id) == heads[node_id]
+    assert central(postgres_server, db, "SELECT count(*) FROM sluice_records") == [["0"]]
+    assert central(postgres_server, db, "SELECT count(*) FROM pg_class WHERE relname = ANY(ARRAY["
+                   + ",".join(f"'{d}'" for d in days) + "])") == [["0"]]
+
+    for node in nodes:
+        node.start_proxy()
+    traffic(nodes)
+    for node in nodes:
+        node.wait_records(3, "interaction")
+    wait_until(shipped, what="the records after the anchor shipped")
+    r = verify(nodes[0])
+    assert r.returncode == 0, r.stdout
+    for node_id in ids:
+        assert f"(after the retention anchor at seq {heads[node_id]})" in r.stdout, r.stdout
+
+    # A second row under a shipped seq, a day earlier (another partition, so the key
+    # does not stop it): named.
+    seq = heads[ids[1]] + 1
+    postgres_server.sql(
+        f"INSERT INTO sluice_records (node_id, seq, ts, kind, meta, hash, hmac) SELECT node_id, seq, "
+        f"ts - interval '1 day', kind, meta, repeat('b', 64), 'forged' FROM sluice_records "
+        f"WHERE node_id = '{ids[1]}' AND seq = {seq}", db=db)
+    r = verify(nodes[0])
+    assert r.returncode == 1 and f"seq {seq}: a second row under this seq (planted)" in r.stdout, r.stdout

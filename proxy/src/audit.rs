@@ -121,10 +121,18 @@ pub fn prune_central(config: &Config, before: SystemTime) -> anyhow::Result<()> 
     let mut client = central_client(config)?;
     let pruned = ledger::central::prune(&mut client, before)?;
     let mut out = std::io::stdout().lock();
-    for (node, n) in &pruned {
+    for (node, n) in &pruned.nodes {
         writeln!(out, "node {node}: {n} records pruned")?;
     }
-    if pruned.is_empty() {
+    if !pruned.partitions.is_empty() {
+        writeln!(
+            out,
+            "{} day partitions dropped: {}",
+            pruned.partitions.len(),
+            pruned.partitions.join(", ")
+        )?;
+    }
+    if pruned.nodes.is_empty() {
         writeln!(out, "nothing to prune")?;
     }
     Ok(())

@@ -88,7 +88,8 @@ impl CentralConfig {
 pub enum CentralError {
     /// PostgreSQL refused or could not be reached.
     #[error(
-        "central ledger (PostgreSQL): {0} (check ledger.central.url and that the server is up)"
+        "central ledger (PostgreSQL): {} (check ledger.central.url and that the server is up)",
+        pg_message(.0)
     )]
     Db(#[from] postgres::Error),
     /// The connection string does not parse.
@@ -97,6 +98,18 @@ pub enum CentralError {
     /// The node's own ledger could not be read.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+}
+
+/// What PostgreSQL said: the server's message when it answered with one (the driver's
+/// own text is only "db error"), else the driver's.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// The schema, one migration per version; never edit one that shipped, add the next.
@@ -131,6 +144,70 @@ const MIGRATIONS: &[&str] = &[
         hash text NOT NULL,
         pruned_at timestamptz NOT NULL DEFAULT now()
      );",
+    // 3: the records partitioned by day (UTC) of `ts`, so retention drops whole days, and
+    // tokens and cost as columns, so fleet reports do not parse JSON. A table partitioned
+    // on `ts` needs `ts` in its key: `(node_id, seq)` stays unique because shipping first
+    // deletes any row of the node's seq range that is not the node's record (`insert`).
+    // Existing rows move into their days' partitions.
+    "DROP INDEX sluice_records_ts, sluice_records_kind_ts, sluice_records_provider_model_ts,
+                sluice_records_decision_ts;
+     ALTER TABLE sluice_records RENAME TO sluice_records_v2;
+     ALTER TABLE sluice_records_v2 RENAME CONSTRAINT sluice_records_pkey TO sluice_records_v2_pkey;
+     CREATE TABLE sluice_records (
+        node_id text NOT NULL,
+        seq bigint NOT NULL,
+        id text,
+        ts timestamptz NOT NULL,
+        kind text NOT NULL,
+        provider text,
+        model text,
+        decision text,
+        identity text,
+        meta text NOT NULL,
+        content text,
+        hash text NOT NULL,
+        hmac text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        input_tokens bigint,
+        output_tokens bigint,
+        cost_usd double precision,
+        PRIMARY KEY (node_id, seq, ts)
+     ) PARTITION BY RANGE (ts);
+     CREATE TABLE sluice_records_default PARTITION OF sluice_records DEFAULT;
+     CREATE INDEX sluice_records_ts ON sluice_records (ts);
+     CREATE INDEX sluice_records_kind_ts ON sluice_records (kind, ts);
+     CREATE INDEX sluice_records_provider_model_ts ON sluice_records (provider, model, ts);
+     CREATE INDEX sluice_records_decision_ts ON sluice_records (decision, ts);
+     -- The partition of `day` (UTC), made once: rows of that day already in the default
+     -- partition move into it.
+     CREATE FUNCTION sluice_partition(day date) RETURNS void LANGUAGE plpgsql AS $$
+     DECLARE
+        part text := 'sluice_records_' || to_char(day, 'YYYYMMDD');
+        lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+        hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+     BEGIN
+        IF to_regclass(part) IS NOT NULL THEN RETURN; END IF;
+        PERFORM pg_advisory_xact_lock(5845401775854);
+        IF to_regclass(part) IS NOT NULL THEN RETURN; END IF;
+        EXECUTE format('CREATE TABLE %I (LIKE sluice_records INCLUDING DEFAULTS)', part);
+        EXECUTE format('WITH moved AS (DELETE FROM sluice_records_default
+                          WHERE ts >= %L AND ts < %L RETURNING *)
+                        INSERT INTO %I SELECT * FROM moved', lo, hi, part);
+        EXECUTE format('ALTER TABLE sluice_records ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                       part, lo, hi);
+     END $$;
+     SELECT sluice_partition(d) FROM
+        (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS d FROM sluice_records_v2) days;
+     INSERT INTO sluice_records
+        (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash,
+         hmac, received_at, input_tokens, output_tokens, cost_usd)
+        SELECT node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content,
+               hash, hmac, received_at,
+               (meta::jsonb #>> '{usage,input_tokens}')::bigint,
+               (meta::jsonb #>> '{usage,output_tokens}')::bigint,
+               (meta::jsonb ->> 'cost_usd')::float8
+        FROM sluice_records_v2;
+     DROP TABLE sluice_records_v2;",
 ];
 
 /// Any 64-bit number, the same on every node: the advisory lock migrations hold.
@@ -314,7 +391,7 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
             }
             Err(e) => {
                 metrics::CENTRAL_ERRORS.inc();
-                tracing::warn!(node, error = %e, "central ledger: shipping failed; reconnecting (nothing is lost: the node keeps the records)");
+                tracing::warn!(node, error = %pg_message(&e), "central ledger: shipping failed; reconnecting (nothing is lost: the node keeps the records)");
                 client = None;
                 if stopping {
                     return;
@@ -350,10 +427,13 @@ pub fn ship_all(dir: &Path, node: &str, config: &CentralConfig) -> Result<u64, C
 /// it. A hole (rows lost centrally, a restore from an older backup) is sent again from
 /// the node, as long as the node still keeps those records.
 fn resume_after(c: &mut postgres::Client, dir: &Path, node: &str) -> Result<i64, CentralError> {
+    // One ordered pass over the node's keys (no probe per row into every partition).
     let row = c.query_one(
         "SELECT min(seq),
-                (SELECT min(r.seq) FROM sluice_records r WHERE r.node_id = $1 AND NOT EXISTS
-                   (SELECT 1 FROM sluice_records x WHERE x.node_id = $1 AND x.seq = r.seq + 1))
+                (SELECT min(seq) FROM
+                   (SELECT seq, lead(seq) OVER (ORDER BY seq) AS next
+                    FROM sluice_records WHERE node_id = $1) k
+                 WHERE next IS DISTINCT FROM seq + 1)
          FROM sluice_records WHERE node_id = $1",
         &[&node],
     )?;
@@ -381,30 +461,31 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// One batch in one statement (columns as arrays, `unnest`ed): one round trip per batch.
+/// One batch in one transaction (columns as arrays, `unnest`ed): one round trip to make
+/// sure the batch's days have partitions, one transaction for the rows.
+///
+/// `(node_id, seq)` is unique by construction, not by a constraint (the partitioned
+/// table's key must hold `ts`): any row already there under this node in the batch's seq
+/// range that is not one of the batch's records (same seq and hash) is deleted first —
+/// planted, or left from another node under the same id — and counted; then the rows are
+/// inserted, a retry's duplicates skipped by the key.
 fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), postgres::Error> {
+    fn col<T>(n: usize) -> Vec<T> {
+        Vec::with_capacity(n)
+    }
     let n = rows.len();
-    let (mut seq, mut id, mut ts, mut kind) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut provider, mut model, mut decision, mut identity) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut meta, mut content, mut hash, mut hmac) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut seq, mut id, mut ts, mut kind) = (col(n), col(n), col(n), col(n));
+    let (mut provider, mut model, mut decision, mut identity) = (col(n), col(n), col(n), col(n));
+    let (mut meta, mut content, mut hash, mut hmac) = (col(n), col(n), col(n), col(n));
+    let (mut input, mut output, mut cost) = (col(n), col(n), col(n));
     for r in rows {
         let m: Value = serde_json::from_str(&r.meta).unwrap_or(Value::Null);
         let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+        let usage = |k: &str| {
+            m.get("usage")
+                .and_then(|u| u.get(k))
+                .and_then(Value::as_i64)
+        };
         seq.push(r.seq);
         id.push(s("id"));
         ts.push(s("ts").unwrap_or_else(|| "1970-01-01T00:00:00Z".into()));
@@ -417,35 +498,46 @@ fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), post
         content.push(r.content.as_deref());
         hash.push(r.hash.as_str());
         hmac.push(r.hmac.as_str());
+        input.push(usage("input_tokens"));
+        output.push(usage("output_tokens"));
+        cost.push(m.get("cost_usd").and_then(Value::as_f64));
     }
-    let mut tx = c.transaction()?;
-    let rows = tx.query(
-        "INSERT INTO sluice_records
-           (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
-         SELECT $1, seq, id, ts::timestamptz, kind, provider, model, decision, identity, meta, content, hash, hmac
-         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-              AS r(seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac)
-         ON CONFLICT (node_id, seq) DO UPDATE SET
-           id = excluded.id, ts = excluded.ts, kind = excluded.kind,
-           provider = excluded.provider, model = excluded.model, decision = excluded.decision,
-           identity = excluded.identity, meta = excluded.meta, content = excluded.content,
-           hash = excluded.hash, hmac = excluded.hmac
-         WHERE sluice_records.hash <> excluded.hash
-         RETURNING seq, xmax <> 0",
-        &[
-            &node, &seq, &id, &ts, &kind, &provider, &model, &decision, &identity, &meta,
-            &content, &hash, &hmac,
-        ],
+    let (lo, hi) = (seq.first().copied(), seq.last().copied());
+    c.execute(
+        "SELECT sluice_partition(d) FROM
+           (SELECT DISTINCT (t::timestamptz AT TIME ZONE 'UTC')::date AS d FROM unnest($1::text[]) t) days",
+        &[&ts],
     )?;
-    // A row already there under this node and seq with another hash was not this node's
-    // record (planted, or left from another node under the same id): the node's own
-    // record replaces it, and it is said.
-    let replaced: Vec<i64> = rows
+    let mut tx = c.transaction()?;
+    let replaced: Vec<i64> = tx
+        .query(
+            "DELETE FROM sluice_records s
+             WHERE s.node_id = $1 AND s.seq BETWEEN $2 AND $3
+               AND NOT EXISTS (SELECT 1 FROM unnest($4::bigint[], $5::text[]) AS b(seq, hash)
+                               WHERE b.seq = s.seq AND b.hash = s.hash)
+             RETURNING s.seq",
+            &[&node, &lo, &hi, &seq, &hash],
+        )?
         .iter()
-        .filter(|r| r.get::<_, bool>(1))
         .map(|r| r.get(0))
         .collect();
+    tx.execute(
+        "INSERT INTO sluice_records
+           (node_id, seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac,
+            input_tokens, output_tokens, cost_usd)
+         SELECT $1, seq, id, ts::timestamptz, kind, provider, model, decision, identity, meta, content,
+                hash, hmac, input_tokens, output_tokens, cost_usd
+         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                     $14::bigint[], $15::bigint[], $16::float8[])
+              AS r(seq, id, ts, kind, provider, model, decision, identity, meta, content, hash, hmac,
+                   input_tokens, output_tokens, cost_usd)
+         ON CONFLICT (node_id, seq, ts) DO NOTHING",
+        &[
+            &node, &seq, &id, &ts, &kind, &provider, &model, &decision, &identity, &meta,
+            &content, &hash, &hmac, &input, &output, &cost,
+        ],
+    )?;
     tx.commit()?;
     if !replaced.is_empty() {
         metrics::CENTRAL_CONFLICTS.inc_by(replaced.len() as u64);
@@ -549,6 +641,10 @@ pub fn verify(
                 .and_then(Value::as_str)
                 .and_then(chain::decode_hash);
             match (&prev, prev_hash) {
+                (Some((p, _)), _) if seq == *p => {
+                    rep.errors
+                        .push(format!("seq {seq}: a second row under this seq (planted)"));
+                }
                 (Some((p, _)), _) if seq != p + 1 => {
                     rep.errors
                         .push(format!("seq {}..{}: missing (deleted)", p + 1, seq - 1));
@@ -724,19 +820,31 @@ pub fn export(
     Ok(w.finish()?)
 }
 
+/// What [`prune`] removed.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// `(node, records pruned)`, nodes with nothing to prune left out.
+    pub nodes: Vec<(String, u64)>,
+    /// Day partitions dropped whole (every row in them inside its node's pruned prefix).
+    pub partitions: Vec<String>,
+}
+
 /// Central retention: for every node, deletes its records with `ts < before` — only a
 /// prefix of its chain (up to the first record that is newer), and records the last one
 /// deleted as the node's anchor in the same transaction, so what remains still verifies.
-/// Returns `(node, records pruned)`.
+/// A day partition entirely older than `before` whose rows all lie in their nodes' pruned
+/// prefixes is dropped (no row-by-row delete, no bloat); rows of a day that also holds a
+/// record still kept (a node whose clock stepped back) are deleted one by one.
 ///
 /// # Errors
 /// [`CentralError::Db`].
 pub fn prune(
     client: &mut postgres::Client,
     before: std::time::SystemTime,
-) -> Result<Vec<(String, u64)>, CentralError> {
+) -> Result<Pruned, CentralError> {
     let cutoff = super::query::millis(before) as f64;
-    let nodes: Vec<String> = client
+    let mut tx = client.transaction()?;
+    let nodes: Vec<String> = tx
         .query(
             "SELECT DISTINCT node_id FROM sluice_records ORDER BY node_id",
             &[],
@@ -744,9 +852,9 @@ pub fn prune(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut out = Vec::new();
+    let mut out = Pruned::default();
+    let mut prefixes = Vec::new();
     for node in nodes {
-        let mut tx = client.transaction()?;
         // The chain's prefix older than the cutoff: up to (not including) the first
         // record at or after it.
         let last: Option<i64> = tx
@@ -760,26 +868,60 @@ pub fn prune(
             .get(0);
         let Some(last) = last else { continue };
         let Some(row) = tx.query_opt(
-            "SELECT hash FROM sluice_records WHERE node_id = $1 AND seq = $2",
+            "SELECT hash, (SELECT count(*) FROM sluice_records WHERE node_id = $1 AND seq <= $2)
+             FROM sluice_records WHERE node_id = $1 AND seq = $2",
             &[&node, &last],
         )?
         else {
             continue;
         };
-        let hash: String = row.get(0);
-        let deleted = tx.execute(
-            "DELETE FROM sluice_records WHERE node_id = $1 AND seq <= $2",
-            &[&node, &last],
-        )?;
+        let (hash, count): (String, i64) = (row.get(0), row.get(1));
         tx.execute(
             "INSERT INTO sluice_anchors (node_id, seq, hash) VALUES ($1, $2, $3)
              ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, pruned_at = now()
              WHERE sluice_anchors.seq < excluded.seq",
             &[&node, &last, &hash],
         )?;
-        tx.commit()?;
-        out.push((node, deleted));
+        prefixes.push((node.clone(), last));
+        out.nodes.push((node, u64::try_from(count).unwrap_or(0)));
     }
+    // Whole days before the cutoff.
+    let days: Vec<String> = tx
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'sluice_records'::regclass
+               AND c.relname ~ '^sluice_records_[0-9]{8}$'
+               AND (to_date(right(c.relname, 8), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC'
+                   <= to_timestamp($1::double precision / 1000)
+             ORDER BY c.relname",
+            &[&cutoff],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for day in days {
+        // Shipping into this day waits until the transaction ends: no row can slip in
+        // between the check and the drop.
+        tx.batch_execute(&format!("LOCK TABLE \"{day}\" IN SHARE ROW EXCLUSIVE MODE"))?;
+        let kept = tx.query_opt(
+            &format!(
+                "SELECT 1 FROM \"{day}\" p WHERE p.seq > coalesce(
+                   (SELECT a.seq FROM sluice_anchors a WHERE a.node_id = p.node_id), -1) LIMIT 1"
+            ),
+            &[],
+        )?;
+        if kept.is_none() {
+            tx.batch_execute(&format!("DROP TABLE \"{day}\""))?;
+            out.partitions.push(day);
+        }
+    }
+    for (node, last) in &prefixes {
+        tx.execute(
+            "DELETE FROM sluice_records WHERE node_id = $1 AND seq <= $2",
+            &[node, last],
+        )?;
+    }
+    tx.commit()?;
     Ok(out)
 }
 
@@ -803,10 +945,9 @@ pub fn report(
             let access = kind == ReportKind::Access;
             let sql = format!(
                 "SELECT identity, {} count(*),
-                        sum((meta::jsonb #>> '{{usage,input_tokens}}')::bigint)::bigint,
-                        sum((meta::jsonb #>> '{{usage,output_tokens}}')::bigint)::bigint,
-                        sum((meta::jsonb ->> 'cost_usd')::float8),
-                        min(meta::jsonb ->> 'ts'), max(meta::jsonb ->> 'ts'),
+                        sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_usd),
+                        to_char(min(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(max(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                         string_agg(DISTINCT provider, ',')
                  FROM sluice_records WHERE kind = 'interaction' AND {WINDOW}
                  GROUP BY identity{} ORDER BY count(*) DESC",
