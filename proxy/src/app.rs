@@ -261,6 +261,11 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         )
     });
 
+    // The ledger delivered to SIEMs and webhooks, each sink from its own cursor.
+    let deliveries = (!config.sinks.is_empty()).then(|| {
+        crate::delivery::Deliveries::start(ledger.clone(), config.fleet.node(), &config.sinks)
+    });
+
     tracing::info!(
         listen = ?config.listen,
         metrics = ?config.metrics_listen,
@@ -280,6 +285,11 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     // Spans of the last requests, and the metrics, reach the collector before the exit.
     if let Some(otel) = &shared.otel {
         otel.flush(Duration::from_secs(5));
+    }
+    // The sinks take what the ledger holds now (one attempt each), then stop; the rest
+    // follows from their cursors after a restart.
+    if let Some(d) = deliveries {
+        d.stop();
     }
     drop(recorder);
     drop(writer);

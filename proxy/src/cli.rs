@@ -9,6 +9,7 @@ pub mod events;
 pub mod inject;
 pub mod policy;
 pub mod report;
+pub mod sinks;
 pub mod witness;
 
 use std::path::PathBuf;

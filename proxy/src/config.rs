@@ -165,6 +165,8 @@ pub struct Config {
     pub fleet: crate::policy::FleetConfig,
     /// Governance: virtual keys and the policy chain (empty: everything is allowed).
     pub policy: crate::policy::PolicyConfig,
+    /// Continuous delivery of the ledger to SIEMs and webhooks (see [`crate::delivery`]).
+    pub sinks: Vec<crate::delivery::SinkConfig>,
     /// Bytes of each request and response body kept for inspection and records.
     /// Beyond it the record says `truncated: true`; the request itself is not affected.
     /// Default: 8 MiB.
@@ -318,6 +320,7 @@ impl Config {
             otel: crate::otel::OtelConfig::default(),
             fleet: crate::policy::FleetConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
+            sinks: Vec::new(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -459,6 +462,20 @@ impl Config {
         if let Some(c) = &self.ledger.central {
             for (key, message) in c.problems() {
                 bad(format!("ledger.central.{key}"), key, message);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            for (key, message) in sink.problems() {
+                let leaf = key.rsplit('.').next().unwrap_or(&key).to_owned();
+                bad(format!("sinks[{i}].{key}"), &leaf, message);
+            }
+            if !names.insert(sink.name.as_str()) {
+                bad(
+                    format!("sinks[{i}].name"),
+                    "name",
+                    format!("`{}` is used by another sink; each needs its own (its cursor is named after it)", sink.name),
+                );
             }
         }
         if let Some(r) = &self.fleet.redis {

@@ -90,6 +90,7 @@ mod chain;
 mod config;
 mod error;
 mod export;
+pub mod follow;
 mod index;
 mod indexer;
 mod keys;
@@ -110,6 +111,7 @@ mod tests;
 
 pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessKind, WitnessTarget};
 pub use error::LedgerError;
+pub(crate) use export::syslog_line;
 pub use export::{export, export_with_audit, export_with_proofs, ExportFormat};
 pub use keys::{
     checkpoint_verifier, load_hmac_keys, rotate_hmac_key, Rotation, Secret, HMAC_KEY_ENV,

@@ -37,6 +37,7 @@ pub mod app;
 pub mod audit;
 pub mod ca;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod guardrails;
 pub mod http;

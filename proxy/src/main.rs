@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::inject::InjectCommand,
     },
+    /// Continuous delivery of the ledger to SIEMs and webhooks.
+    Sinks {
+        #[command(subcommand)]
+        command: cli::sinks::SinksCommand,
+    },
     /// Run or set up a witness: cosigns nodes' ledger checkpoints that extend what it holds.
     Witness {
         #[command(subcommand)]
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cli::report::run(args),
         Command::Doctor(args) => return cli::doctor::run(args),
         Command::Witness { command } => cli::witness::run(command),
+        Command::Sinks { command } => cli::sinks::run(command),
         Command::Inject { command } => cli::inject::run(command),
     };
     match result {

@@ -46,6 +46,11 @@ pub fn catalogue() -> Vec<String> {
     LazyLock::force(&CENTRAL_LAG);
     LazyLock::force(&CENTRAL_SHIPPED);
     LazyLock::force(&CENTRAL_ERRORS);
+    LazyLock::force(&SINK_LAG);
+    LazyLock::force(&SINK_DELIVERED);
+    LazyLock::force(&SINK_ERRORS);
+    LazyLock::force(&SINK_DEAD_LETTERS);
+    LazyLock::force(&SINK_SECONDS);
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     names.sort();
     names.dedup();
@@ -464,7 +469,56 @@ pub fn init() {
     LazyLock::force(&CENTRAL_SHIPPED);
     LazyLock::force(&CENTRAL_ERRORS);
     LazyLock::force(&CENTRAL_CONFLICTS);
+    LazyLock::force(&SINK_LAG);
+    LazyLock::force(&SINK_DELIVERED);
+    LazyLock::force(&SINK_ERRORS);
+    LazyLock::force(&SINK_DEAD_LETTERS);
+    LazyLock::force(&SINK_SECONDS);
 }
+
+/// Records of the ledger a SIEM sink has not taken yet (its cursor behind the head).
+pub static SINK_LAG: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "sluice_sink_lag_records",
+        "Records of the ledger not yet delivered to the sink, by sink",
+        &["sink"],
+    )
+});
+/// Records a sink's destination accepted.
+pub static SINK_DELIVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_sink_delivered_total",
+        "Records delivered to the sink's destination, by sink",
+        &["sink"],
+    )
+});
+/// Failed deliveries (retried with backoff), by sink and reason class.
+pub static SINK_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_sink_errors_total",
+        "Failed deliveries to a sink, retried with backoff, by sink",
+        &["sink"],
+    )
+});
+/// Records a destination refused as invalid, parked in the sink's dead-letter file.
+pub static SINK_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_sink_dead_letters_total",
+        "Records the sink's destination rejected as invalid, kept in its dead-letter file",
+        &["sink"],
+    )
+});
+/// Seconds per delivered batch, by sink.
+pub static SINK_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sluice_sink_batch_seconds",
+        "Seconds to deliver one batch to the sink's destination, by sink",
+        &["sink"],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ],
+    )
+});
 
 /// Whether the fleet's shared counter store answers: 1 up, 0 down, by store (`redis`);
 /// no series without `fleet.redis`.

@@ -11,7 +11,8 @@ use anyhow::{ensure, Context, Result};
 
 /// Debian packages for the build and the tests: clang, llvm and libbpf-dev compile the eBPF
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
-/// network-namespace tests; rsyslog is the real syslog server the export is tested against;
+/// network-namespace tests; rsyslog (with its GnuTLS driver) is the real syslog server the
+/// export and the syslog sink (TCP and TLS) are tested against;
 /// iptables drives the REDIRECT fallback test and the connect-hook benchmark; prometheus
 /// brings `promtool`, which checks and unit-tests the alerting rules; docker.io runs the
 /// Kubernetes DaemonSet's pod spec on a node without a kubelet, from the image built with
@@ -27,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "procps",
     "rsyslog",
+    "rsyslog-gnutls",
     "iptables",
     "prometheus",
     "docker.io",

@@ -59,7 +59,7 @@ impl Endpoint {
     }
 
     /// The host name (for TLS) and the address to connect to.
-    fn host_port(&self) -> (String, String) {
+    pub fn host_port(&self) -> (String, String) {
         let default = if self.tls { 443 } else { 80 };
         let a = &self.authority;
         let (host, port) = if let Some(rest) = a.strip_prefix('[') {
@@ -131,8 +131,109 @@ pub fn tls_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     )
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+/// A connection, plain or TLS.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A client configuration trusting the system's roots plus, when given, the
+/// certificates in `ca_file` (PEM) — for a SIEM behind a private CA.
+///
+/// # Errors
+/// The file cannot be read or holds no certificate.
+pub fn tls_with_ca(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let Some(path) = ca_file else {
+        return Ok(TLS.clone());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut added = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(tls_config(roots))
+}
+
+/// Connects to `ep` (TLS when it says so, the server checked against `tls`), with
+/// `timeout` for connecting and for each read and write.
+///
+/// # Errors
+/// [`ClientError`] naming `url`.
+pub fn connect(
+    tls: &Arc<rustls::ClientConfig>,
+    ep: &Endpoint,
+    url: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, ClientError> {
+    connect_tcp(tls, ep, url, timeout).map(|(s, _)| s)
+}
+
+/// [`connect`], also returning a handle on the TCP socket under it (to see whether the
+/// peer has closed, see [`peer_closed`]).
+///
+/// # Errors
+/// As [`connect`].
+pub fn connect_tcp(
+    tls: &Arc<rustls::ClientConfig>,
+    ep: &Endpoint,
+    url: &str,
+    timeout: Duration,
+) -> Result<(Box<dyn Stream>, TcpStream), ClientError> {
+    let (host, target) = ep.host_port();
+    let io = |source| ClientError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let addr = target
+        .to_socket_addrs()
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    tcp.set_read_timeout(Some(timeout)).map_err(io)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(io)?;
+    let handle = tcp.try_clone().map_err(io)?;
+    let stream: Box<dyn Stream> = if ep.tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+            ClientError::Tls {
+                url: url.to_owned(),
+                detail: format!("`{host}` is not a server name: {e}"),
+            }
+        })?;
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), name).map_err(|e| ClientError::Tls {
+                url: url.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
+    Ok((stream, handle))
+}
+
+/// Whether the peer of `tcp` has closed or reset the connection (a write would vanish
+/// into a dead socket), without blocking or consuming data.
+pub fn peer_closed(tcp: &TcpStream) -> bool {
+    if tcp.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = match tcp.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    closed || tcp.set_nonblocking(false).is_err()
+}
 
 /// One request, `connection: close`, with `timeout` for connecting and for each read.
 ///
@@ -222,35 +323,11 @@ fn roundtrip(
 ) -> Result<(u16, String, Vec<u8>), ClientError> {
     let ep = split_url(url)?;
     let (authority, prefix) = (ep.authority.clone(), ep.prefix.clone());
-    let (host, target) = ep.host_port();
     let io = |source| ClientError::Io {
         url: url.to_owned(),
         source,
     };
-    let addr = target
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| ClientError::Url(url.to_owned()))?;
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    tcp.set_read_timeout(Some(timeout)).map_err(io)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut s: Box<dyn Stream> = if ep.tls {
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-            ClientError::Tls {
-                url: url.to_owned(),
-                detail: format!("`{host}` is not a server name: {e}"),
-            }
-        })?;
-        let conn =
-            rustls::ClientConnection::new(tls.clone(), name).map_err(|e| ClientError::Tls {
-                url: url.to_owned(),
-                detail: e.to_string(),
-            })?;
-        Box::new(rustls::StreamOwned::new(conn, tcp))
-    } else {
-        Box::new(tcp)
-    };
+    let mut s = connect(tls, &ep, url, timeout)?;
     let mut head = format!("{method} {prefix}{path} HTTP/1.1\r\nhost: {authority}\r\n");
     if !headers.iter().any(|(k, _)| k == "content-type") {
         head.push_str("content-type: text/plain\r\n");

@@ -31,7 +31,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::chain;
-use super::index::{self, Unpacker};
+use super::follow::{self, Stored};
+use super::index;
 use super::LedgerError;
 use crate::metrics;
 
@@ -260,38 +261,6 @@ pub fn migrate(client: &mut postgres::Client) -> Result<i32, CentralError> {
     Ok(MIGRATIONS.len() as i32)
 }
 
-/// One record as stored: exact texts and the node's hashes.
-struct Raw {
-    seq: i64,
-    meta: String,
-    content: Option<String>,
-    hash: String,
-    hmac: String,
-}
-
-/// Up to `limit` records of the node's ledger after `after`, oldest first.
-fn raw_after(dir: &Path, after: i64, limit: usize) -> Result<Vec<Raw>, LedgerError> {
-    let conn = index::open_ro(dir)?;
-    let db = index::db_path(dir);
-    let e = index::sql_err(&db);
-    let mut stmt = conn
-        .prepare_cached("SELECT seq, meta, content, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-        .map_err(&e)?;
-    let mut u = Unpacker::new(&conn).map_err(&e)?;
-    let rows = stmt
-        .query_map(rusqlite::params![after, limit as i64], |r| {
-            Ok(Raw {
-                seq: r.get(0)?,
-                meta: u.text(r, 1)?.unwrap_or_default(),
-                content: u.text(r, 2)?,
-                hash: r.get(3)?,
-                hmac: r.get(4)?,
-            })
-        })
-        .map_err(&e)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(&e)
-}
-
 /// Ships the node's ledger to PostgreSQL on its own thread.
 pub struct Shipper {
     stop: Arc<AtomicBool>,
@@ -356,7 +325,7 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
         let Some((c, at)) = client.as_mut() else {
             continue;
         };
-        let rows = match raw_after(dir, *at, config.batch) {
+        let rows = match follow::stored_after(dir, *at, config.batch) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "central ledger: cannot read the node's ledger; retrying");
@@ -364,11 +333,9 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
                 continue;
             }
         };
-        if let Ok(Some((head, _))) = index::open_ro(dir)
-            .and_then(|conn| index::head(&conn).map_err(index::sql_err(&index::db_path(dir))))
-        {
+        if let Ok(head) = follow::head_seq(dir) {
             let shipped = rows.last().map_or(*at, |r| r.seq);
-            metrics::CENTRAL_LAG.set(i64::try_from(head).unwrap_or(i64::MAX) - shipped);
+            metrics::CENTRAL_LAG.set(head - shipped);
         }
         if rows.is_empty() {
             if stopping {
@@ -413,7 +380,7 @@ pub fn ship_all(dir: &Path, node: &str, config: &CentralConfig) -> Result<u64, C
     let mut at = resume_after(&mut c, dir, node)?;
     let mut sent = 0;
     loop {
-        let rows = raw_after(dir, at, config.batch)?;
+        let rows = follow::stored_after(dir, at, config.batch)?;
         let Some(last) = rows.last() else {
             return Ok(sent);
         };
@@ -445,7 +412,7 @@ fn resume_after(c: &mut postgres::Client, dir: &Path, node: &str) -> Result<i64,
             &[&node],
         )?
         .map_or(0, |r| r.get(0));
-    let local_first = raw_after(dir, anchor, 1)?.first().map(|r| r.seq);
+    let local_first = follow::stored_after(dir, anchor, 1)?.first().map(|r| r.seq);
     Ok(match (first, local_first) {
         // The store lacks the node's oldest records (past the anchor): from the first.
         (Some(f), Some(l)) if l < f => l - 1,
@@ -469,7 +436,7 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 /// range that is not one of the batch's records (same seq and hash) is deleted first —
 /// planted, or left from another node under the same id — and counted; then the rows are
 /// inserted, a retry's duplicates skipped by the key.
-fn insert(c: &mut postgres::Client, node: &str, rows: &[Raw]) -> Result<(), postgres::Error> {
+fn insert(c: &mut postgres::Client, node: &str, rows: &[Stored]) -> Result<(), postgres::Error> {
     fn col<T>(n: usize) -> Vec<T> {
         Vec::with_capacity(n)
     }

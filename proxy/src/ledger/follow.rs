@@ -1,0 +1,76 @@
+//! Reading the ledger in order from a cursor: what every consumer that ships records
+//! off the node (the central ledger, the SIEM sinks) reads, one batch at a time, from the
+//! node's index opened read-only — never from the writer's path.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::index::{self, Unpacker};
+use super::LedgerError;
+
+/// One record as stored: its exact canonical texts and the node's hashes.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub seq: i64,
+    pub meta: String,
+    /// `None` once retention removed it.
+    pub content: Option<String>,
+    pub hash: String,
+    pub hmac: String,
+}
+
+impl Stored {
+    /// The record as the node shows it (`sluice events tail --json`); without its
+    /// content (the texts; their digests stay) when `content` is false.
+    pub fn display(&self, content: bool) -> Value {
+        let mut v = index::display(
+            &self.meta,
+            self.content.as_deref().filter(|_| content),
+            &self.hash,
+            &self.hmac,
+        );
+        if !content {
+            if let Value::Object(m) = &mut v {
+                m.remove("content_removed");
+            }
+        }
+        v
+    }
+}
+
+/// Up to `limit` records of the ledger in `dir` with `seq > after`, oldest first.
+///
+/// # Errors
+/// The index cannot be opened or read.
+pub fn stored_after(dir: &Path, after: i64, limit: usize) -> Result<Vec<Stored>, LedgerError> {
+    let conn = index::open_ro(dir)?;
+    let db = index::db_path(dir);
+    let e = index::sql_err(&db);
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, meta, content, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .map_err(&e)?;
+    let mut u = Unpacker::new(&conn).map_err(&e)?;
+    let rows = stmt
+        .query_map(rusqlite::params![after, limit as i64], |r| {
+            Ok(Stored {
+                seq: r.get(0)?,
+                meta: u.text(r, 1)?.unwrap_or_default(),
+                content: u.text(r, 2)?,
+                hash: r.get(3)?,
+                hmac: r.get(4)?,
+            })
+        })
+        .map_err(&e)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(&e)
+}
+
+/// The newest record's seq (0 for an empty ledger).
+///
+/// # Errors
+/// The index cannot be opened or read.
+pub fn head_seq(dir: &Path) -> Result<i64, LedgerError> {
+    let conn = index::open_ro(dir)?;
+    let head = index::head(&conn).map_err(index::sql_err(&index::db_path(dir)))?;
+    Ok(head.map_or(0, |(seq, _)| i64::try_from(seq).unwrap_or(i64::MAX)))
+}
