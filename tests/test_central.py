@@ -143,6 +143,19 @@ def test_every_record_of_three_nodes_reaches_postgres_once_through_a_kill_and_a_
         assert sum(r[k] for r in usage["rows"]) == sum(r["usage"][k] for r in local), (k, usage)
     assert min(r["first_seen"] for r in usage["rows"]) == min(r["ts"] for r in local)
     assert max(r["last_seen"] for r in usage["rows"]) == max(r["ts"] for r in local)
+    # One client, many connections and processes: one principal, never a row per request.
+    assert len(usage["rows"]) == 1 and usage["columns"][0] == "principal", usage
+    assert usage["totals"]["requests"] == 8 + 7 + 8
+    by_node = json.loads(nodes[1].cli("report", "--central", "--type", "usage", "--by", "node,model",
+                                      "--json").stdout)
+    assert sorted((r["node"], r["requests"]) for r in by_node["rows"]) == sorted(zip(ids, (8, 7, 8))), by_node
+    top = json.loads(nodes[1].cli("report", "--central", "--type", "usage", "--by", "node", "--top", "1",
+                                  "--json").stdout)
+    assert [r["node"] for r in top["rows"]][1:] == ["(others)"] and top["rows"][1]["requests"] == 15, top
+    text = nodes[1].cli("report", "--central", "--type", "usage", "--by", "provider").stdout
+    assert "PROVIDER" in text and "total: 23 requests in 1 groups" in text, text
+    bad = nodes[1].cli("report", "--type", "usage", "--by", "pid", check=False)
+    assert bad.returncode != 0 and "`pid` is not a grouping" in bad.stderr, bad.stderr
     access = json.loads(nodes[1].cli("report", "--central", "--type", "access", "--json").stdout)
     assert {(r["provider"], r["model"]) for r in access["rows"]} == {("openai", "gpt-4o-mini")}
     change = json.loads(nodes[1].cli("report", "--central", "--type", "change", "--json").stdout)

@@ -985,12 +985,13 @@ pub fn report(
     until: Option<SystemTime>,
     json: bool,
     central: bool,
+    grouping: &ledger::Grouping,
 ) -> anyhow::Result<()> {
     let dir = config.ledger.dir.clone();
     let r = if central {
-        ledger::central::report(&mut central_client(config)?, kind, since, until)?
+        ledger::central::report(&mut central_client(config)?, kind, since, until, grouping)?
     } else {
-        ledger::report(&dir, kind, since, until)
+        ledger::report(&dir, kind, since, until, grouping)
             .with_context(|| format!("reading the ledger in {}", dir.display()))?
     };
     if json {

@@ -119,7 +119,7 @@ pub use keys::{
 };
 pub use proof::{check_exported, CheckedRecord};
 pub use query::{query, tail_after, Filter};
-pub use report::{render_report_text, report, ReportKind};
+pub use report::{principal, render_report_text, report, By, Grouping, ReportKind};
 pub use sink::{record_id, LedgerSink};
 pub use verify::{
     verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport, WitnessCheck, WitnessedHead,

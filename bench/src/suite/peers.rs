@@ -20,6 +20,7 @@ pub const PATHS: &[&str] = &[
     "sluice-passthrough",
     "sluice-budget",
     "sluice-fleet",
+    "sluice-deadsink",
     "litellm",
     "mitmproxy",
 ];
@@ -393,13 +394,16 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
                 .arg(&rig.peer_key);
             c
         }
-        "sluice" | "sluice-passthrough" | "sluice-budget" | "sluice-fleet" => {
+        "sluice" | "sluice-passthrough" | "sluice-budget" | "sluice-fleet" | "sluice-deadsink" => {
             let passthrough = path == "sluice-passthrough";
             let state = dir.join("state");
             let conf = dir.join("sluice.yaml");
             let mut extra = String::new();
             if path == "sluice-budget" || path == "sluice-fleet" {
                 extra.push_str(BUDGET_POLICY);
+            }
+            if path == "sluice-deadsink" {
+                extra.push_str(&dead_sinks()?);
             }
             if path == "sluice-fleet" {
                 let (redis, url) = start_redis(rig, &dir)?;
@@ -696,4 +700,22 @@ impl Drop for Postgres {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Every kind of sink, each pointed at a loopback port nobody listens on (bound, never
+/// listening, then released: connection refused): the request path must not notice.
+fn dead_sinks() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    Ok(format!(
+        "sinks:
+  - {{name: syslog, syslog: {{url: \"tcp://127.0.0.1:{port}\"}}}}
+  - {{name: splunk, splunk_hec: {{url: \"{url}\", token: {{value: t}}}}}}
+  - {{name: datadog, datadog: {{url: \"{url}\", api_key: {{value: k}}}}}}
+  - {{name: elastic, elasticsearch: {{url: \"{url}\"}}}}
+  - {{name: hook, webhook: {{url: \"{url}\", secret: {{value: s}}}}}}
+"
+    ))
 }

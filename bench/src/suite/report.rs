@@ -223,8 +223,12 @@ fn ratios(out: &Json) -> Json {
             pair("sluice-fleet", "sluice-budget"),
         );
     }
+    // Five sinks whose destinations are all down, against none.
+    if available("sluice-deadsink") {
+        r.set("sluice-deadsink/sluice", pair("sluice-deadsink", "sluice"));
+    }
     for peer in PATHS {
-        if *peer == "sluice" || *peer == "direct" {
+        if *peer == "sluice" || *peer == "direct" || *peer == "sluice-deadsink" {
             continue;
         }
         if out.at(&format!("paths/{peer}/available")) == &Json::Bool(true) {

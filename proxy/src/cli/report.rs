@@ -20,6 +20,15 @@ pub struct ReportArgs {
     /// Over every node's records, from the fleet's central ledger (`ledger.central`).
     #[arg(long)]
     central: bool,
+    /// Usage and access: group by these (comma-separated or repeated): principal, user,
+    /// team, project, key, process, namespace, pod, label:<name>, model, provider, node.
+    /// Default: usage by principal (the strongest stable identity); access by principal,
+    /// provider and model.
+    #[arg(long, value_delimiter = ',')]
+    by: Vec<String>,
+    /// Usage and access: the N groups with the most requests; the rest in one row.
+    #[arg(long)]
+    top: Option<usize>,
 }
 
 /// `--type` of `sluice report`.
@@ -45,6 +54,15 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         Kind::Usage => ReportKind::Usage,
     };
     let (since, until) = args.range.parse()?;
+    let grouping = sluice::ledger::Grouping {
+        by: args
+            .by
+            .iter()
+            .map(|b| sluice::ledger::By::parse(b))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--by {e}"))?,
+        top: args.top,
+    };
     sluice::audit::report(
         &args.config.load()?,
         kind,
@@ -52,5 +70,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         until,
         args.json,
         args.central,
+        &grouping,
     )
 }

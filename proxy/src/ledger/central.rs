@@ -893,8 +893,9 @@ pub fn prune(
 }
 
 /// `sluice report --central`: the same reports over every node's records, read from the
-/// central store (identities are grouped across nodes; the change and security reports
-/// list records node by node, each with its `node_id`).
+/// central store (usage and access grouped across nodes as asked — `node` is one of the
+/// groupings; the change and security reports list records node by node, each with its
+/// `node_id`).
 ///
 /// # Errors
 /// PostgreSQL cannot be read.
@@ -903,48 +904,38 @@ pub fn report(
     kind: super::ReportKind,
     since: Option<std::time::SystemTime>,
     until: Option<std::time::SystemTime>,
+    grouping: &super::report::Grouping,
 ) -> Result<Value, CentralError> {
-    use super::report::{aggregate_columns, assemble, record_rows, Aggregate};
+    use super::report::{assemble, grouped, record_rows, Sums};
     use super::ReportKind;
     let (from, to) = window(since, until);
-    let (columns, rows) = match kind {
+    let (columns, rows, totals) = match kind {
         ReportKind::Access | ReportKind::Usage => {
-            let access = kind == ReportKind::Access;
             let sql = format!(
-                "SELECT identity, {} count(*),
+                "SELECT identity, provider, model, node_id, count(*),
                         sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_usd),
                         to_char(min(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(max(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        string_agg(DISTINCT provider, ',')
+                        to_char(max(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
                  FROM sluice_records WHERE kind = 'interaction' AND {WINDOW}
-                 GROUP BY identity{} ORDER BY count(*) DESC",
-                if access {
-                    "provider, model,"
-                } else {
-                    "NULL::text, NULL::text,"
-                },
-                if access { ", provider, model" } else { "" },
+                 GROUP BY identity, provider, model, node_id"
             );
-            let rows = client
+            let sums: Vec<Sums> = client
                 .query(&sql, &[&from, &to])?
                 .iter()
-                .map(|r| {
-                    Aggregate {
-                        identity: r.get(0),
-                        provider: r.get(1),
-                        model: r.get(2),
-                        requests: r.get(3),
-                        input_tokens: r.get(4),
-                        output_tokens: r.get(5),
-                        cost_usd: r.get(6),
-                        first_seen: r.get(7),
-                        last_seen: r.get(8),
-                        providers: r.get(9),
-                    }
-                    .row(access)
+                .map(|r| Sums {
+                    identity: r.get(0),
+                    provider: r.get(1),
+                    model: r.get(2),
+                    node: r.get(3),
+                    requests: r.get(4),
+                    input_tokens: r.get::<_, Option<i64>>(5).unwrap_or(0),
+                    output_tokens: r.get::<_, Option<i64>>(6).unwrap_or(0),
+                    cost_usd: r.get::<_, Option<f64>>(7).unwrap_or(0.0),
+                    first_seen: r.get(8),
+                    last_seen: r.get(9),
                 })
                 .collect();
-            (aggregate_columns(access), rows)
+            grouped(kind, &sums, grouping)
         }
         ReportKind::Change | ReportKind::Security => {
             let cond = if kind == ReportKind::Change {
@@ -962,15 +953,16 @@ pub fn report(
                 .iter()
                 .map(displayed)
                 .unzip();
-            let (mut columns, mut rows) = record_rows(kind, recs);
-            columns.insert(0, "node_id");
+            let (columns, mut rows) = record_rows(kind, recs);
+            let mut columns: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+            columns.insert(0, "node_id".into());
             for (row, node) in rows.iter_mut().zip(nodes) {
                 if let Value::Object(m) = row {
                     m.insert("node_id".into(), Value::String(node));
                 }
             }
-            (columns, rows)
+            (columns, rows, None)
         }
     };
-    Ok(assemble(kind, since, until, &columns, rows))
+    Ok(assemble(kind, since, until, &columns, rows, totals))
 }

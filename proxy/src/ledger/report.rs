@@ -11,6 +11,9 @@ use super::index::{self, Unpacker};
 use super::query::{where_clause, Filter};
 use super::LedgerError;
 
+mod group;
+pub use group::{principal, By, Grouping, Sums};
+
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +65,7 @@ pub fn report(
     kind: ReportKind,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
+    grouping: &Grouping,
 ) -> Result<Value, LedgerError> {
     let conn = index::open_ro(dir)?;
     let db = index::db_path(dir);
@@ -79,43 +83,35 @@ pub fn report(
         }
     };
     let p = || rusqlite::params_from_iter(params.clone());
-    let (columns, rows): (Vec<&str>, Vec<Value>) = match kind {
+    let (columns, rows, totals) = match kind {
         ReportKind::Access | ReportKind::Usage => {
-            let access = kind == ReportKind::Access;
             let sql = format!(
-                "SELECT (SELECT json FROM identities WHERE id = identity_id), {}
+                "SELECT (SELECT json FROM identities WHERE id = identity_id), provider, model,
                         count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd),
-                        min(ts), max(ts), group_concat(DISTINCT provider)
-                 FROM records {} GROUP BY identity_id{} ORDER BY count(*) DESC",
-                if access {
-                    "provider, model,"
-                } else {
-                    "NULL, NULL,"
-                },
+                        min(ts), max(ts)
+                 FROM records {} GROUP BY identity_id, provider, model",
                 and("kind = 'interaction'"),
-                if access { ", provider, model" } else { "" },
             );
             let mut stmt = conn.prepare(&sql).map_err(&e)?;
-            let rows = stmt
+            let sums = stmt
                 .query_map(p(), |r| {
-                    Ok(Aggregate {
+                    Ok(Sums {
                         identity: r.get(0)?,
                         provider: r.get(1)?,
                         model: r.get(2)?,
+                        node: None,
                         requests: r.get(3)?,
-                        input_tokens: r.get(4)?,
-                        output_tokens: r.get(5)?,
-                        cost_usd: r.get(6)?,
+                        input_tokens: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                        output_tokens: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                        cost_usd: r.get::<_, Option<f64>>(6)?.unwrap_or(0.0),
                         first_seen: r.get(7)?,
                         last_seen: r.get(8)?,
-                        providers: r.get(9)?,
-                    }
-                    .row(access))
+                    })
                 })
                 .map_err(&e)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;
-            (aggregate_columns(access), rows)
+            grouped(kind, &sums, grouping)
         }
         ReportKind::Change | ReportKind::Security => {
             let cond = if kind == ReportKind::Change {
@@ -135,10 +131,33 @@ pub fn report(
                 .map_err(&e)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;
-            record_rows(kind, recs)
+            let (columns, rows) = record_rows(kind, recs);
+            (
+                columns.iter().map(|c| (*c).to_owned()).collect(),
+                rows,
+                None,
+            )
         }
     };
-    Ok(assemble(kind, since, until, &columns, rows))
+    Ok(assemble(kind, since, until, &columns, rows, totals))
+}
+
+/// The usage or access report's columns, rows and totals from the store's sums, by
+/// `grouping` (default: usage by principal; access by principal, provider and model).
+pub(crate) fn grouped(
+    kind: ReportKind,
+    sums: &[Sums],
+    grouping: &Grouping,
+) -> (Vec<String>, Vec<Value>, Option<Value>) {
+    let by = if !grouping.by.is_empty() {
+        grouping.by.clone()
+    } else if kind == ReportKind::Access {
+        vec![By::Principal, By::Provider, By::Model]
+    } else {
+        vec![By::Principal]
+    };
+    let (columns, rows, totals) = group::group(sums, &by, grouping.top);
+    (columns, rows, Some(totals))
 }
 
 /// A report's JSON.
@@ -146,86 +165,23 @@ pub(crate) fn assemble(
     kind: ReportKind,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
-    columns: &[&str],
+    columns: &[String],
     rows: Vec<Value>,
+    totals: Option<Value>,
 ) -> Value {
     let ts = |t: Option<SystemTime>| t.map(crate::record::rfc3339);
-    json!({
+    let mut r = json!({
         "report": kind.name(),
         "since": ts(since),
         "until": ts(until),
         "generated_at": crate::record::rfc3339(SystemTime::now()),
         "columns": columns,
         "rows": rows,
-    })
-}
-
-/// One group of an access (per identity, provider and model) or usage (per identity)
-/// report, as the store's query sums it.
-pub(crate) struct Aggregate {
-    pub(crate) identity: Option<String>,
-    pub(crate) provider: Option<String>,
-    pub(crate) model: Option<String>,
-    pub(crate) requests: i64,
-    pub(crate) input_tokens: Option<i64>,
-    pub(crate) output_tokens: Option<i64>,
-    pub(crate) cost_usd: Option<f64>,
-    pub(crate) first_seen: Option<String>,
-    pub(crate) last_seen: Option<String>,
-    pub(crate) providers: Option<String>,
-}
-
-impl Aggregate {
-    pub(crate) fn row(self, access: bool) -> Value {
-        let identity = identity_text(self.identity);
-        if access {
-            json!({
-                "identity": identity,
-                "provider": self.provider,
-                "model": self.model,
-                "requests": self.requests,
-                "input_tokens": self.input_tokens.unwrap_or(0),
-                "output_tokens": self.output_tokens.unwrap_or(0),
-                "cost_usd": self.cost_usd.unwrap_or(0.0),
-            })
-        } else {
-            json!({
-                "identity": identity,
-                "requests": self.requests,
-                "input_tokens": self.input_tokens.unwrap_or(0),
-                "output_tokens": self.output_tokens.unwrap_or(0),
-                "cost_usd": self.cost_usd.unwrap_or(0.0),
-                "providers": self.providers,
-                "first_seen": self.first_seen,
-                "last_seen": self.last_seen,
-            })
-        }
+    });
+    if let Some(t) = totals {
+        r["totals"] = t;
     }
-}
-
-pub(crate) fn aggregate_columns(access: bool) -> Vec<&'static str> {
-    if access {
-        vec![
-            "identity",
-            "provider",
-            "model",
-            "requests",
-            "input_tokens",
-            "output_tokens",
-            "cost_usd",
-        ]
-    } else {
-        vec![
-            "identity",
-            "requests",
-            "input_tokens",
-            "output_tokens",
-            "cost_usd",
-            "providers",
-            "first_seen",
-            "last_seen",
-        ]
-    }
+    r
 }
 
 /// The change or security report's rows from its records (as displayed).
@@ -357,6 +313,16 @@ pub fn render_report_text(report: &Value) -> String {
     ));
     for r in &rows {
         out.push_str(&line(r));
+    }
+    if let Some(t) = report.get("totals").filter(|t| t.is_object()) {
+        out.push_str(&format!(
+            "\ntotal: {} requests in {} groups, {} input and {} output tokens, {} USD\n",
+            t["requests"],
+            t["groups"],
+            t["input_tokens"],
+            t["output_tokens"],
+            cell(&t["cost_usd"]),
+        ));
     }
     out
 }

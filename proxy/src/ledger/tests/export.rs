@@ -214,7 +214,10 @@ fn reports_group_and_render() {
     for i in 0..6u64 {
         l.append(&with(interaction(i), |x| {
             x.identity.process = Some(if i < 4 { "python3" } else { "curl" }.into());
-            x.identity.client_addr = None;
+            // Every request from its own port and process: the reports must not split
+            // on them.
+            x.identity.client_addr = Some(format!("10.0.0.7:{}", 40000 + i));
+            x.identity.pid = Some(1000 + i as u32);
             if i == 5 {
                 x.decision = "redact";
                 x.reason_codes = vec!["pii.email".into()];
@@ -238,27 +241,35 @@ fn reports_group_and_render() {
     ))))
     .unwrap();
     l.close().unwrap();
-    let access = report(&dir, ReportKind::Access, None, None).unwrap();
+    let access = report(&dir, ReportKind::Access, None, None, &Default::default()).unwrap();
     let rows = access["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["requests"], 4);
     assert_eq!(rows[0]["input_tokens"], 4 * 58);
-    assert!(rows[0]["identity"]
-        .as_str()
-        .unwrap()
-        .contains("process=python3"));
-    let usage = report(&dir, ReportKind::Usage, None, None).unwrap();
+    assert!(rows[0]["principal"].as_str().unwrap().contains("python3"));
+    assert_eq!(access["totals"]["requests"], 6);
+    let usage = report(&dir, ReportKind::Usage, None, None, &Default::default()).unwrap();
+    assert_eq!(usage["rows"].as_array().unwrap().len(), 2, "{usage}");
     assert_eq!(usage["rows"][1]["requests"], 2);
     assert!(usage["rows"][0]["first_seen"].is_string());
-    let security = report(&dir, ReportKind::Security, None, None).unwrap();
+    let by_model = crate::ledger::Grouping {
+        by: vec![crate::ledger::By::Model],
+        top: Some(1),
+    };
+    let models = report(&dir, ReportKind::Usage, None, None, &by_model).unwrap();
+    assert_eq!(models["rows"][0]["model"], "gpt-4o-mini");
+    assert_eq!(models["totals"]["requests"], 6);
+    let security = report(&dir, ReportKind::Security, None, None, &Default::default()).unwrap();
     assert_eq!(security["rows"].as_array().unwrap().len(), 1);
     assert_eq!(security["rows"][0]["reason"], "pii.email");
-    let change = report(&dir, ReportKind::Change, None, None).unwrap();
+    let change = report(&dir, ReportKind::Change, None, None, &Default::default()).unwrap();
     assert_eq!(change["rows"][0]["action"], "reload");
     let text = render_report_text(&access);
     assert!(text.starts_with("access report"), "{text}");
     assert!(
-        text.contains("IDENTITY") && text.contains("gpt-4o-mini"),
+        text.contains("PRINCIPAL")
+            && text.contains("gpt-4o-mini")
+            && text.contains("total: 6 requests"),
         "{text}"
     );
     assert!(render_report_text(&change).contains("policy:default"));

@@ -91,7 +91,7 @@ fn retention_prunes_with_an_anchor_and_the_chain_still_verifies() {
     l.close().unwrap();
     let v = check(&dir);
     assert!(v.ok, "{v:?}");
-    let change = report(&dir, ReportKind::Change, None, None).unwrap();
+    let change = report(&dir, ReportKind::Change, None, None, &Default::default()).unwrap();
     assert_eq!(
         change["rows"].as_array().unwrap().len(),
         1,
@@ -139,7 +139,7 @@ fn content_retention_keeps_metadata_and_hashes() {
     assert!(new["request"]["messages"].is_array());
     let v = check(&dir);
     assert!(v.ok, "{v:?}");
-    let change = report(&dir, ReportKind::Change, None, None).unwrap();
+    let change = report(&dir, ReportKind::Change, None, None, &Default::default()).unwrap();
     assert_eq!(
         change["rows"][0]["details"]["event"],
         "retention_content_removed"
