@@ -237,3 +237,88 @@ class Webhook(Receiver):
         for r in batch["records"]:
             self.keep(r)
         return 200, {"ok": True}
+
+
+class Slack(Receiver):
+    """A Slack incoming webhook: `POST /services/T…/B…/…` with `{"text", "blocks"}`;
+    `ok`, or 400 `invalid_payload`."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        super().__init__()
+
+    def handle(self, path, headers, body):
+        if not path.startswith("/services/"):
+            return 404, "no_service"
+        msg = json.loads(body)
+        if not isinstance(msg.get("text"), str) or not msg["text"]:
+            return 400, "invalid_payload"
+        for b in msg.get("blocks", []):
+            if b.get("type") not in ("header", "section", "divider", "context"):
+                return 400, "invalid_blocks"
+        self.messages.append(msg)
+        return 200, "ok"
+
+
+class PagerDuty(Receiver):
+    """PagerDuty Events API v2, `POST /v2/enqueue`: a 32-character `routing_key`,
+    `event_action` trigger / acknowledge / resolve, `dedup_key`; a trigger needs
+    `payload.summary`, `payload.source` and `payload.severity` (critical, error, warning,
+    info). 202 with the dedup key, or 400 "invalid event". Keeps incidents by dedup key."""
+
+    def __init__(self, routing_key: str):
+        self.routing_key = routing_key
+        self.events: list[dict] = []
+        self.incidents: dict[str, str] = {}   # dedup_key -> triggered | resolved
+        super().__init__()
+
+    def handle(self, path, headers, body):
+        if path != "/v2/enqueue":
+            return 404, {"status": "not found"}
+        e = json.loads(body)
+        errors = []
+        if e.get("routing_key") != self.routing_key or len(e.get("routing_key", "")) != 32:
+            errors.append("'routing_key' is invalid")
+        action = e.get("event_action")
+        if action not in ("trigger", "acknowledge", "resolve"):
+            errors.append("'event_action' is invalid")
+        if action == "trigger":
+            p = e.get("payload") or {}
+            for k in ("summary", "source", "severity"):
+                if not p.get(k):
+                    errors.append(f"'payload.{k}' is missing or blank")
+            if p.get("severity") not in ("critical", "error", "warning", "info"):
+                errors.append("'payload.severity' is invalid")
+            if len(p.get("summary", "")) > 1024:
+                errors.append("'payload.summary' is too long")
+        elif not e.get("dedup_key"):
+            errors.append("'dedup_key' is required")
+        if errors:
+            return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}
+        if self.take_busy():
+            return 429, {"status": "throttled"}
+        self.events.append(e)
+        self.incidents[e["dedup_key"]] = "triggered" if action == "trigger" else "resolved"
+        return 202, {"status": "success", "message": "Event processed", "dedup_key": e["dedup_key"]}
+
+
+class Teams(Receiver):
+    """A Microsoft Teams workflow webhook: a message whose attachment is an Adaptive
+    Card; 202, or 400."""
+
+    def __init__(self):
+        self.cards: list[dict] = []
+        super().__init__()
+
+    def handle(self, path, headers, body):
+        m = json.loads(body)
+        try:
+            att = m["attachments"][0]
+            ok = (m["type"] == "message" and att["contentType"] == "application/vnd.microsoft.card.adaptive"
+                  and att["content"]["type"] == "AdaptiveCard" and att["content"]["body"])
+        except (KeyError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            return 400, {"error": {"code": "BadRequest", "message": "Invalid adaptive card"}}
+        self.cards.append(att["content"])
+        return 202, {}

@@ -261,6 +261,15 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         )
     });
 
+    // Security alerts, evaluated over the ledger off the request path.
+    let alerts = if config.alerts.enabled {
+        match config.alerts.rules() {
+            Ok(rules) => Some(crate::alerts::Alerts::start(ledger.clone(), rules)),
+            Err(_) => None, // refused when the config was validated
+        }
+    } else {
+        None
+    };
     // The ledger delivered to SIEMs and webhooks, each sink from its own cursor.
     let deliveries = (!config.sinks.is_empty()).then(|| {
         crate::delivery::Deliveries::start(ledger.clone(), config.fleet.node(), &config.sinks)
@@ -288,6 +297,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     }
     // The sinks take what the ledger holds now (one attempt each), then stop; the rest
     // follows from their cursors after a restart.
+    if let Some(a) = alerts {
+        a.stop();
+    }
     if let Some(d) = deliveries {
         d.stop();
     }

@@ -2,6 +2,7 @@
 //! library calls behind them. Nothing here decides anything the library does not; it
 //! parses, loads the config once and prints.
 
+pub mod alerts;
 pub mod audit;
 pub mod ca;
 pub mod doctor;

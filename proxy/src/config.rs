@@ -167,6 +167,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// Continuous delivery of the ledger to SIEMs and webhooks (see [`crate::delivery`]).
     pub sinks: Vec<crate::delivery::SinkConfig>,
+    /// Security alert rules over the record stream (see [`crate::alerts`]).
+    pub alerts: crate::alerts::AlertsConfig,
     /// Bytes of each request and response body kept for inspection and records.
     /// Beyond it the record says `truncated: true`; the request itself is not affected.
     /// Default: 8 MiB.
@@ -321,6 +323,7 @@ impl Config {
             fleet: crate::policy::FleetConfig::default(),
             policy: crate::policy::PolicyConfig::default(),
             sinks: Vec::new(),
+            alerts: crate::alerts::AlertsConfig::default(),
             max_inspect_bytes: 8 << 20,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -462,6 +465,12 @@ impl Config {
         if let Some(c) = &self.ledger.central {
             for (key, message) in c.problems() {
                 bad(format!("ledger.central.{key}"), key, message);
+            }
+        }
+        if let Err(errs) = self.alerts.rules() {
+            for (key, message) in errs {
+                let leaf = key.rsplit('.').next().unwrap_or(&key).to_owned();
+                bad(format!("alerts.{key}"), &leaf, message);
             }
         }
         let mut names = std::collections::HashSet::new();

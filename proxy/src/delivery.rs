@@ -29,6 +29,7 @@ use crate::ledger::follow::{self, Stored};
 use crate::ledger::Ledger;
 use crate::metrics;
 
+mod channels;
 pub mod config;
 mod datadog;
 mod elastic;
@@ -172,19 +173,23 @@ impl Deliveries {
                     continue;
                 }
             };
+            let mut cfg = cfg.clone();
+            if cfg.alert_channel() {
+                cfg.filter.kinds = vec!["alert".into()];
+            }
             let runner = Runner {
                 ledger: ledger.clone(),
-                cfg: cfg.clone(),
+                cfg,
                 dest,
                 stop: stop.clone(),
             };
             match std::thread::Builder::new()
-                .name(format!("sluice-sink-{}", cfg.name))
+                .name(format!("sluice-sink-{}", runner.cfg.name))
                 .spawn(move || runner.run())
             {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    tracing::error!(sink = %cfg.name, error = %e, "cannot start the sink's thread")
+                    tracing::error!(error = %e, "cannot start a sink's thread")
                 }
             }
         }
@@ -223,6 +228,21 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
     }
     if let Some(e) = &cfg.elasticsearch {
         return Ok(Box::new(elastic::Elastic::new(e, node, tls, timeout)?));
+    }
+    if let Some(s) = &cfg.slack {
+        return Ok(Box::new(channels::Channel::slack(
+            &s.url, node, tls, timeout,
+        )?));
+    }
+    if let Some(t) = &cfg.teams {
+        return Ok(Box::new(channels::Channel::teams(
+            &t.url, node, tls, timeout,
+        )?));
+    }
+    if let Some(p) = &cfg.pagerduty {
+        return Ok(Box::new(channels::Channel::pagerduty(
+            p, node, tls, timeout,
+        )?));
     }
     Err("no destination".into())
 }
@@ -508,6 +528,12 @@ fn kind_of(c: &SinkConfig) -> &'static str {
         "datadog"
     } else if c.elasticsearch.is_some() {
         "elasticsearch"
+    } else if c.slack.is_some() {
+        "slack"
+    } else if c.pagerduty.is_some() {
+        "pagerduty"
+    } else if c.teams.is_some() {
+        "teams"
     } else {
         "none"
     }

@@ -109,6 +109,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use config::de_duration;
 pub use config::{ContentMode, FsyncPolicy, LedgerConfig, WitnessKind, WitnessTarget};
 pub use error::LedgerError;
 pub(crate) use export::syslog_line;
@@ -119,7 +120,8 @@ pub use keys::{
 };
 pub use proof::{check_exported, CheckedRecord};
 pub use query::{query, tail_after, Filter};
-pub use report::{principal, render_report_text, report, By, Grouping, ReportKind};
+pub(crate) use report::value_of;
+pub use report::{principal, render_report_text, report, workload, By, Grouping, ReportKind, Sums};
 pub use sink::{record_id, LedgerSink};
 pub use verify::{
     verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport, WitnessCheck, WitnessedHead,

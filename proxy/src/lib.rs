@@ -33,6 +33,7 @@
 //! | [`demo`] | the hermetic end-to-end demo (the mock provider comes from `sluice-mock`) |
 //! | `testing` | fixtures for tests and the bench crate (`cfg(test)` or feature `testing`) |
 
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod ca;

@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::inject::InjectCommand,
     },
+    /// Security alerts raised by the rules over the records.
+    Alerts {
+        #[command(subcommand)]
+        command: cli::alerts::AlertsCommand,
+    },
     /// Continuous delivery of the ledger to SIEMs and webhooks.
     Sinks {
         #[command(subcommand)]
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => return cli::doctor::run(args),
         Command::Witness { command } => cli::witness::run(command),
         Command::Sinks { command } => cli::sinks::run(command),
+        Command::Alerts { command } => cli::alerts::run(command),
         Command::Inject { command } => cli::inject::run(command),
     };
     match result {

@@ -51,6 +51,9 @@ pub fn catalogue() -> Vec<String> {
     LazyLock::force(&SINK_ERRORS);
     LazyLock::force(&SINK_DEAD_LETTERS);
     LazyLock::force(&SINK_SECONDS);
+    LazyLock::force(&ALERTS);
+    LazyLock::force(&ALERTS_FIRING);
+    LazyLock::force(&ALERTS_LAG);
     let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     names.sort();
     names.dedup();
@@ -474,7 +477,34 @@ pub fn init() {
     LazyLock::force(&SINK_ERRORS);
     LazyLock::force(&SINK_DEAD_LETTERS);
     LazyLock::force(&SINK_SECONDS);
+    LazyLock::force(&ALERTS);
+    LazyLock::force(&ALERTS_FIRING);
+    LazyLock::force(&ALERTS_LAG);
 }
+
+/// Alerts fired and resolved, by rule, severity and state.
+pub static ALERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_alerts_total",
+        "Security alerts fired or resolved, by rule, severity and state",
+        &["rule", "severity", "state"],
+    )
+});
+/// Alerts firing now, by rule.
+pub static ALERTS_FIRING: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "sluice_alerts_firing",
+        "Security alerts firing now (not yet resolved), by rule",
+        &["rule"],
+    )
+});
+/// Records not yet evaluated by the alert rules.
+pub static ALERTS_LAG: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "sluice_alerts_lag_records",
+        "Records of the ledger the alert rules have not evaluated yet",
+    )
+});
 
 /// Records of the ledger a SIEM sink has not taken yet (its cursor behind the head).
 pub static SINK_LAG: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {

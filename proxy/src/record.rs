@@ -244,6 +244,8 @@ pub enum Record {
     Connection(Box<Connection>),
     /// An administrative change or access (config reload, export, retention run, …).
     Admin(Box<Admin>),
+    /// A security alert fired or resolved by a rule over the record stream.
+    Alert(Box<Alert>),
 }
 
 impl Record {
@@ -253,8 +255,67 @@ impl Record {
             Record::Interaction(_) => "interaction",
             Record::Connection(_) => "connection",
             Record::Admin(_) => "admin",
+            Record::Alert(_) => "alert",
         }
     }
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Whether an alert starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// A security alert (`kind: "alert"`): a rule's threshold crossed over a window of
+/// records for one group (a principal, a key, …), or its end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// Time-ordered unique id (UUIDv7).
+    pub id: String,
+    /// When it fired or resolved, RFC 3339 UTC.
+    pub ts: String,
+    /// Always `"alert"`.
+    pub kind: &'static str,
+    /// The rule's name.
+    pub rule: String,
+    pub severity: Severity,
+    pub state: AlertState,
+    /// The group it is about: each `per` dimension and its value.
+    pub group: std::collections::BTreeMap<String, String>,
+    /// One line for a person.
+    pub summary: String,
+    /// The rule's measure over the window when it fired (count, sum or distinct values).
+    pub value: f64,
+    pub threshold: f64,
+    pub window_s: u64,
+    /// The same for every alert of this rule and group: channels deduplicate on it
+    /// (PagerDuty's `dedup_key`), the resolve carries it too.
+    pub dedup_key: String,
+    /// Ids of the newest records behind it (up to ten).
+    pub records: Vec<String>,
+    /// The identity of the newest record behind it.
+    pub identity: Option<serde_json::Value>,
 }
 
 /// A new time-ordered record id.

@@ -43,6 +43,33 @@ pub struct SinkConfig {
     pub datadog: Option<DatadogConfig>,
     #[serde(default)]
     pub elasticsearch: Option<ElasticConfig>,
+    /// Alert channel: a Slack incoming webhook (its URL is the secret).
+    #[serde(default)]
+    pub slack: Option<UrlSecret>,
+    /// Alert channel: PagerDuty Events API v2.
+    #[serde(default)]
+    pub pagerduty: Option<PagerDutyConfig>,
+    /// Alert channel: a Microsoft Teams workflow webhook (its URL is the secret).
+    #[serde(default)]
+    pub teams: Option<UrlSecret>,
+}
+
+/// A webhook whose URL is its credential (Slack, Teams).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlSecret {
+    pub url: Secret,
+}
+
+/// PagerDuty Events API v2.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyConfig {
+    /// The service integration's routing key.
+    pub routing_key: Secret,
+    /// Default `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 fn default_batch() -> usize {
@@ -68,6 +95,9 @@ pub struct SinkFilter {
     /// Interactions' providers (other kinds pass).
     #[serde(default)]
     pub providers: Vec<String>,
+    /// Alerts' severities: `info`, `warning`, `critical` (other kinds pass).
+    #[serde(default)]
+    pub severities: Vec<String>,
 }
 
 impl SinkFilter {
@@ -80,6 +110,7 @@ impl SinkFilter {
             && (kind != "interaction"
                 || (takes(&self.decisions, field("decision"))
                     && takes(&self.providers, field("provider"))))
+            && (kind != "alert" || takes(&self.severities, field("severity")))
     }
 }
 
@@ -225,10 +256,17 @@ fn default_index() -> String {
 }
 
 impl SinkConfig {
+    /// Slack, PagerDuty and Teams take alerts only.
+    pub fn alert_channel(&self) -> bool {
+        self.slack.is_some() || self.pagerduty.is_some() || self.teams.is_some()
+    }
+
     /// `(key under sinks[i], what is wrong)`.
     pub fn problems(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let mut bad = |k: &str, m: String| out.push((k.to_owned(), m));
+        let mut out: Vec<(String, String)> = Vec::new();
+        fn bad(out: &mut Vec<(String, String)>, k: &str, m: String) {
+            out.push((k.to_owned(), m));
+        }
         if self.name.is_empty()
             || !self
                 .name
@@ -236,6 +274,7 @@ impl SinkConfig {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         {
             bad(
+                &mut out,
                 "name",
                 format!(
                     "`{}` must be [a-z0-9_-]+ (it names the sink's state files and metric label)",
@@ -244,10 +283,11 @@ impl SinkConfig {
             );
         }
         if self.batch == 0 {
-            bad("batch", "must be at least 1".into());
+            bad(&mut out, "batch", "must be at least 1".into());
         }
         if self.interval_ms == 0 || self.timeout_ms == 0 {
             bad(
+                &mut out,
                 "interval_ms",
                 "interval_ms and timeout_ms must be above 0".into(),
             );
@@ -258,43 +298,47 @@ impl SinkConfig {
             self.splunk_hec.is_some(),
             self.datadog.is_some(),
             self.elasticsearch.is_some(),
+            self.slack.is_some(),
+            self.pagerduty.is_some(),
+            self.teams.is_some(),
         ]
         .iter()
         .filter(|x| **x)
         .count();
         if given != 1 {
             bad(
+                &mut out,
                 "destination",
-                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch ({given} given)"),
+                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, slack, pagerduty, teams ({given} given)"),
             );
         }
         if let Some(ca) = &self.ca_file {
             if let Err(e) = crate::http::client::tls_with_ca(Some(ca)) {
-                bad("ca_file", e);
+                bad(&mut out, "ca_file", e);
             }
         }
-        let mut url = |k: &str, u: &str| {
+        fn url(out: &mut Vec<(String, String)>, k: &str, u: &str) {
             if crate::http::client::split_url(u).is_err() {
-                bad(k, format!("`{u}` is not an http[s]:// URL"));
+                out.push((k.to_owned(), format!("`{u}` is not an http[s]:// URL")));
             }
-        };
+        }
         let mut secrets: Vec<(&str, &Secret)> = Vec::new();
         if let Some(w) = &self.webhook {
-            url("webhook.url", &w.url);
+            url(&mut out, "webhook.url", &w.url);
             secrets.push(("webhook.secret", &w.secret));
         }
         if let Some(s) = &self.splunk_hec {
-            url("splunk_hec.url", &s.url);
+            url(&mut out, "splunk_hec.url", &s.url);
             secrets.push(("splunk_hec.token", &s.token));
         }
         if let Some(d) = &self.datadog {
             if let Some(u) = &d.url {
-                url("datadog.url", u);
+                url(&mut out, "datadog.url", u);
             }
             secrets.push(("datadog.api_key", &d.api_key));
         }
         if let Some(e) = &self.elasticsearch {
-            url("elasticsearch.url", &e.url);
+            url(&mut out, "elasticsearch.url", &e.url);
             if let Some(k) = &e.api_key {
                 secrets.push(("elasticsearch.api_key", k));
             }
@@ -313,6 +357,24 @@ impl SinkConfig {
                     "username and password go together".into(),
                 ));
             }
+        }
+        if let Some(s) = &self.slack {
+            secrets.push(("slack.url", &s.url));
+        }
+        if let Some(t) = &self.teams {
+            secrets.push(("teams.url", &t.url));
+        }
+        if let Some(p) = &self.pagerduty {
+            if let Some(u) = &p.url {
+                url(&mut out, "pagerduty.url", u);
+            }
+            secrets.push(("pagerduty.routing_key", &p.routing_key));
+        }
+        if self.alert_channel() && self.filter.kinds.iter().any(|k| k != "alert") {
+            out.push((
+                "filter.kinds".into(),
+                "an alert channel (slack, pagerduty, teams) takes alert records only; leave kinds empty or [alert]".into(),
+            ));
         }
         if let Some(s) = &self.syslog {
             if super::syslog::endpoint(&s.url).is_none() {

@@ -64,7 +64,7 @@ impl ContentMode {
 }
 
 /// `"250ms"`, `"10s"`, `"5m"`, `"1h"`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -74,11 +74,12 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
         _ => return None,
     })
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -88,7 +89,9 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
     match Raw::deserialize(d)? {
         Raw::Secs(n) => Ok(Duration::from_secs(n)),
         Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{t}` is not a duration such as `10s` or `500ms`"))
+            serde::de::Error::custom(format!(
+                "`{t}` is not a duration such as `500ms`, `10s`, `5m`, `1h` or `7d`"
+            ))
         }),
     }
 }

@@ -74,3 +74,17 @@ pub fn head_seq(dir: &Path) -> Result<i64, LedgerError> {
     let head = index::head(&conn).map_err(index::sql_err(&index::db_path(dir)))?;
     Ok(head.map_or(0, |(seq, _)| i64::try_from(seq).unwrap_or(i64::MAX)))
 }
+
+/// The first record's seq with `ts >= since_ms` (ms since the epoch), if any.
+///
+/// # Errors
+/// The index cannot be opened or read.
+pub fn first_seq_since(dir: &Path, since_ms: i64) -> Result<Option<i64>, LedgerError> {
+    let conn = index::open_ro(dir)?;
+    conn.query_row(
+        "SELECT min(seq) FROM records WHERE ts_ms >= ?1",
+        [since_ms],
+        |r| r.get(0),
+    )
+    .map_err(index::sql_err(&index::db_path(dir)))
+}

@@ -12,7 +12,8 @@ use super::query::{where_clause, Filter};
 use super::LedgerError;
 
 mod group;
-pub use group::{principal, By, Grouping, Sums};
+pub(crate) use group::value_of;
+pub use group::{principal, workload, By, Grouping, Sums};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -31,6 +31,7 @@ pub fn record_id(r: &Record) -> &str {
         Record::Interaction(i) => &i.id,
         Record::Connection(c) => &c.id,
         Record::Admin(a) => &a.id,
+        Record::Alert(a) => &a.id,
     }
 }
 

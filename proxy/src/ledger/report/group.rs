@@ -33,6 +33,9 @@ pub enum By {
     Provider,
     /// The node (central reports; a node's own report has one).
     Node,
+    /// The principal without the user and key: the pod's workload, else the process,
+    /// else the client address (which machine or workload a key is used from).
+    Workload,
 }
 
 impl By {
@@ -53,11 +56,12 @@ impl By {
             "model" => By::Model,
             "provider" => By::Provider,
             "node" => By::Node,
+            "workload" => By::Workload,
             other => match other.strip_prefix("label:") {
                 Some(l) if !l.is_empty() => By::Label(l.to_owned()),
                 _ => {
                     return Err(format!(
-                        "`{other}` is not a grouping: use principal, user, team, project, key, process, namespace, pod, label:<name>, model, provider or node"
+                        "`{other}` is not a grouping: use principal, user, team, project, key, process, namespace, pod, label:<name>, model, provider, node or workload"
                     ))
                 }
             },
@@ -79,6 +83,7 @@ impl By {
             By::Model => "model".into(),
             By::Provider => "provider".into(),
             By::Node => "node".into(),
+            By::Workload => "workload".into(),
         }
     }
 }
@@ -117,6 +122,12 @@ pub fn principal(id: &Map<String, Value>) -> String {
     if let Some(k) = s("api_key_fingerprint") {
         return format!("key:{k}");
     }
+    workload(id)
+}
+
+/// The principal without the user and the key: which workload or machine it was.
+pub fn workload(id: &Map<String, Value>) -> String {
+    let s = |k: &str| id.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
     if let Some(k) = id.get("kubernetes").and_then(Value::as_object) {
         let ks = |f: &str| k.get(f).and_then(Value::as_str).filter(|v| !v.is_empty());
         let label = |l: &str| {
@@ -147,7 +158,7 @@ pub fn principal(id: &Map<String, Value>) -> String {
     "unknown".into()
 }
 
-fn value_of(by: &By, id: &Map<String, Value>, s: &Sums) -> String {
+pub(crate) fn value_of(by: &By, id: &Map<String, Value>, s: &Sums) -> String {
     let f = |k: &str| id.get(k).and_then(Value::as_str).map(str::to_owned);
     let k8s = |k: &str| {
         id.get("kubernetes")
@@ -173,6 +184,7 @@ fn value_of(by: &By, id: &Map<String, Value>, s: &Sums) -> String {
         By::Model => s.model.clone(),
         By::Provider => s.provider.clone(),
         By::Node => s.node.clone(),
+        By::Workload => Some(workload(id)),
     }
     .unwrap_or_else(|| "-".into())
 }

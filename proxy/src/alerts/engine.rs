@@ -1,0 +1,502 @@
+//! Rule evaluation over the record stream: per rule and group, a window of the matching
+//! records; an alert fires when the rule's measure over the window reaches its threshold
+//! (once — while it fires, more matches only update the window), and resolves when the
+//! measure has fallen below the threshold and the cooldown since it fired has passed.
+//!
+//! Windows run on the records' own timestamps (replaying the same records gives the same
+//! alerts); resolution is checked against the clock, since "nothing happened" has no
+//! record. Pure: the caller reads the ledger and writes the alerts.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::rules::{Measure, Rule};
+use crate::ledger::{value_of, By, Sums};
+use crate::record::{Alert, AlertState};
+
+struct Entry {
+    ts_ms: i64,
+    value: f64,
+    distinct: Option<String>,
+    id: String,
+}
+
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<Entry>,
+}
+
+impl Window {
+    fn evict(&mut self, before_ms: i64) {
+        while self.entries.front().is_some_and(|e| e.ts_ms < before_ms) {
+            self.entries.pop_front();
+        }
+    }
+
+    fn measure(&self, m: &Measure) -> f64 {
+        match m {
+            Measure::Distinct(_) => {
+                let set: HashSet<&str> = self
+                    .entries
+                    .iter()
+                    .filter_map(|e| e.distinct.as_deref())
+                    .collect();
+                set.len() as f64
+            }
+            _ => self.entries.iter().fold(0.0, |a, e| a + e.value),
+        }
+    }
+}
+
+/// An alert that fired and has not resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Firing {
+    pub rule: String,
+    pub group: BTreeMap<String, String>,
+    pub fired_ms: i64,
+    pub value: f64,
+    #[serde(default)]
+    pub identity: Option<Value>,
+}
+
+/// What survives a restart.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Records up to this seq were evaluated.
+    pub seq: i64,
+    /// By dedup key.
+    pub firing: BTreeMap<String, Firing>,
+    /// By dedup key: when it last fired (cooldown between firings).
+    pub last_fired_ms: BTreeMap<String, i64>,
+    /// `first_seen` rules: the groups already seen, as `rule|key`.
+    pub seen: HashSet<String>,
+}
+
+pub struct Engine {
+    rules: std::sync::Arc<Vec<Rule>>,
+    windows: HashMap<(usize, Vec<String>), Window>,
+    pub state: State,
+}
+
+/// `rule|k=v|…` hashed: the same for every alert of one rule and group.
+fn dedup_key(rule: &str, group: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    h.update(rule.as_bytes());
+    for (k, v) in group {
+        h.update(b"|");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+fn ts_ms(r: &Value) -> i64 {
+    r.get("ts")
+        .and_then(Value::as_str)
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>, state: State) -> Engine {
+        Engine {
+            rules: std::sync::Arc::new(rules),
+            windows: HashMap::new(),
+            state,
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The longest window (how far back a restart replays).
+    pub fn max_window_ms(&self) -> i64 {
+        self.rules
+            .iter()
+            .map(|r| r.window.as_millis() as i64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Feeds one record (as displayed); returns the alerts it fires. `replay`: only fill
+    /// the windows (records evaluated before a restart).
+    pub fn observe(&mut self, r: &Value, replay: bool) -> Vec<Alert> {
+        if r.get("kind").and_then(Value::as_str) == Some("alert") {
+            return Vec::new();
+        }
+        let empty = Map::new();
+        let id_map = r
+            .get("identity")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let sums = Sums {
+            provider: r.get("provider").and_then(Value::as_str).map(str::to_owned),
+            model: r.get("model").and_then(Value::as_str).map(str::to_owned),
+            ..Sums::default()
+        };
+        let at = ts_ms(r);
+        let rec_id = r.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
+        let mut out = Vec::new();
+        let rules = self.rules.clone();
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.when.matches(r) {
+                continue;
+            }
+            let key: Vec<String> = rule
+                .per
+                .iter()
+                .map(|b| value_of(b, id_map, &sums))
+                .collect();
+            let group: BTreeMap<String, String> = rule
+                .per
+                .iter()
+                .map(By::column)
+                .zip(key.iter().cloned())
+                .collect();
+            if rule.measure == Measure::FirstSeen {
+                let seen_key = format!("{}|{}", rule.name, key.join("|"));
+                if self.state.seen.insert(seen_key) && !replay {
+                    out.push(self.alert(
+                        i,
+                        &group,
+                        1.0,
+                        AlertState::Firing,
+                        vec![rec_id.clone()],
+                        r.get("identity").cloned(),
+                        at,
+                    ));
+                }
+                continue;
+            }
+            let value = match &rule.measure {
+                Measure::CostUsd => r.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+                Measure::Tokens => {
+                    let u = |k: &str| r["usage"][k].as_f64().unwrap_or(0.0);
+                    u("input_tokens") + u("output_tokens")
+                }
+                _ => 1.0,
+            };
+            let distinct = match &rule.measure {
+                Measure::Distinct(by) => Some(value_of(by, id_map, &sums)),
+                _ => None,
+            };
+            let w = self.windows.entry((i, key)).or_default();
+            w.entries.push_back(Entry {
+                ts_ms: at,
+                value,
+                distinct,
+                id: rec_id.clone(),
+            });
+            w.evict(at - rule.window.as_millis() as i64);
+            let measured = w.measure(&rule.measure);
+            if replay || measured < rule.threshold {
+                continue;
+            }
+            let dedup = dedup_key(&rule.name, &group);
+            if self.state.firing.contains_key(&dedup) {
+                continue;
+            }
+            let cooled = self
+                .state
+                .last_fired_ms
+                .get(&dedup)
+                .is_none_or(|t| at - t >= rule.cooldown.as_millis() as i64);
+            if !cooled {
+                continue;
+            }
+            let records: Vec<String> = w
+                .entries
+                .iter()
+                .rev()
+                .take(10)
+                .map(|e| e.id.clone())
+                .collect();
+            out.push(self.alert(
+                i,
+                &group,
+                measured,
+                AlertState::Firing,
+                records,
+                r.get("identity").cloned(),
+                at,
+            ));
+        }
+        out
+    }
+
+    /// Resolves what has calmed down by `now_ms`.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let firing: Vec<(String, Firing)> = self
+            .state
+            .firing
+            .iter()
+            .map(|(k, f)| (k.clone(), f.clone()))
+            .collect();
+        let rules = self.rules.clone();
+        for (dedup, f) in firing {
+            let Some((i, rule)) = rules.iter().enumerate().find(|(_, r)| r.name == f.rule) else {
+                // A rule removed from the config: its alerts end.
+                self.state.firing.remove(&dedup);
+                continue;
+            };
+            if rule.measure == Measure::FirstSeen {
+                self.state.firing.remove(&dedup);
+                continue;
+            }
+            if now_ms - f.fired_ms < rule.cooldown.as_millis() as i64 {
+                continue;
+            }
+            // The window's key: the group's values in `per` order.
+            let key: Vec<String> = rule
+                .per
+                .iter()
+                .map(|b| f.group.get(&b.column()).cloned().unwrap_or_default())
+                .collect();
+            let measured = match self.windows.get_mut(&(i, key)) {
+                Some(w) => {
+                    w.evict(now_ms - rule.window.as_millis() as i64);
+                    w.measure(&rule.measure)
+                }
+                None => 0.0,
+            };
+            if measured < rule.threshold {
+                out.push(self.alert(
+                    i,
+                    &f.group,
+                    measured,
+                    AlertState::Resolved,
+                    Vec::new(),
+                    f.identity.clone(),
+                    now_ms,
+                ));
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn alert(
+        &mut self,
+        i: usize,
+        group: &BTreeMap<String, String>,
+        value: f64,
+        state: AlertState,
+        records: Vec<String>,
+        identity: Option<Value>,
+        at_ms: i64,
+    ) -> Alert {
+        let rule = &self.rules[i];
+        let dedup = dedup_key(&rule.name, group);
+        let who = group
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let what = match &rule.measure {
+            Measure::Count => format!("{value} matching records"),
+            Measure::CostUsd => format!("{value:.4} USD"),
+            Measure::Tokens => format!("{value} tokens"),
+            Measure::Distinct(by) => format!("{value} distinct {}", by.column()),
+            Measure::FirstSeen => "first call".to_owned(),
+        };
+        let window = humanize(rule.window.as_secs());
+        let summary = match state {
+            AlertState::Firing if rule.measure == Measure::FirstSeen => {
+                format!("{}: first call to an AI provider from {who}", rule.name)
+            }
+            AlertState::Firing => format!(
+                "{}: {what} in {window} for {who} (threshold {})",
+                rule.name, rule.threshold
+            ),
+            AlertState::Resolved => format!(
+                "{} resolved for {who}: {what} in the last {window}, below {}",
+                rule.name, rule.threshold
+            ),
+        };
+        match state {
+            AlertState::Firing => {
+                if rule.measure != Measure::FirstSeen {
+                    self.state.firing.insert(
+                        dedup.clone(),
+                        Firing {
+                            rule: rule.name.clone(),
+                            group: group.clone(),
+                            fired_ms: at_ms,
+                            value,
+                            identity: identity.clone(),
+                        },
+                    );
+                }
+                self.state.last_fired_ms.insert(dedup.clone(), at_ms);
+            }
+            AlertState::Resolved => {
+                self.state.firing.remove(&dedup);
+            }
+        }
+        let description = if rule.description.is_empty() {
+            summary
+        } else {
+            format!("{summary} — {}", rule.description)
+        };
+        Alert {
+            id: crate::record::new_id(),
+            ts: crate::record::rfc3339(std::time::SystemTime::now()),
+            kind: "alert",
+            rule: rule.name.clone(),
+            severity: rule.severity,
+            state,
+            group: group.clone(),
+            summary: description,
+            value,
+            threshold: rule.threshold,
+            window_s: rule.window.as_secs(),
+            dedup_key: dedup,
+            records,
+            identity,
+        }
+    }
+}
+
+fn humanize(secs: u64) -> String {
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::rules::RuleConfig;
+    use serde_json::json;
+
+    fn rule(yaml: &str) -> Rule {
+        serde_yaml_ng::from_str::<RuleConfig>(yaml)
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    fn rec(ms: i64, user: &str, decision: &str, addr: &str) -> Value {
+        let t =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+        json!({
+            "id": format!("r{ms}"), "kind": "interaction", "decision": decision,
+            "ts": t.format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "identity": {"user": user, "client_addr": addr},
+        })
+    }
+
+    #[test]
+    fn fires_once_while_firing_resolves_after_cooldown_and_fires_again() {
+        let r = rule("{name: b, when: {decisions: [block]}, per: [user], window: 10s, threshold: 2, cooldown: 10s}");
+        let mut e = Engine::new(vec![r], State::default());
+        let t0 = 1_700_000_000_000;
+        assert!(e
+            .observe(&rec(t0, "a", "block", "1.1.1.1:1"), false)
+            .is_empty());
+        assert!(e
+            .observe(&rec(t0 + 1, "a", "allow", "1.1.1.1:1"), false)
+            .is_empty());
+        let f = e.observe(&rec(t0 + 2, "a", "block", "1.1.1.1:2"), false);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].state, AlertState::Firing);
+        assert_eq!(f[0].value, 2.0);
+        assert_eq!(f[0].group.get("user").map(String::as_str), Some("a"));
+        // More blocks while firing: no repeat.
+        assert!(e
+            .observe(&rec(t0 + 3, "a", "block", "1.1.1.1:3"), false)
+            .is_empty());
+        // Another user is another group.
+        assert!(e
+            .observe(&rec(t0 + 4, "b", "block", "1.1.1.1:3"), false)
+            .is_empty());
+        // Not calm yet, or not cooled down: still firing.
+        assert!(e.tick(t0 + 5_000).is_empty());
+        // Calm and cooled: resolved with the same dedup key.
+        let r = e.tick(t0 + 20_000);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].state, AlertState::Resolved);
+        assert_eq!(r[0].dedup_key, f[0].dedup_key);
+        assert_eq!(r[0].value, 0.0);
+        // A new burst after the cooldown fires again.
+        assert!(e
+            .observe(&rec(t0 + 30_000, "a", "block", "x:1"), false)
+            .is_empty());
+        assert_eq!(
+            e.observe(&rec(t0 + 30_001, "a", "block", "x:1"), false)
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn replay_fills_windows_without_firing_and_distinct_counts_workloads() {
+        let r = rule("{name: k, when: {has: [user]}, per: [user], measure: 'distinct:workload', window: 1h, threshold: 3}");
+        let mut e = Engine::new(vec![r], State::default());
+        let t0 = 1_700_000_000_000;
+        // The same address from many ports is one workload.
+        for p in 0..5 {
+            assert!(e
+                .observe(
+                    &rec(t0 + p, "a", "allow", &format!("10.0.0.1:{}", 1000 + p)),
+                    true
+                )
+                .is_empty());
+        }
+        assert!(e
+            .observe(&rec(t0 + 10, "a", "allow", "10.0.0.2:5"), true)
+            .is_empty());
+        // Replayed: the window holds two workloads; the third, live, fires.
+        let f = e.observe(&rec(t0 + 20, "a", "allow", "10.0.0.3:5"), false);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].value, 3.0);
+        // A record without a user does not count.
+        let mut e2 = Engine::new(e.rules().to_vec(), State::default());
+        assert!(e2
+            .observe(&json!({"kind": "interaction", "identity": {}}), false)
+            .is_empty());
+    }
+
+    #[test]
+    fn first_seen_fires_once_per_group_and_alerts_are_not_evaluated() {
+        let r = rule("{name: n, measure: first_seen}");
+        let mut e = Engine::new(vec![r], State::default());
+        let t0 = 1_700_000_000_000;
+        assert_eq!(e.observe(&rec(t0, "a", "allow", "x:1"), false).len(), 1);
+        assert!(e
+            .observe(&rec(t0 + 1, "a", "allow", "x:2"), false)
+            .is_empty());
+        assert_eq!(e.observe(&rec(t0 + 2, "b", "allow", "x:2"), false).len(), 1);
+        assert!(e
+            .observe(&json!({"kind": "alert", "identity": {"user": "c"}}), false)
+            .is_empty());
+        assert!(e.tick(t0 + 10_000_000).is_empty());
+    }
+
+    #[test]
+    fn the_builtins_compile_and_a_rule_of_ones_own_replaces_one() {
+        let c: crate::alerts::AlertsConfig = serde_yaml_ng::from_str(
+            "{disable: [new_caller], rules: [{name: pii_in_prompts, threshold: 50}]}",
+        )
+        .unwrap();
+        let rules = c.rules().unwrap();
+        assert!(!rules.iter().any(|r| r.name == "new_caller"));
+        let pii: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.name == "pii_in_prompts")
+            .collect();
+        assert_eq!(pii.len(), 1);
+        assert_eq!(pii[0].threshold, 50.0);
+        assert!(rules.len() >= 8);
+    }
+}
