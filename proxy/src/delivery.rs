@@ -33,6 +33,7 @@ mod channels;
 pub mod config;
 mod datadog;
 mod elastic;
+mod s3;
 mod splunk;
 pub(crate) mod syslog;
 mod webhook;
@@ -228,6 +229,9 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
     }
     if let Some(e) = &cfg.elasticsearch {
         return Ok(Box::new(elastic::Elastic::new(e, node, tls, timeout)?));
+    }
+    if let Some(s) = &cfg.s3 {
+        return Ok(Box::new(s3::S3::new(s, node, tls, timeout)));
     }
     if let Some(s) = &cfg.slack {
         return Ok(Box::new(channels::Channel::slack(
@@ -528,6 +532,8 @@ fn kind_of(c: &SinkConfig) -> &'static str {
         "datadog"
     } else if c.elasticsearch.is_some() {
         "elasticsearch"
+    } else if c.s3.is_some() {
+        "s3"
     } else if c.slack.is_some() {
         "slack"
     } else if c.pagerduty.is_some() {

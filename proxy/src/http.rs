@@ -3,6 +3,7 @@
 //! blocking client the node uses for its own calls out ([`client`]: witnesses, S3).
 
 pub mod client;
+pub mod s3;
 
 use std::sync::Arc;
 

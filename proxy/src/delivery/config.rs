@@ -43,6 +43,9 @@ pub struct SinkConfig {
     pub datadog: Option<DatadogConfig>,
     #[serde(default)]
     pub elasticsearch: Option<ElasticConfig>,
+    /// Amazon S3 or an S3-compatible store: compressed JSON Lines by date and hour.
+    #[serde(default)]
+    pub s3: Option<S3SinkConfig>,
     /// Alert channel: a Slack incoming webhook (its URL is the secret).
     #[serde(default)]
     pub slack: Option<UrlSecret>,
@@ -52,6 +55,38 @@ pub struct SinkConfig {
     /// Alert channel: a Microsoft Teams workflow webhook (its URL is the secret).
     #[serde(default)]
     pub teams: Option<UrlSecret>,
+}
+
+/// The S3 sink. Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and
+/// `AWS_SESSION_TOKEN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// `https://s3.<region>.amazonaws.com`, or an S3-compatible server (path-style).
+    pub endpoint: String,
+    pub bucket: String,
+    /// Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix, e.g. `sluice/`. Default: none.
+    #[serde(default)]
+    pub prefix: String,
+    /// Store each object under a retention (the bucket must have Object Lock on).
+    #[serde(default)]
+    pub object_lock: Option<ObjectLock>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// S3 Object Lock retention for each object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLock {
+    /// `compliance` (nobody can shorten it) or `governance`.
+    pub mode: String,
+    pub retention_days: u32,
 }
 
 /// A webhook whose URL is its credential (Slack, Teams).
@@ -298,6 +333,7 @@ impl SinkConfig {
             self.splunk_hec.is_some(),
             self.datadog.is_some(),
             self.elasticsearch.is_some(),
+            self.s3.is_some(),
             self.slack.is_some(),
             self.pagerduty.is_some(),
             self.teams.is_some(),
@@ -309,7 +345,7 @@ impl SinkConfig {
             bad(
                 &mut out,
                 "destination",
-                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, slack, pagerduty, teams ({given} given)"),
+                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, s3, slack, pagerduty, teams ({given} given)"),
             );
         }
         if let Some(ca) = &self.ca_file {
@@ -356,6 +392,26 @@ impl SinkConfig {
                     "elasticsearch.password".into(),
                     "username and password go together".into(),
                 ));
+            }
+        }
+        if let Some(s) = &self.s3 {
+            url(&mut out, "s3.endpoint", &s.endpoint);
+            if let Err(e) = crate::http::s3::check_bucket(&s.bucket) {
+                out.push(("s3.bucket".into(), e));
+            }
+            if let Some(l) = &s.object_lock {
+                if !matches!(l.mode.as_str(), "compliance" | "governance") {
+                    out.push((
+                        "s3.object_lock.mode".into(),
+                        format!("`{}`: use compliance or governance", l.mode),
+                    ));
+                }
+                if l.retention_days == 0 {
+                    out.push((
+                        "s3.object_lock.retention_days".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
             }
         }
         if let Some(s) = &self.slack {

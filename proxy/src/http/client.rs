@@ -291,6 +291,34 @@ pub fn exchange_trusting(
     })
 }
 
+/// [`exchange_trusting`] for a binary body (S3 objects), the answer's body kept as text
+/// (invalid UTF-8 replaced).
+///
+/// # Errors
+/// As [`exchange`].
+pub fn exchange_raw(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let (status, content_type, payload) =
+        roundtrip(tls, url, method, path, headers, body, timeout)?;
+    Ok(Answer {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&payload).into_owned(),
+    })
+}
+
+/// The client configuration trusting the system's roots.
+pub fn system_tls() -> Arc<rustls::ClientConfig> {
+    TLS.clone()
+}
+
 /// [`exchange_with`] for a binary body (OTLP protobuf); the answer's body is not kept.
 ///
 /// # Errors

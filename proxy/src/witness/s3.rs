@@ -14,12 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use hmac::Mac;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::http::client::{self, Answer};
-
-type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// Where the archive lives (`ledger.witnesses[].s3`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -60,13 +57,7 @@ impl S3Config {
     /// The reason.
     pub fn check(&self) -> Result<(), String> {
         client::split_url(&self.endpoint).map_err(|e| e.to_string())?;
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-        if self.bucket.len() < 3 || self.bucket.len() > 63 || !self.bucket.chars().all(ok) {
-            return Err(format!(
-                "bucket `{}` is not an S3 bucket name (3-63 lowercase letters, digits, `-`, `.`)",
-                self.bucket
-            ));
-        }
+        crate::http::s3::check_bucket(&self.bucket)?;
         if self.prefix.chars().any(|c| c.is_control() || c == '\\') {
             return Err("prefix holds control characters".into());
         }
@@ -81,40 +72,6 @@ impl S3Config {
     }
 }
 
-struct Credentials {
-    access: String,
-    secret: String,
-    token: Option<String>,
-}
-
-fn credentials() -> Result<Credentials, String> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    Ok(Credentials {
-        access: var("AWS_ACCESS_KEY_ID").ok_or("AWS_ACCESS_KEY_ID is not set")?,
-        secret: var("AWS_SECRET_ACCESS_KEY").ok_or("AWS_SECRET_ACCESS_KEY is not set")?,
-        token: var("AWS_SESSION_TOKEN"),
-    })
-}
-
-/// RFC 3986 encoding as SigV4 wants it (`/` kept in paths).
-fn encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-    let mut m = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    m.update(data.as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
-
 /// Sign and send one request; `query` is `(name, value)` pairs, `headers` extra ones.
 fn send(
     cfg: &S3Config,
@@ -123,85 +80,21 @@ fn send(
     query: &[(&str, &str)],
     headers: &[(&str, String)],
     body: &str,
-    now: SystemTime,
 ) -> Result<Answer, String> {
-    let creds = credentials()?;
-    let ep = client::split_url(&cfg.endpoint).map_err(|e| e.to_string())?;
-    let (authority, prefix) = (ep.authority.clone(), ep.prefix.clone());
-    let t = time::OffsetDateTime::from(now);
-    let amz_date = format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    let date = &amz_date[..8];
-    let path = encode(&format!("{prefix}/{}/{key}", cfg.bucket), true);
-    let path = path.trim_end_matches('/').to_owned() + if key.is_empty() { "/" } else { "" };
-    let mut q: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (encode(k, false), encode(v, false)))
-        .collect();
-    q.sort();
-    let query_text = q
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let payload = hex::encode(Sha256::digest(body.as_bytes()));
-    let mut all: Vec<(String, String)> = vec![
-        ("host".into(), authority.clone()),
-        ("x-amz-content-sha256".into(), payload.clone()),
-        ("x-amz-date".into(), amz_date.clone()),
-    ];
-    if let Some(tok) = &creds.token {
-        all.push(("x-amz-security-token".into(), tok.clone()));
-    }
-    for (k, v) in headers {
-        all.push((k.to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    all.sort();
-    let signed: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
-    let signed = signed.join(";");
-    let canonical = format!(
-        "{method}\n{path}\n{query_text}\n{}\n{signed}\n{payload}",
-        all.iter()
-            .map(|(k, v)| format!("{k}:{v}\n"))
-            .collect::<String>()
-    );
-    let scope = format!("{date}/{}/s3/aws4_request", cfg.region);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let k = hmac(format!("AWS4{}", creds.secret).as_bytes(), date);
-    let k = hmac(&k, &cfg.region);
-    let k = hmac(&k, "s3");
-    let k = hmac(&k, "aws4_request");
-    let signature = hex::encode(hmac(&k, &to_sign));
-    let auth = format!(
-        "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
-        creds.access
-    );
-    let mut extra: Vec<(String, String)> = all.into_iter().filter(|(k, _)| k != "host").collect();
-    extra.push(("authorization".into(), auth));
-    let target = if query_text.is_empty() {
-        path
-    } else {
-        format!("{path}?{query_text}")
+    let bucket = crate::http::s3::Bucket {
+        endpoint: cfg.endpoint.clone(),
+        bucket: cfg.bucket.clone(),
+        region: cfg.region.clone(),
     };
-    client::exchange_with(
-        &ep.base(),
+    bucket.request(
+        &client::system_tls(),
         method,
-        &target,
-        &extra,
-        body,
+        key,
+        query,
+        headers,
+        body.as_bytes(),
         Duration::from_secs(10),
     )
-    .map_err(|e| e.to_string())
 }
 
 /// Store the checkpoint `note` (tree `size` of `origin`) under COMPLIANCE retention.
@@ -230,7 +123,7 @@ pub fn put_checkpoint(cfg: &S3Config, origin: &str, size: u64, note: &str) -> Re
         ("x-amz-object-lock-mode", "COMPLIANCE".to_owned()),
         ("x-amz-object-lock-retain-until-date", until),
     ];
-    let a = send(cfg, "PUT", &cfg.key(origin, size), &[], &headers, note, now)?;
+    let a = send(cfg, "PUT", &cfg.key(origin, size), &[], &headers, note)?;
     if a.status == 200 {
         Ok(())
     } else {
@@ -278,7 +171,7 @@ pub fn list_checkpoints(cfg: &S3Config, origin: &str) -> Result<Vec<Stored>, Str
             q.push(("key-marker", key_marker.as_str()));
             q.push(("version-id-marker", version_marker.as_str()));
         }
-        let a = send(cfg, "GET", "", &q, &[], "", SystemTime::now())?;
+        let a = send(cfg, "GET", "", &q, &[], "")?;
         if a.status != 200 {
             return Err(format!("listing answered {}: {}", a.status, a.body.trim()));
         }
@@ -305,15 +198,7 @@ pub fn list_checkpoints(cfg: &S3Config, origin: &str) -> Result<Vec<Stored>, Str
     versions.sort();
     let mut out = Vec::new();
     for (key, id, when) in versions {
-        let a = send(
-            cfg,
-            "GET",
-            &key,
-            &[("versionId", id.as_str())],
-            &[],
-            "",
-            SystemTime::now(),
-        )?;
+        let a = send(cfg, "GET", &key, &[("versionId", id.as_str())], &[], "")?;
         if a.status != 200 {
             return Err(format!(
                 "GET {key} answered {}: {}",
