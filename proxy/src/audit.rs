@@ -974,32 +974,191 @@ pub fn rotate_key(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `sluice report` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    /// One self-contained page.
+    Html,
+    /// The HTML printed by headless Chromium (Debian's `chromium`).
+    Pdf,
+}
+
+/// One `sluice report` run.
+#[derive(Debug, Clone)]
+pub struct ReportRequest {
+    pub kind: ReportKind,
+    /// `--type evidence`: the framework (then `kind` is not used).
+    pub evidence: Option<crate::evidence::Framework>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub central: bool,
+    pub options: ledger::ReportOptions,
+    pub format: ReportFormat,
+    /// Where HTML or PDF goes (stdout for HTML without it; PDF needs it).
+    pub out: Option<PathBuf>,
+}
+
 /// `sluice report`.
 ///
 /// # Errors
-/// The ledger cannot be read.
-pub fn report(
-    config: &Config,
-    kind: ReportKind,
-    since: Option<SystemTime>,
-    until: Option<SystemTime>,
-    json: bool,
-    central: bool,
-    grouping: &ledger::Grouping,
-) -> anyhow::Result<()> {
+/// The ledger (or the central store) cannot be read, or the PDF cannot be made.
+pub fn report(config: &Config, req: &ReportRequest) -> anyhow::Result<()> {
     let dir = config.ledger.dir.clone();
-    let r = if central {
-        ledger::central::report(&mut central_client(config)?, kind, since, until, grouping)?
+    let mut r = if let Some(framework) = req.evidence {
+        anyhow::ensure!(
+            !req.central,
+            "--type evidence reads this node's ledger (its verification is local); run it on each node"
+        );
+        crate::evidence::evidence(&config.ledger, framework, req.since, req.until)
+            .with_context(|| format!("reading the ledger in {}", dir.display()))?
+    } else if req.central {
+        ledger::central::report(
+            &mut central_client(config)?,
+            req.kind,
+            req.since,
+            req.until,
+            &req.options,
+        )?
     } else {
-        ledger::report(&dir, kind, since, until, grouping)
+        ledger::report(&dir, req.kind, req.since, req.until, &req.options)
             .with_context(|| format!("reading the ledger in {}", dir.display()))?
     };
-    if json {
-        println!("{r}");
-    } else {
-        print!("{}", ledger::render_report_text(&r));
+    if matches!(req.format, ReportFormat::Html | ReportFormat::Pdf) && req.evidence.is_none() {
+        // What an auditor receives states the verification it ran, and shows the
+        // period's interactions per day.
+        decorate(config, req, &mut r)?;
+    }
+    match req.format {
+        ReportFormat::Json => println!("{r}"),
+        ReportFormat::Text => print!("{}", ledger::render_report_text(&r)),
+        ReportFormat::Html => {
+            let html = ledger::render_report_html(&r);
+            match &req.out {
+                Some(p) => {
+                    std::fs::write(p, html).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => print!("{html}"),
+            }
+        }
+        ReportFormat::Pdf => {
+            let out = req
+                .out
+                .as_deref()
+                .context("--format pdf needs --out FILE.pdf")?;
+            pdf(&ledger::render_report_html(&r), out)?;
+            eprintln!("wrote {}", out.display());
+        }
     }
     Ok(())
+}
+
+/// Adds the integrity verification and the daily series to a report for HTML and PDF.
+fn decorate(config: &Config, req: &ReportRequest, r: &mut serde_json::Value) -> anyhow::Result<()> {
+    let keys =
+        ledger::load_hmac_keys(&config.ledger.dir, config.ledger.hmac_source()).unwrap_or_default();
+    if req.central {
+        let reports = ledger::central::verify(&mut central_client(config)?, &keys, None)?;
+        let errors: Vec<String> = reports
+            .iter()
+            .flat_map(|n| {
+                n.errors
+                    .iter()
+                    .take(5)
+                    .map(move |e| format!("node {}: {e}", n.node))
+            })
+            .collect();
+        r["integrity"] = serde_json::json!({
+            "verified": errors.is_empty() && !reports.is_empty(),
+            "records_checked": reports.iter().map(|n| n.records).sum::<u64>(),
+            "nodes": reports.len(),
+            "hmac_checked": reports.iter().all(|n| n.hmac_checked == n.records),
+            "errors": errors,
+        });
+    } else {
+        let v = ledger::verify(
+            &config.ledger.dir,
+            &VerifyOptions {
+                hmac_keys: keys,
+                ..VerifyOptions::default()
+            },
+        )?;
+        r["integrity"] = serde_json::json!({
+            "verified": v.ok,
+            "records_checked": v.records,
+            "checkpoints_checked": v.checkpoints,
+            "tree_heads_checked": v.tree_heads_checked,
+            "hmac_checked": v.hmac_checked,
+            "signatures_checked": v.signatures_checked,
+            "head_seq": v.head_seq,
+            "errors": v.errors.iter().take(5).map(|e| format!("seq {}: {}", e.seq, e.detail)).collect::<Vec<_>>(),
+        });
+        let interactions = ledger::query(
+            &config.ledger.dir,
+            &Filter {
+                kind: Some("interaction".into()),
+                since: req.since,
+                until: req.until,
+                limit: usize::MAX,
+                ..Filter::default()
+            },
+        )?;
+        r["series"] = crate::evidence::daily(&interactions);
+    }
+    Ok(())
+}
+
+/// Prints `html` to `out` as PDF with headless Chromium.
+fn pdf(html: &str, out: &Path) -> anyhow::Result<()> {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|b| which(b))
+        .context("--format pdf needs Chromium: install Debian's `chromium` package (or use --format html)")?;
+    let work = std::env::temp_dir().join(format!("sluice-report-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let page = work.join("report.html");
+    std::fs::write(&page, html)?;
+    let out_abs = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(out)
+    };
+    let result = std::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            work.join("profile").display()
+        ))
+        .arg(format!("--print-to-pdf={}", out_abs.display()))
+        .arg(format!("file://{}", page.display()))
+        .output();
+    let _ = std::fs::remove_dir_all(&work);
+    let o = result.with_context(|| format!("running {}", chromium.display()))?;
+    anyhow::ensure!(
+        o.status.success() && out_abs.metadata().map(|m| m.len() > 0).unwrap_or(false),
+        "Chromium could not print the PDF: {}",
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    Ok(())
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]

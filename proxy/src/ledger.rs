@@ -121,7 +121,10 @@ pub use keys::{
 pub use proof::{check_exported, CheckedRecord};
 pub use query::{query, tail_after, Filter};
 pub(crate) use report::value_of;
-pub use report::{principal, render_report_text, report, workload, By, Grouping, ReportKind, Sums};
+pub use report::{
+    concerns, principal, render_report_html, render_report_text, report, workload, By, ReportKind,
+    ReportOptions, Sums,
+};
 pub use sink::{record_id, LedgerSink};
 pub use verify::{
     verify, VerifyError, VerifyErrorKind, VerifyOptions, VerifyReport, WitnessCheck, WitnessedHead,

@@ -40,6 +40,7 @@ pub mod ca;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod evidence;
 pub mod guardrails;
 pub mod http;
 pub mod identity;

@@ -17,7 +17,8 @@ use anyhow::{ensure, Context, Result};
 /// brings `promtool`, which checks and unit-tests the alerting rules; docker.io runs the
 /// Kubernetes DaemonSet's pod spec on a node without a kubelet, from the image built with
 /// Debian's ca-certificates as its roots; redis-server and postgresql are the fleet's shared
-/// counter store and central ledger, started by the tests on loopback.
+/// counter store and central ledger, started by the tests on loopback; chromium prints the
+/// PDF reports and poppler-utils turns a page back into an image and text for the test.
 const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
@@ -35,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "ca-certificates",
     "redis-server",
     "postgresql",
+    "chromium",
+    "poppler-utils",
 ];
 
 /// The Node.js clients of the tests (`npm ci` there), relative to the repo root.

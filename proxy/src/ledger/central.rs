@@ -904,13 +904,26 @@ pub fn report(
     kind: super::ReportKind,
     since: Option<std::time::SystemTime>,
     until: Option<std::time::SystemTime>,
-    grouping: &super::report::Grouping,
+    grouping: &super::report::ReportOptions,
 ) -> Result<Value, CentralError> {
-    use super::report::{assemble, grouped, record_rows, Sums};
+    use super::report::{activity, assemble, grouped, record_rows, Sums};
     use super::ReportKind;
     let (from, to) = window(since, until);
     let (columns, rows, totals) = match kind {
-        ReportKind::Access | ReportKind::Usage => {
+        ReportKind::Activity => {
+            let who = grouping.who.as_deref().unwrap_or("");
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM sluice_records WHERE {WINDOW} ORDER BY ts, node_id, seq"
+            );
+            let recs: Vec<Value> = client
+                .query(&sql, &[&from, &to])?
+                .iter()
+                .map(|r| displayed(r).1)
+                .filter(|r| super::report::concerns(r, who))
+                .collect();
+            activity(recs.into_iter())
+        }
+        ReportKind::Access | ReportKind::Usage | ReportKind::Inventory => {
             let sql = format!(
                 "SELECT identity, provider, model, node_id, count(*),
                         sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_usd),

@@ -88,3 +88,9 @@ pub fn first_seq_since(dir: &Path, since_ms: i64) -> Result<Option<i64>, LedgerE
     )
     .map_err(index::sql_err(&index::db_path(dir)))
 }
+
+/// The newest checkpoint's tree size (the seq it covers), if any.
+pub fn newest_checkpoint(dir: &Path) -> Option<u64> {
+    let conn = index::open_ro(dir).ok()?;
+    index::last_checkpoint(&conn).ok().flatten()
+}

@@ -12,8 +12,10 @@ use super::query::{where_clause, Filter};
 use super::LedgerError;
 
 mod group;
+mod html;
 pub(crate) use group::value_of;
-pub use group::{principal, workload, By, Grouping, Sums};
+pub use group::{concerns, principal, workload, By, ReportOptions, Sums};
+pub use html::render_report_html;
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -27,6 +29,10 @@ pub enum ReportKind {
     Security,
     /// Per identity: requests, tokens, cost, first and last seen.
     Usage,
+    /// Every workload that called a provider: how, where to, how much, since when.
+    Inventory,
+    /// Everything one identity (`--who`) did.
+    Activity,
 }
 
 impl ReportKind {
@@ -36,6 +42,8 @@ impl ReportKind {
             ReportKind::Change => "change",
             ReportKind::Security => "security",
             ReportKind::Usage => "usage",
+            ReportKind::Inventory => "inventory",
+            ReportKind::Activity => "activity",
         }
     }
 }
@@ -66,7 +74,7 @@ pub fn report(
     kind: ReportKind,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
-    grouping: &Grouping,
+    grouping: &ReportOptions,
 ) -> Result<Value, LedgerError> {
     let conn = index::open_ro(dir)?;
     let db = index::db_path(dir);
@@ -85,7 +93,7 @@ pub fn report(
     };
     let p = || rusqlite::params_from_iter(params.clone());
     let (columns, rows, totals) = match kind {
-        ReportKind::Access | ReportKind::Usage => {
+        ReportKind::Access | ReportKind::Usage | ReportKind::Inventory => {
             let sql = format!(
                 "SELECT (SELECT json FROM identities WHERE id = identity_id), provider, model,
                         count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd),
@@ -113,6 +121,18 @@ pub fn report(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&e)?;
             grouped(kind, &sums, grouping)
+        }
+        ReportKind::Activity => {
+            let who = grouping.who.as_deref().unwrap_or("");
+            let sql = format!("SELECT meta, NULL, hash, hmac FROM records {w} ORDER BY seq");
+            let mut u = Unpacker::new(&conn).map_err(&e)?;
+            let mut stmt = conn.prepare(&sql).map_err(&e)?;
+            let recs = stmt
+                .query_map(p(), |r| u.display_row(r))
+                .map_err(&e)?
+                .filter_map(Result::ok)
+                .filter(|r| group::concerns(r, who));
+            activity(recs)
         }
         ReportKind::Change | ReportKind::Security => {
             let cond = if kind == ReportKind::Change {
@@ -148,8 +168,12 @@ pub fn report(
 pub(crate) fn grouped(
     kind: ReportKind,
     sums: &[Sums],
-    grouping: &Grouping,
+    grouping: &ReportOptions,
 ) -> (Vec<String>, Vec<Value>, Option<Value>) {
+    if kind == ReportKind::Inventory {
+        let (columns, rows, totals) = group::inventory(sums, grouping.top);
+        return (columns, rows, Some(totals));
+    }
     let by = if !grouping.by.is_empty() {
         grouping.by.clone()
     } else if kind == ReportKind::Access {
@@ -183,6 +207,87 @@ pub(crate) fn assemble(
         r["totals"] = t;
     }
     r
+}
+
+/// The activity report from one identity's records (as displayed, in order).
+pub(crate) fn activity(
+    recs: impl Iterator<Item = Value>,
+) -> (Vec<String>, Vec<Value>, Option<Value>) {
+    let columns = [
+        "seq",
+        "ts",
+        "kind",
+        "provider",
+        "model",
+        "decision",
+        "reasons",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+    ];
+    let (mut n, mut interactions, mut tin, mut tout, mut cost) = (0u64, 0u64, 0i64, 0i64, 0.0f64);
+    let rows = recs
+        .map(|r| {
+            n += 1;
+            let inp = r["usage"]["input_tokens"].as_i64().unwrap_or(0);
+            let out = r["usage"]["output_tokens"].as_i64().unwrap_or(0);
+            let c = r["cost_usd"].as_f64().unwrap_or(0.0);
+            if r["kind"] == "interaction" {
+                interactions += 1;
+            }
+            tin += inp;
+            tout += out;
+            cost += c;
+            let reasons = r["reason_codes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let status = if r["kind"] == "admin" {
+                format!(
+                    "{} {}",
+                    r["action"].as_str().unwrap_or(""),
+                    r["outcome"].as_str().unwrap_or("")
+                )
+            } else if r["kind"] == "alert" {
+                format!(
+                    "{} {}",
+                    r["rule"].as_str().unwrap_or(""),
+                    r["state"].as_str().unwrap_or("")
+                )
+            } else {
+                r.get("status").map_or_else(
+                    || r["outcome"].as_str().unwrap_or("-").to_owned(),
+                    |s| {
+                        if s.is_null() {
+                            r["outcome"].as_str().unwrap_or("-").to_owned()
+                        } else {
+                            s.to_string()
+                        }
+                    },
+                )
+            };
+            json!({
+                "seq": r["seq"], "ts": r["ts"], "kind": r["kind"], "provider": r["provider"],
+                "model": r["model"], "decision": r["decision"], "reasons": reasons,
+                "status": status, "input_tokens": inp, "output_tokens": out, "cost_usd": c,
+            })
+        })
+        .collect();
+    let totals = json!({
+        "records": n, "requests": interactions, "input_tokens": tin, "output_tokens": tout,
+        "cost_usd": (cost * 1e9).round() / 1e9, "groups": 1,
+    });
+    (
+        columns.iter().map(|c| (*c).to_owned()).collect(),
+        rows,
+        Some(totals),
+    )
 }
 
 /// The change or security report's rows from its records (as displayed).

@@ -1,4 +1,4 @@
-//! Grouping the usage and access reports by what people ask about (`--by`): the store
+//! ReportOptions the usage and access reports by what people ask about (`--by`): the store
 //! sums per identity, provider and model; here those sums are folded into the groups
 //! asked for, sorted by requests, cut to a top N (the rest folded into one `(others)`
 //! row) and totalled.
@@ -88,13 +88,33 @@ impl By {
     }
 }
 
-/// `--by` and `--top`.
+/// What a report is narrowed and grouped by: `--by`, `--top`, `--who`.
 #[derive(Debug, Clone, Default)]
-pub struct Grouping {
+pub struct ReportOptions {
     /// Empty: the report's default (usage: principal; access: principal, provider, model).
     pub by: Vec<By>,
     /// Keep the N groups with the most requests; the rest become one `(others)` row.
     pub top: Option<usize>,
+    /// The activity report's subject: a principal (`user:alice`, `key:sha256:…`,
+    /// `process:/usr/bin/python3 uid=1000`, `client:10.0.0.5`, `k8s:ns/app=x`), a workload,
+    /// or a bare user name.
+    pub who: Option<String>,
+}
+
+/// Whether a displayed record is `who`'s (see [`ReportOptions::who`]): its identity's
+/// principal, workload or user; an admin record's initiator id.
+pub fn concerns(r: &Value, who: &str) -> bool {
+    let id = r
+        .get("identity")
+        .and_then(Value::as_object)
+        .or_else(|| r.get("initiator").and_then(Value::as_object));
+    let Some(id) = id else { return false };
+    if r.get("kind").and_then(Value::as_str) == Some("admin") {
+        return id.get("id").and_then(Value::as_str) == Some(who);
+    }
+    principal(id) == who
+        || workload(id) == who
+        || id.get("user").and_then(Value::as_str) == Some(who)
 }
 
 /// The store's sums for one identity, provider, model (and node).
@@ -199,9 +219,26 @@ struct Group {
     last_seen: Option<String>,
     providers: BTreeSet<String>,
     models: BTreeSet<String>,
+    /// Virtual keys' users seen.
+    users: BTreeSet<String>,
+    /// Own provider keys (fingerprints) seen.
+    keys: BTreeSet<String>,
 }
 
 impl Group {
+    fn add_identity(&mut self, id: &Map<String, Value>) {
+        let s = |k: &str| id.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+        match (s("user"), s("api_key_fingerprint")) {
+            (Some(u), _) => {
+                self.users.insert(u.to_owned());
+            }
+            (None, Some(k)) => {
+                self.keys.insert(k.to_owned());
+            }
+            _ => {}
+        }
+    }
+
     fn add(&mut self, s: &Sums) {
         self.requests += s.requests;
         self.input_tokens += s.input_tokens;
@@ -236,6 +273,8 @@ impl Group {
         }
         self.providers.extend(o.providers.iter().cloned());
         self.models.extend(o.models.iter().cloned());
+        self.users.extend(o.users.iter().cloned());
+        self.keys.extend(o.keys.iter().cloned());
     }
 
     fn fields(&self, m: &mut Map<String, Value>, with_providers: bool, with_models: bool) {
@@ -261,6 +300,22 @@ impl Group {
 
 /// The report's columns, rows and totals for `sums` grouped by `by` (already defaulted).
 pub fn group(sums: &[Sums], by: &[By], top: Option<usize>) -> (Vec<String>, Vec<Value>, Value) {
+    group_as(sums, by, top, false)
+}
+
+/// The AI inventory: every workload (pod, process, machine) that called a provider, how
+/// (the virtual keys' users it used, or how many provider keys of its own), where to,
+/// how much, first and last seen.
+pub fn inventory(sums: &[Sums], top: Option<usize>) -> (Vec<String>, Vec<Value>, Value) {
+    group_as(sums, &[By::Workload], top, true)
+}
+
+fn group_as(
+    sums: &[Sums],
+    by: &[By],
+    top: Option<usize>,
+    keys: bool,
+) -> (Vec<String>, Vec<Value>, Value) {
     let mut groups: HashMap<Vec<String>, Group> = HashMap::new();
     let mut parsed: HashMap<&str, Map<String, Value>> = HashMap::new();
     let empty = Map::new();
@@ -272,7 +327,9 @@ pub fn group(sums: &[Sums], by: &[By], top: Option<usize>) -> (Vec<String>, Vec<
             None => &empty,
         };
         let key: Vec<String> = by.iter().map(|b| value_of(b, id, s)).collect();
-        groups.entry(key).or_default().add(s);
+        let g = groups.entry(key).or_default();
+        g.add(s);
+        g.add_identity(id);
     }
     let mut sorted: Vec<(Vec<String>, Group)> = groups.into_iter().collect();
     sorted.sort_by(|a, b| {
@@ -299,6 +356,10 @@ pub fn group(sums: &[Sums], by: &[By], top: Option<usize>) -> (Vec<String>, Vec<
     let with_providers = !by.contains(&By::Provider);
     let with_models = !by.contains(&By::Model);
     let mut columns: Vec<String> = by.iter().map(By::column).collect();
+    if keys {
+        columns.push("virtual_key_users".into());
+        columns.push("own_keys".into());
+    }
     columns.extend(
         ["requests", "input_tokens", "output_tokens", "cost_usd"]
             .iter()
@@ -316,6 +377,13 @@ pub fn group(sums: &[Sums], by: &[By], top: Option<usize>) -> (Vec<String>, Vec<
         let mut m = Map::new();
         for (b, v) in by.iter().zip(key) {
             m.insert(b.column(), Value::String(v.clone()));
+        }
+        if keys {
+            m.insert(
+                "virtual_key_users".into(),
+                Value::String(g.users.iter().cloned().collect::<Vec<_>>().join(",")),
+            );
+            m.insert("own_keys".into(), json!(g.keys.len()));
         }
         g.fields(&mut m, with_providers, with_models);
         Value::Object(m)

@@ -252,9 +252,10 @@ fn reports_group_and_render() {
     assert_eq!(usage["rows"].as_array().unwrap().len(), 2, "{usage}");
     assert_eq!(usage["rows"][1]["requests"], 2);
     assert!(usage["rows"][0]["first_seen"].is_string());
-    let by_model = crate::ledger::Grouping {
+    let by_model = crate::ledger::ReportOptions {
         by: vec![crate::ledger::By::Model],
         top: Some(1),
+        who: None,
     };
     let models = report(&dir, ReportKind::Usage, None, None, &by_model).unwrap();
     assert_eq!(models["rows"][0]["model"], "gpt-4o-mini");
