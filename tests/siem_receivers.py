@@ -322,3 +322,58 @@ class Teams(Receiver):
             return 400, {"error": {"code": "BadRequest", "message": "Invalid adaptive card"}}
         self.cards.append(att["content"])
         return 202, {}
+
+
+class AzureMonitor(Receiver):
+    """Microsoft Entra ID's token endpoint (`POST /<tenant>/oauth2/v2.0/token`, client
+    credentials, scope `https://monitor.azure.com/.default`) and the Logs Ingestion API
+    (`POST /dataCollectionRules/<dcr>/streams/<stream>?api-version=2023-01-01`, a bearer
+    token, a JSON array of at most 1 MB whose rows have `TimeGenerated`): 204, 400 for an
+    invalid row, 401 for an unknown token, 413, 503 when busy. `revoke()` invalidates the
+    tokens issued so far."""
+
+    def __init__(self, tenant: str, client_id: str, secret: str, dcr: str, stream: str):
+        self.tenant, self.client_id, self.secret, self.dcr, self.stream = tenant, client_id, secret, dcr, stream
+        self.tokens: set[str] = set()
+        self.issued = 0
+        self.rows: list[dict] = []
+        super().__init__()
+
+    def revoke(self):
+        with self.lock:
+            self.tokens.clear()
+
+    def handle(self, path, headers, body):
+        from urllib.parse import parse_qs, urlparse
+        if path == f"/{self.tenant}/oauth2/v2.0/token":
+            form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+            if form.get("grant_type") != "client_credentials" or form.get("scope") != "https://monitor.azure.com/.default":
+                return 400, {"error": "invalid_request"}
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self.secret:
+                self.refused_auth += 1
+                return 401, {"error": "invalid_client"}
+            self.issued += 1
+            token = f"token-{self.issued}"
+            self.tokens.add(token)
+            return 200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token}
+        url = urlparse(path)
+        if url.path != f"/dataCollectionRules/{self.dcr}/streams/{self.stream}" or \
+                parse_qs(url.query).get("api-version") != ["2023-01-01"]:
+            return 404, {"error": {"code": "NotFound"}}
+        auth = headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+            return 401, {"error": {"code": "InvalidToken", "message": "The token is invalid or expired"}}
+        if len(body) > 1024 * 1024:
+            return 413, {"error": {"code": "ContentLengthLimitExceeded"}}
+        if self.take_busy():
+            return 503, {"error": {"code": "ServiceUnavailable"}}
+        rows = json.loads(body)
+        if not isinstance(rows, list) or any("TimeGenerated" not in r for r in rows):
+            return 400, {"error": {"code": "InvalidArgument", "message": "TimeGenerated missing"}}
+        if POISON in body.decode():
+            return 400, {"error": {"code": "InvalidArgument", "message": "a row does not match the stream's declaration"}}
+        for r in rows:
+            assert r["RecordId"] == r["Record"]["id"] and r["Kind"] == r["Record"]["kind"], r
+            self.rows.append(r)
+            self.keep(r["Record"])
+        return 204, {}

@@ -334,3 +334,43 @@ def test_s3_gets_every_record_once_as_partitioned_gzip_jsonl_under_object_lock(t
         assert m, key
     head = s3.head_object(Bucket="ai-audit", Key=next(iter(objects)))
     assert head["ObjectLockMode"] == "COMPLIANCE" and head["ContentEncoding"] == "gzip", head
+
+
+def test_azure_monitor_gets_every_record_with_a_renewed_token_and_parks_an_invalid_one(topo, tmp_path):
+    from siem_receivers import AzureMonitor
+    az = AzureMonitor("tenant-1", "client-1", "s3cret", "dcr-0123abcd", "Custom-SluiceAudit_CL")
+    (tmp_path / "az-secret").write_text("s3cret\n")
+    stack = Stack(topo, tmp_path / "node", extra_config=f"""sinks:
+  - name: azure
+    interval_ms: 200
+    azure_monitor:
+      endpoint: "{az.url}"
+      authority: "{az.url}"
+      dcr_immutable_id: dcr-0123abcd
+      stream: Custom-SluiceAudit_CL
+      tenant_id: tenant-1
+      client_id: client-1
+      client_secret: {{file: "{tmp_path / 'az-secret'}"}}
+""")
+    try:
+        send(stack, ["to azure 1", "to azure 2"])
+        stack.wait_records(2, "interaction")
+        wait_until(lambda: az.ids() == {r["id"] for r in stack.all_records()}, what="the first rows in Azure Monitor")
+        # The token is revoked (as Entra ID may): the sink gets a new one and carries on.
+        az.revoke()
+        send(stack, ["to azure 3", f"a {POISON} row"])
+        stack.wait_records(4, "interaction")
+        poison = next(r for r in stack.all_records() if POISON in json.dumps(r.get("request")))
+
+        def done():
+            want = {r["id"] for r in stack.all_records()} - {poison["id"]}
+            return az.ids() == want and status(stack)["azure"]["lag_records"] == 0
+        wait_until(done, timeout=60, what="every row in Azure Monitor")
+        assert az.issued == 2, az.issued
+        assert all(len(v) == 1 for v in az.records.values())
+        dead = json.loads((stack.state / "ledger" / "sinks" / "azure.dead.jsonl").read_text())
+        assert dead["record"]["id"] == poison["id"] and "InvalidArgument" in dead["reason"], dead
+        row = next(r for r in az.rows if r["Kind"] == "interaction")
+        assert row["TimeGenerated"] == row["Record"]["ts"] and row["Node"] and row["Principal"], row
+    finally:
+        az.close()

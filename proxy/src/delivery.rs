@@ -29,6 +29,7 @@ use crate::ledger::follow::{self, Stored};
 use crate::ledger::Ledger;
 use crate::metrics;
 
+mod azure;
 mod channels;
 pub mod config;
 mod datadog;
@@ -232,6 +233,9 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
     }
     if let Some(s) = &cfg.s3 {
         return Ok(Box::new(s3::S3::new(s, node, tls, timeout)));
+    }
+    if let Some(a) = &cfg.azure_monitor {
+        return Ok(Box::new(azure::AzureMonitor::new(a, node, tls, timeout)?));
     }
     if let Some(s) = &cfg.slack {
         return Ok(Box::new(channels::Channel::slack(
@@ -534,6 +538,8 @@ fn kind_of(c: &SinkConfig) -> &'static str {
         "elasticsearch"
     } else if c.s3.is_some() {
         "s3"
+    } else if c.azure_monitor.is_some() {
+        "azure_monitor"
     } else if c.slack.is_some() {
         "slack"
     } else if c.pagerduty.is_some() {

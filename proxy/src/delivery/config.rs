@@ -46,6 +46,9 @@ pub struct SinkConfig {
     /// Amazon S3 or an S3-compatible store: compressed JSON Lines by date and hour.
     #[serde(default)]
     pub s3: Option<S3SinkConfig>,
+    /// Azure Monitor Logs Ingestion API (a data collection rule's stream).
+    #[serde(default)]
+    pub azure_monitor: Option<AzureMonitorConfig>,
     /// Alert channel: a Slack incoming webhook (its URL is the secret).
     #[serde(default)]
     pub slack: Option<UrlSecret>,
@@ -87,6 +90,30 @@ pub struct ObjectLock {
     /// `compliance` (nobody can shorten it) or `governance`.
     pub mode: String,
     pub retention_days: u32,
+}
+
+/// Azure Monitor Logs Ingestion API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureMonitorConfig {
+    /// The data collection endpoint's (or the DCR's) logs ingestion URL,
+    /// `https://<dce>.<region>.ingest.monitor.azure.com`.
+    pub endpoint: String,
+    /// The data collection rule's immutable id, `dcr-…`.
+    pub dcr_immutable_id: String,
+    /// The stream, `Custom-SluiceAudit_CL`.
+    pub stream: String,
+    pub tenant_id: String,
+    /// The app registration allowed to write (Monitoring Metrics Publisher on the DCR).
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Default `https://login.microsoftonline.com` (another for sovereign clouds).
+    #[serde(default = "default_authority")]
+    pub authority: String,
+}
+
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".into()
 }
 
 /// A webhook whose URL is its credential (Slack, Teams).
@@ -334,6 +361,7 @@ impl SinkConfig {
             self.datadog.is_some(),
             self.elasticsearch.is_some(),
             self.s3.is_some(),
+            self.azure_monitor.is_some(),
             self.slack.is_some(),
             self.pagerduty.is_some(),
             self.teams.is_some(),
@@ -345,7 +373,7 @@ impl SinkConfig {
             bad(
                 &mut out,
                 "destination",
-                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, s3, slack, pagerduty, teams ({given} given)"),
+                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, s3, azure_monitor, slack, pagerduty, teams ({given} given)"),
             );
         }
         if let Some(ca) = &self.ca_file {
@@ -413,6 +441,24 @@ impl SinkConfig {
                     ));
                 }
             }
+        }
+        if let Some(a) = &self.azure_monitor {
+            url(&mut out, "azure_monitor.endpoint", &a.endpoint);
+            url(&mut out, "azure_monitor.authority", &a.authority);
+            for (k, v) in [
+                ("dcr_immutable_id", &a.dcr_immutable_id),
+                ("stream", &a.stream),
+                ("tenant_id", &a.tenant_id),
+                ("client_id", &a.client_id),
+            ] {
+                if v.is_empty() || v.contains(['/', '?', '#', ' ']) {
+                    out.push((
+                        format!("azure_monitor.{k}"),
+                        format!("`{v}` is empty or not an id"),
+                    ));
+                }
+            }
+            secrets.push(("azure_monitor.client_secret", &a.client_secret));
         }
         if let Some(s) = &self.slack {
             secrets.push(("slack.url", &s.url));
