@@ -377,3 +377,28 @@ class AzureMonitor(Receiver):
             self.rows.append(r)
             self.keep(r["Record"])
         return 204, {}
+
+
+class OtlpLogs(Receiver):
+    """An OpenTelemetry collector's OTLP/HTTP logs endpoint: `POST /v1/logs`, protobuf
+    `ExportLogsServiceRequest` (decoded with `opentelemetry-proto`); 200, or 400 for a body
+    that does not decode."""
+
+    def __init__(self):
+        self.logs: list = []
+        super().__init__()
+
+    def handle(self, path, headers, body):
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+        if path != "/v1/logs" or headers.get("content-type") != "application/x-protobuf":
+            return 404, {}
+        try:
+            req = logs_service_pb2.ExportLogsServiceRequest.FromString(body)
+        except Exception:  # noqa: BLE001 - any decode failure is the client's fault
+            return 400, {}
+        for rl in req.resource_logs:
+            for sl in rl.scope_logs:
+                for log in sl.log_records:
+                    self.logs.append(log)
+                    self.keep(json.loads(log.body.string_value))
+        return 200, {}

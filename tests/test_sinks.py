@@ -374,3 +374,23 @@ def test_azure_monitor_gets_every_record_with_a_renewed_token_and_parks_an_inval
         assert row["TimeGenerated"] == row["Record"]["ts"] and row["Node"] and row["Principal"], row
     finally:
         az.close()
+
+
+def test_otlp_logs_reach_a_collector_as_log_records(topo, tmp_path):
+    from siem_receivers import OtlpLogs
+    col = OtlpLogs()
+    stack = Stack(topo, tmp_path / "node", extra_config=f"""sinks:
+  - name: otel
+    interval_ms: 200
+    otlp_logs: {{endpoint: "{col.url}", headers: {{x-tenant: team-a}}}}
+""")
+    try:
+        send(stack, ["to the collector"] * 2)
+        stack.wait_records(2, "interaction")
+        wait_until(lambda: col.ids() == {r["id"] for r in stack.all_records()}, what="every record as a log")
+        log = next(lg for lg in col.logs if json.loads(lg.body.string_value)["kind"] == "interaction")
+        attrs = {a.key: a.value.string_value for a in log.attributes}
+        assert attrs["event.name"] == "sluice.interaction" and attrs["gen_ai.provider.name"] == "openai", attrs
+        assert log.time_unix_nano > 0 and log.severity_text == "INFO"
+    finally:
+        col.close()

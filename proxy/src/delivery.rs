@@ -34,6 +34,7 @@ mod channels;
 pub mod config;
 mod datadog;
 mod elastic;
+mod otlp;
 mod s3;
 mod splunk;
 pub(crate) mod syslog;
@@ -233,6 +234,9 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
     }
     if let Some(s) = &cfg.s3 {
         return Ok(Box::new(s3::S3::new(s, node, tls, timeout)));
+    }
+    if let Some(o) = &cfg.otlp_logs {
+        return Ok(Box::new(otlp::OtlpLogs::new(o, node, tls, timeout)));
     }
     if let Some(a) = &cfg.azure_monitor {
         return Ok(Box::new(azure::AzureMonitor::new(a, node, tls, timeout)?));
@@ -540,6 +544,8 @@ fn kind_of(c: &SinkConfig) -> &'static str {
         "s3"
     } else if c.azure_monitor.is_some() {
         "azure_monitor"
+    } else if c.otlp_logs.is_some() {
+        "otlp_logs"
     } else if c.slack.is_some() {
         "slack"
     } else if c.pagerduty.is_some() {

@@ -49,6 +49,9 @@ pub struct SinkConfig {
     /// Azure Monitor Logs Ingestion API (a data collection rule's stream).
     #[serde(default)]
     pub azure_monitor: Option<AzureMonitorConfig>,
+    /// OTLP logs over HTTP to a collector.
+    #[serde(default)]
+    pub otlp_logs: Option<OtlpLogsConfig>,
     /// Alert channel: a Slack incoming webhook (its URL is the secret).
     #[serde(default)]
     pub slack: Option<UrlSecret>,
@@ -114,6 +117,17 @@ pub struct AzureMonitorConfig {
 
 fn default_authority() -> String {
     "https://login.microsoftonline.com".into()
+}
+
+/// OTLP logs over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpLogsConfig {
+    /// The collector's OTLP/HTTP base URL, `http://otel-collector:4318`.
+    pub endpoint: String,
+    /// Extra request headers (an auth token as `${ENV}`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// A webhook whose URL is its credential (Slack, Teams).
@@ -362,6 +376,7 @@ impl SinkConfig {
             self.elasticsearch.is_some(),
             self.s3.is_some(),
             self.azure_monitor.is_some(),
+            self.otlp_logs.is_some(),
             self.slack.is_some(),
             self.pagerduty.is_some(),
             self.teams.is_some(),
@@ -373,7 +388,7 @@ impl SinkConfig {
             bad(
                 &mut out,
                 "destination",
-                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, s3, azure_monitor, slack, pagerduty, teams ({given} given)"),
+                format!("give exactly one of webhook, syslog, splunk_hec, datadog, elasticsearch, s3, azure_monitor, otlp_logs, slack, pagerduty, teams ({given} given)"),
             );
         }
         if let Some(ca) = &self.ca_file {
@@ -441,6 +456,9 @@ impl SinkConfig {
                     ));
                 }
             }
+        }
+        if let Some(o) = &self.otlp_logs {
+            url(&mut out, "otlp_logs.endpoint", &o.endpoint);
         }
         if let Some(a) = &self.azure_monitor {
             url(&mut out, "azure_monitor.endpoint", &a.endpoint);
