@@ -227,3 +227,30 @@ def test_a_bad_rule_is_refused_with_the_key_named(tmp_path):
         r = subprocess.run([str(sluice_bin()), "alerts", "rules", "--config", str(cfg)],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and expect in r.stderr, (body, r.stderr)
+
+
+def test_a_spike_against_the_identitys_own_baseline_fires_and_steady_traffic_does_not(topo, tmp_path):
+    """The baseline measure (the built-in spend and token spikes use it hourly over a
+    day; here two-second windows): steady traffic builds alice's baseline without an
+    alert, a burst far above it fires one."""
+    stack = Stack(topo, tmp_path, extra_config=POLICY.split("alerts:")[0] + """
+alerts:
+  disable: [new_caller]
+  rules:
+    - name: request_spike
+      when: {kinds: [interaction], has: [user]}
+      per: [user]
+      measure: spike:count
+      window: 2s
+      baseline: 3
+      factor: 3
+      threshold: 4
+""")
+    for _ in range(5):
+        assert sdk(stack, "sk-sluice-alice-0001", ["steady"]) == ["ok"]
+        time.sleep(2)
+    assert not fired(stack, "request_spike"), alerts(stack)
+    assert sdk(stack, "sk-sluice-alice-0001", ["burst"] * 14) == ["ok"] * 14
+    wait_until(lambda: fired(stack, "request_spike"), timeout=30, what="the spike alert")
+    (a,) = fired(stack, "request_spike")
+    assert a["group"] == {"user": "alice"} and a["value"] >= 4 and "mean of the previous 3 windows" in a["summary"], a

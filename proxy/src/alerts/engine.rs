@@ -30,6 +30,39 @@ struct Window {
 }
 
 impl Window {
+    /// The rule's measure at `at` (the window evicted first) and whether it is over.
+    fn evaluate(&mut self, rule: &Rule, at: i64) -> (f64, bool) {
+        let w = rule.window.as_millis().max(1) as i64;
+        match &rule.measure {
+            Measure::Spike {
+                factor, baseline, ..
+            } => {
+                self.evict(at - w * (i64::from(*baseline) + 1));
+                let cur = at.div_euclid(w);
+                let mut sums: BTreeMap<i64, f64> = BTreeMap::new();
+                for e in &self.entries {
+                    *sums.entry(e.ts_ms.div_euclid(w)).or_default() += e.value;
+                }
+                let now = sums.get(&cur).copied().unwrap_or(0.0);
+                let oldest = sums.keys().next().copied().unwrap_or(cur);
+                let from = oldest.max(cur - i64::from(*baseline));
+                let n = (cur - from).max(0);
+                let mean = if n == 0 {
+                    0.0
+                } else {
+                    sums.range(from..cur).map(|(_, v)| v).sum::<f64>() / n as f64
+                };
+                let over = cur - oldest >= 3 && now >= rule.threshold && now >= factor * mean;
+                (now, over)
+            }
+            m => {
+                self.evict(at - w);
+                let v = self.measure(m);
+                (v, v >= rule.threshold)
+            }
+        }
+    }
+
     fn evict(&mut self, before_ms: i64) {
         while self.entries.front().is_some_and(|e| e.ts_ms < before_ms) {
             self.entries.pop_front();
@@ -175,7 +208,11 @@ impl Engine {
                 }
                 continue;
             }
-            let value = match &rule.measure {
+            let base = match &rule.measure {
+                Measure::Spike { of, .. } => of.as_ref(),
+                m => m,
+            };
+            let value = match base {
                 Measure::CostUsd => r.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
                 Measure::Tokens => {
                     let u = |k: &str| r["usage"][k].as_f64().unwrap_or(0.0);
@@ -194,9 +231,8 @@ impl Engine {
                 distinct,
                 id: rec_id.clone(),
             });
-            w.evict(at - rule.window.as_millis() as i64);
-            let measured = w.measure(&rule.measure);
-            if replay || measured < rule.threshold {
+            let (measured, over) = w.evaluate(rule, at);
+            if replay || !over {
                 continue;
             }
             let dedup = dedup_key(&rule.name, &group);
@@ -260,14 +296,11 @@ impl Engine {
                 .iter()
                 .map(|b| f.group.get(&b.column()).cloned().unwrap_or_default())
                 .collect();
-            let measured = match self.windows.get_mut(&(i, key)) {
-                Some(w) => {
-                    w.evict(now_ms - rule.window.as_millis() as i64);
-                    w.measure(&rule.measure)
-                }
-                None => 0.0,
+            let (measured, over) = match self.windows.get_mut(&(i, key)) {
+                Some(w) => w.evaluate(rule, now_ms),
+                None => (0.0, false),
             };
-            if measured < rule.threshold {
+            if !over {
                 out.push(self.alert(
                     i,
                     &f.group,
@@ -306,6 +339,18 @@ impl Engine {
             Measure::Tokens => format!("{value} tokens"),
             Measure::Distinct(by) => format!("{value} distinct {}", by.column()),
             Measure::FirstSeen => "first call".to_owned(),
+            Measure::Spike {
+                of,
+                factor,
+                baseline,
+            } => format!(
+                "{value:.4} {} (over {factor}x its mean of the previous {baseline} windows)",
+                match of.as_ref() {
+                    Measure::CostUsd => "USD",
+                    Measure::Tokens => "tokens",
+                    _ => "records",
+                }
+            ),
         };
         let window = humanize(rule.window.as_secs());
         let summary = match state {
@@ -498,5 +543,44 @@ mod tests {
         assert_eq!(pii.len(), 1);
         assert_eq!(pii[0].threshold, 50.0);
         assert!(rules.len() >= 8);
+    }
+
+    fn spend(ms: i64, user: &str, usd: f64) -> Value {
+        let mut r = rec(ms, user, "allow", "10.0.0.1:1");
+        r["cost_usd"] = json!(usd);
+        r
+    }
+
+    #[test]
+    fn the_builtin_spend_spike_fires_against_the_identitys_own_baseline() {
+        let rules = crate::alerts::AlertsConfig::default().rules().unwrap();
+        let spike = rules.into_iter().find(|r| r.name == "spend_spike").unwrap();
+        let mut e = Engine::new(vec![spike], State::default());
+        let h = 3_600_000;
+        let t0 = 1_700_000_000_000 - 1_700_000_000_000 % h;
+        // A day at about a dollar an hour: no alert.
+        for hour in 0..24 {
+            for q in 0..4 {
+                assert!(e
+                    .observe(&spend(t0 + hour * h + q * 60_000, "a", 0.25), false)
+                    .is_empty());
+            }
+        }
+        // A new identity's first big hour is not a spike against a baseline it lacks.
+        assert!(e
+            .observe(&spend(t0 + 24 * h, "new", 50.0), false)
+            .is_empty());
+        // Six dollars within the next hour: over 4x the baseline and over the $5 floor.
+        let mut fired = Vec::new();
+        for q in 0..6 {
+            fired.extend(e.observe(&spend(t0 + 24 * h + q * 60_000, "a", 1.0), false));
+        }
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert!(fired[0].summary.contains("USD"), "{}", fired[0].summary);
+        assert!(fired[0].value >= 5.0);
+        // The hour after, quiet again: resolved.
+        let r = e.tick(t0 + 26 * h);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].state, AlertState::Resolved);
     }
 }

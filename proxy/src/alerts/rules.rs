@@ -57,6 +57,14 @@ pub enum Measure {
     Distinct(By),
     /// The group never seen before (fires once per group, never resolves).
     FirstSeen,
+    /// The group's count, cost or tokens in the current window against its own baseline:
+    /// fires when it reaches the threshold *and* `factor` times the mean of the group's
+    /// previous `baseline` windows (with at least three windows of history).
+    Spike {
+        of: Box<Measure>,
+        factor: f64,
+        baseline: u32,
+    },
 }
 
 impl Measure {
@@ -66,11 +74,16 @@ impl Measure {
             "cost_usd" => Measure::CostUsd,
             "tokens" => Measure::Tokens,
             "first_seen" => Measure::FirstSeen,
-            other => match other.strip_prefix("distinct:") {
-                Some(by) => Measure::Distinct(By::parse(by)?),
-                None => {
+            other => match (other.strip_prefix("distinct:"), other.strip_prefix("spike:")) {
+                (Some(by), _) => Measure::Distinct(By::parse(by)?),
+                (_, Some(of @ ("count" | "cost_usd" | "tokens"))) => Measure::Spike {
+                    of: Box::new(Measure::parse(of)?),
+                    factor: 3.0,
+                    baseline: 24,
+                },
+                _ => {
                     return Err(format!(
-                        "`{other}` is not a measure: count, cost_usd, tokens, distinct:<dimension> or first_seen"
+                        "`{other}` is not a measure: count, cost_usd, tokens, distinct:<dimension>, spike:count|cost_usd|tokens or first_seen"
                     ))
                 }
             },
@@ -110,6 +123,12 @@ pub struct RuleConfig {
     /// What it means, for the person paged.
     #[serde(default)]
     pub description: Option<String>,
+    /// `spike:` measures: how many times the baseline counts as a spike. Default 3.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// `spike:` measures: how many previous windows make the baseline. Default 24.
+    #[serde(default)]
+    pub baseline: Option<u32>,
 }
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -163,8 +182,29 @@ impl RuleConfig {
                 .collect::<Result<_, _>>()
                 .map_err(|e| ("per".to_owned(), e))?
         };
-        let measure = Measure::parse(self.measure.as_deref().unwrap_or("count"))
+        let mut measure = Measure::parse(self.measure.as_deref().unwrap_or("count"))
             .map_err(|e| ("measure".to_owned(), e))?;
+        match &mut measure {
+            Measure::Spike {
+                factor, baseline, ..
+            } => {
+                *factor = self.factor.unwrap_or(3.0);
+                *baseline = self.baseline.unwrap_or(24);
+                if !(*factor > 1.0 && factor.is_finite()) {
+                    return Err(("factor".into(), "must be above 1".into()));
+                }
+                if *baseline < 3 {
+                    return Err(("baseline".into(), "must be at least 3 windows".into()));
+                }
+            }
+            _ if self.factor.is_some() || self.baseline.is_some() => {
+                return Err((
+                    "factor".into(),
+                    "factor and baseline go with a spike:<measure>".into(),
+                ))
+            }
+            _ => {}
+        }
         if !(self.threshold.is_finite() && self.threshold > 0.0) {
             return Err(("threshold".into(), "must be above 0".into()));
         }
@@ -277,6 +317,24 @@ pub fn builtins() -> Vec<RuleConfig> {
   when: {kinds: [interaction], reasons: ["budget_exceeded*"]}
   window: 1h
   threshold: 1
+- name: spend_spike
+  severity: warning
+  description: An identity spends far more than its own usual hourly spend.
+  when: {kinds: [interaction]}
+  measure: spike:cost_usd
+  window: 1h
+  baseline: 24
+  factor: 4
+  threshold: 5
+- name: token_spike
+  severity: warning
+  description: An identity uses far more tokens than its own usual hourly use.
+  when: {kinds: [interaction]}
+  measure: spike:tokens
+  window: 1h
+  baseline: 24
+  factor: 4
+  threshold: 200000
 - name: new_caller
   severity: info
   description: A process, pod or user called an AI provider for the first time.
