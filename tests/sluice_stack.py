@@ -39,6 +39,21 @@ DEFAULT_PROVIDERS = ["api.openai.com", "api.anthropic.com", "generativelanguage.
                      "*.openai.azure.com", "api.mistral.ai", BEDROCK]
 
 
+CHAT = """
+import json, openai
+key, model, texts = json.loads(ARGS)
+c = openai.OpenAI(api_key=key, max_retries=0)
+out = []
+for t in texts:
+    try:
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": t}])
+        out.append("ok")
+    except openai.APIStatusError as e:
+        out.append(e.status_code)
+print(json.dumps(out))
+"""
+
+
 class Stack:
     """The proxy, the mock provider and helpers to drive clients and read records."""
 
@@ -138,6 +153,11 @@ passthrough: ["{PASSTHROUGH}"]
         if check and r.returncode != 0:
             raise AssertionError(f"client script failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return json.loads(r.stdout) if r.stdout.strip() else None
+
+    def chat(self, key: str, texts: list[str], model: str = "gpt-4o-mini") -> list:
+        """One chat completion per text through the openai SDK with `key`, from the
+        client netns; each answer's outcome: "ok" or the HTTP status the SDK raised."""
+        return self.python(CHAT.replace("ARGS", repr(json.dumps([key, model, texts]))))
 
     def curl(self, *args: str, ca: Path | None = None, check: bool = True, timeout: float = 60):
         """Run curl in the client netns; returns the CompletedProcess."""

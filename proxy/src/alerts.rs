@@ -37,20 +37,11 @@ fn state_path(ledger_dir: &Path) -> PathBuf {
 }
 
 fn load_state(ledger_dir: &Path) -> engine::State {
-    std::fs::read(state_path(ledger_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    crate::state_file::load(&state_path(ledger_dir))
 }
 
 fn save_state(ledger_dir: &Path, st: &engine::State) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = state_path(ledger_dir);
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(st).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::state_file::save(&state_path(ledger_dir), st)
 }
 
 /// The evaluation thread.

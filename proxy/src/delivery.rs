@@ -100,6 +100,19 @@ pub(crate) fn http_outcome(answer: &crate::http::client::Answer) -> Result<(), F
     }
 }
 
+/// One `POST`, a network failure as a retry.
+pub(crate) fn post(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    url: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+    timeout: Duration,
+) -> Result<crate::http::client::Answer, Failure> {
+    crate::http::client::exchange_trusting(tls, url, "POST", path, headers, body, timeout)
+        .map_err(retry)
+}
+
 /// A network failure as a retry.
 pub(crate) fn retry(e: impl std::fmt::Display) -> Failure {
     Failure::Retry(e.to_string())
@@ -136,24 +149,11 @@ pub fn dead_letter_path(ledger_dir: &Path, name: &str) -> PathBuf {
 
 /// The sink's persisted state (default for a new sink).
 pub fn load_state(ledger_dir: &Path, name: &str) -> SinkState {
-    std::fs::read(state_path(ledger_dir, name))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    crate::state_file::load(&state_path(ledger_dir, name))
 }
 
-/// Written whole to a temporary file, synced and renamed over: a crash leaves the old
-/// cursor or the new one, never half of one.
 fn save_state(ledger_dir: &Path, name: &str, st: &SinkState) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = state_dir(ledger_dir);
-    std::fs::create_dir_all(&dir)?;
-    let path = state_path(ledger_dir, name);
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::state_file::save(&state_path(ledger_dir, name), st)
 }
 
 /// The sinks' threads.

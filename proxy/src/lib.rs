@@ -58,6 +58,7 @@ pub mod readiness;
 pub mod record;
 pub mod redirect;
 pub mod sink;
+pub mod state_file;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tlog;

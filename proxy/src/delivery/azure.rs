@@ -144,16 +144,14 @@ impl Destination for AzureMonitor {
             ("content-type".to_owned(), "application/json".to_owned()),
             ("authorization".to_owned(), format!("Bearer {token}")),
         ];
-        let answer = client::exchange_trusting(
+        let answer = super::post(
             &self.tls,
             &self.endpoint,
-            "POST",
             &self.path,
             &headers,
             &body,
             self.timeout,
-        )
-        .map_err(retry)?;
+        )?;
         if answer.status == 401 {
             // Revoked or expired early: a new one next time.
             self.token = None;

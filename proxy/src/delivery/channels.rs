@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::config::{PagerDutyConfig, Secret};
-use super::{http_outcome, retry, Destination, Failure, Item, Sent};
-use crate::http::client;
+use super::{http_outcome, Destination, Failure, Item, Sent};
 
 /// Which product.
 pub(super) enum Kind {
@@ -167,17 +166,8 @@ impl Destination for Channel {
         for (i, item) in items.iter().enumerate() {
             let body = self.body(&item.record).to_string();
             let headers = [("content-type".to_owned(), "application/json".to_owned())];
-            let outcome = client::exchange_trusting(
-                &self.tls,
-                &self.url,
-                "POST",
-                "",
-                &headers,
-                &body,
-                self.timeout,
-            )
-            .map_err(retry)
-            .and_then(|a| http_outcome(&a));
+            let outcome = super::post(&self.tls, &self.url, "", &headers, &body, self.timeout)
+                .and_then(|a| http_outcome(&a));
             match outcome {
                 Ok(()) => {}
                 Err(Failure::Retry(_)) if i > 0 => {

@@ -12,8 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::config::DatadogConfig;
-use super::{http_outcome, retry, Destination, Failure, Item, Sent};
-use crate::http::client;
+use super::{http_outcome, Destination, Failure, Item, Sent};
 
 const MAX_LOGS: usize = 1000;
 const MAX_BYTES: usize = 5 * 1024 * 1024;
@@ -105,16 +104,14 @@ impl Destination for Datadog {
             ("content-type".to_owned(), "application/json".to_owned()),
             ("dd-api-key".to_owned(), self.key.clone()),
         ];
-        let answer = client::exchange_trusting(
+        let answer = super::post(
             &self.tls,
             &self.url,
-            "POST",
             "/api/v2/logs",
             &headers,
             &body,
             self.timeout,
-        )
-        .map_err(retry)?;
+        )?;
         http_outcome(&answer)?;
         Ok(Sent::default())
     }

@@ -15,8 +15,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::config::ElasticConfig;
-use super::{http_outcome, retry, Destination, Failure, Item, Sent};
-use crate::http::client;
+use super::{http_outcome, Destination, Failure, Item, Sent};
 
 pub(super) struct Elastic {
     url: String,
@@ -131,16 +130,14 @@ impl Destination for Elastic {
         if let Some(a) = &self.auth {
             headers.push(("authorization".to_owned(), a.clone()));
         }
-        let answer = client::exchange_trusting(
+        let answer = super::post(
             &self.tls,
             &self.url,
-            "POST",
             "/_bulk",
             &headers,
             &body,
             self.timeout,
-        )
-        .map_err(retry)?;
+        )?;
         http_outcome(&answer)?;
         let v: Value = serde_json::from_str(&answer.body).map_err(|e| {
             Failure::Retry(format!("_bulk answer is not JSON ({e}); sending again"))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::config::SplunkConfig;
-use super::{http_outcome, retry, Destination, Failure, Item, Sent};
+use super::{http_outcome, Destination, Failure, Item, Sent};
 use crate::http::client;
 
 /// How long an indexer acknowledgement is waited for before the batch is sent again.
@@ -65,16 +65,14 @@ impl Splunk {
     }
 
     fn post(&self, path: &str, body: &str) -> Result<client::Answer, Failure> {
-        client::exchange_trusting(
+        super::post(
             &self.tls,
             &self.url,
-            "POST",
             path,
             &self.headers(),
             body,
             self.timeout,
         )
-        .map_err(retry)
     }
 
     /// Waits until the indexers acknowledge `ack_id`.

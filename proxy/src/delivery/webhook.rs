@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime};
 use hmac::Mac;
 
 use super::config::WebhookConfig;
-use super::{http_outcome, retry, Destination, Failure, Item, Sent};
-use crate::http::client;
+use super::{http_outcome, Destination, Failure, Item, Sent};
 
 pub(super) struct Webhook {
     url: String,
@@ -81,16 +80,7 @@ impl Destination for Webhook {
             ),
             ("idempotency-key".to_owned(), key),
         ];
-        let answer = client::exchange_trusting(
-            &self.tls,
-            &self.url,
-            "POST",
-            "",
-            &headers,
-            &body,
-            self.timeout,
-        )
-        .map_err(retry)?;
+        let answer = super::post(&self.tls, &self.url, "", &headers, &body, self.timeout)?;
         http_outcome(&answer)?;
         Ok(Sent::default())
     }

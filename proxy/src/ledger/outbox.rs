@@ -50,20 +50,11 @@ pub(super) struct State {
 }
 
 pub(super) fn read_state(dir: &Path) -> State {
-    std::fs::read(dir.join(STATE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    crate::state_file::load(&dir.join(STATE_FILE))
 }
 
 fn write_state(dir: &Path, state: &State) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(state).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(STATE_FILE))
+    crate::state_file::save(&dir.join(STATE_FILE), state)
 }
 
 /// One line of `cosigned.jsonl`.
