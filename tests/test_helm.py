@@ -55,7 +55,8 @@ OPTIONS = {
             "threads": 4,
             "maxUnavailable": "20%",
             "cgroupRoot": "/sys/fs/cgroup/unified",
-            "extraEnv": [{"name": "RUST_LOG", "value": "debug"}],
+            "extraEnv": [{"name": "RUST_LOG", "value": "debug"},
+                         {"name": "HEC_TOKEN", "valueFrom": {"secretKeyRef": {"name": "splunk-hec", "key": "token"}}}],
             "podAnnotations": {"example.com/team": "platform"},
             "podLabels": {"example.com/tier": "node"},
             "extraVolumes": [{"name": "egress-ca", "configMap": {"name": "egress-ca"}}],
@@ -75,6 +76,15 @@ OPTIONS = {
         "config": {
             "policy": {"policies": [{"id": "models", "models": {"allow": ["gpt-4o*"]}}]},
             "upstream": {"ca_file": "/etc/egress-ca/ca.crt"},
+            # A SIEM sink whose token comes from a Secret through the environment, an
+            # alert channel, and a rule of one's own.
+            "sinks": [{"name": "splunk", "content": "metadata",
+                       "splunk_hec": {"url": "https://splunk.example.com:8088", "token": {"value": "${HEC_TOKEN}"}}},
+                      {"name": "pager", "filter": {"severities": ["critical"]},
+                       "pagerduty": {"routing_key": {"value": "${HEC_TOKEN}"}}}],
+            "alerts": {"disable": ["new_caller"],
+                       "rules": [{"name": "team_spend", "per": ["team"], "measure": "cost_usd",
+                                  "window": "1h", "threshold": 50}]},
         },
         "image": {"repository": "registry.example.com/sluice", "tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -220,7 +230,8 @@ def test_the_rendered_config_is_valid_sluice_config(renders, tmp_path):
         path.write_text(cm["data"]["sluice.yaml"])
         env = {**os.environ, "NODE_IP": "10.1.2.3", "NODE_NAME": "node-1",
                "REDIS_URL": "redis://:secret@redis.sluice-system:6379/0",
-               "DATABASE_URL": "postgres://sluice:secret@pg.sluice-system:5432/sluice"}
+               "DATABASE_URL": "postgres://sluice:secret@pg.sluice-system:5432/sluice",
+               "HEC_TOKEN": "0123-hec-token"}
         lint = subprocess.run(
             [os.environ["SLUICE_BIN"], "policy", "lint", "--file", str(path)],
             capture_output=True, text=True, env=env,
