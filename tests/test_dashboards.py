@@ -165,6 +165,9 @@ def test_every_panel_query_evaluates_on_a_real_prometheus_scraping_sluice(topo, 
     cg = Cgroup(f"sluice-dash-{os.getpid()}-{tmp_path.name[-12:]}")
     pins = Path(f"/sys/fs/bpf/sluice-dash-{os.getpid()}")
     node = None
+    # A SIEM sink (a signed webhook), for the sinks panel.
+    from siem_receivers import Webhook
+    hook = Webhook("dash")
     try:
         node = Node(topo, tmp_path, extra_config=f"""
 policy:
@@ -177,6 +180,10 @@ policy:
       budget: {{usd: 100, period: month, shared: team}}
 fleet:
   redis: {{url: "{redis_server.url}", prefix: "dash{os.getpid()}"}}
+sinks:
+  - name: hook
+    interval_ms: 200
+    webhook: {{url: "{hook.url}/hook", secret: {{value: "dash"}}}}
 redirect:
   enabled: true
   cgroup: "{cg.path}"
@@ -190,6 +197,7 @@ redirect:
             node.stack.proxy.stop(timeout=30)
         cg.close()
         shutil.rmtree(pins, ignore_errors=True)
+        hook.close()
 
 
 def panels_have_data(topo, tmp_path, node, cg, prometheus):

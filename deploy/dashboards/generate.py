@@ -250,6 +250,14 @@ def operations() -> dict:
         timeseries(L, "Central ledger lag", "Records of each node not yet in the fleet's "
                    "central ledger (PostgreSQL); 0 when caught up or not configured.", "short",
                    [(f"max by (instance) (sluice_central_lag_records{{{NODE}}})", "{{instance}}")]),
+        timeseries(L, "SIEM sinks", "Records each sink has not delivered yet (its cursor behind "
+                   "the ledger), and records its destination rejected into the dead-letter file.",
+                   "short",
+                   [(f"max by (instance, sink) (sluice_sink_lag_records{{{NODE}}})", "lag {{sink}} {{instance}}"),
+                    (f"sum by (sink) (increase(sluice_sink_dead_letters_total{{{NODE}}}[1h]))", "dead letters/h {{sink}}")]),
+        timeseries(L, "Security alerts firing", "Alerts raised by the rules over the records "
+                   "and not yet resolved, by rule (`sluice alerts list` on the node).", "short",
+                   [(f"sum by (rule) (sluice_alerts_firing{{{NODE}}})", "{{rule}}")]),
     ]
     return dashboard("sluice-operations", "Sluice / Operations",
                      "The machinery: redirect, refusals, ledger, certificates, nodes, witnesses.",
