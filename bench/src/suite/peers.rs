@@ -309,7 +309,7 @@ pub fn version(rig: &Rig, path: &str) -> String {
         "direct" => "sluice-mock (no proxy)".into(),
         "nginx" => first_line(Command::new(sbin("nginx")).arg("-v")),
         "haproxy" => first_line(Command::new(sbin("haproxy")).arg("-v")),
-        "sluice" | "sluice-passthrough" => {
+        p if p.starts_with("sluice") => {
             let v = first_line(Command::new(&rig.sluice).arg("--version"));
             let rev = first_line(
                 Command::new("git")
