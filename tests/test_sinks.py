@@ -394,3 +394,24 @@ def test_otlp_logs_reach_a_collector_as_log_records(topo, tmp_path):
         assert log.time_unix_nano > 0 and log.severity_text == "INFO"
     finally:
         col.close()
+
+
+def test_doctor_says_which_sink_destinations_answer(tmp_path):
+    hook = Webhook("s")
+    dead = free_port("127.0.0.1")
+    cfg = tmp_path / "doctor.yaml"
+    cfg.write_text(f"""state_dir: "{tmp_path / 'state'}"
+sinks:
+  - name: hook
+    webhook: {{url: "{hook.url}/hook", secret: {{value: s}}}}
+  - name: gone
+    syslog: {{url: "tcp://127.0.0.1:{dead}"}}
+""")
+    try:
+        r = subprocess.run([str(sluice_bin()), "doctor", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert f"[ ok ] sink hook: {hook.url}/hook answers (HTTP " in r.stdout, r.stdout
+        assert "[FAIL] sink gone:" in r.stdout and "its records wait in the ledger" in r.stdout, r.stdout
+        assert r.returncode != 0
+    finally:
+        hook.close()

@@ -486,6 +486,62 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + r * 0.5)
 }
 
+/// Whether the sink's destination answers now (for `sluice doctor`): a TCP connection for
+/// syslog, one HTTP request (any answer: reachable, and over TLS its certificate checked)
+/// for the others. The destination's own URL for the log, never a secret one.
+///
+/// # Errors
+/// Why it cannot be reached.
+pub fn reach(cfg: &SinkConfig) -> Result<String, String> {
+    let tls = crate::http::client::tls_with_ca(cfg.ca_file.as_deref())?;
+    let timeout = Duration::from_secs(5);
+    if let Some(s) = &cfg.syslog {
+        let ep = syslog::endpoint(&s.url).ok_or("not tcp:// or tls://host:port")?;
+        crate::http::client::connect(&tls, &ep, &s.url, timeout).map_err(|e| e.to_string())?;
+        return Ok(format!("{} accepts connections", s.url));
+    }
+    let (url, shown) = if let Some(w) = &cfg.webhook {
+        (w.url.clone(), w.url.clone())
+    } else if let Some(s) = &cfg.splunk_hec {
+        (s.url.clone(), s.url.clone())
+    } else if let Some(d) = &cfg.datadog {
+        let u = d
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("https://http-intake.logs.{}", d.site));
+        (u.clone(), u)
+    } else if let Some(e) = &cfg.elasticsearch {
+        (e.url.clone(), e.url.clone())
+    } else if let Some(s) = &cfg.s3 {
+        (s.endpoint.clone(), s.endpoint.clone())
+    } else if let Some(a) = &cfg.azure_monitor {
+        (a.endpoint.clone(), a.endpoint.clone())
+    } else if let Some(o) = &cfg.otlp_logs {
+        (o.endpoint.clone(), o.endpoint.clone())
+    } else if let Some(p) = &cfg.pagerduty {
+        let u = p
+            .url
+            .clone()
+            .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into());
+        (u.clone(), u)
+    } else if let Some(s) = &cfg.slack {
+        (s.url.read()?, "the Slack webhook".into())
+    } else if let Some(t) = &cfg.teams {
+        (t.url.read()?, "the Teams webhook".into())
+    } else {
+        return Err("no destination".into());
+    };
+    let ep = crate::http::client::split_url(&url).map_err(|e| e.to_string())?;
+    let answer =
+        crate::http::client::exchange_trusting(&tls, &ep.base(), "GET", "/", &[], "", timeout)
+            .map_err(|e| e.to_string().replace(&url, &shown))?;
+    Ok(format!(
+        "{shown} answers (HTTP {}{})",
+        answer.status,
+        if ep.tls { ", certificate verified" } else { "" }
+    ))
+}
+
 /// One sink as `sluice sinks status` shows it.
 #[derive(Debug, Serialize)]
 pub struct SinkStatus {

@@ -141,6 +141,17 @@ fn fleet_checks(config: &sluice::config::Config) -> Vec<Check> {
             ),
         });
     }
+    for sink in &config.sinks {
+        let name = format!("sink {}", sink.name);
+        out.push(match sluice::delivery::reach(sink) {
+            Ok(detail) => passed(&name, detail),
+            Err(e) => failed(
+                &name,
+                format!("{e}: its records wait in the ledger (lag grows)"),
+                "check the sink's URL, the network path from the node, and its ca_file",
+            ),
+        });
+    }
     out
 }
 
