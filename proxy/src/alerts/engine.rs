@@ -270,13 +270,26 @@ impl Engine {
     /// Resolves what has calmed down by `now_ms`.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Alert> {
         let mut out = Vec::new();
+        // Groups whose windows emptied are forgotten (a window is rebuilt on its next
+        // record): memory follows the groups active within a window, not all ever seen.
+        let rules = self.rules.clone();
+        self.windows.retain(|(i, _), w| {
+            let Some(rule) = rules.get(*i) else {
+                return false;
+            };
+            let span = match &rule.measure {
+                Measure::Spike { baseline, .. } => i64::from(*baseline) + 1,
+                _ => 1,
+            };
+            w.evict(now_ms - rule.window.as_millis() as i64 * span);
+            !w.entries.is_empty()
+        });
         let firing: Vec<(String, Firing)> = self
             .state
             .firing
             .iter()
             .map(|(k, f)| (k.clone(), f.clone()))
             .collect();
-        let rules = self.rules.clone();
         for (dedup, f) in firing {
             let Some((i, rule)) = rules.iter().enumerate().find(|(_, r)| r.name == f.rule) else {
                 // A rule removed from the config: its alerts end.
@@ -473,6 +486,8 @@ mod tests {
         assert_eq!(r[0].state, AlertState::Resolved);
         assert_eq!(r[0].dedup_key, f[0].dedup_key);
         assert_eq!(r[0].value, 0.0);
+        // Quiet groups are forgotten.
+        assert!(e.windows.is_empty(), "{}", e.windows.len());
         // A new burst after the cooldown fires again.
         assert!(e
             .observe(&rec(t0 + 30_000, "a", "block", "x:1"), false)
