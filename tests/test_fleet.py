@@ -169,8 +169,11 @@ def test_a_shared_budget_holds_across_three_nodes_under_concurrent_spend(topo, t
     rows = wait_until(settled, what="96 interaction records over the three nodes")
     spent = sum(r["cost_usd"] or 0 for r in rows)
     assert 0 < spent <= cap + 1e-12, spent
-    served = {n: [r for r in interactions(n) if r["outcome"] != "refused" and r["status"] == 200] for n in nodes}
-    assert all(served.values()), "every node served some of the budget"
+    # One budget for the three: served on more than one node, and refused on every node
+    # once spent (which node's requests win the race for the budget is the scheduler's).
+    served = [n for n in nodes if any(r["outcome"] != "refused" and r["status"] == 200 for r in interactions(n))]
+    assert len(served) >= 2, "the budget was served on one node only"
+    assert all(any(r["status"] == 429 for r in interactions(n)) for n in nodes), "a node never saw the budget run out"
     outcomes = {r["outcome"] for r in rows}
     assert {"success", "cancelled"} <= outcomes, outcomes
     refused = [r for r in rows if r["status"] == 429]
