@@ -231,7 +231,19 @@ alerts:
         assert stack.chat("sk-sluice-alice-0001", ["steady"]) == ["ok"]
         time.sleep(2)
     assert not fired(stack, "request_spike"), alerts(stack)
-    assert stack.chat("sk-sluice-alice-0001", ["burst"] * 14) == ["ok"] * 14
+    # The burst at once (concurrent requests), so that it lands in one window even on a
+    # loaded machine.
+    burst = stack.python("""
+import json, openai
+from concurrent.futures import ThreadPoolExecutor
+c = openai.OpenAI(api_key="sk-sluice-alice-0001", max_retries=0)
+def one(_):
+    c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "burst"}])
+    return "ok"
+with ThreadPoolExecutor(14) as pool:
+    print(json.dumps(list(pool.map(one, range(14)))))
+""")
+    assert burst == ["ok"] * 14
     wait_until(lambda: fired(stack, "request_spike"), timeout=30, what="the spike alert")
     (a,) = fired(stack, "request_spike")
     assert a["group"] == {"user": "alice"} and a["value"] >= 4 and "mean of the previous 3 windows" in a["summary"], a

@@ -27,6 +27,9 @@ struct Entry {
 #[derive(Default)]
 struct Window {
     entries: VecDeque<Entry>,
+    /// The group's first record since its window was last empty: how much history a
+    /// spike's baseline has (quiet windows count as zero).
+    first_ms: Option<i64>,
 }
 
 impl Window {
@@ -44,7 +47,7 @@ impl Window {
                     *sums.entry(e.ts_ms.div_euclid(w)).or_default() += e.value;
                 }
                 let now = sums.get(&cur).copied().unwrap_or(0.0);
-                let oldest = sums.keys().next().copied().unwrap_or(cur);
+                let oldest = self.first_ms.map_or(cur, |f| f.div_euclid(w));
                 let from = oldest.max(cur - i64::from(*baseline));
                 let n = (cur - from).max(0);
                 let mean = if n == 0 {
@@ -225,6 +228,7 @@ impl Engine {
                 _ => None,
             };
             let w = self.windows.entry((i, key)).or_default();
+            w.first_ms.get_or_insert(at);
             w.entries.push_back(Entry {
                 ts_ms: at,
                 value,
@@ -597,5 +601,25 @@ mod tests {
         let r = e.tick(t0 + 26 * h);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].state, AlertState::Resolved);
+    }
+
+    #[test]
+    fn a_spike_baseline_counts_quiet_windows_as_zero() {
+        let r = rule("{name: s, when: {has: [user]}, per: [user], measure: 'spike:count', window: 2s, baseline: 3, factor: 3, threshold: 4}");
+        let mut e = Engine::new(vec![r], State::default());
+        let t0 = 1_700_000_000_000;
+        // One request every ~3 s (some windows empty), then a burst of 14 in one window.
+        for (k, dt) in [1_168, 4_597, 7_380, 10_233, 12_934].iter().enumerate() {
+            assert!(e
+                .observe(&rec(t0 + dt, "a", "allow", &format!("x:{k}")), false)
+                .is_empty());
+        }
+        let fired: usize = (0..14)
+            .map(|k| {
+                e.observe(&rec(t0 + 15_720 + k, "a", "allow", "x:9"), false)
+                    .len()
+            })
+            .sum();
+        assert_eq!(fired, 1);
     }
 }
