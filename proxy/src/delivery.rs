@@ -242,13 +242,21 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
         return Ok(Box::new(azure::AzureMonitor::new(a, node, tls, timeout)?));
     }
     if let Some(s) = &cfg.slack {
-        return Ok(Box::new(channels::Channel::slack(
-            &s.url, node, tls, timeout,
+        return Ok(Box::new(channels::Channel::webhook(
+            channels::Kind::Slack,
+            &s.url,
+            node,
+            tls,
+            timeout,
         )?));
     }
     if let Some(t) = &cfg.teams {
-        return Ok(Box::new(channels::Channel::teams(
-            &t.url, node, tls, timeout,
+        return Ok(Box::new(channels::Channel::webhook(
+            channels::Kind::Teams,
+            &t.url,
+            node,
+            tls,
+            timeout,
         )?));
     }
     if let Some(p) = &cfg.pagerduty {

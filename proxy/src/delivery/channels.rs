@@ -30,29 +30,16 @@ pub(super) struct Channel {
 const PAGERDUTY_EVENTS: &str = "https://events.pagerduty.com/v2/enqueue";
 
 impl Channel {
-    pub(super) fn slack(
+    /// A webhook whose URL is its secret: Slack's or Teams' (`kind`).
+    pub(super) fn webhook(
+        kind: Kind,
         url: &Secret,
         node: &str,
         tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
     ) -> Result<Channel, String> {
         Ok(Channel {
-            kind: Kind::Slack,
-            url: url.read()?,
-            node: node.to_owned(),
-            tls,
-            timeout,
-        })
-    }
-
-    pub(super) fn teams(
-        url: &Secret,
-        node: &str,
-        tls: Arc<rustls::ClientConfig>,
-        timeout: Duration,
-    ) -> Result<Channel, String> {
-        Ok(Channel {
-            kind: Kind::Teams,
+            kind,
             url: url.read()?,
             node: node.to_owned(),
             tls,
