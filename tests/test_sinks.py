@@ -415,3 +415,27 @@ sinks:
         assert r.returncode != 0
     finally:
         hook.close()
+
+
+def test_a_cursor_edited_past_the_head_does_not_make_a_sink_skip_records(topo, tmp_path):
+    """A node user (or a restored ledger) leaves a sink cursor far past the ledger's head:
+    taken at its word, the sink would skip everything up to it. It delivers from the start
+    instead, and says so."""
+    hook = Webhook("s")
+    stack = Stack(topo, tmp_path / "node", start=False, extra_config=f"""sinks:
+  - name: hook
+    interval_ms: 200
+    webhook: {{url: "{hook.url}/hook", secret: {{value: s}}}}
+""")
+    sinks = stack.state / "ledger" / "sinks"
+    sinks.mkdir(parents=True, exist_ok=True)
+    (sinks / "hook.json").write_text(json.dumps({"seq": 10 ** 9, "delivered": 0, "dead_letters": 0}))
+    try:
+        stack.start_proxy()
+        send(stack, ["after the edit"] * 2)
+        stack.wait_records(2, "interaction")
+        wait_until(lambda: hook.ids() == {r["id"] for r in stack.all_records()}, what="every record at the sink")
+        assert status(stack)["hook"]["lag_records"] == 0
+        assert "its cursor is past the ledger's head" in stack.proxy.log.read_text()
+    finally:
+        hook.close()

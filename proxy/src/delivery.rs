@@ -287,6 +287,20 @@ impl Runner {
         let seconds = metrics::SINK_SECONDS.with_label_values(&[&name]);
         metrics::SINK_DEAD_LETTERS.with_label_values(&[&name]);
         let mut st = load_state(&dir, &name);
+        // A cursor past the ledger's head is not this ledger's (edited, or left from a
+        // ledger since replaced): trusting it would skip every record up to it. Deliver
+        // from the start instead — duplicates, never a gap.
+        if let Ok(head) = follow::head_seq(&dir) {
+            if st.seq > head {
+                tracing::error!(sink = %name, cursor = st.seq, head, "sink: its cursor is past the ledger's head; delivering from the first record again");
+                st.last_error = Some(format!(
+                    "cursor {} was past the ledger's head {head}: reset to deliver from the start",
+                    st.seq
+                ));
+                st.seq = 0;
+                self.save(&dir, &st);
+            }
+        }
         let interval = Duration::from_millis(self.cfg.interval_ms);
         let with_content = self.cfg.content == SinkContent::Full;
         let mut cap = self.cfg.batch;
