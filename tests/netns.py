@@ -428,3 +428,64 @@ class Cgroup:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError(f"cannot remove {self.path}")
+
+
+# === impl Vpc ===
+
+
+class Vpc:
+    """A small VPC of three namespaces routed through the middle one, with no address in
+    the root netns (so fixed addresses are safe beside other tests)::
+
+        client  eth0 CLIENT/24, CLIENT6/64 ── default route via the appliance
+        appliance  eth0 APPLIANCE_C (client side) ── eth1 APPLIANCE_P (provider side)
+        provider  eth0 PROVIDER, OTHER (a host that is not a provider) /24, PROVIDER6/64;
+                  no route back to the client subnet: only masqueraded traffic is answered
+
+    All addresses come from the benchmarking ranges (198.18.0.0/15, 2001:2::/48).
+    """
+
+    CLIENT, APPLIANCE_C, CLIENT_NET = "198.18.77.10", "198.18.77.1", "198.18.77.0/24"
+    CLIENT6, APPLIANCE_C6, CLIENT_NET6 = "2001:2:77::10", "2001:2:77::1", "2001:2:77::/64"
+    APPLIANCE_P, PROVIDER, OTHER = "198.19.77.1", "198.19.77.2", "198.19.77.3"
+    APPLIANCE_P6, PROVIDER6 = "2001:2:78::1", "2001:2:78::2"
+
+    def __init__(self, seed: str):
+        self._cleanup = contextlib.ExitStack()
+        try:
+            self.client = self._cleanup.enter_context(Netns(unique_name(f"{seed}/client")))
+            self.appliance = self._cleanup.enter_context(Netns(unique_name(f"{seed}/appliance")))
+            self.provider = self._cleanup.enter_context(Netns(unique_name(f"{seed}/provider")))
+            self._wire(self.client, "eth0", [f"{self.CLIENT}/24", f"{self.CLIENT6}/64"],
+                       self.appliance, "eth0", [f"{self.APPLIANCE_C}/24", f"{self.APPLIANCE_C6}/64"])
+            self._wire(self.appliance, "eth1", [f"{self.APPLIANCE_P}/24", f"{self.APPLIANCE_P6}/64"],
+                       self.provider, "eth0",
+                       [f"{self.PROVIDER}/24", f"{self.OTHER}/24", f"{self.PROVIDER6}/64"])
+            self.client.run(["ip", "route", "add", "default", "via", self.APPLIANCE_C])
+            self.client.run(["ip", "-6", "route", "add", "default", "via", self.APPLIANCE_C6])
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Vpc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._cleanup.close()
+
+    @staticmethod
+    def _wire(a: Netns, a_dev: str, a_addrs: list[str], b: Netns, b_dev: str,
+              b_addrs: list[str]) -> None:
+        """A veth pair between `a` and `b`, named `a_dev` / `b_dev` inside, addressed."""
+        tmp_a, tmp_b = f"{a.name}x", f"{b.name}y"
+        run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+        for ns, tmp, dev, addrs in ((a, tmp_a, a_dev, a_addrs), (b, tmp_b, b_dev, b_addrs)):
+            run(["ip", "link", "set", tmp, "netns", ns.name])
+            ns.run(["ip", "link", "set", tmp, "name", dev])
+            for addr in addrs:
+                extra = ["nodad"] if ":" in addr else []
+                ns.run(["ip", "addr", "add", addr, "dev", dev, *extra])
+            ns.run(["ip", "link", "set", dev, "up"])

@@ -105,14 +105,20 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
 
     // The eBPF redirect, when enabled: attached last-minute before serving, so connections
     // it sends here find a listener within the heartbeat timeout.
-    let redirect = if config.redirect.enabled {
-        let hosts = config
+    let provider_hosts = || -> Vec<String> {
+        config
             .providers
             .iter()
             .filter(|p| p.tls && !p.host.starts_with('*'))
             .map(|p| p.host.clone())
-            .collect();
-        Some(Redirect::start(&config.redirect, &config.listen, hosts)?)
+            .collect()
+    };
+    let redirect = if config.redirect.enabled {
+        Some(Redirect::start(
+            &config.redirect,
+            &config.listen,
+            provider_hosts(),
+        )?)
     } else {
         None
     };
@@ -125,7 +131,10 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     if let Some(r) = &redirect {
         sources.push(Box::new(r.source()));
     }
-    sources.push(Box::new(StaticDst::from_config(&config.original_dst)));
+    // In appliance mode a captured connection's local address is the provider's.
+    let mut static_dst = config.original_dst.clone();
+    static_dst.local_addr |= config.appliance.enabled;
+    sources.push(Box::new(StaticDst::from_config(&static_dst)));
 
     // Pod names from the kubelet's files; labels and service accounts from the API watch.
     let pods = Arc::new(crate::identity::pods::PodDirectory::new(
@@ -138,11 +147,12 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         providers: ProviderTable::from_config(&config),
         original_dst: Box::new(Chain(sources)),
         pods: pods.clone(),
+        networks: crate::identity::networks::Networks::new(&config.networks),
         otel: crate::otel::Exporter::start(
             &config.otel,
             config.ledger.content_mode == crate::ledger::ContentMode::Full,
         ),
-        loop_guard: LoopGuard::new(config.listen.clone()),
+        loop_guard: LoopGuard::new(own_listeners(&config)),
         recorder: recorder.clone(),
         ledger: ledger.clone(),
         on_ledger_failure: config.on_ledger_failure,
@@ -171,7 +181,11 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     let http = Arc::new(proxy);
-    let app = InterceptApp::new(shared.clone(), tls::acceptor(resolver), http);
+    let app = InterceptApp::new(
+        shared.clone(),
+        tls::acceptor(resolver.clone()),
+        http.clone(),
+    );
     let mut data = Service::new("sluice data plane".to_string(), app);
     for addr in &config.listen {
         // Fail early with a clear message; Pingora would panic on a taken port.
@@ -180,6 +194,25 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         data.add_tcp(&addr.to_string());
     }
     server.add_service(data);
+
+    // The appliance: a transparent listener for routed traffic, bound before the kernel
+    // side sends it anything, then the nftables capture and policy routes.
+    let appliance = if config.appliance.enabled {
+        let app = Arc::new(
+            InterceptApp::new(shared.clone(), tls::acceptor(resolver), http).transparent(),
+        );
+        let listener = crate::appliance::TransparentListener::bind(&config.appliance, app)?;
+        let mut service = background_service("sluice appliance capture", listener);
+        service.threads = Some(config.threads);
+        server.add_service(service);
+        Some(crate::appliance::Appliance::start(
+            &config.appliance,
+            &config.redirect,
+            provider_hosts(),
+        )?)
+    } else {
+        None
+    };
 
     // Admin records from CLI commands run while this process holds the ledger.
     server.add_service(background_service(
@@ -246,6 +279,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
                 "listen": config.listen,
                 "policies": policies,
                 "redirect": config.redirect.enabled,
+                "appliance": config.appliance.enabled,
                 "on_ledger_failure": format!("{:?}", config.on_ledger_failure),
             }),
         );
@@ -288,6 +322,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     if let Some(r) = redirect {
         r.shutdown();
     }
+    if let Some(a) = appliance {
+        a.shutdown();
+    }
     // The rate-limit windows as of now (the background saver may not get its last turn).
     shared.policy.load().save_counters();
     flush(&recorder);
@@ -315,6 +352,15 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         s.stop();
     }
     Ok(())
+}
+
+/// Every address this process accepts connections on: never a destination.
+fn own_listeners(config: &Config) -> Vec<std::net::SocketAddr> {
+    let mut out = config.listen.clone();
+    if config.appliance.enabled {
+        out.extend(config.appliance.listeners());
+    }
+    out
 }
 
 /// Budget and rate-limit counters: this node's (persisted in the state directory), shared
@@ -551,6 +597,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if !same(&old.redirect, &new.redirect) {
         out.push("redirect");
+    }
+    if !same(&old.appliance, &new.appliance) {
+        out.push("appliance");
+    }
+    if !same(&old.networks, &new.networks) {
+        out.push("networks");
     }
     out
 }

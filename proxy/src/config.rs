@@ -157,6 +157,12 @@ pub struct Config {
     pub on_ledger_failure: OnLedgerFailure,
     /// The eBPF transparent redirect (off by default).
     pub redirect: crate::redirect::RedirectConfig,
+    /// The in-VPC appliance: routed capture with TPROXY (off by default; see
+    /// [`crate::appliance`]). Its provider set is `redirect.prefixes`/`ports`/`refresh_secs`.
+    pub appliance: crate::appliance::ApplianceConfig,
+    /// Who a client address is: CIDR → name, team, environment, owner (longest prefix
+    /// wins). Records carry it as `identity.network`; policies scope on it.
+    pub networks: Vec<crate::identity::networks::NetworkConfig>,
     /// Where the kubelet's files name the node's pods (for attribution).
     pub kubernetes: crate::identity::pods::KubernetesConfig,
     /// OpenTelemetry export (off unless `otel.endpoint` is set).
@@ -318,6 +324,8 @@ impl Config {
             ledger: crate::ledger::LedgerConfig::default(),
             on_ledger_failure: OnLedgerFailure::FailClosed,
             redirect: crate::redirect::RedirectConfig::default(),
+            appliance: crate::appliance::ApplianceConfig::default(),
+            networks: Vec::new(),
             kubernetes: crate::identity::pods::KubernetesConfig::default(),
             otel: crate::otel::OtelConfig::default(),
             fleet: crate::policy::FleetConfig::default(),
@@ -413,7 +421,12 @@ impl Config {
         config.resolve_paths();
         let problems = config.problems(text, file);
         if problems.is_empty() {
-            config.warnings = crate::policy::lint(&config.policy)
+            let teams: Vec<&str> = config
+                .networks
+                .iter()
+                .filter_map(|n| n.team.as_deref())
+                .collect();
+            config.warnings = crate::policy::lint(&config.policy, &teams)
                 .into_iter()
                 .map(|f| {
                     let p = &config.policy.policies[f.index];
@@ -485,6 +498,14 @@ impl Config {
                     "name",
                     format!("`{}` is used by another sink; each needs its own (its cursor is named after it)", sink.name),
                 );
+            }
+        }
+        for (key, message) in self.appliance.problems(&self.redirect) {
+            bad(format!("appliance.{key}"), key, message);
+        }
+        for (i, n) in self.networks.iter().enumerate() {
+            if let Err(message) = n.net() {
+                bad(format!("networks[{i}].cidr"), &n.cidr, message);
             }
         }
         if let Some(r) = &self.fleet.redis {

@@ -11,6 +11,7 @@
 //!
 //! Virtual keys and API-key fingerprints belong to the policy layer, not here.
 
+pub mod networks;
 pub mod pods;
 
 use std::net::SocketAddr;
@@ -18,14 +19,17 @@ use std::net::SocketAddr;
 use crate::original_dst::Attribution;
 use crate::record::Identity;
 
-/// The identity of a connection from `peer`, with the probe's attribution if any.
+/// The identity of a connection from `peer`, with the probe's attribution if any and the
+/// configured network its address lies in.
 pub fn of_connection(
     peer: SocketAddr,
     attribution: Option<&Attribution>,
     pods: &pods::PodDirectory,
+    networks: &networks::Networks,
 ) -> Identity {
     let mut id = Identity {
         client_addr: Some(peer.to_string()),
+        network: networks.lookup(peer.ip()).cloned(),
         ..Identity::default()
     };
     let Some(a) = attribution else {
@@ -171,7 +175,12 @@ mod tests {
             cgroup_id: 1,
         };
         let pods = pods::PodDirectory::new(pods::KubernetesConfig::default());
-        let id = of_connection("127.0.0.1:1".parse().unwrap(), Some(&a), &pods);
+        let id = of_connection(
+            "127.0.0.1:1".parse().unwrap(),
+            Some(&a),
+            &pods,
+            &networks::Networks::default(),
+        );
         assert_eq!(id.pid, Some(me));
         assert!(id.exe.is_some(), "our own executable is readable");
         assert_eq!(id.process.as_deref(), Some("test"));

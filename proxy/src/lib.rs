@@ -35,6 +35,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod appliance;
 pub mod audit;
 pub mod ca;
 pub mod config;

@@ -38,6 +38,10 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// `node` (the config decides: listeners, the eBPF redirect) or `appliance` (also
+        /// capture the traffic routed through this host, as `appliance.enabled: true`).
+        #[arg(long, value_enum, default_value = "node")]
+        mode: RunMode,
     },
     /// Manage the organisation CA.
     Ca {
@@ -91,12 +95,22 @@ enum Command {
     },
 }
 
+/// What `sluice run` runs as.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunMode {
+    /// A node agent or gateway, as the config says.
+    Node,
+    /// The in-VPC appliance: routed traffic to the providers is captured (TPROXY).
+    Appliance,
+}
+
 fn main() -> ExitCode {
     init_tracing();
     let result = match Cli::parse().command {
-        Command::Run { config } => config
-            .load()
-            .and_then(|c| sluice::app::run(c, config.config)),
+        Command::Run { config, mode } => config.load().and_then(|mut c| {
+            c.appliance.enabled |= mode == RunMode::Appliance;
+            sluice::app::run(c, config.config)
+        }),
         Command::Ca { command } => cli::ca::run(command),
         Command::Policy { command } => return cli::policy::run(command),
         Command::Demo { dir } => sluice::demo::run(dir),

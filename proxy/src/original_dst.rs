@@ -199,9 +199,12 @@ impl LoopGuard {
         LoopGuard { listeners }
     }
 
-    /// Whether forwarding to `dst` could reach one of our own listeners.
-    pub fn is_self(&self, dst: SocketAddr, accepted_on: SocketAddr) -> bool {
-        if dst == accepted_on {
+    /// Whether forwarding to `dst` could reach one of our own listeners. A connection
+    /// accepted on the address it names as its destination is one to ourselves — unless it
+    /// came through a `transparent` listener, where that address is the client's real
+    /// destination (TPROXY keeps it on the accepted socket).
+    pub fn is_self(&self, dst: SocketAddr, accepted_on: SocketAddr, transparent: bool) -> bool {
+        if dst == accepted_on && !transparent {
             return true;
         }
         self.listeners.iter().any(|l| {
@@ -255,10 +258,17 @@ mod tests {
     fn loop_guard() {
         let g = LoopGuard::new(vec!["0.0.0.0:15443".parse().unwrap()]);
         let on: SocketAddr = "10.0.0.5:15443".parse().unwrap();
-        assert!(g.is_self(on, on));
-        assert!(g.is_self("127.0.0.1:15443".parse().unwrap(), on));
-        assert!(g.is_self("10.0.0.5:15443".parse().unwrap(), on));
-        assert!(!g.is_self("198.19.0.2:443".parse().unwrap(), on));
-        assert!(!g.is_self("127.0.0.1:443".parse().unwrap(), on));
+        assert!(g.is_self(on, on, false));
+        assert!(g.is_self("127.0.0.1:15443".parse().unwrap(), on, false));
+        assert!(g.is_self("10.0.0.5:15443".parse().unwrap(), on, false));
+        assert!(!g.is_self("198.19.0.2:443".parse().unwrap(), on, false));
+        assert!(!g.is_self("127.0.0.1:443".parse().unwrap(), on, false));
+        // Captured by TPROXY: accepted on the provider's address, which is the destination;
+        // but a direct connection to the transparent listener itself is still a loop.
+        let provider: SocketAddr = "198.19.0.2:443".parse().unwrap();
+        assert!(!g.is_self(provider, provider, true));
+        let capture = LoopGuard::new(vec!["127.0.0.1:15001".parse().unwrap()]);
+        let direct: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        assert!(capture.is_self(direct, direct, true));
     }
 }

@@ -156,7 +156,7 @@ pub enum Mode {
 pub struct Scope {
     /// Virtual-key users.
     pub users: Vec<String>,
-    /// Virtual-key teams.
+    /// Teams: the virtual key's, else the client network's (`networks:`).
     pub teams: Vec<String>,
     /// Virtual-key projects.
     pub projects: Vec<String>,
@@ -174,6 +174,10 @@ pub struct Scope {
     pub service_accounts: Vec<String>,
     /// Kubernetes pod labels, each `key: glob` must match (from the Kubernetes API).
     pub pod_labels: std::collections::BTreeMap<String, String>,
+    /// Client networks by name (globs), from `networks:`.
+    pub networks: Vec<String>,
+    /// Client network environments (globs), from `networks:`.
+    pub environments: Vec<String>,
 }
 
 /// What a request looks like to steps 3–6.
@@ -659,8 +663,15 @@ fn in_scope(s: &Scope, id: &Identity) -> bool {
     let any = |list: &[String], value: Option<&str>| {
         list.is_empty() || value.is_some_and(|v| list.iter().any(|p| glob(p, v)))
     };
+    let net = id.network.as_ref();
+    let team = id
+        .team
+        .as_deref()
+        .or_else(|| net.and_then(|n| n.team.as_deref()));
     any(&s.users, id.user.as_deref())
-        && any(&s.teams, id.team.as_deref())
+        && any(&s.teams, team)
+        && any(&s.networks, net.map(|n| n.name.as_str()))
+        && any(&s.environments, net.and_then(|n| n.environment.as_deref()))
         && any(&s.projects, id.project.as_deref())
         && any(&s.processes, id.process.as_deref())
         && any(&s.pods, id.pod_uid.as_deref())

@@ -174,6 +174,8 @@ pub struct Shared {
     pub otel: Option<crate::otel::Exporter>,
     /// Names of the node's pods, for attribution.
     pub pods: Arc<crate::identity::pods::PodDirectory>,
+    /// Who client addresses are (`networks:`).
+    pub networks: crate::identity::networks::Networks,
     /// Loop guard over our own listeners.
     pub loop_guard: LoopGuard,
     /// Where connection and admin records go (off the request path).
@@ -208,6 +210,9 @@ pub struct InterceptApp {
     shared: Arc<Shared>,
     acceptor: Acceptor,
     http: Arc<HttpProxy<Interceptor>>,
+    /// Behind a transparent (TPROXY) listener: every connection was accepted on the
+    /// address its client dialled, which is therefore its destination, not a loop.
+    transparent: bool,
 }
 
 impl InterceptApp {
@@ -221,6 +226,15 @@ impl InterceptApp {
             shared,
             acceptor,
             http,
+            transparent: false,
+        }
+    }
+
+    /// The same app for a transparent listener (the appliance's capture).
+    pub fn transparent(self) -> InterceptApp {
+        InterceptApp {
+            transparent: true,
+            ..self
         }
     }
 }
@@ -271,6 +285,7 @@ impl ServerApp for InterceptApp {
             accepted.peer,
             dst.as_ref().and_then(|d| d.attribution.as_ref()),
             &shared.pods,
+            &shared.networks,
         );
         let refuse = |reason: &'static str, dst: Option<SocketAddr>| {
             metrics::REFUSED.with_label_values(&[reason]).inc();
@@ -290,7 +305,10 @@ impl ServerApp for InterceptApp {
             shared.recorder.submit(refuse("no_destination", None)).await;
             return None;
         };
-        if shared.loop_guard.is_self(dst, accepted.local) {
+        if shared
+            .loop_guard
+            .is_self(dst, accepted.local, self.transparent)
+        {
             shared.recorder.submit(refuse("loop", Some(dst))).await;
             return None;
         }

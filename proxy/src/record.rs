@@ -71,6 +71,10 @@ pub struct Identity {
     /// account) of that pod; absent outside Kubernetes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<PodRef>,
+    /// The configured network (`networks:`) the client address lies in: who that is when
+    /// the caller is a host Sluice only sees on the wire (appliance mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRef>,
     /// Virtual-key user (the strongest identity, when a virtual key was presented).
     pub user: Option<String>,
     /// Virtual-key team.
@@ -96,6 +100,24 @@ pub struct PodRef {
     /// Pod labels (from the API only).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What a record says of the network a client address belongs to (`identity.network`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkRef {
+    /// The network's name (its CIDR when the config gives none).
+    pub name: String,
+    /// The CIDR that matched (the longest configured prefix holding the address).
+    pub cidr: String,
+    /// Owning team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Environment (prod, staging, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Owner (a person or a group to contact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The request side of an interaction.

@@ -338,7 +338,8 @@ fn export_stats(before: &sluice_probe::Stats, now: &sluice_probe::Stats) {
 }
 
 /// Resolves provider hosts, remembering each address until `grace` after it was last seen.
-struct Resolver {
+/// The node probe and the appliance keep their provider sets with it.
+pub(crate) struct Resolver {
     hosts: Vec<String>,
     ports: Vec<u16>,
     grace: Duration,
@@ -346,7 +347,7 @@ struct Resolver {
 }
 
 impl Resolver {
-    fn new(hosts: Vec<String>, ports: Vec<u16>, grace_secs: u64) -> Resolver {
+    pub(crate) fn new(hosts: Vec<String>, ports: Vec<u16>, grace_secs: u64) -> Resolver {
         Resolver {
             hosts,
             ports,
@@ -355,7 +356,8 @@ impl Resolver {
         }
     }
 
-    fn refresh(&mut self) -> Vec<ProviderPrefix> {
+    /// Resolve every host now; the addresses seen within the grace period, as prefixes.
+    pub(crate) fn refresh(&mut self) -> Vec<ProviderPrefix> {
         let now = Instant::now();
         for host in &self.hosts {
             match (host.as_str(), 443).to_socket_addrs() {

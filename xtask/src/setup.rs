@@ -13,7 +13,8 @@ use anyhow::{ensure, Context, Result};
 /// programs; cmake and pkg-config serve `-sys` crates; iproute2, curl and procps drive the
 /// network-namespace tests; rsyslog (with its GnuTLS driver) is the real syslog server the
 /// export and the syslog sink (TCP and TLS) are tested against;
-/// iptables drives the REDIRECT fallback test and the connect-hook benchmark; prometheus
+/// iptables drives the REDIRECT fallback test and the connect-hook benchmark; nftables is
+/// what the appliance mode installs its TPROXY capture with (and its test runs); prometheus
 /// brings `promtool`, which checks and unit-tests the alerting rules; docker.io runs the
 /// Kubernetes DaemonSet's pod spec on a node without a kubelet, from the image built with
 /// Debian's ca-certificates as its roots; redis-server and postgresql are the fleet's shared
@@ -31,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "rsyslog",
     "rsyslog-gnutls",
     "iptables",
+    "nftables",
     "prometheus",
     "docker.io",
     "ca-certificates",

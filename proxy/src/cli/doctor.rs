@@ -24,6 +24,10 @@ pub struct DoctorArgs {
     /// init container).
     #[arg(long)]
     mount_bpffs: bool,
+    /// Check the appliance's capture (forwarding, the nftables table, the policy routes)
+    /// instead of the eBPF redirect; implied by `appliance.enabled` in the config.
+    #[arg(long)]
+    appliance: bool,
 }
 
 /// Prints each check with its fix; exit 1 (with the iptables fallback outside Kubernetes)
@@ -36,6 +40,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         println!("[ ok ] bpffs mounted at /sys/fs/bpf");
+    }
+    if let Some(code) = appliance(&args) {
+        return code;
     }
     let mut checks = sluice_probe::doctor();
     if kubernetes {
@@ -65,19 +72,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             Err(e) => checks.push(failed("config", e.to_string(), "fix the config file")),
         }
     }
-    let mut ok = true;
-    for c in &checks {
-        ok &= c.ok;
-        println!(
-            "[{}] {}: {}",
-            if c.ok { " ok " } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-        if let (false, Some(fix)) = (c.ok, &c.fix) {
-            println!("       fix: {fix}");
-        }
-    }
+    let ok = print(&checks);
     match (ok, kubernetes) {
         (true, true) => println!("\nThis node can run the Sluice agent."),
         (true, false) => println!("\nThis host can run the eBPF redirect (`redirect.enabled: true`)."),
@@ -89,6 +84,52 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The appliance's checks, when asked for (by flag or by the config): `None` otherwise.
+fn appliance(args: &DoctorArgs) -> Option<ExitCode> {
+    let config = match &args.config {
+        Some(p) => match sluice::config::Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("[FAIL] config: {e:#}\n       fix: fix the config file");
+                return Some(ExitCode::FAILURE);
+            }
+        },
+        None => sluice::config::Config::default(),
+    };
+    if !(args.appliance || config.appliance.enabled) {
+        return None;
+    }
+    let mut checks: Vec<Check> = sluice::appliance::check(&config.appliance)
+        .into_iter()
+        .map(|(name, ok, detail)| Check {
+            name,
+            ok,
+            detail,
+            fix: None,
+        })
+        .collect();
+    checks.extend(fleet_checks(&config));
+    if print(&checks) {
+        println!("\nThe appliance capture is in place: routed provider traffic reaches Sluice.");
+        Some(ExitCode::SUCCESS)
+    } else {
+        println!("\nThe appliance capture is not (fully) in place: start `sluice run --mode appliance` as root.");
+        Some(ExitCode::FAILURE)
+    }
+}
+
+/// Prints each check with its fix; whether all passed.
+fn print(checks: &[Check]) -> bool {
+    for c in checks {
+        let mark = if c.ok { " ok " } else { "FAIL" };
+        println!("[{mark}] {}: {}", c.name, c.detail);
+        if let (false, Some(fix)) = (c.ok, &c.fix) {
+            println!("       fix: {fix}");
+        }
+    }
+    checks.iter().all(|c| c.ok)
 }
 
 fn failed(name: &str, detail: String, fix: &str) -> Check {

@@ -3,8 +3,8 @@
 //! The chain is ordered and the first enforcing block wins, so a rule can be written and
 //! never take effect. [`lint`] reports, per policy:
 //!
-//! - **empty scopes** — `users`/`teams`/`projects` that no virtual key has together, so the
-//!   policy selects nobody;
+//! - **empty scopes** — `users`/`teams`/`projects` that no virtual key has together (nor,
+//!   for `teams` alone, a configured client network), so the policy selects nobody;
 //! - **unreachable policies** — an earlier enforcing policy whose scope covers this one's
 //!   denies every provider or every model (`deny: ["*"]`), so nothing reaches it;
 //! - **dead allow entries** — an allow glob that a deny glob of the same policy matches
@@ -29,8 +29,9 @@ pub struct LintFinding {
     pub message: String,
 }
 
-/// Every finding of the chain, in chain order.
-pub fn lint(cfg: &PolicyConfig) -> Vec<LintFinding> {
+/// Every finding of the chain, in chain order. `network_teams`: the teams of the
+/// configured client networks (`networks:`), which `scope.teams` selects too.
+pub fn lint(cfg: &PolicyConfig, network_teams: &[&str]) -> Vec<LintFinding> {
     let mut out = Vec::new();
     let ps = &cfg.policies;
     for (i, p) in ps.iter().enumerate() {
@@ -41,7 +42,7 @@ pub fn lint(cfg: &PolicyConfig) -> Vec<LintFinding> {
                 message,
             })
         };
-        if !scope_has_keys(&p.scope, cfg) {
+        if !scope_has_keys(&p.scope, cfg, network_teams) {
             say(
                 "scope",
                 format!(
@@ -129,8 +130,16 @@ fn denies_all(r: &AllowDeny) -> bool {
 }
 
 /// Whether some virtual key carries the scope's users, teams and projects together.
-fn scope_has_keys(s: &Scope, cfg: &PolicyConfig) -> bool {
+fn scope_has_keys(s: &Scope, cfg: &PolicyConfig, network_teams: &[&str]) -> bool {
     if s.users.is_empty() && s.teams.is_empty() && s.projects.is_empty() {
+        return true;
+    }
+    if s.users.is_empty()
+        && s.projects.is_empty()
+        && network_teams
+            .iter()
+            .any(|t| s.teams.iter().any(|p| glob(p, t)))
+    {
         return true;
     }
     let any = |list: &[String], v: &Option<String>| {
@@ -155,6 +164,8 @@ fn scope_covers(a: &Scope, b: &Scope) -> bool {
         && covers(&a.projects, &b.projects)
         && covers(&a.processes, &b.processes)
         && covers(&a.pods, &b.pods)
+        && covers(&a.networks, &b.networks)
+        && covers(&a.environments, &b.environments)
         && (a.uids.is_empty() || (!b.uids.is_empty() && b.uids.iter().all(|u| a.uids.contains(u))))
 }
 
@@ -190,7 +201,7 @@ policies:
   - {id: ml, scope: {teams: [ml]}, budget: {usd: 10}}
   - {id: dlp, prompt: {pii: redact}, response: {secrets: redact}}
 "#);
-        assert_eq!(lint(&c), vec![]);
+        assert_eq!(lint(&c, &[]), vec![]);
     }
 
     #[test]
@@ -209,7 +220,7 @@ policies:
   - {id: answers-ml, scope: {teams: [ml]}, response: {pii: redact}}
   - {id: everyone-denies, models: {deny: ["o3-mini"]}}
 "#);
-        let found = lint(&c);
+        let found = lint(&c, &[]);
         let about = |id: &str| -> Vec<&LintFinding> {
             let i = c.policies.iter().position(|p| p.id == id).unwrap();
             found.iter().filter(|f| f.index == i).collect()

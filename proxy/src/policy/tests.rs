@@ -449,6 +449,47 @@ fn scopes_select_on_namespace_pod_service_account_and_labels() {
     }
 }
 
+/// Appliance callers are known by their network: a policy selects them by the network's
+/// name, environment or team; a virtual key's team, when presented, is the stronger one.
+#[test]
+fn scopes_select_on_the_client_network() {
+    let e = engine(
+        "policies:
+  - id: prod-payments
+    scope: {networks: [pay*], environments: [prod], teams: [payments]}
+    models: {allow: [gpt-4o-mini]}
+",
+    );
+    let decide = |id: &Identity| e.evaluate(&facts("gpt-4o", id, BODY)).decision;
+    let from = |name: &str, env: &str, team: &str| Identity {
+        network: Some(crate::record::NetworkRef {
+            name: name.into(),
+            cidr: "10.0.0.0/24".into(),
+            team: Some(team.into()),
+            environment: Some(env.into()),
+            owner: None,
+        }),
+        ..Identity::default()
+    };
+    assert_eq!(
+        decide(&from("payments-a", "prod", "payments")),
+        Decision::Block
+    );
+    for other in [
+        from("payments-a", "dev", "payments"),
+        from("search", "prod", "payments"),
+        from("payments-a", "prod", "search"),
+        Identity::default(),
+    ] {
+        assert_eq!(decide(&other), Decision::Allow, "{:?}", other.network);
+    }
+    let keyed = Identity {
+        team: Some("search".into()),
+        ..from("payments-a", "prod", "payments")
+    };
+    assert_eq!(decide(&keyed), Decision::Allow, "the key's team wins");
+}
+
 #[test]
 fn rate_limits_count_per_pod_not_per_process_name() {
     let e = engine("policies:\n  - id: rl\n    rate_limit: {requests_per_minute: 1}\n");

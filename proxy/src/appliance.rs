@@ -1,0 +1,798 @@
+//! The in-VPC appliance: Sluice as the router that a network's route to the LLM providers
+//! points at, governing every AI call of a subnet with nothing installed on its hosts.
+//!
+//! # Capture: TPROXY, not `sk_lookup`
+//! Forwarded TCP to a provider prefix and port is delivered to Sluice's transparent
+//! listener with its original destination intact (no NAT on the path: the accepted
+//! socket's local address *is* the provider address the client dialled, and its peer is
+//! the client itself). The mechanism is nftables TPROXY:
+//! - the provider set lives in two nftables interval sets (`addr . port`), so prefix
+//!   matching, port lists and atomic replacement come with the kernel; the refusal of
+//!   QUIC (UDP to the same prefixes and ports), the fail-closed rule and the forward/drop
+//!   choice for everything else live in the same table, one `nft -f` transaction;
+//! - it works for IPv4 and IPv6 with one rule each;
+//! - the one thing it needs from the listener is `IP_TRANSPARENT`, which this module's
+//!   own listener sets.
+//!
+//! eBPF `sk_lookup` would steer without the socket option but still needs a local route
+//! per provider prefix and a BPF program and maps to keep in sync; it adds nothing here
+//! that nftables lacks, so it is not built (the probe's cgroup hooks remain the node
+//! agent's mechanism).
+//!
+//! # The kernel side, set up and torn down idempotently
+//! - sysctls: IPv4 and IPv6 forwarding on (an appliance is a router; left on at stop);
+//! - nftables table `inet <table>` (replaced whole at each start): sets `providers4` /
+//!   `providers6`; chain `capture` (prerouting: TPROXY to the listener, mark
+//!   `appliance.mark`); chain `refuse` (forward: provider TCP that reached forwarding —
+//!   Sluice is down — is reset, never forwarded unaudited; UDP to providers is refused
+//!   with ICMP port-unreachable so QUIC clients fall back to TCP; with
+//!   `non_provider: drop` everything else forwarded is dropped); chain `egress` (with
+//!   `masquerade`, forwarded traffic leaves with the appliance's address, as a NAT
+//!   gateway's would);
+//! - policy routing: `fwmark <mark> lookup <route_table>` and `local default dev lo` in
+//!   that table, for both families.
+//!
+//! A clean stop keeps all of it by default (`on_stop: keep`): while Sluice restarts,
+//! provider connections are refused rather than let through. `on_stop: detach` removes
+//! the table, the rules and the routes.
+//!
+//! The provider set is the node probe's: `redirect.prefixes` (static), the provider hosts
+//! resolved every `redirect.refresh_secs` and kept `redirect.grace_secs` after they stop
+//! resolving, on `redirect.ports`; a change replaces the sets' elements in one transaction.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::listener::Listener;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+use sluice_probe::ProviderPrefix;
+
+use crate::proxy::InterceptApp;
+use crate::redirect::{OnStop, RedirectConfig, Resolver};
+
+/// `appliance:` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplianceConfig {
+    /// Run as the appliance (also `sluice run --mode appliance`). Needs root
+    /// (CAP_NET_ADMIN for nftables and routes, CAP_NET_RAW is not needed). Default: false.
+    pub enabled: bool,
+    /// Port of the transparent listener on 127.0.0.1 and ::1 that captured connections
+    /// are handed to. Default: 15001.
+    pub port: u16,
+    /// Packet mark of captured packets (routed to the local table). Must differ from
+    /// `redirect.mark`. Default: 0x534d.
+    pub mark: u32,
+    /// Routing table holding the `local default` route for marked packets. Default: 21325.
+    pub route_table: u32,
+    /// Name of the nftables table (family `inet`). Default: `sluice`.
+    pub table: String,
+    /// Forwarded traffic that is not for a provider: `forward` (routed on) or `drop`.
+    /// Default: forward — pointing a subnet's whole egress at the appliance keeps working.
+    pub non_provider: NonProvider,
+    /// Forwarded traffic leaves with the appliance's address (masquerade), as a NAT
+    /// gateway's would. Set false when the network routes the clients' addresses back
+    /// itself. Default: true.
+    pub masquerade: bool,
+    /// What a clean stop does to the kernel side: `keep` (provider connections are
+    /// refused until the next start: no unaudited window) or `detach` (everything is
+    /// removed; forwarding stays on). Default: keep.
+    pub on_stop: OnStop,
+}
+
+/// What happens to forwarded traffic that is not for a provider.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NonProvider {
+    /// Routed on (with `masquerade`, under the appliance's address).
+    #[default]
+    Forward,
+    /// Dropped (replies of connections already open still pass).
+    Drop,
+}
+
+impl Default for ApplianceConfig {
+    fn default() -> Self {
+        ApplianceConfig {
+            enabled: false,
+            port: 15001,
+            mark: 0x534d,
+            route_table: 21325,
+            table: "sluice".into(),
+            non_provider: NonProvider::Forward,
+            masquerade: true,
+            on_stop: OnStop::Keep,
+        }
+    }
+}
+
+impl ApplianceConfig {
+    /// What is wrong with these settings, as (key, message) pairs.
+    pub fn problems(&self, redirect: &RedirectConfig) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.port == 0 {
+            out.push((
+                "port",
+                "must be a port number, 1-65535 (default 15001)".into(),
+            ));
+        }
+        if self.mark == 0 {
+            out.push((
+                "mark",
+                "must not be 0 (unmarked packets are everyone's)".into(),
+            ));
+        }
+        if redirect.enabled && self.mark == redirect.mark {
+            out.push((
+                "mark",
+                format!(
+                    "{:#x} is also redirect.mark; Sluice's upstream sockets carry that one and \
+                     must not be captured: pick another",
+                    self.mark
+                ),
+            ));
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            out.push((
+                "route_table",
+                format!(
+                    "{} is a reserved routing table; pick another (default 21325)",
+                    self.route_table
+                ),
+            ));
+        }
+        if self.table.is_empty()
+            || !self
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            out.push((
+                "table",
+                format!(
+                    "{:?} is not an nftables table name (letters, digits, _ and -)",
+                    self.table
+                ),
+            ));
+        }
+        out
+    }
+
+    /// The transparent listener's addresses: loopback of each family on `port`.
+    pub fn listeners(&self) -> [SocketAddr; 2] {
+        [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, self.port)),
+        ]
+    }
+}
+
+/// Errors of the appliance's kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    /// A command (`nft`, `ip`) could not be run or failed.
+    #[error("{what}: {detail} (appliance mode needs root, nftables and iproute2; run `sluice doctor --config …`)")]
+    Command {
+        /// What was being done.
+        what: String,
+        /// The command's own words.
+        detail: String,
+    },
+    /// A sysctl could not be written.
+    #[error("setting {path}: {source} (appliance mode needs root)")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transparent listener could not be opened.
+    #[error("opening the transparent listener {addr}: {source} (needs CAP_NET_ADMIN; is the port in use?)")]
+    Listen {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A provider prefix in `redirect.prefixes` is invalid.
+    #[error(transparent)]
+    Prefix(#[from] crate::redirect::RedirectError),
+}
+
+const SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/ipv6/conf/all/forwarding",
+];
+
+/// The appliance's kernel side while Sluice runs: the table, the routes and the thread
+/// that keeps the provider sets fresh.
+pub struct Appliance {
+    cfg: ApplianceConfig,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Appliance {
+    /// Set up forwarding, the nftables table with the current provider set and the policy
+    /// routes, then start the refresh thread. Idempotent: a table or routes left by an
+    /// earlier run are replaced.
+    ///
+    /// # Errors
+    /// [`ApplianceError`] with what to fix.
+    pub fn start(
+        cfg: &ApplianceConfig,
+        providers: &RedirectConfig,
+        hosts: Vec<String>,
+    ) -> Result<Appliance, ApplianceError> {
+        let statics = providers
+            .prefixes
+            .iter()
+            .map(|p| crate::redirect::parse_prefix(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for path in SYSCTLS {
+            std::fs::write(path, "1\n")
+                .map_err(|source| ApplianceError::Sysctl { path, source })?;
+        }
+        let mut resolver = Resolver::new(hosts, providers.ports.clone(), providers.grace_secs);
+        let mut set = statics.clone();
+        set.extend(resolver.refresh());
+        nft(&ruleset(cfg, &set), "installing the nftables table")?;
+        routes(cfg, true)?;
+        tracing::info!(
+            table = %cfg.table,
+            prefixes = set.len(),
+            port = cfg.port,
+            non_provider = ?cfg.non_provider,
+            masquerade = cfg.masquerade,
+            "appliance capture installed"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresh = Duration::from_secs(providers.refresh_secs.max(1));
+        let thread = {
+            let (stop, cfg) = (stop.clone(), cfg.clone());
+            std::thread::Builder::new()
+                .name("sluice-appliance".into())
+                .spawn(move || maintain(&cfg, &stop, resolver, statics, set, refresh))
+                .map_err(|e| ApplianceError::Command {
+                    what: "spawning the provider refresh thread".into(),
+                    detail: e.to_string(),
+                })?
+        };
+        Ok(Appliance {
+            cfg: cfg.clone(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop refreshing; with `on_stop: detach` remove the table and the routes.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if self.cfg.on_stop == OnStop::Keep {
+            tracing::info!(table = %self.cfg.table, "appliance capture kept (on_stop: keep): provider connections are refused until the next start");
+            return;
+        }
+        match teardown(&self.cfg) {
+            Ok(()) => tracing::info!(table = %self.cfg.table, "appliance capture removed"),
+            Err(e) => tracing::error!(error = %e, "removing the appliance capture failed"),
+        }
+    }
+}
+
+/// Remove the table, the rules and the routes (what `on_stop: detach` does).
+///
+/// # Errors
+/// A command fails for another reason than "already gone".
+pub fn teardown(cfg: &ApplianceConfig) -> Result<(), ApplianceError> {
+    let table = &cfg.table;
+    nft(
+        &format!("table inet {table}\ndelete table inet {table}\n"),
+        "removing the nftables table",
+    )?;
+    routes(cfg, false)
+}
+
+/// Re-resolve the provider hosts every `refresh` and replace the sets when they change.
+fn maintain(
+    cfg: &ApplianceConfig,
+    stop: &AtomicBool,
+    mut resolver: Resolver,
+    statics: Vec<ProviderPrefix>,
+    mut current: Vec<ProviderPrefix>,
+    refresh: Duration,
+) {
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() < refresh {
+            continue;
+        }
+        last = Instant::now();
+        let mut fresh = statics.clone();
+        fresh.extend(resolver.refresh());
+        if same_set(&fresh, &current) {
+            continue;
+        }
+        match nft(&set_update(cfg, &fresh), "updating the provider sets") {
+            Ok(()) => {
+                tracing::info!(prefixes = fresh.len(), "appliance provider set updated");
+                current = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "updating the appliance provider set failed"),
+        }
+    }
+}
+
+fn same_set(a: &[ProviderPrefix], b: &[ProviderPrefix]) -> bool {
+    let key = |s: &[ProviderPrefix]| {
+        let mut v: Vec<String> = elements(s, true)
+            .into_iter()
+            .chain(elements(s, false))
+            .collect();
+        v.sort();
+        v
+    };
+    key(a) == key(b)
+}
+
+/// The whole table, replacing any earlier one in the same transaction.
+pub fn ruleset(cfg: &ApplianceConfig, set: &[ProviderPrefix]) -> String {
+    let ApplianceConfig {
+        table, port, mark, ..
+    } = cfg;
+    let mut forward_rest = String::new();
+    if cfg.non_provider == NonProvider::Drop {
+        forward_rest.push_str("    ct state established,related accept\n    counter drop\n");
+    }
+    let egress = if cfg.masquerade && cfg.non_provider == NonProvider::Forward {
+        "  chain egress {\n    type nat hook postrouting priority srcnat; policy accept;\n    fib saddr type != local masquerade\n  }\n"
+    } else {
+        ""
+    };
+    format!(
+        "table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         {sets}\
+         \x20 chain capture {{\n\
+         \x20   type filter hook prerouting priority mangle; policy accept;\n\
+         \x20   ip daddr . tcp dport @providers4 tproxy ip to 127.0.0.1:{port} meta mark set {mark:#x} accept\n\
+         \x20   ip6 daddr . tcp dport @providers6 tproxy ip6 to [::1]:{port} meta mark set {mark:#x} accept\n\
+         \x20 }}\n\
+         \x20 chain refuse {{\n\
+         \x20   type filter hook forward priority filter; policy accept;\n\
+         \x20   ip daddr . tcp dport @providers4 counter reject with tcp reset\n\
+         \x20   ip6 daddr . tcp dport @providers6 counter reject with tcp reset\n\
+         \x20   ip daddr . udp dport @providers4 counter reject\n\
+         \x20   ip6 daddr . udp dport @providers6 counter reject\n\
+         {forward_rest}\
+         \x20 }}\n\
+         {egress}\
+         }}\n",
+        sets = set_defs(set),
+    )
+}
+
+fn set_defs(set: &[ProviderPrefix]) -> String {
+    let mut out = String::new();
+    for (v4, name, ty) in [
+        (true, "providers4", "ipv4_addr"),
+        (false, "providers6", "ipv6_addr"),
+    ] {
+        let els = elements(set, v4);
+        let els = if els.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", els.join(", "))
+        };
+        out.push_str(&format!(
+            "  set {name} {{ type {ty} . inet_service; flags interval;{els} }}\n"
+        ));
+    }
+    out
+}
+
+/// The sets' new elements, replacing the old ones in one transaction.
+fn set_update(cfg: &ApplianceConfig, set: &[ProviderPrefix]) -> String {
+    let table = &cfg.table;
+    let mut out = String::new();
+    for (v4, name) in [(true, "providers4"), (false, "providers6")] {
+        out.push_str(&format!("flush set inet {table} {name}\n"));
+        let els = elements(set, v4);
+        if !els.is_empty() {
+            out.push_str(&format!(
+                "add element inet {table} {name} {{ {} }}\n",
+                els.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// `net/len . port` (or `. 0-65535` for every port) of one family, deduplicated.
+fn elements(set: &[ProviderPrefix], v4: bool) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in set.iter().filter(|p| p.net.addr().is_ipv4() == v4) {
+        let net = masked(p.net.addr(), p.net.len());
+        let len = p.net.len();
+        if p.ports.is_empty() {
+            out.push(format!("{net}/{len} . 0-65535"));
+        }
+        for port in &p.ports {
+            out.push(format!("{net}/{len} . {port}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `addr` with the host bits beyond `len` cleared (nft wants the network address).
+fn masked(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits & mask))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & mask))
+        }
+    }
+}
+
+/// Run `nft -f -` with `script` as one transaction.
+fn nft(script: &str, what: &str) -> Result<(), ApplianceError> {
+    let fail = |detail: String| ApplianceError::Command {
+        what: what.to_string(),
+        detail,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run nft: {e} (install nftables)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(format!("writing to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Add (`on`) or remove the policy routing for marked packets, both families.
+fn routes(cfg: &ApplianceConfig, on: bool) -> Result<(), ApplianceError> {
+    let mark = format!("{:#x}", cfg.mark);
+    let table = cfg.route_table.to_string();
+    for family in ["-4", "-6"] {
+        // Remove every copy first: a crash may have left one, a rerun must not add two.
+        while ip(&[family, "rule", "del", "fwmark", &mark, "lookup", &table]).is_ok() {}
+        if on {
+            ip(&[family, "rule", "add", "fwmark", &mark, "lookup", &table])?;
+            ip(&[
+                family, "route", "replace", "local", "default", "dev", "lo", "table", &table,
+            ])?;
+        } else {
+            let _ = ip(&[family, "route", "flush", "table", &table]);
+        }
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<(), ApplianceError> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ApplianceError::Command {
+            what: format!("ip {}", args.join(" ")),
+            detail: format!("cannot run ip: {e} (install iproute2)"),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ApplianceError::Command {
+            what: format!("ip {}", args.join(" ")),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// What `sluice doctor` says of the appliance's kernel side: (check, ok, detail).
+pub fn check(cfg: &ApplianceConfig) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    for path in SYSCTLS {
+        let v = std::fs::read_to_string(path).unwrap_or_default();
+        out.push((
+            path.trim_start_matches("/proc/sys/").replace('/', "."),
+            v.trim() == "1",
+            if v.trim() == "1" {
+                "on".into()
+            } else {
+                "off: Sluice turns it on at start (needs root)".into()
+            },
+        ));
+    }
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", &cfg.table])
+        .output();
+    let (ok, detail) = match listed {
+        Err(e) => (false, format!("cannot run nft: {e} (install nftables)")),
+        Ok(o) if !o.status.success() => (
+            false,
+            format!(
+                "absent ({}): `sluice run --mode appliance` installs it",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let n = text.matches(" . ").count();
+            let tproxy = text.contains("tproxy ip to") && text.contains("tproxy ip6 to");
+            (
+                tproxy,
+                format!(
+                    "present, {n} provider set elements{}",
+                    if tproxy {
+                        ""
+                    } else {
+                        "; its TPROXY rules are missing"
+                    }
+                ),
+            )
+        }
+    };
+    out.push((format!("nftables table inet {}", cfg.table), ok, detail));
+    for family in ["-4", "-6"] {
+        let rules = Command::new("ip")
+            .args([family, "rule", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let want = format!("fwmark {:#x} lookup {}", cfg.mark, cfg.route_table);
+        let ok = rules.contains(&want);
+        out.push((
+            format!("ip {family} rule {want}"),
+            ok,
+            if ok {
+                "present".into()
+            } else {
+                "absent: `sluice run --mode appliance` adds it".into()
+            },
+        ));
+    }
+    out
+}
+
+/// The transparent listener: accepts captured connections (their local address is the
+/// provider's) and hands them to the same application as every other listener.
+pub struct TransparentListener {
+    listeners: Vec<std::net::TcpListener>,
+    app: Arc<InterceptApp>,
+}
+
+impl TransparentListener {
+    /// Bind `127.0.0.1:port` and `[::1]:port` with `IP_TRANSPARENT`/`IPV6_TRANSPARENT`
+    /// (TPROXY delivers only to transparent sockets).
+    ///
+    /// # Errors
+    /// [`ApplianceError::Listen`]: no CAP_NET_ADMIN, or the port is taken.
+    pub fn bind(
+        cfg: &ApplianceConfig,
+        app: Arc<InterceptApp>,
+    ) -> Result<TransparentListener, ApplianceError> {
+        let listeners = cfg
+            .listeners()
+            .into_iter()
+            .map(|addr| {
+                transparent_listener(addr).map_err(|source| ApplianceError::Listen { addr, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TransparentListener { listeners, app })
+    }
+}
+
+fn transparent_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        setsockopt(&socket, sockopt::IpTransparent, &true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        setsockopt(&socket, Ipv6Transparent, &true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `IPV6_TRANSPARENT`, which nix does not name.
+#[derive(Clone, Copy)]
+struct Ipv6Transparent;
+
+impl nix::sys::socket::SetSockOpt for Ipv6Transparent {
+    type Val = bool;
+
+    fn set<F: std::os::fd::AsFd>(&self, fd: &F, val: &bool) -> nix::Result<()> {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = (*val).into();
+        // SAFETY: a valid fd, an int option with its exact size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_fd().as_raw_fd(),
+                libc::SOL_IPV6,
+                libc::IPV6_TRANSPARENT,
+                std::ptr::from_ref(&v).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        nix::errno::Errno::result(r).map(drop)
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TransparentListener {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut tasks = Vec::new();
+        for l in &self.listeners {
+            let std = match l.try_clone().and_then(|l| {
+                l.set_nonblocking(true)?;
+                Ok(l)
+            }) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "transparent listener unusable");
+                    continue;
+                }
+            };
+            let listener = match tokio::net::TcpListener::from_std(std) {
+                Ok(l) => Listener::from(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "transparent listener unusable");
+                    continue;
+                }
+            };
+            let (app, shutdown) = (self.app.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(accept_loop(listener, app, shutdown)));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn accept_loop(listener: Listener, app: Arc<InterceptApp>, mut shutdown: ShutdownWatch) {
+    loop {
+        let stream = tokio::select! {
+            s = listener.accept() => s,
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return; }
+                continue;
+            }
+        };
+        match stream {
+            Ok(stream) => {
+                let (app, shutdown) = (app.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                    while let Some(s) = next {
+                        next = app.process_new(s, &shutdown).await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a captured connection failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redirect::parse_prefix;
+
+    fn set() -> Vec<ProviderPrefix> {
+        [
+            "160.79.104.7/23",
+            "2607:6bc0::/48",
+            "198.19.0.2/32:443,8443",
+            "198.19.0.2/32:443",
+        ]
+        .iter()
+        .map(|p| parse_prefix(p).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn the_ruleset_captures_refuses_and_forwards_as_configured() {
+        let cfg = ApplianceConfig::default();
+        let r = ruleset(&cfg, &set());
+        // Replaces an earlier table in the same transaction, whether or not one exists.
+        assert!(r.starts_with("table inet sluice\ndelete table inet sluice\n"));
+        // Host bits cleared, every port for a bare prefix, duplicates once.
+        assert!(r.contains("160.79.104.0/23 . 0-65535"), "{r}");
+        assert!(
+            r.contains("198.19.0.2/32 . 443, 198.19.0.2/32 . 8443 }"),
+            "{r}"
+        );
+        assert!(r.contains("2607:6bc0::/48 . 0-65535"), "{r}");
+        assert!(r.contains("tproxy ip to 127.0.0.1:15001 meta mark set 0x534d"));
+        assert!(r.contains("tproxy ip6 to [::1]:15001"));
+        assert!(r.contains("udp dport @providers4 counter reject"));
+        assert!(r.contains("tcp dport @providers4 counter reject with tcp reset"));
+        assert!(r.contains("masquerade"));
+        assert!(!r.contains("drop"));
+        let drop = ApplianceConfig {
+            non_provider: NonProvider::Drop,
+            ..ApplianceConfig::default()
+        };
+        let r = ruleset(&drop, &set());
+        assert!(
+            r.contains("counter drop") && !r.contains("masquerade"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn updates_flush_and_refill_both_sets() {
+        let u = set_update(&ApplianceConfig::default(), &set()[..1]);
+        assert_eq!(
+            u,
+            "flush set inet sluice providers4\n\
+             add element inet sluice providers4 { 160.79.104.0/23 . 0-65535 }\n\
+             flush set inet sluice providers6\n"
+        );
+        assert!(same_set(&set(), &set()[..3]));
+        assert!(!same_set(&set(), &set()[..2]));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let redirect = RedirectConfig {
+            enabled: true,
+            mark: 0x534d,
+            ..RedirectConfig::default()
+        };
+        let cfg = ApplianceConfig {
+            port: 0,
+            route_table: 254,
+            table: "a b".into(),
+            ..ApplianceConfig::default()
+        };
+        let keys: Vec<_> = cfg.problems(&redirect).into_iter().map(|p| p.0).collect();
+        assert_eq!(keys, ["port", "mark", "route_table", "table"]);
+        assert!(ApplianceConfig::default()
+            .problems(&RedirectConfig::default())
+            .is_empty());
+    }
+}
