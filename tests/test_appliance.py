@@ -221,6 +221,13 @@ def test_routed_clients_are_governed_and_recorded_with_their_network(appliance):
     assert appliance.mock_requests() == 2, "the blocked call must not reach the provider"
     assert appliance.mock_requests(vpc.PROVIDER6) == 1
 
+    # Reports group appliance callers by their network and its team.
+    usage = json.loads(vpc.appliance.run(
+        [str(sluice_bin()), "report", "--type", "usage", "--by", "network,team", "--json",
+         "--config", str(appliance.config)]).stdout)
+    assert sorted((r["network"], r["team"], r["requests"]) for r in usage["rows"]) == [
+        ("office", "payments", 3), ("office-v6", "payments", 1)], usage
+
     # QUIC to a provider, both families: refused (ICMP), so clients fall back to TCP.
     assert appliance.python(QUIC, vpc.PROVIDER, vpc.PROVIDER6) == {
         vpc.PROVIDER: "refused", vpc.PROVIDER6: "refused"}

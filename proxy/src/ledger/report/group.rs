@@ -27,6 +27,10 @@ pub enum By {
     Process,
     Namespace,
     Pod,
+    /// The client network's name (`networks:`; appliance callers).
+    Network,
+    /// The client network's environment.
+    Environment,
     /// A pod label's value, `label:<name>`.
     Label(String),
     Model,
@@ -53,6 +57,8 @@ impl By {
             "process" => By::Process,
             "namespace" => By::Namespace,
             "pod" => By::Pod,
+            "network" => By::Network,
+            "environment" => By::Environment,
             "model" => By::Model,
             "provider" => By::Provider,
             "node" => By::Node,
@@ -61,7 +67,7 @@ impl By {
                 Some(l) if !l.is_empty() => By::Label(l.to_owned()),
                 _ => {
                     return Err(format!(
-                        "`{other}` is not a grouping: use principal, user, team, project, key, process, namespace, pod, label:<name>, model, provider, node or workload"
+                        "`{other}` is not a grouping: use principal, user, team, project, key, process, namespace, pod, network, environment, label:<name>, model, provider, node or workload"
                     ))
                 }
             },
@@ -79,6 +85,8 @@ impl By {
             By::Process => "process".into(),
             By::Namespace => "namespace".into(),
             By::Pod => "pod".into(),
+            By::Network => "network".into(),
+            By::Environment => "environment".into(),
             By::Label(l) => format!("label:{l}"),
             By::Model => "model".into(),
             By::Provider => "provider".into(),
@@ -186,15 +194,24 @@ pub(crate) fn value_of(by: &By, id: &Map<String, Value>, s: &Sums) -> String {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
+    let net = |k: &str| {
+        id.get("network")
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
     match by {
         By::Principal => Some(principal(id)),
         By::User => f("user"),
-        By::Team => f("team"),
+        // The virtual key's team, else the client network's (as policy scopes read it).
+        By::Team => f("team").or_else(|| net("team")),
         By::Project => f("project"),
         By::Key => f("api_key_fingerprint"),
         By::Process => f("exe").or_else(|| f("process")),
         By::Namespace => k8s("namespace"),
         By::Pod => k8s("pod"),
+        By::Network => net("name"),
+        By::Environment => net("environment"),
         By::Label(l) => id
             .get("kubernetes")
             .and_then(|p| p.get("labels"))
