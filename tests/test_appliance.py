@@ -170,6 +170,15 @@ policy:
         assert len(rows) >= n, rows
         return rows
 
+    def metric(self, series: str) -> float:
+        """One series of the appliance's /metrics, written as exposed; 0 when absent."""
+        r = self.vpc.appliance.run(["curl", "-sS", f"http://127.0.0.1:{self.metrics_port}/metrics"])
+        for line in r.stdout.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return 0.0
+
     def mock_requests(self, addr: str | None = None) -> int:
         """How many requests the mock provider's listener on `addr` (default: IPv4) got."""
         addr = addr or self.vpc.PROVIDER
@@ -241,6 +250,20 @@ def test_routed_clients_are_governed_and_recorded_with_their_network(appliance):
     # `sluice doctor` sees the capture in place.
     d = appliance.doctor()
     assert d.returncode == 0 and "nftables table inet sluice: present" in d.stdout, d.stdout
+
+    # A root user on the appliance wipes the firewall and the policy routes (a firewall
+    # reload would do the same): for a moment provider traffic is routed on, so Sluice
+    # puts the capture back within seconds and counts it.
+    vpc.appliance.run(["nft", "flush", "ruleset"])
+    vpc.appliance.run(["ip", "rule", "del", "fwmark", "0x534d", "lookup", "21325"])
+    deadline = time.monotonic() + 10
+    while appliance.doctor().returncode != 0:
+        assert time.monotonic() < deadline, appliance.doctor().stdout
+        time.sleep(0.2)
+    r = appliance.curl_chat("after the flush")
+    assert r.returncode == 0 and "Mock reply to: after the flush" in r.stdout, r.stderr
+    assert appliance.wait_records(5)[-1]["identity"]["network"]["name"] == "office"
+    assert appliance.metric('sluice_appliance_events_total{event="reinstalled"}') >= 1
 
 
 def test_a_restart_refuses_provider_traffic_and_loses_nothing(appliance):

@@ -249,6 +249,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
             shared: shared.clone(),
             ledger_dir: ledger_config.dir.clone(),
             redirect: redirect.as_ref().map(|_| true),
+            appliance: appliance.as_ref().map(crate::appliance::Appliance::health),
             upstream_roots: roots,
         });
         server.add_service(background_service(
@@ -308,6 +309,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     let deliveries = (!config.sinks.is_empty()).then(|| {
         crate::delivery::Deliveries::start(ledger.clone(), config.fleet.node(), &config.sinks)
     });
+
+    // systemd (the appliance image's unit): ready once the services start, watchdog fed.
+    server.add_service(background_service("systemd", crate::systemd::Notifier));
 
     tracing::info!(
         listen = ?config.listen,

@@ -215,12 +215,16 @@ const SYSCTLS: [&str; 2] = [
 ];
 
 /// The appliance's kernel side while Sluice runs: the table, the routes and the thread
-/// that keeps the provider sets fresh.
+/// that keeps the provider sets fresh and the capture in place.
 pub struct Appliance {
     cfg: ApplianceConfig,
     stop: Arc<AtomicBool>,
+    healthy: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How often the capture is checked (and put back if it went).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl Appliance {
     /// Set up forwarding, the nftables table with the current provider set and the policy
@@ -240,6 +244,11 @@ impl Appliance {
             .map(|p| crate::redirect::parse_prefix(p))
             .collect::<Result<Vec<_>, _>>()?;
         for path in SYSCTLS {
+            // Already on (the image sets it at boot): no write, so a unit that makes
+            // /proc/sys read-only (ProtectKernelTunables=) still starts.
+            if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+                continue;
+            }
             std::fs::write(path, "1\n")
                 .map_err(|source| ApplianceError::Sysctl { path, source })?;
         }
@@ -257,12 +266,18 @@ impl Appliance {
             "appliance capture installed"
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let healthy = Arc::new(AtomicBool::new(true));
         let refresh = Duration::from_secs(providers.refresh_secs.max(1));
         let thread = {
-            let (stop, cfg) = (stop.clone(), cfg.clone());
+            let (stop, healthy, cfg) = (stop.clone(), healthy.clone(), cfg.clone());
+            let state = Maintained {
+                resolver,
+                statics,
+                current: set,
+            };
             std::thread::Builder::new()
                 .name("sluice-appliance".into())
-                .spawn(move || maintain(&cfg, &stop, resolver, statics, set, refresh))
+                .spawn(move || maintain(&cfg, &stop, &healthy, state, refresh))
                 .map_err(|e| ApplianceError::Command {
                     what: "spawning the provider refresh thread".into(),
                     detail: e.to_string(),
@@ -271,8 +286,14 @@ impl Appliance {
         Ok(Appliance {
             cfg: cfg.clone(),
             stop,
+            healthy,
             thread: Some(thread),
         })
+    }
+
+    /// Whether the capture is in place (checked every two seconds; `/readyz` reads it).
+    pub fn health(&self) -> Arc<AtomicBool> {
+        self.healthy.clone()
     }
 
     /// Stop refreshing; with `on_stop: detach` remove the table and the routes.
@@ -305,35 +326,96 @@ pub fn teardown(cfg: &ApplianceConfig) -> Result<(), ApplianceError> {
     routes(cfg, false)
 }
 
-/// Re-resolve the provider hosts every `refresh` and replace the sets when they change.
+/// What the maintenance thread keeps between rounds.
+struct Maintained {
+    resolver: Resolver,
+    statics: Vec<ProviderPrefix>,
+    /// The provider set the kernel holds.
+    current: Vec<ProviderPrefix>,
+}
+
+/// Every [`CHECK_EVERY`], put the capture back if it went (someone flushed the ruleset or
+/// the policy routes: provider traffic would then be refused by nothing and forwarded
+/// unaudited); every `refresh`, re-resolve the provider hosts and replace the sets when
+/// they changed.
 fn maintain(
     cfg: &ApplianceConfig,
     stop: &AtomicBool,
-    mut resolver: Resolver,
-    statics: Vec<ProviderPrefix>,
-    mut current: Vec<ProviderPrefix>,
+    healthy: &AtomicBool,
+    mut state: Maintained,
     refresh: Duration,
 ) {
-    let mut last = Instant::now();
+    let mut last_refresh = Instant::now();
+    let mut last_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
-        if last.elapsed() < refresh {
+        if last_check.elapsed() >= CHECK_EVERY {
+            last_check = Instant::now();
+            if !installed(cfg) {
+                tracing::warn!(table = %cfg.table, "the appliance capture was removed from the kernel; putting it back");
+                crate::metrics::APPLIANCE_EVENTS
+                    .with_label_values(&["reinstalled"])
+                    .inc();
+                let back = nft(
+                    &ruleset(cfg, &state.current),
+                    "reinstalling the nftables table",
+                )
+                .and_then(|()| routes(cfg, true));
+                if let Err(e) = &back {
+                    tracing::error!(error = %e, "reinstalling the appliance capture failed");
+                }
+                healthy.store(back.is_ok(), Ordering::Relaxed);
+            } else {
+                healthy.store(true, Ordering::Relaxed);
+            }
+        }
+        if last_refresh.elapsed() < refresh {
             continue;
         }
-        last = Instant::now();
-        let mut fresh = statics.clone();
-        fresh.extend(resolver.refresh());
-        if same_set(&fresh, &current) {
+        last_refresh = Instant::now();
+        let mut fresh = state.statics.clone();
+        fresh.extend(state.resolver.refresh());
+        if same_set(&fresh, &state.current) {
             continue;
         }
         match nft(&set_update(cfg, &fresh), "updating the provider sets") {
             Ok(()) => {
                 tracing::info!(prefixes = fresh.len(), "appliance provider set updated");
-                current = fresh;
+                crate::metrics::APPLIANCE_EVENTS
+                    .with_label_values(&["set_updated"])
+                    .inc();
+                state.current = fresh;
             }
-            Err(e) => tracing::error!(error = %e, "updating the appliance provider set failed"),
+            Err(e) => {
+                crate::metrics::APPLIANCE_EVENTS
+                    .with_label_values(&["update_failed"])
+                    .inc();
+                tracing::error!(error = %e, "updating the appliance provider set failed");
+            }
         }
     }
+}
+
+/// Whether the table's capture chain and both policy rules are in the kernel.
+fn installed(cfg: &ApplianceConfig) -> bool {
+    let chain = Command::new("nft")
+        .args(["list", "chain", "inet", &cfg.table, "capture"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    chain
+        && ["-4", "-6"].iter().all(|family| {
+            Command::new("ip")
+                .args([family, "rule", "show"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&rule_text(cfg)))
+        })
+}
+
+/// The policy rule as `ip rule show` prints it.
+fn rule_text(cfg: &ApplianceConfig) -> String {
+    format!("fwmark {:#x} lookup {}", cfg.mark, cfg.route_table)
 }
 
 fn same_set(a: &[ProviderPrefix], b: &[ProviderPrefix]) -> bool {
@@ -575,7 +657,7 @@ pub fn check(cfg: &ApplianceConfig) -> Vec<(String, bool, String)> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let want = format!("fwmark {:#x} lookup {}", cfg.mark, cfg.route_table);
+        let want = rule_text(cfg);
         let ok = rules.contains(&want);
         out.push((
             format!("ip {family} rule {want}"),

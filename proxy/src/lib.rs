@@ -60,6 +60,7 @@ pub mod record;
 pub mod redirect;
 pub mod sink;
 pub mod state_file;
+pub mod systemd;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tlog;

@@ -241,6 +241,16 @@ pub static REDIRECT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// The appliance's capture: `reinstalled` (the nftables table or a policy route had gone
+/// and was put back), `set_updated` (provider addresses changed), `update_failed`.
+pub static APPLIANCE_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "sluice_appliance_events_total",
+        "Appliance capture events: reinstalled, set_updated, update_failed",
+        &["event"],
+    )
+});
+
 /// Guardrail detector hits on prompts, by category (whatever the action taken).
 pub static GUARDRAIL_FINDINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -458,6 +468,7 @@ pub fn init() {
     LazyLock::force(&RECORD_QUEUE);
     LazyLock::force(&TRUNCATED);
     LazyLock::force(&REDIRECT_EVENTS);
+    LazyLock::force(&APPLIANCE_EVENTS);
     LazyLock::force(&GUARDRAIL_FINDINGS);
     LazyLock::force(&DECISIONS);
     LazyLock::force(&CONFIG_RELOADS);

@@ -9,6 +9,8 @@
 //!   means refusals;
 //! - **redirect** — when enabled, the eBPF programs were attached at start (attaching is
 //!   part of starting, so a node that failed to attach never reports ready);
+//! - **appliance** — in appliance mode, the capture (nftables table, policy routes) is in
+//!   the kernel: checked every two seconds and put back when it went;
 //! - **upstream trust** — the roots that verify providers were loaded.
 //!
 //! What it is not: a deep health check of the providers (a provider outage is the
@@ -31,6 +33,8 @@ pub struct Readiness {
     pub ledger_dir: PathBuf,
     /// `Some(attached)` when the redirect is enabled.
     pub redirect: Option<bool>,
+    /// In appliance mode, whether the capture is in place.
+    pub appliance: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Number of trusted upstream roots loaded.
     pub upstream_roots: usize,
 }
@@ -46,6 +50,14 @@ impl Readiness {
                 Err("the eBPF redirect is enabled but not attached".to_owned())
             };
             out.push(("redirect", r));
+        }
+        if let Some(ok) = &self.appliance {
+            let r = if ok.load(Ordering::Relaxed) {
+                Ok("TPROXY capture and policy routes in place".to_owned())
+            } else {
+                Err("the appliance capture is not in the kernel and could not be put back (see the log)".to_owned())
+            };
+            out.push(("appliance", r));
         }
         let trust = if self.upstream_roots > 0 {
             Ok(format!("{} trusted roots", self.upstream_roots))

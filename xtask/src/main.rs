@@ -8,6 +8,7 @@
 //! builds in seconds on a bare machine, and it drives every tool through
 //! `std::process::Command`.
 
+mod appliance;
 mod image;
 mod setup;
 
@@ -61,12 +62,19 @@ enum Cli {
         #[arg(long, default_value = concat!("sluice:", env!("CARGO_PKG_VERSION")))]
         tag: String,
     },
+    /// Build the in-VPC appliance's bootable disk image (Debian, Sluice, a hardened unit,
+    /// cloud-init): target/appliance/<profile>/sluice-appliance.{raw,qcow2}. Needs root.
+    ApplianceImage {
+        /// `release` (what users run) or `debug` (the tests' build, stripped).
+        #[arg(long, default_value = "release", value_parser = ["release", "debug"])]
+        profile: String,
+    },
     /// Draw the overview dashboard from a real Prometheus scraping Sluice under SDK
     /// traffic (the README's picture): deploy/dashboards/overview.png.
     DashboardPicture,
     /// Set up, build, run `cargo test` (which runs every fuzz target over its seed corpus,
-    /// fuzz/harness), build the debug image, run the pytest suite under tests/, then every
-    /// fuzz target for a few seconds (`fuzz`).
+    /// fuzz/harness), build the debug OCI image and appliance disk image, run the pytest
+    /// suite under tests/, then every fuzz target for a few seconds (`fuzz`).
     Test {
         /// Only run the pytest tests matching this expression (pytest `-k`).
         #[arg(long, value_name = "EXPR")]
@@ -84,6 +92,12 @@ fn main() -> ExitCode {
         Cli::Fuzz { seconds, targets } => fuzz(&root, seconds, &targets),
         Cli::Test { filter } => test(&root, filter.as_deref()),
         Cli::DashboardPicture => dashboard_picture(&root),
+        Cli::ApplianceImage { profile } => appliance::ApplianceImage {
+            root: &root,
+            profile: &profile,
+        }
+        .build()
+        .map(drop),
         Cli::Image { profile, tag } => image::Image {
             root: &root,
             profile: &profile,
@@ -171,6 +185,15 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             root,
             profile: "debug",
             tag: "sluice:e2e",
+        }
+        .build()
+        .map(drop)
+    })?;
+    // The appliance's disk image (the debug build, stripped), booted by its test.
+    stage("appliance image", || {
+        appliance::ApplianceImage {
+            root,
+            profile: "debug",
         }
         .build()
         .map(drop)
@@ -343,6 +366,27 @@ fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start `{line}`"))?;
+    ensure!(status.success(), "`{line}` failed ({status})");
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on its stdin (other stdio inherited).
+///
+/// # Errors
+/// When it cannot be started or exits unsuccessfully.
+fn run_with_input(cmd: &mut Command, input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let line = command_line(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin was piped")?
+        .write_all(input.as_bytes())?;
+    let status = child.wait()?;
     ensure!(status.success(), "`{line}` failed ({status})");
     Ok(())
 }

@@ -75,14 +75,23 @@ pub fn venv_python(root: &Path) -> PathBuf {
 }
 
 fn apt_packages() -> Result<()> {
+    apt_install(APT_PACKAGES)?;
+    qemu_system()
+}
+
+/// Installs those of `packages` that are missing.
+///
+/// # Errors
+/// When apt-get fails.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
-    for package in APT_PACKAGES {
+    for package in packages {
         if !dpkg_installed(package)? {
             missing.push(*package);
         }
     }
     if missing.is_empty() {
-        println!("setup: apt packages present: {}", APT_PACKAGES.join(" "));
+        println!("setup: apt packages present: {}", packages.join(" "));
         return Ok(());
     }
     println!("setup: apt-get update");
@@ -92,6 +101,60 @@ fn apt_packages() -> Result<()> {
         apt_get()
             .args(["-qq", "install", "-y", "--no-install-recommends"])
             .args(&missing),
+    )
+}
+
+/// qemu-system-x86 and the OVMF firmware, which boot the appliance image in its test.
+/// The machines' qemu-utils comes from bookworm-backports, which Debian's own
+/// qemu-system-x86 conflicts with: the emulator is then taken from backports too,
+/// through a private copy of the apt sources (nothing under /etc/apt changes).
+fn qemu_system() -> Result<()> {
+    const WANT: [&str; 2] = ["qemu-system-x86", "ovmf"];
+    if WANT.iter().all(|p| dpkg_installed(p).unwrap_or(false)) {
+        println!("setup: apt packages present: {}", WANT.join(" "));
+        return Ok(());
+    }
+    let utils = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "qemu-utils"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !utils.contains("bpo") {
+        return apt_install(&WANT);
+    }
+    let sources = std::env::temp_dir().join("sluice-apt-sources");
+    std::fs::create_dir_all(&sources)?;
+    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, sources.join(name))?;
+        }
+    }
+    std::fs::write(
+        sources.join("sluice-backports.sources"),
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )?;
+    let parts = format!("Dir::Etc::SourceParts={}", sources.display());
+    println!("setup: apt-get install qemu-system-x86/bookworm-backports ovmf");
+    super::run(apt_get().args(["-qq", "-o", &parts, "update"]))?;
+    super::run(
+        apt_get()
+            .args([
+                "-qq",
+                "-o",
+                &parts,
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ])
+            .args([
+                "qemu-system-x86/bookworm-backports",
+                "qemu-system-common/bookworm-backports",
+                "qemu-system-data/bookworm-backports",
+                "seabios/bookworm-backports",
+                "ovmf",
+            ]),
     )
 }
 
