@@ -439,7 +439,7 @@ class Vpc:
 
         client  eth0 CLIENT/24, CLIENT6/64 ── default route via the appliance
         appliance  eth0 APPLIANCE_C (client side) ── eth1 APPLIANCE_P (provider side)
-        provider  eth0 PROVIDER, OTHER (a host that is not a provider) /24, PROVIDER6/64;
+        provider  eth0 PROVIDER, OTHER (a host that is not a provider), MOVED /24, PROVIDER6/64;
                   no route back to the client subnet: only masqueraded traffic is answered
 
     All addresses come from the benchmarking ranges (198.18.0.0/15, 2001:2::/48).
@@ -448,6 +448,7 @@ class Vpc:
     CLIENT, APPLIANCE_C, CLIENT_NET = "198.18.77.10", "198.18.77.1", "198.18.77.0/24"
     CLIENT6, APPLIANCE_C6, CLIENT_NET6 = "2001:2:77::10", "2001:2:77::1", "2001:2:77::/64"
     APPLIANCE_P, PROVIDER, OTHER = "198.19.77.1", "198.19.77.2", "198.19.77.3"
+    MOVED = "198.19.77.4"  # where the provider's name points after a DNS change
     APPLIANCE_P6, PROVIDER6 = "2001:2:78::1", "2001:2:78::2"
 
     def __init__(self, seed: str):
@@ -460,7 +461,8 @@ class Vpc:
                        self.appliance, "eth0", [f"{self.APPLIANCE_C}/24", f"{self.APPLIANCE_C6}/64"])
             self._wire(self.appliance, "eth1", [f"{self.APPLIANCE_P}/24", f"{self.APPLIANCE_P6}/64"],
                        self.provider, "eth0",
-                       [f"{self.PROVIDER}/24", f"{self.OTHER}/24", f"{self.PROVIDER6}/64"])
+                       [f"{self.PROVIDER}/24", f"{self.OTHER}/24", f"{self.MOVED}/24",
+                        f"{self.PROVIDER6}/64"])
             self.client.run(["ip", "route", "add", "default", "via", self.APPLIANCE_C])
             self.client.run(["ip", "-6", "route", "add", "default", "via", self.APPLIANCE_C6])
         except BaseException:

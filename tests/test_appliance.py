@@ -78,7 +78,7 @@ class Appliance:
         self.vpc, self.dir = vpc, tmp_path
         self.state = tmp_path / "state"
         self.provider_ca = tmp_path / "provider-ca.pem"
-        Proc([mock_bin(), "--listen", f"{vpc.PROVIDER}:443,[{vpc.PROVIDER6}]:443",
+        Proc([mock_bin(), "--listen", f"{vpc.PROVIDER}:443,{vpc.MOVED}:443,[{vpc.PROVIDER6}]:443",
               "--tls-hosts", f"{OPENAI},{ANTHROPIC}", "--ca-out", str(self.provider_ca)],
              tmp_path / "mock.log", netns=vpc.provider)
         Proc([mock_bin(), "--listen", f"{vpc.OTHER}:8000"], tmp_path / "plain.log",
@@ -293,3 +293,23 @@ def test_a_restart_refuses_provider_traffic_and_loses_nothing(appliance):
     v = vpc.appliance.run([str(sluice_bin()), "audit", "verify", "--config",
                            str(appliance.config)], check=False)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_a_provider_that_moves_is_followed(appliance):
+    """The provider's name starts resolving to a new address (a DNS change): the appliance's
+    refresh puts it in the kernel's set within seconds, and calls to it are captured — not
+    routed past Sluice because the set was stale."""
+    vpc = appliance.vpc
+    assert appliance.curl_chat("old address").returncode == 0
+    vpc.appliance.hosts({OPENAI: vpc.MOVED, ANTHROPIC: vpc.PROVIDER6})
+    vpc.client.hosts({OPENAI: vpc.MOVED, ANTHROPIC: vpc.PROVIDER6, PLAIN: vpc.OTHER})
+    deadline = time.monotonic() + 15
+    while vpc.MOVED not in vpc.appliance.run(["nft", "list", "set", "inet", "sluice",
+                                              "providers4"]).stdout:
+        assert time.monotonic() < deadline, "the provider's new address never reached the set"
+        time.sleep(0.2)
+    r = appliance.curl_chat("new address")
+    assert r.returncode == 0 and "Mock reply to: new address" in r.stdout, r.stderr
+    rows = appliance.wait_records(2)
+    assert [x["upstream"]["addr"] for x in rows] == [f"{vpc.PROVIDER}:443", f"{vpc.MOVED}:443"]
+    assert appliance.metric('sluice_appliance_events_total{event="set_updated"}') >= 1
