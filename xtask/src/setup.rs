@@ -106,8 +106,8 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 
 /// qemu-system-x86 and the OVMF firmware, which boot the appliance image in its test.
 /// The machines' qemu-utils comes from bookworm-backports, which Debian's own
-/// qemu-system-x86 conflicts with: the emulator is then taken from backports too,
-/// through a private copy of the apt sources (nothing under /etc/apt changes).
+/// qemu-system-x86 conflicts with: the emulator is then taken from backports too, through
+/// private apt sources and lists (nothing under /etc/apt or /var/lib/apt/lists changes).
 fn qemu_system() -> Result<()> {
     const WANT: [&str; 2] = ["qemu-system-x86", "ovmf"];
     if WANT.iter().all(|p| dpkg_installed(p).unwrap_or(false)) {
@@ -122,32 +122,11 @@ fn qemu_system() -> Result<()> {
     if !utils.contains("bpo") {
         return apt_install(&WANT);
     }
-    let sources = std::env::temp_dir().join("sluice-apt-sources");
-    std::fs::create_dir_all(&sources)?;
-    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
-        let path = entry?.path();
-        if let Some(name) = path.file_name() {
-            std::fs::copy(&path, sources.join(name))?;
-        }
-    }
-    std::fs::write(
-        sources.join("sluice-backports.sources"),
-        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
-         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-    )?;
-    let parts = format!("Dir::Etc::SourceParts={}", sources.display());
+    super::run(backports_apt().args(["update"]))?;
     println!("setup: apt-get install qemu-system-x86/bookworm-backports ovmf");
-    super::run(apt_get().args(["-qq", "-o", &parts, "update"]))?;
     super::run(
-        apt_get()
-            .args([
-                "-qq",
-                "-o",
-                &parts,
-                "install",
-                "-y",
-                "--no-install-recommends",
-            ])
+        backports_apt()
+            .args(["install", "-y", "--no-install-recommends"])
             .args([
                 "qemu-system-x86/bookworm-backports",
                 "qemu-system-common/bookworm-backports",
@@ -156,6 +135,39 @@ fn qemu_system() -> Result<()> {
                 "ovmf",
             ]),
     )
+}
+
+/// apt-get over Debian bookworm with its backports, from a private sources and lists
+/// directory: the machine's own apt configuration and package lists stay as they are.
+fn backports_apt() -> Command {
+    let dir = std::env::temp_dir().join("sluice-apt-backports");
+    let sources = dir.join("sources.list.d");
+    let lists = dir.join("lists");
+    let made = std::fs::create_dir_all(&sources)
+        .and_then(|()| std::fs::create_dir_all(lists.join("partial")))
+        .and_then(|()| {
+            std::fs::write(
+                sources.join("debian.sources"),
+                "Types: deb\nURIs: http://deb.debian.org/debian\n\
+                 Suites: bookworm bookworm-updates bookworm-backports\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                 Types: deb\nURIs: http://deb.debian.org/debian-security\n\
+                 Suites: bookworm-security\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            )
+        });
+    if let Err(e) = made {
+        eprintln!("setup: cannot write {}: {e}", dir.display());
+    }
+    let mut cmd = apt_get();
+    cmd.arg("-qq")
+        .arg("-o")
+        .arg("Dir::Etc::SourceList=/dev/null")
+        .arg("-o")
+        .arg(format!("Dir::Etc::SourceParts={}", sources.display()))
+        .arg("-o")
+        .arg(format!("Dir::State::Lists={}", lists.display()));
+    cmd
 }
 
 fn apt_get() -> Command {
