@@ -19,6 +19,7 @@
 mod json;
 mod loadgen;
 mod peers;
+mod phases;
 mod procfs;
 mod profile;
 mod report;
@@ -55,7 +56,8 @@ pub fn run(opts: &Options) -> Result<()> {
         .unwrap_or_default();
     let profile = Profile::of(opts);
     for s in &opts.scenario {
-        if s != "components" && s != "hold" && !SCENARIOS.iter().any(|x| x.name == s) {
+        let extra = ["components", "hold", "phases"];
+        if !extra.contains(&s.as_str()) && !SCENARIOS.iter().any(|x| x.name == s) {
             bail!("unknown scenario {s}; known: {}", scenario_names());
         }
     }
@@ -256,6 +258,20 @@ pub fn run(opts: &Options) -> Result<()> {
         Json::Null
     };
 
+    // Where the full path's CPU goes, under callgrind: only when asked (minutes).
+    let phases = if opts.scenario.iter().any(|s| s == "phases") {
+        println!("bench: phases: sluice-budget under callgrind");
+        let t = Instant::now();
+        let r = phases::run(&rig, &lg, &profile).unwrap_or_else(|e| {
+            println!("bench: phases: failed: {e:#}");
+            serde_json::json!({"available": false, "reason": format!("{e:#}")})
+        });
+        println!("bench: phases: done in {:.1} s", t.elapsed().as_secs_f64());
+        r
+    } else {
+        Json::Null
+    };
+
     let meta = meta(&git, &profile, &placement, &scenarios, started);
     let mut out = Json::obj();
     out.set("meta", meta)
@@ -264,7 +280,12 @@ pub fn run(opts: &Options) -> Result<()> {
         .set("components", components);
     let derived = report::derive(&mut out);
     out.set("ratios", derived);
-    let table = report::markdown(&out, &profile);
+    out.set("phases", phases.clone());
+    let mut table = report::markdown(&out, &profile);
+    if phases["available"].as_bool() == Some(true) {
+        table.push('\n');
+        table.push_str(&phases::markdown(&phases));
+    }
     println!("\n{table}");
     let json_path = opts
         .json

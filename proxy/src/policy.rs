@@ -194,8 +194,9 @@ pub struct Facts<'a> {
     pub json: Option<serde_json::Value>,
     /// Why the body cannot be judged, if it cannot: `body_unparseable`, `body_too_large`.
     pub uninspectable: Option<&'static str>,
-    /// Estimated input tokens (for the budget's worst case).
-    pub input_tokens: u64,
+    /// The prompt's size in tokens, for the budget's worst case: a bound from bytes at
+    /// once, the tokenizer's count only when a decision needs it.
+    pub input_tokens: InputTokens,
     /// The maximum output the request asks for, when it says.
     pub max_output_tokens: Option<u64>,
     /// The adapter knows the endpoint: an LLM call with a model and a price. Other
@@ -226,11 +227,7 @@ impl<'a> Facts<'a> {
         let parsed = endpoint
             .map(|ep| adapter.parse_request(ep, body))
             .unwrap_or_default();
-        let input_tokens = parsed
-            .messages
-            .iter()
-            .map(|m| crate::providers::estimate_tokens(&m.content))
-            .sum();
+        let input_tokens = InputTokens::of(parsed.messages.iter().map(|m| m.content.clone()));
         Facts {
             adapter,
             max_output_tokens: adapter.max_output_tokens(&parsed),
@@ -244,6 +241,57 @@ impl<'a> Facts<'a> {
             uninspectable,
             input_tokens,
         }
+    }
+}
+
+/// A prompt's input tokens, counted only when needed.
+///
+/// Every token of the tokenizer is at least one byte, so the prompt's length in bytes is an
+/// upper bound of its token count, known for free. The budget reserves its worst case with
+/// that bound; only a request the bound would refuse is counted exactly (the tokenizer runs
+/// over the whole prompt, the most expensive step of a small request), and the provider's
+/// reported usage settles the real spend either way.
+#[derive(Debug)]
+pub struct InputTokens {
+    texts: Vec<String>,
+    bytes: u64,
+    exact: std::sync::OnceLock<u64>,
+}
+
+impl InputTokens {
+    /// The input of these message texts.
+    pub fn of(texts: impl Iterator<Item = String>) -> InputTokens {
+        let texts: Vec<String> = texts.collect();
+        let bytes = texts.iter().map(|t| t.len() as u64).sum();
+        InputTokens {
+            texts,
+            bytes,
+            exact: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A count already known (tests, replays).
+    pub fn known(tokens: u64) -> InputTokens {
+        InputTokens {
+            texts: Vec::new(),
+            bytes: tokens,
+            exact: std::sync::OnceLock::from(tokens),
+        }
+    }
+
+    /// No fewer tokens than this: the prompt's bytes.
+    pub fn upper_bound(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The tokenizer's count (computed once, on first call).
+    pub fn exact(&self) -> u64 {
+        *self.exact.get_or_init(|| {
+            self.texts
+                .iter()
+                .map(|t| crate::providers::estimate_tokens(t))
+                .sum()
+        })
     }
 }
 

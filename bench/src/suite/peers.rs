@@ -339,6 +339,12 @@ fn lock_version(root: &Path, package: &str) -> Option<String> {
 
 /// Starts `path` and waits until it listens.
 pub fn start(rig: &Rig, path: &str) -> Result<Running> {
+    start_with(rig, path, &[])
+}
+
+/// [`start`], a Sluice path run under `wrapper` (e.g. valgrind and its options) when not
+/// empty; its readiness may then take much longer.
+pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> {
     let dir = rig.work.join(path);
     fs::create_dir_all(&dir)?;
     let log = dir.join("out.log");
@@ -435,7 +441,16 @@ pub fn start(rig: &Rig, path: &str) -> Result<Running> {
                     config: conf.clone(),
                 });
             }
-            let mut c = pinned(rig.proxy_cpu, &rig.sluice);
+            let mut c = match wrapper.split_first() {
+                Some((program, args)) => {
+                    ready_timeout = Duration::from_secs(300);
+                    first_answer_timeout = 300.0;
+                    let mut c = pinned(rig.proxy_cpu, program);
+                    c.args(args).arg(&rig.sluice);
+                    c
+                }
+                None => pinned(rig.proxy_cpu, &rig.sluice),
+            };
             c.arg("run")
                 .arg("--config")
                 .arg(&conf)

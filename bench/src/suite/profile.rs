@@ -15,8 +15,9 @@ pub struct Options {
     pub smoke: bool,
     /// Only these scenarios (comma-separated): sat_1k, sat_100k, lat1_1k, lat1_100k,
     /// open_1k, open_100k, sse, newconn, `hold` (memory with many idle connections and
-    /// open streams) and `components` (ledger records/s, guardrail MB/s, connect-hook
-    /// cost).
+    /// open streams), `components` (ledger records/s, guardrail MB/s, connect-hook
+    /// cost) and `phases` (the governed path's instructions per request by phase and by
+    /// component, under callgrind; only when named).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub scenario: Vec<String>,
     /// Only these paths (comma-separated; `direct` is always measured, as the baseline).

@@ -103,11 +103,26 @@ pub(super) fn check(
         return;
     };
     let max_out = facts.max_output_tokens.unwrap_or(b.default_max_tokens);
-    let input_usd = facts.input_tokens as f64 * price.input_per_mtok / 1e6;
-    let worst = input_usd + max_out as f64 * price.output_per_mtok / 1e6;
+    let cost = |input_tokens: u64| {
+        let input_usd = input_tokens as f64 * price.input_per_mtok / 1e6;
+        (
+            input_usd,
+            input_usd + max_out as f64 * price.output_per_mtok / 1e6,
+        )
+    };
     let key = budget_key(p, b, facts.identity);
     let on = p.on_counter_store_unavailable;
-    let (spent, reserved) = match engine.counters.reserve(&key, b.period, b.usd, worst, on) {
+    // The worst case with the prompt's bytes as its token count (no tokenizer); only if
+    // that does not fit is the prompt counted exactly and tried again.
+    let (mut input_usd, mut worst) = cost(facts.input_tokens.upper_bound());
+    let mut reservation = engine.counters.reserve(&key, b.period, b.usd, worst, on);
+    if matches!(reservation, Reserved::Exhausted { .. })
+        && facts.input_tokens.exact() < facts.input_tokens.upper_bound()
+    {
+        (input_usd, worst) = cost(facts.input_tokens.exact());
+        reservation = engine.counters.reserve(&key, b.period, b.usd, worst, on);
+    }
+    let (spent, reserved) = match reservation {
         Reserved::Granted {
             spent,
             reserved,

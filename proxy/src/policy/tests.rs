@@ -14,7 +14,7 @@ fn facts<'a>(model: &'a str, id: &'a Identity, body: &'a [u8]) -> Facts<'a> {
         body: Some(body),
         uninspectable: json.is_none().then_some("body_unparseable"),
         json,
-        input_tokens: 10,
+        input_tokens: super::InputTokens::known(10),
         max_output_tokens: Some(100),
         llm_call: true,
     }
@@ -164,6 +164,37 @@ fn budgets_check_the_worst_case_and_settle_the_real_cost() {
     );
     let v = e.evaluate(&facts("llama-local", &bob, BODY));
     assert_eq!(v.reason_codes, vec!["budget_unpriced_model"]);
+}
+
+/// The budget reserves with the prompt's bytes as its token count: the tokenizer does not
+/// run for a request that fits that way, and runs (once) for one that fits only when
+/// counted exactly — which is then admitted, not refused by the bound.
+#[test]
+fn budgets_count_tokens_exactly_only_when_the_bound_does_not_fit() {
+    // gpt-4o-mini: $0.15 in / $0.60 out per 1M. 8,000 bytes of "ab " count ~2,700 tokens.
+    let prompt = "ab ".repeat(2_667);
+    let id = Identity::default();
+    let with_input = |input: InputTokens| Facts {
+        input_tokens: input,
+        max_output_tokens: Some(0),
+        ..facts("gpt-4o-mini", &id, BODY)
+    };
+    let roomy = engine("policies:\n  - id: cap\n    budget: {usd: 1.0, period: day}\n");
+    let f = with_input(InputTokens::of(std::iter::once(prompt.clone())));
+    assert_eq!(roomy.evaluate(&f).decision, Decision::Allow);
+    assert!(
+        f.input_tokens.exact.get().is_none(),
+        "the tokenizer ran for a request that fit"
+    );
+    // $0.0008 fits 5,333 tokens: the bytes (8,001) do not fit, the real count does.
+    let tight = engine("policies:\n  - id: cap\n    budget: {usd: 0.0008, period: day}\n");
+    let f = with_input(InputTokens::of(std::iter::once(prompt)));
+    assert!(f.input_tokens.upper_bound() > 5_333);
+    assert_eq!(tight.evaluate(&f).decision, Decision::Allow);
+    assert!(f.input_tokens.exact() < 5_333, "{}", f.input_tokens.exact());
+    // Too big even when counted exactly: refused.
+    let f = with_input(InputTokens::of(std::iter::once("ab ".repeat(20_000))));
+    assert_eq!(tight.evaluate(&f).decision, Decision::Block);
 }
 
 // === the governance order, end to end through apply_request_policies ===

@@ -1,0 +1,353 @@
+//! `--scenario phases`: where the full path's CPU goes, per request, phase by phase.
+//!
+//! The governed path (`sluice-budget`: TLS interception, the OpenAI adapter, a policy with
+//! a budget and a rate limit, the default guardrails, the ledger with chain and HMAC) runs
+//! under `valgrind --tool=callgrind` while one connection sends 1 KB prompts for a fixed
+//! time. Callgrind counts instructions, not seconds: the figures repeat for the same binary
+//! and inputs whatever else the machine does, so a change's effect can be read off two runs.
+//! Instrumentation starts after a warm-up (lazily built tables, the minted leaf, the pools
+//! are not per-request costs); every count is divided by the interaction records written
+//! while it was on (each answered request is exactly one).
+//!
+//! Two views of one profile:
+//! - **phases**: inclusive instructions of the functions that are a phase's entry point
+//!   (a function's callees count with it). Phases are chosen not to contain one another,
+//!   except where the table says so (TLS accept contains the leaf lookup).
+//! - **by component**: exclusive instructions by the crate (or library) of the function that
+//!   executed them — every instruction in exactly one row, summing to the total.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value as Json};
+
+use super::loadgen::Loadgen;
+use super::peers::{self, Rig};
+use super::profile::{loadgen_args, Profile};
+
+/// A phase: its name, what it covers, and the function-name fragments of its entry points.
+struct Phase {
+    name: &'static str,
+    what: &'static str,
+    entries: &'static [&'static str],
+}
+
+const PHASES: &[Phase] = &[
+    Phase {
+        name: "sniff",
+        what: "first bytes read, TLS or HTTP told apart, SNI parsed",
+        entries: &["sluice::proxy::sniff"],
+    },
+    Phase {
+        name: "tls_accept",
+        what: "client TLS handshake (server side), leaf lookup included",
+        entries: &["pingora_core::protocols::tls::rustls::server::handshake"],
+    },
+    Phase {
+        name: "leaf_lookup",
+        what: "minted leaf certificate found (cache) for the SNI (inside tls_accept)",
+        entries: &["sluice::ca::LeafResolver::leaf_for"],
+    },
+    Phase {
+        name: "request_parse",
+        what: "HTTP/1.1 request head read and parsed (Pingora)",
+        entries: &["pingora_core::protocols::http::v1::server::HttpSession::read_request"],
+    },
+    Phase {
+        name: "identity",
+        what: "who is calling: attribution, /proc, network table",
+        entries: &["sluice::identity::of_connection"],
+    },
+    Phase {
+        name: "policy",
+        what: "the policy chain over the read body: keys, limits, rules, guardrails, budget",
+        entries: &["sluice::policy::Engine::apply_request_policies"],
+    },
+    Phase {
+        name: "guardrail_scan",
+        what: "PII / secrets / injection scan of the prompt (inside policy)",
+        entries: &["sluice::guardrails::Scanner::scan"],
+    },
+    Phase {
+        name: "token_estimate",
+        what: "input tokens counted for the budget's worst case (inside policy)",
+        entries: &[
+            "sluice::policy::budget::estimate",
+            "tiktoken",
+            "sluice::providers::tokens",
+        ],
+    },
+    Phase {
+        name: "upstream_connect",
+        what: "upstream TCP + TLS (client side) and the pool",
+        entries: &[
+            "pingora_core::connectors::TransportConnector::new_stream",
+            "pingora_core::connectors::TransportConnector::reused_stream",
+        ],
+    },
+    Phase {
+        name: "response",
+        what: "the answer's filters: parse, guard, usage (response body filter)",
+        entries: &["sluice::proxy::exchange"],
+    },
+    Phase {
+        name: "record_build",
+        what: "the interaction record assembled",
+        entries: &["sluice::proxy::record::", "sluice::record::Interaction::"],
+    },
+    Phase {
+        name: "ledger_append",
+        what: "serialise, hash chain, HMAC, WAL append (on the request path)",
+        entries: &["sluice::ledger::Ledger::append"],
+    },
+    Phase {
+        name: "indexer",
+        what: "the ledger's indexer thread (compression, SQLite index), off the request path",
+        entries: &["sluice::ledger::indexer::"],
+    },
+];
+
+/// Runs the profile; returns its figures (also printed as a table by the caller).
+///
+/// # Errors
+/// valgrind or callgrind_annotate missing or failing, no records.
+pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
+    for tool in ["valgrind", "callgrind_annotate"] {
+        if !peers::which(tool) {
+            peers::ensure_apt(&["valgrind"])?;
+            if !peers::which(tool) {
+                bail!("{tool} is not installed (apt-get install valgrind)");
+            }
+        }
+    }
+    let out = rig.work.join("phases.callgrind");
+    let _ = std::fs::remove_file(&out);
+    // Instrumentation off until the path is warm: lazily built tables (the tokenizer's, the
+    // leaf certificate, the pools) are not per-request costs.
+    let wrapper = [
+        "valgrind".to_string(),
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+        "--dump-instr=no".to_string(),
+        "--collect-jumps=no".to_string(),
+        "--separate-recs=1".to_string(),
+        "--instr-atstart=no".to_string(),
+    ];
+    // A fresh state (the measured runs may have used the path's directory).
+    let _ = std::fs::remove_dir_all(rig.work.join("sluice-budget"));
+    let mut running = peers::start_with(rig, "sluice-budget", &wrapper)?;
+    let args = loadgen_args(p, "lat1_1k");
+    let (warm, seconds) = if p.release { (5.0, 40.0) } else { (3.0, 8.0) };
+    lg.run_for(running.addr, &running.client_ca, &args, warm, 0.0, 300.0)?;
+    let before = super::audit(&rig.sluice, &running, 0.0, 0.0)["records"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let pid = running.pid().context("the profiled path has a process")?;
+    let on = Command::new("callgrind_control")
+        .args(["-i", "on", &pid.to_string()])
+        .output()
+        .context("running callgrind_control")?;
+    if !on.status.success() {
+        running.stop();
+        bail!(
+            "callgrind_control -i on failed: {}",
+            String::from_utf8_lossy(&on.stderr).trim()
+        );
+    }
+    let load = lg.run_for(running.addr, &running.client_ca, &args, seconds, 0.0, 300.0);
+    running.stop();
+    let load = load?;
+    let after = super::audit(&rig.sluice, &running, 0.0, 0.0)["records"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let requests = after - before;
+    if requests < 1.0 {
+        bail!("no interaction records from the profiled run ({before} before, {after} after)");
+    }
+    let inclusive = annotate(&out, true)?;
+    let exclusive = annotate(&out, false)?;
+    let total = exclusive.get("PROGRAM TOTALS").copied().unwrap_or(0) as f64;
+    let mut phases = Vec::new();
+    for ph in PHASES {
+        let ir: u64 = inclusive
+            .iter()
+            .filter(|(f, _)| ph.entries.iter().any(|e| f.contains(e)))
+            .map(|(_, ir)| *ir)
+            .max()
+            .unwrap_or(0);
+        phases.push(json!({
+            "phase": ph.name,
+            "what": ph.what,
+            "instructions_per_request": (ir as f64 / requests).round(),
+            "share": ir as f64 / total.max(1.0),
+        }));
+    }
+    let mut by_component: BTreeMap<String, u64> = BTreeMap::new();
+    for (f, ir) in &exclusive {
+        if f == "PROGRAM TOTALS" {
+            continue;
+        }
+        *by_component.entry(component(f)).or_default() += ir;
+    }
+    let mut components: Vec<(String, u64)> = by_component.into_iter().collect();
+    components.sort_by(|a, b| b.1.cmp(&a.1));
+    let components: Vec<Json> = components
+        .into_iter()
+        .map(|(c, ir)| {
+            json!({
+                "component": c,
+                "instructions_per_request": (ir as f64 / requests).round(),
+                "share": ir as f64 / total.max(1.0),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "available": true,
+        "path": "sluice-budget",
+        "requests": requests,
+        "load_rps": load["rps"].clone(),
+        "instructions_per_request": (total / requests).round(),
+        "phases": phases,
+        "by_component": components,
+        "command": "cargo xtask bench --scenario phases --paths sluice-budget",
+        "callgrind_out": out.display().to_string(),
+    }))
+}
+
+/// The figures as two Markdown tables (phases, then components).
+pub fn markdown(r: &Json) -> String {
+    let mut t = format!(
+        "### Where the CPU goes ({} requests under callgrind, {} instructions per request)\n\n\
+         | phase | instructions / request | share | what |\n|---|---|---|---|\n",
+        r["requests"], r["instructions_per_request"]
+    );
+    let pct = |v: &Json| format!("{:.1} %", v.as_f64().unwrap_or(0.0) * 100.0);
+    for ph in r["phases"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            ph["phase"].as_str().unwrap_or(""),
+            ph["instructions_per_request"],
+            pct(&ph["share"]),
+            ph["what"].as_str().unwrap_or("")
+        ));
+    }
+    t.push_str("\n| component (exclusive) | instructions / request | share |\n|---|---|---|\n");
+    for c in r["by_component"].as_array().into_iter().flatten().take(20) {
+        t.push_str(&format!(
+            "| {} | {} | {} |\n",
+            c["component"].as_str().unwrap_or(""),
+            c["instructions_per_request"],
+            pct(&c["share"])
+        ));
+    }
+    t
+}
+
+/// `callgrind_annotate` of `file`: function (as `file:function`'s function part) →
+/// instructions, inclusive or exclusive; `PROGRAM TOTALS` too.
+fn annotate(file: &Path, inclusive: bool) -> Result<BTreeMap<String, u64>> {
+    let out = Command::new("callgrind_annotate")
+        .arg(format!(
+            "--inclusive={}",
+            if inclusive { "yes" } else { "no" }
+        ))
+        .args(["--threshold=100", "--auto=no"])
+        .arg(file)
+        .output()
+        .context("running callgrind_annotate")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_annotate failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_annotate(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Lines like `1,234 (12.3%)  src/x.rs:sluice::a::b [/path/bin]` and
+/// `5,678 (100.0%)  PROGRAM TOTALS`; a function listed twice (several files) is summed.
+fn parse_annotate(text: &str) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some((count, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(ir) = count.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix('(') {
+            Some(r) => r.split_once(')').map_or(r, |(_, after)| after).trim_start(),
+            None => rest,
+        };
+        let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
+        let function = if rest == "PROGRAM TOTALS" {
+            rest
+        } else {
+            // The file part ends at the first single ':' (function names have `::`).
+            let bytes = rest.as_bytes();
+            let cut = (0..bytes.len()).find(|&i| {
+                bytes[i] == b':'
+                    && bytes.get(i + 1) != Some(&b':')
+                    && (i == 0 || bytes[i - 1] != b':')
+            });
+            cut.map_or(rest, |i| &rest[i + 1..])
+        };
+        *out.entry(function.to_string()).or_default() += ir;
+    }
+    out
+}
+
+/// The crate (or library) a function belongs to, for the by-component view.
+fn component(function: &str) -> String {
+    let f = function.trim_start_matches('<').trim_start_matches('&');
+    let head = f.split("::").next().unwrap_or(f);
+    let head = head.split(' ').next().unwrap_or(head);
+    if f.starts_with("0x") || head.is_empty() {
+        return "(unknown)".into();
+    }
+    if !f.contains("::") {
+        // C symbols: libc, the kernel boundary, the allocator, SQLite, zstd.
+        return match head {
+            h if h.starts_with("mi_") || h.starts_with("_mi_") => "mimalloc".into(),
+            h if h.starts_with("sqlite3") => "sqlite".into(),
+            h if h.starts_with("ZSTD") || h.starts_with("HUF_") || h.starts_with("FSE_") => {
+                "zstd".into()
+            }
+            _ => "libc and other C".into(),
+        };
+    }
+    head.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotate_lines_parse_into_functions() {
+        let text = "\
+--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+12,000 (100.0%)  PROGRAM TOTALS
+ 3,000 (25.00%)  /rustc/abc/library/core/src/x.rs:sluice::proxy::sniff [/t/sluice]
+ 1,000 ( 8.33%)  ???:<sluice::a::B as core::ops::Drop>::drop [/t/sluice]
+   500 ( 4.17%)  ???:mi_malloc [/t/sluice]
+   400 ( 3.33%)  src/y.rs:sluice::proxy::sniff [/t/sluice]
+";
+        let m = parse_annotate(text);
+        assert_eq!(m["PROGRAM TOTALS"], 12_000);
+        assert_eq!(m["sluice::proxy::sniff"], 3_400);
+        assert_eq!(m["<sluice::a::B as core::ops::Drop>::drop"], 1_000);
+        assert_eq!(
+            component("<sluice::a::B as core::ops::Drop>::drop"),
+            "sluice"
+        );
+        assert_eq!(component("mi_malloc"), "mimalloc");
+        assert_eq!(component("rustls::conn::ConnectionCommon::x"), "rustls");
+    }
+}
