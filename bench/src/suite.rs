@@ -236,6 +236,21 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         results.set(path, entry);
     }
+    // Where the full path's CPU goes, under callgrind: only when asked (minutes);
+    // before the mock stops.
+    let phases = if opts.scenario.iter().any(|s| s == "phases") {
+        println!("bench: phases: sluice-budget under callgrind");
+        let t = Instant::now();
+        let r = phases::run(&rig, &lg, &profile).unwrap_or_else(|e| {
+            println!("bench: phases: failed: {e:#}");
+            serde_json::json!({"available": false, "reason": format!("{e:#}")})
+        });
+        println!("bench: phases: done in {:.1} s", t.elapsed().as_secs_f64());
+        r
+    } else {
+        Json::Null
+    };
+
     drop(mock);
 
     // Component figures, on both CPUs: the ledger's appenders and its indexer are
@@ -254,20 +269,6 @@ pub fn run(opts: &Options) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
         c
-    } else {
-        Json::Null
-    };
-
-    // Where the full path's CPU goes, under callgrind: only when asked (minutes).
-    let phases = if opts.scenario.iter().any(|s| s == "phases") {
-        println!("bench: phases: sluice-budget under callgrind");
-        let t = Instant::now();
-        let r = phases::run(&rig, &lg, &profile).unwrap_or_else(|e| {
-            println!("bench: phases: failed: {e:#}");
-            serde_json::json!({"available": false, "reason": format!("{e:#}")})
-        });
-        println!("bench: phases: done in {:.1} s", t.elapsed().as_secs_f64());
-        r
     } else {
         Json::Null
     };

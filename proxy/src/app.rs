@@ -201,7 +201,10 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         let app = Arc::new(
             InterceptApp::new(shared.clone(), tls::acceptor(resolver), http).transparent(),
         );
-        let listener = crate::appliance::TransparentListener::bind(&config.appliance, app)?;
+        let listener = crate::proxy::transparent::TransparentListener::bind(
+            &config.appliance.listeners(),
+            app,
+        )?;
         let mut service = background_service("sluice appliance capture", listener);
         service.threads = Some(config.threads);
         server.add_service(service);

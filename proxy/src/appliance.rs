@@ -12,7 +12,7 @@
 //!   choice for everything else live in the same table, one `nft -f` transaction;
 //! - it works for IPv4 and IPv6 with one rule each;
 //! - the one thing it needs from the listener is `IP_TRANSPARENT`, which this module's
-//!   own listener sets.
+//!   transparent listener ([`crate::proxy::transparent`]) sets.
 //!
 //! eBPF `sk_lookup` would steer without the socket option but still needs a local route
 //! per provider prefix and a BPF program and maps to keep in sync; it adds nothing here
@@ -47,15 +47,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::apps::ServerApp;
-use pingora::protocols::l4::listener::Listener;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use serde::Deserialize;
 use sluice_probe::ProviderPrefix;
 
-use crate::proxy::InterceptApp;
 use crate::redirect::{OnStop, RedirectConfig, Resolver};
 
 /// `appliance:` in the config.
@@ -191,15 +185,6 @@ pub enum ApplianceError {
     Sysctl {
         /// The /proc/sys path.
         path: &'static str,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The transparent listener could not be opened.
-    #[error("opening the transparent listener {addr}: {source} (needs CAP_NET_ADMIN; is the port in use?)")]
-    Listen {
-        /// Its address.
-        addr: SocketAddr,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -670,132 +655,6 @@ pub fn check(cfg: &ApplianceConfig) -> Vec<(String, bool, String)> {
         ));
     }
     out
-}
-
-/// The transparent listener: accepts captured connections (their local address is the
-/// provider's) and hands them to the same application as every other listener.
-pub struct TransparentListener {
-    listeners: Vec<std::net::TcpListener>,
-    app: Arc<InterceptApp>,
-}
-
-impl TransparentListener {
-    /// Bind `127.0.0.1:port` and `[::1]:port` with `IP_TRANSPARENT`/`IPV6_TRANSPARENT`
-    /// (TPROXY delivers only to transparent sockets).
-    ///
-    /// # Errors
-    /// [`ApplianceError::Listen`]: no CAP_NET_ADMIN, or the port is taken.
-    pub fn bind(
-        cfg: &ApplianceConfig,
-        app: Arc<InterceptApp>,
-    ) -> Result<TransparentListener, ApplianceError> {
-        let listeners = cfg
-            .listeners()
-            .into_iter()
-            .map(|addr| {
-                transparent_listener(addr).map_err(|source| ApplianceError::Listen { addr, source })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(TransparentListener { listeners, app })
-    }
-}
-
-fn transparent_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv4() {
-        setsockopt(&socket, sockopt::IpTransparent, &true)?;
-    } else {
-        socket.set_only_v6(true)?;
-        setsockopt(&socket, Ipv6Transparent, &true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// `IPV6_TRANSPARENT`, which nix does not name.
-#[derive(Clone, Copy)]
-struct Ipv6Transparent;
-
-impl nix::sys::socket::SetSockOpt for Ipv6Transparent {
-    type Val = bool;
-
-    fn set<F: std::os::fd::AsFd>(&self, fd: &F, val: &bool) -> nix::Result<()> {
-        use std::os::fd::AsRawFd;
-        let v: libc::c_int = (*val).into();
-        // SAFETY: a valid fd, an int option with its exact size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_fd().as_raw_fd(),
-                libc::SOL_IPV6,
-                libc::IPV6_TRANSPARENT,
-                std::ptr::from_ref(&v).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        nix::errno::Errno::result(r).map(drop)
-    }
-}
-
-#[async_trait]
-impl BackgroundService for TransparentListener {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let mut tasks = Vec::new();
-        for l in &self.listeners {
-            let std = match l.try_clone().and_then(|l| {
-                l.set_nonblocking(true)?;
-                Ok(l)
-            }) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "transparent listener unusable");
-                    continue;
-                }
-            };
-            let listener = match tokio::net::TcpListener::from_std(std) {
-                Ok(l) => Listener::from(l),
-                Err(e) => {
-                    tracing::error!(error = %e, "transparent listener unusable");
-                    continue;
-                }
-            };
-            let (app, shutdown) = (self.app.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(accept_loop(listener, app, shutdown)));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-async fn accept_loop(listener: Listener, app: Arc<InterceptApp>, mut shutdown: ShutdownWatch) {
-    loop {
-        let stream = tokio::select! {
-            s = listener.accept() => s,
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { return; }
-                continue;
-            }
-        };
-        match stream {
-            Ok(stream) => {
-                let (app, shutdown) = (app.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
-                    while let Some(s) = next {
-                        next = app.process_new(s, &shutdown).await;
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a captured connection failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod exchange;
 mod guard;
 mod http;
 mod relay;
+pub mod transparent;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

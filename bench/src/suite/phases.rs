@@ -6,13 +6,14 @@
 //! time. Callgrind counts instructions, not seconds: the figures repeat for the same binary
 //! and inputs whatever else the machine does, so a change's effect can be read off two runs.
 //! Instrumentation starts after a warm-up (lazily built tables, the minted leaf, the pools
-//! are not per-request costs); every count is divided by the interaction records written
-//! while it was on (each answered request is exactly one).
+//! are not per-request costs); every count is divided by the answers the load generator
+//! received while it was on (the interaction records written meanwhile are the check).
 //!
 //! Two views of one profile:
 //! - **phases**: inclusive instructions of the functions that are a phase's entry point
-//!   (a function's callees count with it). Phases are chosen not to contain one another,
-//!   except where the table says so (TLS accept contains the leaf lookup).
+//!   (a function's callees count with it), or a crate's exclusive instructions (TLS, the
+//!   hashes). Only entry points the release build keeps as functions can be named: async
+//!   state machines are folded into their callers.
 //! - **by component**: exclusive instructions by the crate (or library) of the function that
 //!   executed them — every instruction in exactly one row, summing to the total.
 
@@ -27,85 +28,80 @@ use super::loadgen::Loadgen;
 use super::peers::{self, Rig};
 use super::profile::{loadgen_args, Profile};
 
-/// A phase: its name, what it covers, and the function-name fragments of its entry points.
+/// A phase: its name, what it covers, and its entry points (function names, matched
+/// whole after the crate path), whose inclusive costs add up (they do not call each other).
 struct Phase {
     name: &'static str,
     what: &'static str,
     entries: &'static [&'static str],
 }
 
+/// The phases whose entry points survive inlining in the release build (async state
+/// machines and small helpers are folded into their callers and cannot be told apart; the
+/// by-component view covers them).
 const PHASES: &[Phase] = &[
     Phase {
-        name: "sniff",
-        what: "first bytes read, TLS or HTTP told apart, SNI parsed",
-        entries: &["sluice::proxy::sniff"],
+        name: "tls",
+        what: "TLS both sides: handshakes (rare on kept-alive connections), record encryption",
+        entries: &["rustls::", "ring::"],
     },
     Phase {
-        name: "tls_accept",
-        what: "client TLS handshake (server side), leaf lookup included",
-        entries: &["pingora_core::protocols::tls::rustls::server::handshake"],
-    },
-    Phase {
-        name: "leaf_lookup",
-        what: "minted leaf certificate found (cache) for the SNI (inside tls_accept)",
-        entries: &["sluice::ca::LeafResolver::leaf_for"],
-    },
-    Phase {
-        name: "request_parse",
+        name: "request_head",
         what: "HTTP/1.1 request head read and parsed (Pingora)",
         entries: &["pingora_core::protocols::http::v1::server::HttpSession::read_request"],
     },
     Phase {
-        name: "identity",
-        what: "who is calling: attribution, /proc, network table",
-        entries: &["sluice::identity::of_connection"],
+        name: "adapter_request",
+        what: "the provider adapter parses the request (model, messages, parameters)",
+        entries: &["<sluice::providers::openai::OpenAi as sluice::providers::Adapter>::parse_request"],
     },
     Phase {
-        name: "policy",
-        what: "the policy chain over the read body: keys, limits, rules, guardrails, budget",
-        entries: &["sluice::policy::Engine::apply_request_policies"],
+        name: "token_count",
+        what: "the tokenizer over the prompt (budget worst case)",
+        entries: &["sluice::providers::estimate_tokens"],
     },
     Phase {
-        name: "guardrail_scan",
-        what: "PII / secrets / injection scan of the prompt (inside policy)",
-        entries: &["sluice::guardrails::Scanner::scan"],
+        name: "guardrails",
+        what: "PII / secrets / injection scans",
+        entries: &["sluice::guardrails::"],
     },
     Phase {
-        name: "token_estimate",
-        what: "input tokens counted for the budget's worst case (inside policy)",
+        name: "limits",
+        what: "rate limits admitted",
+        entries: &["sluice::policy::limits::<impl sluice::policy::Engine>::admit"],
+    },
+    Phase {
+        name: "budget_store",
+        what: "budget counters read and settled (SQLite, written through)",
         entries: &[
-            "sluice::policy::budget::estimate",
-            "tiktoken",
-            "sluice::providers::tokens",
+            "<sluice::policy::budget::SqliteCounters as sluice::policy::budget::CounterStore>::add",
+            "<sluice::policy::budget::SqliteCounters as sluice::policy::budget::CounterStore>::spent",
         ],
     },
     Phase {
-        name: "upstream_connect",
-        what: "upstream TCP + TLS (client side) and the pool",
-        entries: &[
-            "pingora_core::connectors::TransportConnector::new_stream",
-            "pingora_core::connectors::TransportConnector::reused_stream",
-        ],
+        name: "adapter_response",
+        what: "the provider adapter parses the answer (text, usage, finish reason)",
+        entries: &["<sluice::providers::openai::OpenAi as sluice::providers::Adapter>::parse_response"],
     },
     Phase {
-        name: "response",
-        what: "the answer's filters: parse, guard, usage (response body filter)",
-        entries: &["sluice::proxy::exchange"],
+        name: "record_serialise",
+        what: "the interaction record serialised for the ledger (canonical JSON)",
+        entries: &["sluice::record::_::<impl serde_core::ser::Serialize for sluice::record::Record>::serialize"],
     },
     Phase {
-        name: "record_build",
-        what: "the interaction record assembled",
-        entries: &["sluice::proxy::record::", "sluice::record::Interaction::"],
-    },
-    Phase {
-        name: "ledger_append",
-        what: "serialise, hash chain, HMAC, WAL append (on the request path)",
-        entries: &["sluice::ledger::Ledger::append"],
+        name: "ledger_hash",
+        what: "SHA-256 of records and the chain (and HMAC)",
+        entries: &["sha2::", "hmac::"],
     },
     Phase {
         name: "indexer",
-        what: "the ledger's indexer thread (compression, SQLite index), off the request path",
-        entries: &["sluice::ledger::indexer::"],
+        what: "the ledger's indexer: zstd and the SQLite index (its own thread, same process)",
+        entries: &["sluice::ledger::indexer::indexer"],
+    },
+    Phase {
+        name: "alerts",
+        what: "the alert rules over the record stream (their own thread, on by default)",
+        entries: &["sluice::alerts::run"],
     },
 ];
 
@@ -141,7 +137,8 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let args = loadgen_args(p, "lat1_1k");
     let (warm, seconds) = if p.release { (5.0, 40.0) } else { (3.0, 8.0) };
     lg.run_for(running.addr, &running.client_ca, &args, warm, 0.0, 300.0)?;
-    let before = super::audit(&rig.sluice, &running, 0.0, 0.0)["records"]
+    // (`audit` reads at most twice its expected count: a generous one, to read them all.)
+    let before = super::audit(&rig.sluice, &running, 1e6, 0.0)["records"]
         .as_f64()
         .unwrap_or(0.0);
     let pid = running.pid().context("the profiled path has a process")?;
@@ -159,24 +156,46 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let load = lg.run_for(running.addr, &running.client_ca, &args, seconds, 0.0, 300.0);
     running.stop();
     let load = load?;
-    let after = super::audit(&rig.sluice, &running, 0.0, 0.0)["records"]
+    let after = super::audit(&rig.sluice, &running, 1e6, 0.0)["records"]
         .as_f64()
         .unwrap_or(0.0);
-    let requests = after - before;
-    if requests < 1.0 {
-        bail!("no interaction records from the profiled run ({before} before, {after} after)");
+    // Per request: the answers the load generator received while instrumentation was on
+    // (the records written meanwhile are the check: one per answer).
+    let requests = load["responses_total"].as_f64().unwrap_or(0.0);
+    if requests < 1.0 || load["errors"].as_f64().unwrap_or(1.0) > 0.0 {
+        bail!(
+            "the profiled run did not answer cleanly: {} answers, errors {}",
+            load["responses_total"],
+            load["error_samples"]
+        );
     }
     let inclusive = annotate(&out, true)?;
     let exclusive = annotate(&out, false)?;
     let total = exclusive.get("PROGRAM TOTALS").copied().unwrap_or(0) as f64;
     let mut phases = Vec::new();
     for ph in PHASES {
-        let ir: u64 = inclusive
+        // Crate prefixes (`sha2::`) take the exclusive costs of the crate; named functions
+        // their inclusive cost.
+        let ir: u64 = ph
+            .entries
             .iter()
-            .filter(|(f, _)| ph.entries.iter().any(|e| f.contains(e)))
-            .map(|(_, ir)| *ir)
-            .max()
-            .unwrap_or(0);
+            .map(|e| {
+                if e.ends_with("::") && !e.contains('<') && e.matches("::").count() == 1 {
+                    exclusive
+                        .iter()
+                        .filter(|(f, _)| f.trim_start_matches('<').starts_with(e))
+                        .map(|(_, ir)| *ir)
+                        .sum()
+                } else {
+                    inclusive
+                        .iter()
+                        .filter(|(f, _)| f.as_str() == *e || f.starts_with(e))
+                        .map(|(_, ir)| *ir)
+                        .max()
+                        .unwrap_or(0)
+                }
+            })
+            .sum();
         phases.push(json!({
             "phase": ph.name,
             "what": ph.what,
@@ -184,6 +203,17 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
             "share": ir as f64 / total.max(1.0),
         }));
     }
+    // The heaviest functions of Sluice's own code, inclusive: what to look at next.
+    let mut own: Vec<(&String, &u64)> = inclusive
+        .iter()
+        .filter(|(f, _)| f.contains("sluice::") && !f.starts_with("core::ptr::drop_in_place"))
+        .collect();
+    own.sort_by_key(|(_, ir)| std::cmp::Reverse(**ir));
+    let top: Vec<Json> = own
+        .into_iter()
+        .take(15)
+        .map(|(f, ir)| json!({"function": f, "instructions_per_request": (*ir as f64 / requests).round()}))
+        .collect();
     let mut by_component: BTreeMap<String, u64> = BTreeMap::new();
     for (f, ir) in &exclusive {
         if f == "PROGRAM TOTALS" {
@@ -192,7 +222,7 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         *by_component.entry(component(f)).or_default() += ir;
     }
     let mut components: Vec<(String, u64)> = by_component.into_iter().collect();
-    components.sort_by(|a, b| b.1.cmp(&a.1));
+    components.sort_by_key(|c| std::cmp::Reverse(c.1));
     let components: Vec<Json> = components
         .into_iter()
         .map(|(c, ir)| {
@@ -207,10 +237,17 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         "available": true,
         "path": "sluice-budget",
         "requests": requests,
-        "load_rps": load["rps"].clone(),
+        "records_written": after - before,
+        "load": {
+            "responses": load["responses_total"].clone(),
+            "connections": load["connections_total"].clone(),
+            "errors": load["errors"].clone(),
+            "error_samples": load["error_samples"].clone(),
+        },
         "instructions_per_request": (total / requests).round(),
         "phases": phases,
         "by_component": components,
+        "top_functions": top,
         "command": "cargo xtask bench --scenario phases --paths sluice-budget",
         "callgrind_out": out.display().to_string(),
     }))
@@ -218,19 +255,29 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
 
 /// The figures as two Markdown tables (phases, then components).
 pub fn markdown(r: &Json) -> String {
+    let n = |v: &Json| format!("{:.0}", v.as_f64().unwrap_or(0.0));
     let mut t = format!(
         "### Where the CPU goes ({} requests under callgrind, {} instructions per request)\n\n\
          | phase | instructions / request | share | what |\n|---|---|---|---|\n",
-        r["requests"], r["instructions_per_request"]
+        n(&r["requests"]),
+        n(&r["instructions_per_request"])
     );
     let pct = |v: &Json| format!("{:.1} %", v.as_f64().unwrap_or(0.0) * 100.0);
     for ph in r["phases"].as_array().into_iter().flatten() {
         t.push_str(&format!(
             "| {} | {} | {} | {} |\n",
             ph["phase"].as_str().unwrap_or(""),
-            ph["instructions_per_request"],
+            n(&ph["instructions_per_request"]),
             pct(&ph["share"]),
             ph["what"].as_str().unwrap_or("")
+        ));
+    }
+    t.push_str("\n| Sluice function (inclusive) | instructions / request |\n|---|---|\n");
+    for f in r["top_functions"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "| `{}` | {} |\n",
+            f["function"].as_str().unwrap_or("").replace('|', "\\|"),
+            n(&f["instructions_per_request"])
         ));
     }
     t.push_str("\n| component (exclusive) | instructions / request | share |\n|---|---|---|\n");
@@ -238,7 +285,7 @@ pub fn markdown(r: &Json) -> String {
         t.push_str(&format!(
             "| {} | {} | {} |\n",
             c["component"].as_str().unwrap_or(""),
-            c["instructions_per_request"],
+            n(&c["instructions_per_request"]),
             pct(&c["share"])
         ));
     }
