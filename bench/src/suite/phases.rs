@@ -89,14 +89,14 @@ const PHASES: &[Phase] = &[
         entries: &["sluice::record::_::<impl serde_core::ser::Serialize for sluice::record::Record>::serialize"],
     },
     Phase {
-        name: "ledger_hash",
-        what: "SHA-256 of records and the chain (and HMAC)",
-        entries: &["sha2::", "hmac::"],
+        name: "ledger_append",
+        what: "the record prepared (canonical form, chain hash, HMAC) and appended to the WAL",
+        entries: &["sluice::ledger::writer::Inner::append_counted"],
     },
     Phase {
-        name: "indexer",
-        what: "the ledger's indexer: zstd and the SQLite index (its own thread, same process)",
-        entries: &["sluice::ledger::indexer::indexer"],
+        name: "ledger_index",
+        what: "the indexer's row for the record: zstd-packed copy, SQLite insert (own thread)",
+        entries: &["sluice::ledger::index::Inserter::record"],
     },
     Phase {
         name: "alerts",
@@ -310,12 +310,16 @@ fn annotate(file: &Path, inclusive: bool) -> Result<BTreeMap<String, u64>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(parse_annotate(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_annotate(
+        &String::from_utf8_lossy(&out.stdout),
+        inclusive,
+    ))
 }
 
 /// Lines like `1,234 (12.3%)  src/x.rs:sluice::a::b [/path/bin]` and
-/// `5,678 (100.0%)  PROGRAM TOTALS`; a function listed twice (several files) is summed.
-fn parse_annotate(text: &str) -> BTreeMap<String, u64> {
+/// `5,678 (100.0%)  PROGRAM TOTALS`. A function listed under several files: its exclusive
+/// costs are split between them (summed), its inclusive cost is repeated (the largest).
+fn parse_annotate(text: &str, inclusive: bool) -> BTreeMap<String, u64> {
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -343,7 +347,12 @@ fn parse_annotate(text: &str) -> BTreeMap<String, u64> {
             });
             cut.map_or(rest, |i| &rest[i + 1..])
         };
-        *out.entry(function.to_string()).or_default() += ir;
+        let entry = out.entry(function.to_string()).or_default();
+        *entry = if inclusive {
+            (*entry).max(ir)
+        } else {
+            *entry + ir
+        };
     }
     out
 }
@@ -386,9 +395,10 @@ Ir
    500 ( 4.17%)  ???:mi_malloc [/t/sluice]
    400 ( 3.33%)  src/y.rs:sluice::proxy::sniff [/t/sluice]
 ";
-        let m = parse_annotate(text);
+        let m = parse_annotate(text, false);
         assert_eq!(m["PROGRAM TOTALS"], 12_000);
         assert_eq!(m["sluice::proxy::sniff"], 3_400);
+        assert_eq!(parse_annotate(text, true)["sluice::proxy::sniff"], 3_000);
         assert_eq!(m["<sluice::a::B as core::ops::Drop>::drop"], 1_000);
         assert_eq!(
             component("<sluice::a::B as core::ops::Drop>::drop"),
