@@ -41,7 +41,7 @@
 //! resolving, on `redirect.ports`; a change replaces the sets' elements in one transaction.
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -493,34 +493,20 @@ fn set_update(cfg: &ApplianceConfig, set: &[ProviderPrefix]) -> String {
 fn elements(set: &[ProviderPrefix], v4: bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in set.iter().filter(|p| p.net.addr().is_ipv4() == v4) {
-        let net = masked(p.net.addr(), p.net.len());
-        let len = p.net.len();
+        // nft wants the network address: host bits cleared.
+        let Ok(net) = ipnet::IpNet::new(p.net.addr(), p.net.len()).map(|n| n.trunc()) else {
+            continue; // IpPrefix already refused a length beyond the address
+        };
         if p.ports.is_empty() {
-            out.push(format!("{net}/{len} . 0-65535"));
+            out.push(format!("{net} . 0-65535"));
         }
         for port in &p.ports {
-            out.push(format!("{net}/{len} . {port}"));
+            out.push(format!("{net} . {port}"));
         }
     }
     out.sort();
     out.dedup();
     out
-}
-
-/// `addr` with the host bits beyond `len` cleared (nft wants the network address).
-fn masked(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(bits & mask))
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(bits & mask))
-        }
-    }
 }
 
 /// Run `nft -f -` with `script` as one transaction.

@@ -241,22 +241,16 @@ fn destination(cfg: &SinkConfig, node: &str) -> Result<Box<dyn Destination>, Str
     if let Some(a) = &cfg.azure_monitor {
         return Ok(Box::new(azure::AzureMonitor::new(a, node, tls, timeout)?));
     }
-    if let Some(s) = &cfg.slack {
+    // The channels whose URL is their secret (Slack, Teams): one constructor.
+    let webhook = [
+        (channels::Kind::Slack, cfg.slack.as_ref()),
+        (channels::Kind::Teams, cfg.teams.as_ref()),
+    ]
+    .into_iter()
+    .find_map(|(kind, c)| c.map(|c| (kind, &c.url)));
+    if let Some((kind, url)) = webhook {
         return Ok(Box::new(channels::Channel::webhook(
-            channels::Kind::Slack,
-            &s.url,
-            node,
-            tls,
-            timeout,
-        )?));
-    }
-    if let Some(t) = &cfg.teams {
-        return Ok(Box::new(channels::Channel::webhook(
-            channels::Kind::Teams,
-            &t.url,
-            node,
-            tls,
-            timeout,
+            kind, url, node, tls, timeout,
         )?));
     }
     if let Some(p) = &cfg.pagerduty {

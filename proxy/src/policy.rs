@@ -227,13 +227,16 @@ impl<'a> Facts<'a> {
         let parsed = endpoint
             .map(|ep| adapter.parse_request(ep, body))
             .unwrap_or_default();
-        let input_tokens = InputTokens::of(parsed.messages.iter().map(|m| m.content.clone()));
+        let max_output_tokens = adapter.max_output_tokens(&parsed);
+        let model = parsed
+            .model
+            .or_else(|| endpoint.and_then(|ep| ep.model_from_path.clone()));
+        // The texts move into the count: no copy of the prompt on the request path.
+        let input_tokens = InputTokens::of(parsed.messages.into_iter().map(|m| m.content));
         Facts {
             adapter,
-            max_output_tokens: adapter.max_output_tokens(&parsed),
-            model: parsed
-                .model
-                .or_else(|| endpoint.and_then(|ep| ep.model_from_path.clone())),
+            max_output_tokens,
+            model,
             llm_call: endpoint.is_some(),
             identity,
             body: Some(body),

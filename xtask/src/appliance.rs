@@ -87,7 +87,7 @@ impl ApplianceImage<'_> {
     /// The build, mmdebstrap or a disk tool fails (the message names the step).
     pub fn build(&self) -> Result<Built> {
         ensure!(
-            nix_is_root(),
+            is_root(),
             "building the appliance image needs root (mmdebstrap, chroot)"
         );
         super::setup::apt_install(HOST_PACKAGES)?;
@@ -330,7 +330,7 @@ impl ApplianceImage<'_> {
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
