@@ -265,6 +265,22 @@ def test_routed_clients_are_governed_and_recorded_with_their_network(appliance):
     assert appliance.wait_records(5)[-1]["identity"]["network"]["name"] == "office"
     assert appliance.metric('sluice_appliance_events_total{event="reinstalled"}') >= 1
 
+    # Subtler: the table stays, but its provider set is emptied and the policy table's
+    # route flushed. A check that only looks for the table would pass while every provider
+    # call went straight past Sluice; the capture is compared with what Sluice installed.
+    vpc.appliance.run(["nft", "flush", "set", "inet", "sluice", "providers4"])
+    vpc.appliance.run(["ip", "route", "flush", "table", "21325"])
+    deadline = time.monotonic() + 10
+    while vpc.PROVIDER not in vpc.appliance.run(["nft", "list", "set", "inet", "sluice",
+                                                 "providers4"]).stdout:
+        assert time.monotonic() < deadline, "an emptied provider set was never refilled"
+        time.sleep(0.2)
+    assert "local default" in vpc.appliance.run(["ip", "route", "show", "table", "21325"]).stdout
+    r = appliance.curl_chat("after the set was emptied")
+    assert r.returncode == 0 and "Mock reply to: after the set was emptied" in r.stdout, r.stderr
+    assert len(appliance.wait_records(6)) == 6
+    assert appliance.metric('sluice_appliance_events_total{event="reinstalled"}') >= 2
+
 
 def test_a_restart_refuses_provider_traffic_and_loses_nothing(appliance):
     vpc = appliance.vpc

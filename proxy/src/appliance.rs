@@ -208,7 +208,7 @@ pub struct Appliance {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// How often the capture is checked (and put back if it went).
+/// How often the capture is checked against what Sluice wrote (and put back if it differs).
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl Appliance {
@@ -259,6 +259,7 @@ impl Appliance {
                 resolver,
                 statics,
                 current: set,
+                kernel: snapshot(&cfg),
             };
             std::thread::Builder::new()
                 .name("sluice-appliance".into())
@@ -317,6 +318,8 @@ struct Maintained {
     statics: Vec<ProviderPrefix>,
     /// The provider set the kernel holds.
     current: Vec<ProviderPrefix>,
+    /// The table as the kernel listed it right after Sluice wrote it.
+    kernel: Option<String>,
 }
 
 /// Every [`CHECK_EVERY`], put the capture back if it went (someone flushed the ruleset or
@@ -336,7 +339,7 @@ fn maintain(
         std::thread::sleep(Duration::from_millis(200));
         if last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
-            if !installed(cfg) {
+            if !installed(cfg, state.kernel.as_deref()) {
                 tracing::warn!(table = %cfg.table, "the appliance capture was removed from the kernel; putting it back");
                 crate::metrics::APPLIANCE_EVENTS
                     .with_label_values(&["reinstalled"])
@@ -349,6 +352,7 @@ fn maintain(
                 if let Err(e) = &back {
                     tracing::error!(error = %e, "reinstalling the appliance capture failed");
                 }
+                state.kernel = snapshot(cfg);
                 healthy.store(back.is_ok(), Ordering::Relaxed);
             } else {
                 healthy.store(true, Ordering::Relaxed);
@@ -370,6 +374,7 @@ fn maintain(
                     .with_label_values(&["set_updated"])
                     .inc();
                 state.current = fresh;
+                state.kernel = snapshot(cfg);
             }
             Err(e) => {
                 crate::metrics::APPLIANCE_EVENTS
@@ -381,21 +386,37 @@ fn maintain(
     }
 }
 
-/// Whether the table's capture chain and both policy rules are in the kernel.
-fn installed(cfg: &ApplianceConfig) -> bool {
-    let chain = Command::new("nft")
-        .args(["list", "chain", "inet", &cfg.table, "capture"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    chain
+/// Whether the capture is in the kernel as Sluice left it: the table exactly as listed
+/// after it was written (an emptied set, a deleted or edited rule, a rule added to it all
+/// differ), and for both families the policy rule and the policy table's local route.
+fn installed(cfg: &ApplianceConfig, written: Option<&str>) -> bool {
+    let table_intact = written.is_some_and(|w| snapshot(cfg).as_deref() == Some(w));
+    let stdout = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let table = cfg.route_table.to_string();
+    table_intact
         && ["-4", "-6"].iter().all(|family| {
-            Command::new("ip")
-                .args([family, "rule", "show"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&rule_text(cfg)))
+            stdout(&[family, "rule", "show"]).contains(&rule_text(cfg))
+                && stdout(&[family, "route", "show", "table", &table]).contains("local default")
         })
+}
+
+/// The table as the kernel lists it, without counters (`nft -s`); `None` if it cannot
+/// be listed (absent, or no nft).
+fn snapshot(cfg: &ApplianceConfig) -> Option<String> {
+    let out = Command::new("nft")
+        .args(["-s", "list", "table", "inet", &cfg.table])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The policy rule as `ip rule show` prints it.
