@@ -1076,8 +1076,26 @@ mod tests {
 
     #[test]
     fn through_sentinel_the_counters_follow_a_failover() {
-        let master = Server::start();
-        let _replica = Server::start_with(&["--replicaof", "127.0.0.1", &master.1.to_string()]);
+        // No diskless-sync delay: Redis's default waits 5 s before the first full sync, a
+        // race with the WAIT below on a slow machine.
+        let master = Server::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica = Server::start_with(&["--replicaof", "127.0.0.1", &master.1.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &replica.1.to_string(), "INFO", "replication"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never synced: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // A sentinel: redis-server in sentinel mode, its config file written here (it
         // rewrites it).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1133,7 +1151,7 @@ mod tests {
         // The replica acknowledges the writes (WAIT), then the master dies: the sentinel
         // promotes the replica, and the store, after one failed call, finds it.
         let acked = std::process::Command::new("redis-cli")
-            .args(["-p", &master.1.to_string(), "WAIT", "1", "5000"])
+            .args(["-p", &master.1.to_string(), "WAIT", "1", "10000"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
