@@ -178,3 +178,28 @@ def test_the_cost_of_fleet_counters_is_reported_against_local_ones(results):
         assert entry["audit"]["kind"] == "interaction" and entry["audit"]["expected"] > 0, name
     ratio = results["ratios"]["sluice-fleet/sluice-budget"]
     assert is_number(ratio["added_p50_1k"]) and is_number(ratio["added_p99_1k"]), ratio
+
+
+@pytest.mark.timeout(300)
+def test_the_soak_reports_growth_and_records_every_answer(results):
+    """`--scenario soak` (a few seconds in the smoke run): plain, streamed, refused and
+    cancelled requests together; memory, descriptors, ledger size and queues read at the
+    start and the end; and every answer — refusals and cancelled streams included — has
+    its interaction record, counted after Sluice stopped."""
+    s = results["soak"]
+    assert s["available"] is True, s.get("reason")
+    for at in ("start", "end", "drained"):
+        for key in ("rss_kb", "anon_kb", "fds", "ledger_bytes", "record_queue", "index_lag"):
+            assert is_number(s[at][key]), (at, key, s[at])
+    assert s["end"]["ledger_bytes"] > s["start"]["ledger_bytes"] > 0, s
+    load = s["load"]
+    assert set(load) == {"plain", "streamed", "refused", "cancelled"}, load
+    for name, figures in load.items():
+        assert figures["ok"] > 0, (name, figures)
+    assert load["cancelled"]["cancelled"] == load["cancelled"]["responses_total"] > 0, load
+    assert not load["refused"]["error_samples"], load["refused"]
+    audit = s["audit"]
+    assert audit["kind"] == "interaction" and audit["records"] == audit["expected"] > 0, audit
+    assert s["checks"]["every_answer_recorded"] is True
+    assert set(s["checks"]) == {"rss", "fds", "queued", "ledger_pace", "every_answer_recorded"}
+    assert "### Soak" in results["markdown"]

@@ -216,13 +216,16 @@ def test_a_killed_nodes_concurrency_slots_expire(topo, tmp_path, redis_server):
     policy = """    - id: one-at-a-time
       rate_limit: {concurrent: 1}
 """
-    nodes, _ = fleet(topo, tmp_path, redis_server, [policy] * 2, lease_ttl_ms=2000)
+    # A lease long enough that the check right after the kill (a new SDK process) lands
+    # inside it even on a loaded machine; renewals come every third of it.
+    lease_s = 5
+    nodes, _ = fleet(topo, tmp_path, redis_server, [policy] * 2, lease_ttl_ms=lease_s * 1000)
     slow = topo.client.popen([sys.executable, "-c", SLOW.replace("PORT", str(port(nodes[0]))).replace("MODEL", MODEL)],
                              env=nodes[0].client_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert slow.stdout.readline().strip() == "streaming"
         # Longer than a lease: the live request's slot is renewed, not lost.
-        time.sleep(3)
+        time.sleep(lease_s + 1)
         assert call(nodes[1])[0][0] == 429
         # The node dies mid-request: nothing releases its slot...
         os.killpg(nodes[0].proxy.pid, signal.SIGKILL)

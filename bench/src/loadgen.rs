@@ -80,6 +80,16 @@ pub(crate) struct RunArgs {
     /// Expected text in every plain answer.
     #[arg(long, default_value = "Mock reply to: ")]
     pub(crate) expect: String,
+    /// The model asked for.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    pub(crate) model: String,
+    /// The status of a correct answer (e.g. 403 for requests a policy refuses).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) expect_status: u16,
+    /// Streams: close the connection after this many events, as a cancelling client
+    /// does; such an exchange counts as correct (and as `cancelled`).
+    #[arg(long)]
+    pub(crate) cancel_after_events: Option<usize>,
     /// For streams: ask the mock directly at this address once, and hold every stream to
     /// the same event count and byte count.
     #[arg(long)]
@@ -161,16 +171,20 @@ fn target(args: &RunArgs, connect: Option<SocketAddr>, ca: &[PathBuf]) -> anyhow
             .map_or("/".into(), |p| p.as_str().to_string()),
         tls,
         http2: args.http2,
-        body: request_body(args.prompt_bytes, args.sse_chunks.is_some()),
+        body: request_body(&args.model, args.prompt_bytes, args.sse_chunks.is_some()),
         headers,
         sse: args.sse_chunks.is_some(),
+        expect_status: http::StatusCode::from_u16(args.expect_status)
+            .context("--expect-status is not an HTTP status")?,
         expect: Bytes::from(args.expect.clone().into_bytes()),
+        cancel_after: args.cancel_after_events,
         timeout: Duration::from_secs_f64(args.timeout),
     })
 }
 
-/// A chat-completion request whose user message is `prompt_bytes` long (ASCII words).
-fn request_body(prompt_bytes: usize, stream: bool) -> Bytes {
+/// A chat-completion request for `model` whose user message is `prompt_bytes` long (ASCII
+/// words).
+fn request_body(model: &str, prompt_bytes: usize, stream: bool) -> Bytes {
     const WORDS: &str = "the quick brown fox jumps over the lazy dog ";
     let mut prompt = String::with_capacity(prompt_bytes);
     while prompt.len() < prompt_bytes {
@@ -178,7 +192,7 @@ fn request_body(prompt_bytes: usize, stream: bool) -> Bytes {
         prompt.push_str(&WORDS[..take]);
     }
     let body = json!({
-        "model": "gpt-4o-mini",
+        "model": model,
         "messages": [
             {"role": "system", "content": "You are a benchmark."},
             {"role": "user", "content": prompt},
@@ -203,6 +217,8 @@ struct Tally {
     fidelity_failures: u64,
     error_samples: Vec<String>,
     late_sends: u64,
+    /// Streams let go of on purpose (`--cancel-after-events`), warm-up included.
+    cancelled: u64,
 }
 
 impl Tally {
@@ -219,6 +235,7 @@ impl Tally {
             fidelity_failures: 0,
             error_samples: Vec::new(),
             late_sends: 0,
+            cancelled: 0,
         }
     }
 
@@ -233,6 +250,7 @@ impl Tally {
         self.connections_total += o.connections_total;
         self.fidelity_failures += o.fidelity_failures;
         self.late_sends += o.late_sends;
+        self.cancelled += o.cancelled;
         for s in o.error_samples {
             if self.error_samples.len() < 5 && !self.error_samples.contains(&s) {
                 self.error_samples.push(s);
@@ -281,7 +299,10 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
             } else {
                 &args.reference_ca
             };
-            let t = self::target(&args, Some(addr), ca)?;
+            // The whole stream, as the mock sends it.
+            let mut t = self::target(&args, Some(addr), ca)?;
+            t.cancel_after = None;
+            t.expect_status = http::StatusCode::OK;
             let mut conn = client::connect(&t).await.context("reference connection")?;
             let o = client::exchange(&mut conn, &t).await.map_err(|e| match e {
                 Failure::Io(e) => e.context("reference request"),
@@ -370,6 +391,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         "late_sends": total.late_sends,
         "responses_total": total.responses_total,
         "connections_total": total.connections_total,
+        "cancelled": total.cancelled,
     }))
 }
 
@@ -401,8 +423,15 @@ async fn one(
     match result {
         Ok(o) => {
             tally.responses_total += 1;
-            if measured {
+            if o.cancelled {
+                tally.cancelled += 1;
+                *conn = None;
+            } else if measured {
                 record(plan, tally, start, end, &o);
+            }
+            if o.cancelled && measured {
+                tally.ok += 1;
+                let _ = tally.latency.record(us(end - start));
             }
         }
         Err(Failure::Bad(s)) => {
@@ -517,7 +546,8 @@ mod tests {
     #[test]
     fn request_body_has_the_asked_prompt_size() {
         for n in [0, 1, 44, 1024, 100 * 1024] {
-            let body: Value = serde_json::from_slice(&request_body(n, false)).unwrap();
+            let body: Value =
+                serde_json::from_slice(&request_body("gpt-4o-mini", n, false)).unwrap();
             let prompt = body["messages"][1]["content"].as_str().unwrap();
             assert_eq!(prompt.len(), n);
         }

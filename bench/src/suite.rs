@@ -23,6 +23,7 @@ mod phases;
 mod procfs;
 mod profile;
 mod report;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .unwrap_or_default();
     let profile = Profile::of(opts);
     for s in &opts.scenario {
-        let extra = ["components", "hold", "phases"];
+        let extra = ["components", "hold", "phases", "soak"];
         if !extra.contains(&s.as_str()) && !SCENARIOS.iter().any(|x| x.name == s) {
             bail!("unknown scenario {s}; known: {}", scenario_names());
         }
@@ -251,6 +252,22 @@ pub fn run(opts: &Options) -> Result<()> {
         Json::Null
     };
 
+    // The soak: when named, and in the smoke run (a few seconds, so the test command
+    // runs it end to end).
+    let soak =
+        if opts.scenario.iter().any(|s| s == "soak") || (opts.smoke && opts.scenario.is_empty()) {
+            println!("bench: soak: {:.0} s of mixed load", profile.soak_secs);
+            let t = Instant::now();
+            let r = soak::run(&rig, &lg, &profile).unwrap_or_else(|e| {
+                println!("bench: soak: failed: {e:#}");
+                serde_json::json!({"available": false, "reason": format!("{e:#}")})
+            });
+            println!("bench: soak: done in {:.1} s", t.elapsed().as_secs_f64());
+            r
+        } else {
+            Json::Null
+        };
+
     drop(mock);
 
     // Component figures, on both CPUs: the ledger's appenders and its indexer are
@@ -282,10 +299,15 @@ pub fn run(opts: &Options) -> Result<()> {
     let derived = report::derive(&mut out);
     out.set("ratios", derived);
     out.set("phases", phases.clone());
+    out.set("soak", soak.clone());
     let mut table = report::markdown(&out, &profile);
     if phases["available"].as_bool() == Some(true) {
         table.push('\n');
         table.push_str(&phases::markdown(&phases));
+    }
+    if soak["available"].as_bool() == Some(true) {
+        table.push('\n');
+        table.push_str(&soak::markdown(&soak));
     }
     println!("\n{table}");
     let json_path = opts

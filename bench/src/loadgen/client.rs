@@ -37,8 +37,13 @@ pub struct Target {
     pub headers: Vec<(String, String)>,
     /// Read the answer as an SSE stream.
     pub sse: bool,
-    /// A successful plain answer must contain these bytes.
+    /// The status a correct answer has (200, or the refusal a policy gives).
+    pub expect_status: StatusCode,
+    /// A correct plain answer contains these bytes.
     pub expect: Bytes,
+    /// Streams: let go of the answer after this many events, as a client that cancels
+    /// does (the connection is closed with the stream unfinished).
+    pub cancel_after: Option<usize>,
     /// Stop reading an answer after this long.
     pub timeout: Duration,
 }
@@ -130,6 +135,9 @@ pub struct Outcome {
     pub events: Vec<Instant>,
     /// Body bytes received.
     pub bytes: usize,
+    /// The client let go before the end ([`Target::cancel_after`]): the connection must
+    /// be dropped.
+    pub cancelled: bool,
 }
 
 /// Why an exchange is counted as an error.
@@ -228,14 +236,20 @@ async fn exchange_inner(conn: &mut Conn, target: &Target) -> Result<Outcome, Fai
             if kept.len() > 256 {
                 kept.drain(..kept.len() - 64);
             }
+            if status == target.expect_status
+                && target.cancel_after.is_some_and(|n| out.events.len() >= n)
+            {
+                out.cancelled = true;
+                return Ok(out);
+            }
         } else {
             kept.extend_from_slice(&data);
         }
     }
-    if status != StatusCode::OK {
+    if status != target.expect_status {
         return Err(Failure::Bad(format!("status {status}")));
     }
-    if target.sse {
+    if target.sse && status == StatusCode::OK {
         if !contains(&kept, b"data: [DONE]") {
             return Err(Failure::Bad("stream ended without data: [DONE]".into()));
         }

@@ -73,6 +73,8 @@ pub struct Running {
     pub first_answer_timeout: f64,
     /// A server the path needs beside it (the fleet's Redis), stopped with it.
     pub sidecar: Option<Child>,
+    /// Sluice's metrics listener, where the run turned it on (the soak reads its queues).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Running {
@@ -354,6 +356,7 @@ pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> 
     let mut ready_timeout = Duration::from_secs(20);
     let mut first_answer_timeout = 30.0;
     let mut sidecar = None;
+    let mut metrics = None;
     let cmd = match path {
         "direct" => {
             return Ok(Running {
@@ -364,6 +367,7 @@ pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> 
                 records: None,
                 first_answer_timeout,
                 sidecar: None,
+                metrics: None,
             })
         }
         "nginx" => {
@@ -400,13 +404,18 @@ pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> 
                 .arg(&rig.peer_key);
             c
         }
-        "sluice" | "sluice-passthrough" | "sluice-budget" | "sluice-fleet" | "sluice-deadsink" => {
+        "sluice" | "sluice-passthrough" | "sluice-budget" | "sluice-fleet" | "sluice-deadsink"
+        | SOAK_PATH => {
             let passthrough = path == "sluice-passthrough";
             let state = dir.join("state");
             let conf = dir.join("sluice.yaml");
             let mut extra = String::new();
-            if path == "sluice-budget" || path == "sluice-fleet" {
+            if matches!(path, "sluice-budget" | "sluice-fleet" | SOAK_PATH) {
                 extra.push_str(BUDGET_POLICY);
+            }
+            if path == SOAK_PATH {
+                extra.push_str(SOAK_POLICY);
+                metrics = Some(free_addr()?);
             }
             if path == "sluice-deadsink" {
                 extra.push_str(&dead_sinks()?);
@@ -416,7 +425,11 @@ pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> 
                 sidecar = Some(redis);
                 extra.push_str(&format!("fleet:\n  redis: {{url: \"{url}\"}}\n"));
             }
-            fs::write(&conf, sluice_conf(rig, &state, addr, passthrough) + &extra)?;
+            let mut text = sluice_conf(rig, &state, addr, passthrough);
+            if let Some(at) = metrics {
+                text = text.replace("metrics_listen: null", &format!("metrics_listen: \"{at}\""));
+            }
+            fs::write(&conf, text + &extra)?;
             let out = Command::new(&rig.sluice)
                 .args(["ca", "init", "--config"])
                 .arg(&conf)
@@ -524,6 +537,7 @@ pub fn start_with(rig: &Rig, path: &str, wrapper: &[String]) -> Result<Running> 
         records,
         first_answer_timeout,
         sidecar,
+        metrics,
     })
 }
 
@@ -535,6 +549,19 @@ const BUDGET_POLICY: &str = "policy:
       budget: {usd: 1000000000, period: day, shared: bench}
       rate_limit: {requests_per_minute: 1000000000, concurrent: 1000000}
 ";
+
+/// The soak's path (not measured by the scenarios): the budgeted path, plus a model it
+/// refuses and its metrics listener on.
+pub const SOAK_PATH: &str = "sluice-soak";
+
+/// What the soak adds to [`BUDGET_POLICY`]: one refused model ([`REFUSED_MODEL`], priced,
+/// so the budget does not refuse it first).
+const SOAK_POLICY: &str = "    - id: bench-refuse
+      models: {deny: [\"gpt-4o\"]}
+";
+
+/// The model the soak's refused requests ask for.
+pub const REFUSED_MODEL: &str = "gpt-4o";
 
 /// A `redis-server` for the fleet path on a free loopback port, beside the load generator
 /// (not on the proxy's CPU), without persistence.

@@ -16,8 +16,11 @@ pub struct Options {
     /// Only these scenarios (comma-separated): sat_1k, sat_100k, lat1_1k, lat1_100k,
     /// open_1k, open_100k, sse, newconn, `hold` (memory with many idle connections and
     /// open streams), `components` (ledger records/s, guardrail MB/s, connect-hook
-    /// cost) and `phases` (the governed path's instructions per request by phase and by
-    /// component, under callgrind; only when named).
+    /// cost), `phases` (the governed path's instructions per request by phase and by
+    /// component, under callgrind; only when named) and `soak` (the governed path at half
+    /// its saturation with plain, streamed, refused and cancelled requests: 10 minutes,
+    /// 60 s with --quick, 6 s in the smoke run where it always runs; only when named
+    /// otherwise).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub scenario: Vec<String>,
     /// Only these paths (comma-separated; `direct` is always measured, as the baseline).
@@ -66,6 +69,8 @@ pub struct Profile {
     pub comp_paced_seconds: usize,
     /// Connections held open for the memory figures (idle keep-alive, open streams).
     pub hold_conns: usize,
+    /// Seconds of the soak (`--scenario soak`).
+    pub soak_secs: f64,
 }
 
 impl Profile {
@@ -93,6 +98,7 @@ impl Profile {
             comp_connects: 5_000,
             comp_paced_seconds: 20,
             hold_conns: 1_000,
+            soak_secs: 600.0,
         };
         if opts.smoke {
             Profile {
@@ -118,6 +124,7 @@ impl Profile {
                 comp_connects: 200,
                 comp_paced_seconds: 1,
                 hold_conns: 10,
+                soak_secs: 6.0,
             }
         } else if opts.quick {
             Profile {
@@ -141,6 +148,7 @@ impl Profile {
                 comp_connects: 2_000,
                 comp_paced_seconds: 10,
                 hold_conns: 50,
+                soak_secs: 60.0,
                 ..full
             }
         } else {
