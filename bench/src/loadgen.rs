@@ -100,6 +100,11 @@ pub(crate) struct RunArgs {
     /// Longest wait for one complete answer, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub(crate) timeout: f64,
+    /// Open loop: when a connection falls behind its schedule, skip the slots it missed
+    /// (counted as `skipped`) and go on, instead of giving up on the rest of the run.
+    /// For long runs whose point is a steady load, not the latency under overload.
+    #[arg(long)]
+    pub(crate) skip_when_behind: bool,
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
@@ -219,6 +224,8 @@ struct Tally {
     late_sends: u64,
     /// Streams let go of on purpose (`--cancel-after-events`), warm-up included.
     cancelled: u64,
+    /// Open-loop slots skipped while behind the schedule (`--skip-when-behind`).
+    skipped: u64,
 }
 
 impl Tally {
@@ -236,6 +243,7 @@ impl Tally {
             error_samples: Vec::new(),
             late_sends: 0,
             cancelled: 0,
+            skipped: 0,
         }
     }
 
@@ -251,6 +259,7 @@ impl Tally {
         self.fidelity_failures += o.fidelity_failures;
         self.late_sends += o.late_sends;
         self.cancelled += o.cancelled;
+        self.skipped += o.skipped;
         for s in o.error_samples {
             if self.error_samples.len() < 5 && !self.error_samples.contains(&s) {
                 self.error_samples.push(s);
@@ -288,6 +297,8 @@ struct Plan {
     /// End of the measured window.
     until: Instant,
     reference: Option<Reference>,
+    /// `--skip-when-behind`.
+    skip_when_behind: bool,
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<Value> {
@@ -324,6 +335,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         measure_from,
         until,
         reference,
+        skip_when_behind: args.skip_when_behind,
     });
     let workers = args.connections.max(1);
     let mut tasks = tokio::task::JoinSet::new();
@@ -392,6 +404,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Value> {
         "responses_total": total.responses_total,
         "connections_total": total.connections_total,
         "cancelled": total.cancelled,
+        "skipped": total.skipped,
     }))
 }
 
@@ -502,7 +515,14 @@ async fn open_worker(plan: Arc<Plan>, first: Instant, period: Duration) -> Tally
     let mut scheduled = first;
     while scheduled < plan.until {
         let now = Instant::now();
-        if now.saturating_duration_since(scheduled) > MAX_LAG {
+        let lag = now.saturating_duration_since(scheduled);
+        if lag > MAX_LAG && plan.skip_when_behind {
+            let missed = (lag.as_secs_f64() / period.as_secs_f64()).floor() as u32;
+            tally.skipped += u64::from(missed);
+            scheduled += period * missed;
+            continue;
+        }
+        if lag > MAX_LAG {
             // Far behind the schedule: the rate exceeds what the path serves. What is left
             // counts as failed instead of stretching the run without bound.
             let left = plan

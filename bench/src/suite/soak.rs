@@ -193,6 +193,7 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
                 // Room for latency well above the usual: the soak is about a steady load.
                 let pool = (r * longest * 4.0).ceil() as usize + 8;
                 let mut args = vec![
+                    "--skip-when-behind".to_string(),
                     "--connections".to_string(),
                     pool.to_string(),
                     "--rate".to_string(),
@@ -208,8 +209,14 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
             })
             .collect();
         let mut next = started + Duration::from_secs_f64(interval);
+        // The last sample is taken just before the generators' end, under load.
+        let last = started + Duration::from_secs_f64((secs - 0.5).max(0.5));
+        let mut took_last = false;
         while handles.iter().any(|(_, _, h)| !h.is_finished()) {
-            if Instant::now() >= next {
+            if !took_last && Instant::now() >= last {
+                samples.push(read(started));
+                took_last = true;
+            } else if Instant::now() >= next && Instant::now() < last {
                 samples.push(read(started));
                 next += Duration::from_secs_f64(interval);
             }
@@ -225,7 +232,6 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
             })
             .collect()
     });
-    samples.push(read(started));
     // Drained: a moment after the load, what is still queued.
     std::thread::sleep(Duration::from_secs(2));
     let drained = read(started);
@@ -244,6 +250,8 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
                         "errors": o.member("errors").clone(),
                         "error_samples": o.member("error_samples").clone(),
                         "cancelled": o.member("cancelled").clone(),
+                        "skipped": o.member("skipped").clone(),
+                        "answered_per_s": o.member("responses_total").num().unwrap_or(0.0) / secs,
                         "responses_total": o.member("responses_total").clone(),
                         "latency_p99_us": o.at("latency_us/p99").clone(),
                     }),
@@ -370,9 +378,13 @@ pub(super) fn markdown(s: &Json) -> String {
         .into_iter()
         .map(|k| {
             format!(
-                "{k} {} ok / {} failed",
+                "{k} {} ok / {} failed, {:.0} of {:.0} req/s sent ({} slots skipped behind \
+                 schedule)",
                 s.at(&format!("load/{k}/ok")),
-                s.at(&format!("load/{k}/errors"))
+                s.at(&format!("load/{k}/errors")),
+                n(&format!("load/{k}/answered_per_s")),
+                n(&format!("load/{k}/rate")),
+                s.at(&format!("load/{k}/skipped")),
             )
         })
         .collect();
