@@ -189,7 +189,8 @@ def test_the_soak_reports_growth_and_records_every_answer(results):
     s = results["soak"]
     assert s["available"] is True, s.get("reason")
     for at in ("start", "end", "drained"):
-        for key in ("rss_kb", "anon_kb", "fds", "ledger_bytes", "record_queue", "index_lag"):
+        for key in ("rss_kb", "anon_kb", "fds", "ledger_bytes", "records", "record_queue",
+                    "index_lag"):
             assert is_number(s[at][key]), (at, key, s[at])
     assert s["end"]["ledger_bytes"] > s["start"]["ledger_bytes"] > 0, s
     load = s["load"]
@@ -201,5 +202,6 @@ def test_the_soak_reports_growth_and_records_every_answer(results):
     audit = s["audit"]
     assert audit["kind"] == "interaction" and audit["records"] == audit["expected"] > 0, audit
     assert s["checks"]["every_answer_recorded"] is True
-    assert set(s["checks"]) == {"rss", "fds", "queued", "ledger_pace", "every_answer_recorded"}
+    assert set(s["checks"]) == {"rss", "fds", "queued", "ledger_per_record", "throughput",
+                                "every_answer_recorded"}
     assert "### Soak" in results["markdown"]

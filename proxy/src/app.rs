@@ -191,7 +191,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         // Fail early with a clear message; Pingora would panic on a taken port.
         StdListener::bind(addr)
             .with_context(|| format!("binding listen address {addr} (is the port in use?)"))?;
-        data.add_tcp(&addr.to_string());
+        data.add_listener(listener_config(addr));
     }
     server.add_service(data);
 
@@ -359,6 +359,17 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         s.stop();
     }
     Ok(())
+}
+
+/// A data-plane listener. No L4 read buffer under TLS: Pingora's default is 64 KiB per
+/// connection, allocated at accept and kept (zero-filled, so resident) for the
+/// connection's whole life — 64 of the ~110 KB an idle keep-alive connection cost. rustls
+/// keeps its own 4 KiB receive buffer, so what is lost is a few more, smaller reads on
+/// large uploads (`cargo xtask bench` figures in bench/README.md). The write buffer stays
+/// at Pingora's default (one MSS).
+fn listener_config(addr: &std::net::SocketAddr) -> pingora::listeners::ListenerConfig {
+    use pingora::listeners::{L4BufferSettings, ListenerConfig};
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
 }
 
 /// Every address this process accepts connections on: never a destination.

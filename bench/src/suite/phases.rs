@@ -72,10 +72,12 @@ const PHASES: &[Phase] = &[
     },
     Phase {
         name: "budget_store",
-        what: "budget counters read and settled (SQLite, written through)",
+        what: "budget counters read and settled (memory), and their SQLite writes (batched, \
+               own thread)",
         entries: &[
             "<sluice::policy::budget::SqliteCounters as sluice::policy::budget::CounterStore>::add",
             "<sluice::policy::budget::SqliteCounters as sluice::policy::budget::CounterStore>::spent",
+            "sluice::policy::budget::SqliteInner::write_pending",
         ],
     },
     Phase {

@@ -20,8 +20,10 @@
 //! - resident memory at the end ≤ start × 1.10 + 4 MiB;
 //! - open descriptors at the end ≤ start + 16 (pool connections come and go);
 //! - queued records (queue + index lag + alert lag) at the end ≤ max(256, 2 × start);
-//! - the ledger grows at a steady pace: bytes/s over the second half within ±35 % of the
-//!   first half's (the load is constant, so a steady pace is a steady size per record);
+//! - the ledger's bytes per record over the second half within ±25 % of the first half's
+//!   (`sluice_ledger_records_total` against the directory's size);
+//! - records per second over the second half within ±15 % of the first half's (the offered
+//!   load is constant: a path that slows down as its ledger grows shows here);
 //! - every answer is recorded: interaction records == answers received (cancelled and
 //!   refused ones included), counted after the process stopped.
 
@@ -48,6 +50,8 @@ struct Sample {
     anon_kb: u64,
     fds: u64,
     ledger_bytes: u64,
+    /// Records the ledger has taken (`sluice_ledger_records_total`).
+    records: f64,
     record_queue: f64,
     index_lag: f64,
     alerts_lag: f64,
@@ -65,6 +69,7 @@ impl Sample {
             "anon_kb": self.anon_kb,
             "fds": self.fds,
             "ledger_bytes": self.ledger_bytes,
+            "records": self.records,
             "record_queue": self.record_queue,
             "index_lag": self.index_lag,
             "alerts_lag": self.alerts_lag,
@@ -178,6 +183,7 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         anon_kb: procfs::status_kb(pid, "RssAnon"),
         fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
         ledger_bytes: dir_bytes(&state.join("ledger")),
+        records: gauge(metrics, "sluice_ledger_records_total").unwrap_or(f64::NAN),
         record_queue: gauge(metrics, "sluice_record_queue_depth").unwrap_or(f64::NAN),
         index_lag: gauge(metrics, "sluice_ledger_index_lag").unwrap_or(f64::NAN),
         alerts_lag: gauge(metrics, "sluice_alerts_lag_records").unwrap_or(0.0),
@@ -279,20 +285,20 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         .copied()
         .min_by(|a, b| (a.at_s - half).abs().total_cmp(&(b.at_s - half).abs()))
         .unwrap_or(end);
-    let pace = |a: Sample, b: Sample| {
-        (b.ledger_bytes as f64 - a.ledger_bytes as f64) / (b.at_s - a.at_s).max(1e-9)
+    // The ledger's bytes per record and the records per second, each half.
+    let per_record = |a: Sample, b: Sample| {
+        (b.ledger_bytes as f64 - a.ledger_bytes as f64) / (b.records - a.records).max(1.0)
     };
-    let (first_pace, second_pace) = (pace(start, mid), pace(mid, end));
-    let pace_ratio = if first_pace > 0.0 {
-        second_pace / first_pace
-    } else {
-        f64::NAN
-    };
+    let rate_of = |a: Sample, b: Sample| (b.records - a.records) / (b.at_s - a.at_s).max(1e-9);
+    let (first_size, second_size) = (per_record(start, mid), per_record(mid, end));
+    let (first_rate, second_rate) = (rate_of(start, mid), rate_of(mid, end));
+    let ratio = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
     let checks = json!({
         "rss": end.rss_kb as f64 <= start.rss_kb as f64 * 1.10 + 4096.0,
         "fds": end.fds <= start.fds + 16,
         "queued": end.queued() <= (2.0 * start.queued()).max(256.0),
-        "ledger_pace": (0.65..=1.35).contains(&pace_ratio),
+        "ledger_per_record": (0.75..=1.25).contains(&ratio(first_size, second_size)),
+        "throughput": (0.85..=1.15).contains(&ratio(first_rate, second_rate)),
         "every_answer_recorded": audit.member("complete").clone(),
     });
     let flat = checks
@@ -309,10 +315,12 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         "end": end.json(),
         "drained": drained.json(),
         "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
-        "ledger_bytes_per_s": {"first_half": first_pace, "second_half": second_pace},
+        "ledger_bytes_per_record": {"first_half": first_size, "second_half": second_size},
+        "records_per_s": {"first_half": first_rate, "second_half": second_rate},
         "tolerance": "rss end <= start x 1.10 + 4 MiB; fds end <= start + 16; queued end \
-                      <= max(256, 2 x start); ledger bytes/s second half within 35% of the \
-                      first; interaction records == answers",
+                      <= max(256, 2 x start); ledger bytes per record, second half within \
+                      25% of the first; records/s, second half within 15% of the first; \
+                      interaction records == answers",
         "checks": checks,
         "flat": flat,
         "audit": audit,
@@ -326,7 +334,7 @@ pub(super) fn markdown(s: &Json) -> String {
         if s.at(&format!("checks/{name}")).as_bool() == Some(true) {
             "flat"
         } else {
-            "**grew**"
+            "**not flat**"
         }
     };
     let mut out = format!(
@@ -364,13 +372,24 @@ pub(super) fn markdown(s: &Json) -> String {
         ok("queued")
     ));
     out.push_str(&format!(
-        "| ledger size (MB) | {:.1} | {:.1} | {:.1} | {} (pace {:.0} → {:.0} KB/s) |\n",
+        "| ledger size (MB) | {:.1} | {:.1} | {:.1} | {} ({:.0} → {:.0} bytes per record, \
+         first half → second) |\n",
         n("start/ledger_bytes") / 1e6,
         n("end/ledger_bytes") / 1e6,
         n("drained/ledger_bytes") / 1e6,
-        ok("ledger_pace"),
-        n("ledger_bytes_per_s/first_half") / 1e3,
-        n("ledger_bytes_per_s/second_half") / 1e3,
+        ok("ledger_per_record"),
+        n("ledger_bytes_per_record/first_half"),
+        n("ledger_bytes_per_record/second_half"),
+    ));
+    out.push_str(&format!(
+        "| records written | {:.0} | {:.0} | {:.0} | {} ({:.0} → {:.0} records/s, first \
+         half → second) |\n",
+        n("start/records"),
+        n("end/records"),
+        n("drained/records"),
+        ok("throughput"),
+        n("records_per_s/first_half"),
+        n("records_per_s/second_half"),
     ));
     let kinds: Vec<String> = s
         .member("load")
