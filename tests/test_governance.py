@@ -4,9 +4,11 @@ provider sees anything, speaks the provider's error language, and is recorded.""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
+from servers import wait_until
 from sluice_stack import Stack
 
 POLICY = """
@@ -236,6 +238,31 @@ def test_budget_cuts_a_stream_mid_way_by_actual_cost_and_survives_restart(stack)
     stack.start_proxy()
     third = stack.python(BUDGETED_CALL)
     assert third["ok"] is False and third["status"] == 429
+
+
+def test_a_budget_store_locked_by_a_node_user_holds_up_no_request_and_loses_no_spend(stack):
+    """A node user holds `budgets.sqlite` locked (a backup, `sqlite3 … 'BEGIN EXCLUSIVE'`).
+    Spend used to be written on the request's thread: each settle waited out SQLite's busy
+    timeout and then lost the spend on disk. Now answers flow, the budget still counts (in
+    memory) and refuses, and the spend reaches the file once the lock goes."""
+    db = sqlite3.connect(stack.state / "budgets.sqlite", timeout=30, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        first = stack.python(BUDGETED_CALL)
+        assert first["ok"] is False and first.get("cut") == "APIError", first
+        second = stack.python(BUDGETED_CALL)
+        assert second["ok"] is False and second["status"] == 429, second
+        (cut, refused) = stack.wait_records(2, "interaction")
+        assert cut["reason_codes"] == ["budget_exceeded_mid_stream"], cut
+        assert refused["reason_codes"] == ["budget_exceeded"], refused
+    finally:
+        db.execute("COMMIT")
+    spent = wait_until(
+        lambda: db.execute("SELECT sum(usd) FROM spend").fetchone()[0],
+        what="the spend written once the lock went")
+    # The whole budget ($0.001) was spent, so a restart still refuses.
+    rows = db.execute("SELECT key, usd FROM spend").fetchall()
+    assert [k for k, _ in rows] == ["carol-budget|user:carol"] and spent >= 0.001, rows
 
 
 SECRET_ANSWER = ("Here is the config: aws_access_key_id = AKIAZ3MQ4XJ2B7RTKPLW and "

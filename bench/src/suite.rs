@@ -448,31 +448,8 @@ fn measure(
     let mut running = peers::start(rig, path)?;
     let pid = running.pid();
     let rss_idle = pid.map(|pid| procfs::status_kb(pid, "VmRSS"));
-    let mut responses_total = 0.0;
-    let mut connections_total = 0.0;
-    let mut tally = |r: &Json| {
-        responses_total += r.member("responses_total").num().unwrap_or(0.0);
-        connections_total += r.member("connections_total").num().unwrap_or(0.0);
-    };
-
-    // Warm-up and preflight: the path must answer correctly before it is measured.
-    let first = lg.run_for(
-        running.addr,
-        &running.client_ca,
-        &loadgen_args(p, "lat1_1k"),
-        p.path_warmup,
-        0.0,
-        running.first_answer_timeout,
-    );
-    let first = first.map_err(|e| e.context(format!("log: {}", peers::tail(&running.log, 3))))?;
-    tally(&first);
-    if first.member("ok").num().unwrap_or(0.0) == 0.0 {
-        bail!(
-            "no correct answer during the warm-up: {}; log: {}",
-            samples(&first),
-            peers::tail(&running.log, 3)
-        );
-    }
+    let mut seen = Seen::default();
+    seen.add(&warm_up(lg, &running, p)?);
     // Streams warm up too (a proxy may load a tokenizer on its first stream).
     if scenarios.iter().any(|s| s.kind == Kind::Sse) {
         let sse = lg.run_for(
@@ -483,7 +460,7 @@ fn measure(
             0.0,
             running.first_answer_timeout,
         )?;
-        tally(&sse);
+        seen.add(&sse);
     }
 
     let mut runs: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
@@ -499,7 +476,7 @@ fn measure(
                     cpu_per_10k.push((procfs::cpu_seconds(pid) - before) / n * 10_000.0);
                 }
             }
-            tally(&r);
+            seen.add(&r);
             runs.entry(s.name).or_default().push(r);
         }
     }
@@ -511,7 +488,7 @@ fn measure(
             let key = if stream { "streams" } else { "idle" };
             match lg.hold(&running, p, stream, || procfs::status_kb(pid, "VmRSS")) {
                 Ok((report, during)) => {
-                    tally(&report);
+                    seen.add(&report);
                     let mut h = Json::obj();
                     h.set("rss_before_kb", before)
                         .set("rss_held_kb", during)
@@ -543,16 +520,51 @@ fn measure(
     out.set("rss_idle_kb", rss_idle)
         .set("rss_peak_kb", rss_peak)
         .set("hold", held);
-    out.set(
-        "audit",
-        audit(&rig.sluice, &running, responses_total, connections_total),
-    );
+    out.set("audit", audit(&rig.sluice, &running, &seen));
     let mut raw = Json::obj();
     for (k, v) in runs {
         raw.set(k, Json::Array(v));
     }
     out.set("runs", raw);
     Ok(out)
+}
+
+/// Answers and connections the load generator saw, summed over its runs (warm-ups
+/// included): what a recording path must have recorded.
+#[derive(Default)]
+struct Seen {
+    responses: f64,
+    connections: f64,
+}
+
+impl Seen {
+    fn add(&mut self, run: &Json) {
+        self.responses += run.member("responses_total").num().unwrap_or(0.0);
+        self.connections += run.member("connections_total").num().unwrap_or(0.0);
+    }
+}
+
+/// Warm-up and preflight: 1 KB prompts on one connection for the profile's warm-up; the
+/// path must answer correctly before it is measured.
+fn warm_up(lg: &Loadgen, running: &Running, p: &Profile) -> Result<Json> {
+    let first = lg
+        .run_for(
+            running.addr,
+            &running.client_ca,
+            &loadgen_args(p, "lat1_1k"),
+            p.path_warmup,
+            0.0,
+            running.first_answer_timeout,
+        )
+        .map_err(|e| e.context(format!("log: {}", peers::tail(&running.log, 3))))?;
+    if first.member("ok").num().unwrap_or(0.0) == 0.0 {
+        bail!(
+            "no correct answer during the warm-up: {}; log: {}",
+            samples(&first),
+            peers::tail(&running.log, 3)
+        );
+    }
+    Ok(first)
 }
 
 fn samples(r: &Json) -> String {
@@ -570,7 +582,8 @@ fn samples(r: &Json) -> String {
 /// from the first source that has them: `sluice events tail --json`, the JSONL file
 /// `<state>/records.jsonl`, or the ledger index `<state>/ledger/ledger.sqlite` (through
 /// Python's sqlite3, so xtask stays free of a SQLite dependency).
-fn audit(sluice: &Path, running: &Running, responses: f64, connections: f64) -> Json {
+fn audit(sluice: &Path, running: &Running, seen: &Seen) -> Json {
+    let (responses, connections) = (seen.responses, seen.connections);
     let Some(records) = &running.records else {
         return Json::Null;
     };

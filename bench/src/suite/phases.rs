@@ -140,7 +140,14 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let (warm, seconds) = if p.release { (5.0, 40.0) } else { (3.0, 8.0) };
     lg.run_for(running.addr, &running.client_ca, &args, warm, 0.0, 300.0)?;
     // (`audit` reads at most twice its expected count: a generous one, to read them all.)
-    let before = super::audit(&rig.sluice, &running, 1e6, 0.0)["records"]
+    let before = super::audit(
+        &rig.sluice,
+        &running,
+        &super::Seen {
+            responses: 1e6,
+            connections: 0.0,
+        },
+    )["records"]
         .as_f64()
         .unwrap_or(0.0);
     let pid = running.pid().context("the profiled path has a process")?;
@@ -158,7 +165,14 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let load = lg.run_for(running.addr, &running.client_ca, &args, seconds, 0.0, 300.0);
     running.stop();
     let load = load?;
-    let after = super::audit(&rig.sluice, &running, 1e6, 0.0)["records"]
+    let after = super::audit(
+        &rig.sluice,
+        &running,
+        &super::Seen {
+            responses: 1e6,
+            connections: 0.0,
+        },
+    )["records"]
         .as_f64()
         .unwrap_or(0.0);
     // Per request: the answers the load generator received while instrumentation was on

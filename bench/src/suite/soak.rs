@@ -138,23 +138,9 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         Some(peers::Records::Interactions { state, .. }) => state.clone(),
         _ => bail!("the soak's path records no interactions"),
     };
-    let mut responses = 0.0;
-    let mut connections = 0.0;
-    let mut tally = |r: &Json| {
-        responses += r.member("responses_total").num().unwrap_or(0.0);
-        connections += r.member("connections_total").num().unwrap_or(0.0);
-    };
-
+    let mut seen = super::Seen::default();
     // Warm, then the saturation the soak's rate is half of.
-    let warm = lg.run_for(
-        running.addr,
-        &running.client_ca,
-        &loadgen_args(p, "lat1_1k"),
-        p.path_warmup,
-        0.0,
-        running.first_answer_timeout,
-    )?;
-    tally(&warm);
+    seen.add(&super::warm_up(lg, &running, p)?);
     let sat = lg.run_for(
         running.addr,
         &running.client_ca,
@@ -163,7 +149,7 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         p.warmup,
         30.0,
     )?;
-    tally(&sat);
+    seen.add(&sat);
     let saturation = sat.member("rps").num().unwrap_or(0.0);
     if saturation <= 0.0 {
         bail!("no saturation figure: {}", sat);
@@ -247,7 +233,7 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     for (name, r, out) in outcomes {
         match out {
             Ok(o) => {
-                tally(&o);
+                seen.add(&o);
                 load.set(
                     name,
                     json!({
@@ -267,7 +253,7 @@ pub(super) fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
         }
     }
     running.stop();
-    let audit = super::audit(&rig.sluice, &running, responses, connections);
+    let audit = super::audit(&rig.sluice, &running, &seen);
     if !failed.is_empty() {
         bail!("the soak's load failed: {}", failed.join("; "));
     }

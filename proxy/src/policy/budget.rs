@@ -303,12 +303,13 @@ pub struct StoreError {
 }
 
 /// SQLite-backed counters with an in-memory read cache. Spend is written behind the
-/// request, not on it: [`CounterStore::add`] updates the cache and queues the addition;
-/// a writer thread of the store commits what queued up, one transaction per batch (every
-/// few tens of milliseconds under load). A SQLite commit — and the WAL checkpoint one
-/// commit in a thousand pays — never runs on a request's thread. What a crash can lose
-/// is the spend of that last batch; a clean stop writes everything
-/// ([`CounterStore::save_windows`] flushes, and so does dropping the store).
+/// request, not on it: [`CounterStore::add`] updates the cache and the unwritten sum of
+/// its counter under one lock; a writer thread of the store commits the unwritten sums,
+/// one transaction per batch (every few tens of milliseconds under load). A SQLite
+/// commit — and the WAL checkpoint one commit in a thousand pays — never runs on a
+/// request's thread. What a crash can lose is the spend of that last batch; a clean stop
+/// writes everything ([`CounterStore::save_windows`] flushes, and so does dropping the
+/// store).
 pub struct SqliteCounters {
     inner: Arc<SqliteInner>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -316,15 +317,18 @@ pub struct SqliteCounters {
 
 struct SqliteInner {
     db: Mutex<rusqlite::Connection>,
-    cache: Mutex<HashMap<(String, i64), f64>>,
-    pending: Mutex<Pending>,
+    counts: Mutex<Counts>,
     wake: Condvar,
 }
 
-/// Spend settled and not yet written (key, period, USD), and whether the store is closing.
+/// What the store counts in memory.
 #[derive(Default)]
-struct Pending {
-    additions: Vec<(String, i64, f64)>,
+struct Counts {
+    /// Every counter's spend (what reads see).
+    spent: HashMap<(String, i64), f64>,
+    /// Spend added since the last successful write, summed per counter: bounded by the
+    /// counters, not the requests, however long the database stays unwritable.
+    unwritten: HashMap<(String, i64), f64>,
     closing: bool,
 }
 
@@ -336,13 +340,12 @@ const SPEND_BATCH: std::time::Duration = std::time::Duration::from_millis(20);
 const SPEND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SqliteInner {
-    /// Writes every queued addition in one transaction. (Kept a function of its own in
-    /// release builds: the bench's per-phase breakdown names it.)
+    /// Writes the unwritten sums in one transaction. `false` when that failed: they are
+    /// added back to what came meanwhile. (Kept a function of its own in release builds:
+    /// the bench's per-phase breakdown names it.)
     #[inline(never)]
-    /// `false` when the write failed: the batch, summed per counter, is queued again
-    /// ahead of newer additions (memory stays bounded by the counters, not the requests).
     fn write_pending(&self) -> bool {
-        let batch = std::mem::take(&mut self.pending.lock().additions);
+        let batch = std::mem::take(&mut self.counts.lock().unwritten);
         if batch.is_empty() {
             return true;
         }
@@ -354,7 +357,7 @@ impl SqliteInner {
                     "INSERT INTO spend (key, period, usd) VALUES (?1, ?2, ?3)
                      ON CONFLICT(key, period) DO UPDATE SET usd = usd + excluded.usd",
                 )?;
-                for (key, period, usd) in &batch {
+                for ((key, period), usd) in &batch {
                     up.execute(rusqlite::params![key, period, usd])?;
                 }
             }
@@ -364,18 +367,14 @@ impl SqliteInner {
             return true;
         };
         tracing::error!(
-            additions = batch.len(),
+            counters = batch.len(),
             error = %e,
             "cannot persist budget spend yet; it counts in memory and is retried"
         );
-        let mut sums: HashMap<(String, i64), f64> = HashMap::new();
-        for (key, period, usd) in batch {
-            *sums.entry((key, period)).or_default() += usd;
+        let mut counts = self.counts.lock();
+        for (counter, usd) in batch {
+            *counts.unwritten.entry(counter).or_default() += usd;
         }
-        let mut g = self.pending.lock();
-        let newer = std::mem::take(&mut g.additions);
-        g.additions = sums.into_iter().map(|((k, p), usd)| (k, p, usd)).collect();
-        g.additions.extend(newer);
         false
     }
 
@@ -384,17 +383,17 @@ impl SqliteInner {
     fn run_writer(&self) {
         loop {
             {
-                let mut g = self.pending.lock();
-                while g.additions.is_empty() && !g.closing {
-                    self.wake.wait(&mut g);
+                let mut counts = self.counts.lock();
+                while counts.unwritten.is_empty() && !counts.closing {
+                    self.wake.wait(&mut counts);
                 }
-                if g.additions.is_empty() && g.closing {
+                if counts.unwritten.is_empty() && counts.closing {
                     return;
                 }
             }
             std::thread::sleep(SPEND_BATCH);
             if !self.write_pending() {
-                if self.pending.lock().closing {
+                if self.counts.lock().closing {
                     return; // logged; the last try is the closing one's
                 }
                 std::thread::sleep(SPEND_RETRY);
@@ -430,7 +429,7 @@ impl SqliteCounters {
                tok_now INTEGER NOT NULL, tok_before INTEGER NOT NULL);",
         )
         .map_err(err)?;
-        let mut cache = HashMap::new();
+        let mut spent = HashMap::new();
         {
             let mut stmt = db
                 .prepare("SELECT key, period, usd FROM spend")
@@ -440,13 +439,15 @@ impl SqliteCounters {
                 .map_err(err)?;
             for row in rows {
                 let (k, v) = row.map_err(err)?;
-                cache.insert(k, v);
+                spent.insert(k, v);
             }
         }
         let inner = Arc::new(SqliteInner {
             db: Mutex::new(db),
-            cache: Mutex::new(cache),
-            pending: Mutex::new(Pending::default()),
+            counts: Mutex::new(Counts {
+                spent,
+                ..Counts::default()
+            }),
             wake: Condvar::new(),
         });
         let writer = {
@@ -468,7 +469,7 @@ impl SqliteCounters {
 
 impl Drop for SqliteCounters {
     fn drop(&mut self) {
-        self.inner.pending.lock().closing = true;
+        self.inner.counts.lock().closing = true;
         self.inner.wake.notify_all();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -480,8 +481,9 @@ impl Drop for SqliteCounters {
 impl CounterStore for SqliteCounters {
     fn spent(&self, key: &str, period: i64) -> f64 {
         self.inner
-            .cache
+            .counts
             .lock()
+            .spent
             .get(&(key.to_string(), period))
             .copied()
             .unwrap_or(0.0)
@@ -491,14 +493,12 @@ impl CounterStore for SqliteCounters {
         if usd <= 0.0 {
             return;
         }
-        let key = key.to_string();
-        *self
-            .inner
-            .cache
-            .lock()
-            .entry((key.clone(), period))
-            .or_insert(0.0) += usd;
-        self.inner.pending.lock().additions.push((key, period, usd));
+        let counter = (key.to_string(), period);
+        {
+            let mut counts = self.inner.counts.lock();
+            *counts.spent.entry(counter.clone()).or_default() += usd;
+            *counts.unwritten.entry(counter).or_default() += usd;
+        }
         self.inner.wake.notify_one();
     }
 
