@@ -139,17 +139,18 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let args = loadgen_args(p, "lat1_1k");
     let (warm, seconds) = if p.release { (5.0, 40.0) } else { (3.0, 8.0) };
     lg.run_for(running.addr, &running.client_ca, &args, warm, 0.0, 300.0)?;
-    // (`audit` reads at most twice its expected count: a generous one, to read them all.)
-    let before = super::audit(
-        &rig.sluice,
-        &running,
-        &super::Seen {
+    // Interaction records written so far. (`audit` reads at most twice its expected count:
+    // a generous one, to read them all.)
+    let recorded = |running: &peers::Running| {
+        let all = super::Seen {
             responses: 1e6,
             connections: 0.0,
-        },
-    )["records"]
-        .as_f64()
-        .unwrap_or(0.0);
+        };
+        super::audit(&rig.sluice, running, &all)["records"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let before = recorded(&running);
     let pid = running.pid().context("the profiled path has a process")?;
     let on = Command::new("callgrind_control")
         .args(["-i", "on", &pid.to_string()])
@@ -165,16 +166,7 @@ pub fn run(rig: &Rig, lg: &Loadgen, p: &Profile) -> Result<Json> {
     let load = lg.run_for(running.addr, &running.client_ca, &args, seconds, 0.0, 300.0);
     running.stop();
     let load = load?;
-    let after = super::audit(
-        &rig.sluice,
-        &running,
-        &super::Seen {
-            responses: 1e6,
-            connections: 0.0,
-        },
-    )["records"]
-        .as_f64()
-        .unwrap_or(0.0);
+    let after = recorded(&running);
     // Per request: the answers the load generator received while instrumentation was on
     // (the records written meanwhile are the check: one per answer).
     let requests = load["responses_total"].as_f64().unwrap_or(0.0);
