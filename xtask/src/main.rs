@@ -344,16 +344,54 @@ fn fuzz(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Prints a header for the stage, runs it, and names the stage in its error.
+/// Prints a header for the stage (with the disk left where the build goes, so a log that
+/// ends in "No space left on device" says how much there was), runs it, and names the
+/// stage in its error.
 fn stage(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
-    println!("==> {name}");
-    body().with_context(|| format!("stage `{name}` failed"))
+    let root = repo_root();
+    match disk_free(&root) {
+        Some(bytes) => println!("==> {name} ({:.1} GB free on the build's disk)", gb(bytes)),
+        None => println!("==> {name}"),
+    }
+    body().with_context(|| match disk_free(&root) {
+        Some(bytes) if bytes < LOW_DISK => format!(
+            "stage `{name}` failed with {:.2} GB left on the build's disk: free some (the \
+             tests' build, images and fuzzing take about 12 GB under target/ and fuzz/target/)",
+            gb(bytes)
+        ),
+        _ => format!("stage `{name}` failed"),
+    })
 }
 
-/// `cargo` (the one running us, when known) in the workspace root.
+/// Under this much free disk a failed stage is reported as likely out of space.
+const LOW_DISK: u64 = 1 << 30;
+
+fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}
+
+/// Bytes available to us on the filesystem holding `path` (`df`; None when it cannot tell).
+fn disk_free(path: &Path) -> Option<u64> {
+    let out = Command::new("df")
+        .args(["-Pk"])
+        .arg(path)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `cargo` (the one running us, when known) in the workspace root. Under CI (`CI` set) no
+/// incremental build: a clean build never reuses it, and it doubles what the workspace's
+/// own crates keep on disk.
 fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root);
+    if std::env::var_os("CI").is_some() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd
 }
 
