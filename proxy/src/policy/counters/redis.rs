@@ -1076,8 +1076,7 @@ mod tests {
 
     #[test]
     fn through_sentinel_the_counters_follow_a_failover() {
-        // No diskless-sync delay: Redis's default waits 5 s before the first full sync, a
-        // race with the WAIT below on a slow machine.
+        // No diskless-sync delay: Redis's default waits 5 s before the first full sync.
         let master = Server::start_with(&["--repl-diskless-sync-delay", "0"]);
         let replica = Server::start_with(&["--replicaof", "127.0.0.1", &master.1.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1110,7 +1109,7 @@ mod tests {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds m 500\nsentinel failover-timeout m 2000\n",
+                 sentinel down-after-milliseconds m 60000\nsentinel failover-timeout m 2000\n",
                 master.1
             ),
         )
@@ -1124,10 +1123,24 @@ mod tests {
                 .expect("redis-server --sentinel"),
             port,
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the sentinel did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        // The sentinel fails over when told to (below), not on its own: on a loaded machine
+        // a short down-after-milliseconds could promote the replica while the master still
+        // takes the writes under test.
+        let sentinel_cli = |args: &[&str]| {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinel_cli(&["SENTINEL", "replicas", "m"]).contains(&replica.1.to_string()) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never saw the replica"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
         let config = RedisConfig {
             url: None,
@@ -1136,7 +1149,11 @@ mod tests {
                 nodes: vec![format!("redis://127.0.0.1:{port}")],
                 master: "m".into(),
             }),
-            timeout_ms: 300,
+            // Generous: on a loaded two-core machine (the whole suite in parallel) a 300 ms
+            // call timeout once made the settle below fall back to its local queue, so the
+            // replica never had the spend when the master died. The dead master refuses
+            // connections, so this does not slow the failover down.
+            timeout_ms: 3_000,
             lease_ttl_ms: 30_000,
             prefix: "s".into(),
         };
@@ -1147,16 +1164,57 @@ mod tests {
         else {
             panic!("fits")
         };
-        store.settle("team", Period::Total, Some(hold.period), hold.lease, 0.3);
-        // The replica acknowledges the writes (WAIT), then the master dies: the sentinel
-        // promotes the replica, and the store, after one failed call, finds it.
-        let acked = std::process::Command::new("redis-cli")
-            .args(["-p", &master.1.to_string(), "WAIT", "1", "10000"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
-        assert_eq!(acked, "1", "the replica acknowledged the counters");
-        drop(master);
+        let spent = store.settle("team", Period::Total, Some(hold.period), hold.lease, 0.3);
+        assert!(
+            store.is_up() && (spent - 0.3).abs() < 1e-9,
+            "the settle reached the master (up: {}, spent: {spent})",
+            store.is_up()
+        );
+        // The replica has the writes (its replication offset reaches the master's; `WAIT`
+        // from another client would not do: it waits for that client's own writes, none,
+        // and once answered at once while the replica was still at offset 0), then the
+        // master stops answering and the sentinel is told to fail over: it promotes the
+        // replica, and the store, after failed calls, finds it. Stopped rather than killed,
+        // so its port stays taken: a Redis that a test running in parallel started on a
+        // freed port would be a stranger the replica could resync from before promotion.
+        let offset = |port: u16, field: &str| -> i64 {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "INFO", "replication"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            info.lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix(field)?
+                        .strip_prefix(':')?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(-1)
+        };
+        let written = offset(master.1, "master_repl_offset");
+        assert!(written > 0, "the master has the writes in its stream");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while offset(replica.1, "slave_repl_offset") < written {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never caught up with offset {written}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let master_pid = nix::unistd::Pid::from_raw(master.0.id() as i32);
+        nix::sys::signal::kill(master_pid, nix::sys::signal::Signal::SIGSTOP)
+            .expect("stop the master");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = sentinel_cli(&["SENTINEL", "FAILOVER", "m"]);
+            if answer == "OK" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failover: {answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if !store.is_up() && store.ping() {
