@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,97 @@ def test_client_hanging_up_mid_stream_is_recorded_as_cancelled(stack):
     assert rec["usage"]["output_tokens"] > 0 and rec["usage"]["estimated"] is True
     # Healthy afterwards.
     assert stack.python(OPENAI_PLAIN)["text"] == "Mock reply to: Hello from the client netns"
+
+
+# One TLS connection, HTTP/1.1, driven by hand: request, idle, then a request whose head
+# arrives a byte first and the rest in pieces, then an ordinary one. `SPLIT` marks where the
+# client pauses. Printed: each answer's text and how the connection ended.
+KEPT_ALIVE = """
+import http.client, json, socket, ssl, time
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443)), server_hostname="api.openai.com")
+assert s.selected_alpn_protocol() in (None, "http/1.1")
+def ask(text, cuts=(), pause=0.0):
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}).encode()
+    data = (b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+            b"Authorization: Bearer sk-kept-alive\\r\\nContent-Type: application/json\\r\\n"
+            b"Content-Length: %d\\r\\n\\r\\n" % len(body)) + body
+    start = 0
+    for cut in (*cuts, len(data)):
+        s.sendall(data[start:cut])
+        start = cut
+        time.sleep(pause)
+    r = http.client.HTTPResponse(s, method="POST")
+    r.begin()
+    answer = json.loads(r.read())
+    assert r.getheader("connection", "").lower() != "close", r.getheaders()
+    return answer["choices"][0]["message"]["content"]
+texts = [ask("first on the connection")]
+time.sleep(2)
+texts.append(ask("second, trickled after an idle pause", cuts=(1, 2, 40, 120), pause=0.3))
+texts.append(ask("third, straight after"))
+print(json.dumps({"texts": texts}))
+"""
+
+
+def test_a_kept_alive_connection_serves_requests_after_idling_and_trickled_heads(stack):
+    """Between two HTTP/1.1 requests Sluice waits for the next one itself (the first byte,
+    then Pingora parses the rest): an idle pause, a head that arrives a byte at a time and a
+    request straight after all reach the provider on one connection, each recorded."""
+    out = stack.python(KEPT_ALIVE)
+    assert out["texts"] == [
+        "Mock reply to: first on the connection",
+        "Mock reply to: second, trickled after an idle pause",
+        "Mock reply to: third, straight after",
+    ]
+    recs = stack.wait_records(3, "interaction")
+    assert [r["request"]["messages"][0]["content"] for r in recs] == [
+        "first on the connection", "second, trickled after an idle pause", "third, straight after"]
+    assert all(r["outcome"] == "success" and r["status"] == 200 for r in recs)
+    # One client connection, so one handshake for the three.
+    assert stack.metric('sluice_tls_handshakes_total{result="ok"}') == 1
+
+
+IDLE_AT_SHUTDOWN = """
+import http.client, json, socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443)), server_hostname="api.openai.com")
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "then idle"}]}).encode()
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+          b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+r = http.client.HTTPResponse(s, method="POST")
+r.begin()
+r.read()
+print("answered", flush=True)
+s.settimeout(25)
+try:
+    ended = "eof" if s.recv(1) == b"" else "data"
+except socket.timeout:
+    ended = "still open"
+except (ConnectionError, ssl.SSLError) as e:
+    ended = "eof"
+print(ended, flush=True)
+"""
+
+
+def test_an_idle_kept_alive_connection_is_closed_when_sluice_stops(stack):
+    """A client idling on a kept-alive connection does not hold up a graceful stop: the
+    connection is closed when the stop begins (not after the 30 s shutdown timeout), Sluice
+    exits cleanly, and the answer it gave is on the record."""
+    client = stack.topo.client.popen([sys.executable, "-c", IDLE_AT_SHUTDOWN], env=stack.client_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "answered", client.stderr.read()
+        assert stack.proxy.stop(timeout=40) == 0, "a clean exit on SIGTERM"
+        out, err = client.communicate(timeout=40)
+    finally:
+        client.kill()
+    assert out.strip() == "eof", (out, err)
+    stack.start_proxy()
+    (rec,) = stack.wait_records(1, "interaction")
+    assert rec["outcome"] == "success" and rec["response"]["output"] == "Mock reply to: then idle"
 
 
 CUSTOM_MODEL = """

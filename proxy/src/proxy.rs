@@ -14,6 +14,7 @@
 mod exchange;
 mod guard;
 mod http;
+mod keepalive;
 mod relay;
 pub mod transparent;
 
@@ -261,7 +262,10 @@ impl ServerApp for InterceptApp {
             return None;
         };
         let _ = l4.set_nodelay();
-        let first = match sniff(&mut l4).await {
+        // The sniff, the handshake and the relay are boxed: this future lives as long as
+        // the connection (idle keep-alive included), and unboxed it would be as large as
+        // the largest of them (the sniff's 4 KiB read buffer, rustls's handshake state).
+        let first = match Box::pin(sniff(&mut l4)).await {
             Ok(first) => first,
             Err(e) => {
                 tracing::debug!(peer = %accepted.peer, error = %e, "connection closed before it said anything");
@@ -349,7 +353,13 @@ impl ServerApp for InterceptApp {
                 dst,
                 bytes: Arc::new(relay::Bytes::default()),
             };
-            let err = relay::passthrough(*l4, dst, shared.mark, pending.bytes.clone()).await;
+            let err = Box::pin(relay::passthrough(
+                *l4,
+                dst,
+                shared.mark,
+                pending.bytes.clone(),
+            ))
+            .await;
             let bytes = pending.bytes.get();
             let outcome = if err.is_some() && bytes == (0, 0) {
                 Outcome::Failed
@@ -371,7 +381,7 @@ impl ServerApp for InterceptApp {
         });
         let _guard = shared.conns.insert(info.clone());
         let stream: Stream = if is_tls {
-            match self.acceptor.tls_handshake(*l4).await {
+            match Box::pin(self.acceptor.tls_handshake(*l4)).await {
                 Ok(tls) => {
                     metrics::TLS_HANDSHAKES.with_label_values(&["ok"]).inc();
                     Box::new(tls)
@@ -386,7 +396,7 @@ impl ServerApp for InterceptApp {
         } else {
             l4
         };
-        let reused = self.http.process_new(stream, shutdown).await;
+        let reused = keepalive::serve(&self.http, stream, shutdown).await;
         if info.requests.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             // Nothing reached the interceptor: the HTTP layer refused the request head
             // (oversized or malformed headers, obfuscated Transfer-Encoding, conflicting
