@@ -355,8 +355,9 @@ fn stage(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
     }
     body().with_context(|| match disk_free(&root) {
         Some(bytes) if bytes < LOW_DISK => format!(
-            "stage `{name}` failed with {:.2} GB left on the build's disk: free some (the \
-             tests' build, images and fuzzing take about 12 GB under target/ and fuzz/target/)",
+            "stage `{name}` failed with {:.2} GB left on the build's disk: free some (a whole \
+             `cargo xtask test` from a clean clone takes about 7 GB: target/, fuzz/target/, \
+             .venv/)",
             gb(bytes)
         ),
         _ => format!("stage `{name}` failed"),
