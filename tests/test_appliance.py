@@ -270,12 +270,20 @@ def test_routed_clients_are_governed_and_recorded_with_their_network(appliance):
     # call went straight past Sluice; the capture is compared with what Sluice installed.
     vpc.appliance.run(["nft", "flush", "set", "inet", "sluice", "providers4"])
     vpc.appliance.run(["ip", "route", "flush", "table", "21325"])
+    # Both are waited for: the two wipes are two commands, and a repair that runs between
+    # them (every 2 s) refills the set while the route is still there; the route it then
+    # misses comes back with the next one.
+    def repaired():
+        refilled = vpc.PROVIDER in vpc.appliance.run(
+            ["nft", "list", "set", "inet", "sluice", "providers4"]).stdout
+        routed = "local default" in vpc.appliance.run(
+            ["ip", "route", "show", "table", "21325"]).stdout
+        return refilled, routed
+
     deadline = time.monotonic() + 10
-    while vpc.PROVIDER not in vpc.appliance.run(["nft", "list", "set", "inet", "sluice",
-                                                 "providers4"]).stdout:
-        assert time.monotonic() < deadline, "an emptied provider set was never refilled"
+    while repaired() != (True, True):
+        assert time.monotonic() < deadline, f"(set refilled, route back) = {repaired()}"
         time.sleep(0.2)
-    assert "local default" in vpc.appliance.run(["ip", "route", "show", "table", "21325"]).stdout
     r = appliance.curl_chat("after the set was emptied")
     assert r.returncode == 0 and "Mock reply to: after the set was emptied" in r.stdout, r.stderr
     assert len(appliance.wait_records(6)) == 6
