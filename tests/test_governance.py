@@ -30,6 +30,11 @@ policy:
       project: budgeted
       provider_keys:
         openai: {value: sk-real-openai-held-by-sluice}
+    - key: sk-sluice-dave-0004
+      user: dave
+      project: single
+      provider_keys:
+        openai: {value: sk-real-openai-held-by-sluice}
   policies:
     - id: carol-budget
       scope: {projects: [budgeted]}
@@ -37,6 +42,9 @@ policy:
     - id: small-quota
       scope: {projects: [limited]}
       rate_limit: {requests_per_minute: 2}
+    - id: one-at-a-time
+      scope: {projects: [single]}
+      rate_limit: {concurrent: 1}
     - id: model-allowlist
       version: 2
       models: {deny: ["gpt-4o", "o3*"]}
@@ -153,6 +161,44 @@ except anthropic.PermissionDeniedError as e:
     assert rec["provider"] == "anthropic" and rec["decision"] == "block"
     assert rec["reason_codes"] == ["prompt_injection"]
     assert not [r for r in stack.mock_requests() if r["path"] == "/v1/messages"]
+
+
+ABANDONED_BODIES = """
+import json, socket, ssl, time
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["http/1.1"])
+for i in range(3):
+    s = ctx.wrap_socket(socket.create_connection(("api.openai.com", 443)), server_hostname="api.openai.com")
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n"
+              b"Authorization: Bearer sk-sluice-dave-0004\\r\\nContent-Type: application/json\\r\\n"
+              b"Content-Length: 5000\\r\\n\\r\\n" + b'{"model": "gpt-4o-mini", "messages": [')
+    time.sleep(0.5)  # admitted (the slot taken), the body never finished
+    s.close()
+print(json.dumps({"abandoned": 3}))
+"""
+
+ONE_CALL = """
+import json, openai
+c = openai.OpenAI(api_key="sk-sluice-dave-0004", max_retries=0)
+try:
+    r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "my turn"}])
+    print(json.dumps({"status": 200, "text": r.choices[0].message.content}))
+except openai.APIStatusError as e:
+    print(json.dumps({"status": e.status_code, "message": e.message}))
+"""
+
+
+def test_a_client_that_leaves_mid_body_gives_back_its_concurrency_slot(stack):
+    """The slot of a concurrency limit is taken before the body is read; a client that
+    sends the head and part of the body, then goes, must not keep it (a hostile workload
+    could otherwise lock its whole team out with three half-sent requests)."""
+    assert stack.python(ABANDONED_BODIES) == {"abandoned": 3}
+    # Released as soon as Sluice sees the connection end; never, if it leaked.
+    out = wait_until(lambda: (lambda o: o if o["status"] == 200 else None)(stack.python(ONE_CALL)),
+                     timeout=15, what="dave's next request to be admitted")
+    assert out["text"] == "Mock reply to: my turn"
+    assert [r["path"] for r in stack.mock_requests()].count("/v1/chat/completions") == 1, \
+        "no half-sent body reached the provider"
 
 
 def test_rate_limit_answers_429_with_retry_after(stack):

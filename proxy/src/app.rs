@@ -332,7 +332,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
     if let Some(a) = appliance {
         a.shutdown();
     }
-    // The rate-limit windows as of now (the background saver may not get its last turn).
+    // The fleet's last settlements reach Redis; the rate-limit windows as of now (the
+    // background saver may not get its last turn).
+    shared.policy.load().drain_counters(Duration::from_secs(5));
     shared.policy.load().save_counters();
     flush(&recorder);
     // Spans of the last requests, and the metrics, reach the collector before the exit.

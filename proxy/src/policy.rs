@@ -423,6 +423,16 @@ impl Engine {
     pub fn save_counters(&self) {
         self.counters.save_windows();
     }
+
+    /// At shutdown: waits (up to `limit`) for the fleet's settlements and releases
+    /// handed to its I/O threads; false (and a warning) when some were still unmade.
+    pub fn drain_counters(&self, limit: std::time::Duration) -> bool {
+        let drained = self.counters.drain(limit);
+        if !drained {
+            tracing::warn!(?limit, "fleet: settlements still unmade at shutdown; their reservations expire with their leases and their spend is not counted");
+        }
+        drained
+    }
 }
 
 /// A request as governance sees it before its body is read.
@@ -520,7 +530,7 @@ impl Engine {
             }
         };
         // 2. Rate limits.
-        let admission = match self.admit(&identity, &mut v) {
+        let admission = match self.admit(&identity, &mut v).await {
             Ok(admission) => admission,
             Err(()) => return Ok(Governed::refused(identity, v)),
         };
@@ -536,9 +546,21 @@ impl Engine {
             return Ok(governed);
         }
         let endpoint = req.endpoint;
-        match body.read_whole().await? {
-            Some(whole) => self.judge_body(&mut governed, req.adapter, endpoint, whole),
-            None => governed.body_pending = true,
+        match body.read_whole().await {
+            Ok(Some(whole)) => {
+                self.judge_body(&mut governed, req.adapter, endpoint, whole)
+                    .await
+            }
+            Ok(None) => governed.body_pending = true,
+            Err(e) => {
+                // The client went away (or stalled past the body deadline) after its
+                // slots were taken: nothing else would release them, and a concurrency
+                // limit would stay full for good.
+                if let Some(admission) = governed.admission.take() {
+                    self.finish(admission, 0, &governed.identity, None);
+                }
+                return Err(e);
+            }
         }
         Ok(governed)
     }
@@ -546,7 +568,7 @@ impl Engine {
     /// Steps 3–6 on a body read whole (see [`Engine::apply_request_policies`]): for a body
     /// held back as it arrived, called once it is complete — or as soon as it passes
     /// `max_inspect_bytes` — and before any of it is forwarded.
-    pub fn judge_body(
+    pub async fn judge_body(
         &self,
         governed: &mut Governed,
         adapter: &dyn Adapter,
@@ -563,12 +585,13 @@ impl Engine {
             whole.truncated,
         );
         let held = governed.admission.get_or_insert_with(Admission::default);
-        self.evaluate_into(&facts, &mut governed.verdict, &mut held.budgets);
+        self.evaluate_into(&facts, &mut governed.verdict, &mut held.budgets)
+            .await;
     }
 
     /// Steps 3–6 of [`Engine::apply_request_policies`] for every policy in scope, folded
     /// into `v`; budget reservations taken go to `holds`.
-    fn evaluate_into(&self, facts: &Facts<'_>, v: &mut Verdict, holds: &mut Vec<BudgetHold>) {
+    async fn evaluate_into(&self, facts: &Facts<'_>, v: &mut Verdict, holds: &mut Vec<BudgetHold>) {
         let mut prompt = PromptBody::default();
         for c in self.in_scope(facts.identity) {
             let p = &c.policy;
@@ -582,7 +605,7 @@ impl Engine {
             }
             // 5. Budget.
             if out.refuse.is_none() {
-                budget::check(self, c, &id, facts, v, &mut out, holds);
+                budget::check(self, c, &id, facts, v, &mut out, holds).await;
             }
             // 6. Response plan.
             if out.refuse.is_none() {
@@ -598,11 +621,12 @@ impl Engine {
     }
 
     /// Steps 3–6 alone, on facts already gathered (tests, tools): budget reservations
-    /// are released at once.
+    /// are released at once. It waits for the counters (a fleet's Redis) on this thread:
+    /// not for a runtime worker.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
         let mut v = Verdict::default();
         let mut holds = Vec::new();
-        self.evaluate_into(facts, &mut v, &mut holds);
+        futures::executor::block_on(self.evaluate_into(facts, &mut v, &mut holds));
         self.finish(
             Admission {
                 rates: Vec::new(),

@@ -75,7 +75,7 @@ impl StreamBudget {
 /// reserved (429 otherwise) and is reserved into `holds`; an unpriced model cannot be
 /// budgeted (refused). The tightest enforcing budget travels with the request so a
 /// stream can be cut when it spends past it.
-pub(super) fn check(
+pub(super) async fn check(
     engine: &Engine,
     c: &Compiled,
     id: &str,
@@ -117,12 +117,18 @@ pub(super) fn check(
     // The worst case with the prompt's bytes as its token count (no tokenizer); only if
     // that does not fit is the prompt counted exactly and tried again.
     let (mut input_usd, mut worst) = cost(facts.input_tokens.upper_bound());
-    let mut reservation = engine.counters.reserve(&key, b.period, b.usd, worst, on);
+    let mut reservation = engine
+        .counters
+        .reserve(&key, b.period, b.usd, worst, on)
+        .await;
     if matches!(reservation, Reserved::Exhausted { .. })
         && facts.input_tokens.exact() < facts.input_tokens.upper_bound()
     {
         (input_usd, worst) = cost(facts.input_tokens.exact());
-        reservation = engine.counters.reserve(&key, b.period, b.usd, worst, on);
+        reservation = engine
+            .counters
+            .reserve(&key, b.period, b.usd, worst, on)
+            .await;
     }
     let (spent, reserved) = match reservation {
         Reserved::Granted {
@@ -190,14 +196,20 @@ pub(super) fn settle(
                 continue;
             }
             let period = b.period.index(super::now_secs());
-            let spent = engine.counters.settle(hold, &key, b.period, usd);
-            export(&c.policy, b, period, spent);
+            let (name, kind, cap) = (gauge_name(&c.policy, b).to_owned(), b.period, b.usd);
+            engine
+                .counters
+                .settle(hold, &key, b.period, usd, move |spent| {
+                    export(&name, kind, cap, period, spent);
+                });
         }
     }
     // Reservations of budgets no longer in scope (a reload changed them): released.
     for h in holds {
         let key = h.key.clone();
-        engine.counters.settle(Some(h), &key, Period::Total, 0.0);
+        engine
+            .counters
+            .settle(Some(h), &key, Period::Total, 0.0, |_| {});
     }
 }
 
@@ -213,8 +225,7 @@ pub(super) fn gauge_name<'a>(p: &'a Policy, b: &'a Budget) -> &'a str {
 
 /// Updates `sluice_budget_*{budget, period}` after `spent` was settled under one of the
 /// budget's counters.
-fn export(p: &Policy, b: &Budget, period: i64, spent: f64) {
-    let name = gauge_name(p, b);
+fn export(name: &str, kind: Period, cap: f64, period: i64, spent: f64) {
     let mut guard = HIGHEST.lock();
     let highest = guard.get_or_insert_with(HashMap::new);
     let entry = highest.entry(name.to_owned()).or_insert((period, 0.0));
@@ -222,16 +233,16 @@ fn export(p: &Policy, b: &Budget, period: i64, spent: f64) {
         *entry = (period, 0.0);
     }
     entry.1 = entry.1.max(spent);
-    let labels = [name, b.period.as_str()];
+    let labels = [name, kind.as_str()];
     crate::metrics::BUDGET_SPENT_USD
         .with_label_values(&labels)
         .set(entry.1);
     crate::metrics::BUDGET_LIMIT_USD
         .with_label_values(&labels)
-        .set(b.usd);
+        .set(cap);
     crate::metrics::BUDGET_UTILISATION
         .with_label_values(&labels)
-        .set(if b.usd > 0.0 { entry.1 / b.usd } else { 1.0 });
+        .set(if cap > 0.0 { entry.1 / cap } else { 1.0 });
 }
 
 /// A budget counter: shared by name, else per policy (not version: a policy edit must not

@@ -189,8 +189,9 @@ impl Counters {
         }
     }
 
-    /// Reserves `worst` USD under budget `key` capped at `cap` for the current `period`.
-    pub fn reserve(
+    /// Reserves `worst` USD under budget `key` capped at `cap` for the current `period`
+    /// (in a fleet: awaits Redis's answer).
+    pub async fn reserve(
         &self,
         key: &str,
         period: Period,
@@ -199,7 +200,7 @@ impl Counters {
         on: OnUnavailable,
     ) -> Reserved {
         if let Some(fleet) = &self.fleet {
-            match fleet.reserve(key, period, cap, worst) {
+            match fleet.reserve_async(key, period, cap, worst).await {
                 Ok(r) => return r,
                 Err(_) => {
                     crate::metrics::COUNTER_STORE_FALLBACKS
@@ -239,9 +240,18 @@ impl Counters {
         }
     }
 
-    /// Releases `hold` (if any) and adds `usd` to budget `key`; returns the spend after it
-    /// as far as this node knows. Without a hold the spend goes to the current `period`.
-    pub fn settle(&self, hold: Option<BudgetHold>, key: &str, period: Period, usd: f64) -> f64 {
+    /// Releases `hold` (if any) and adds `usd` to budget `key`; `then` gets the spend after
+    /// it as far as this node knows. Without a hold the spend goes to the current
+    /// `period`. Never waits: in a fleet the settlement is made by an I/O thread, and
+    /// `then` runs there.
+    pub fn settle(
+        &self,
+        hold: Option<BudgetHold>,
+        key: &str,
+        period: Period,
+        usd: f64,
+        then: impl FnOnce(f64) + Send + 'static,
+    ) {
         let mut lease = None;
         let mut at = None;
         if let Some(h) = hold {
@@ -260,17 +270,17 @@ impl Counters {
             }
         }
         match &self.fleet {
-            Some(fleet) => fleet.settle(key, period, at, lease, usd),
+            Some(fleet) => fleet.settle_later(key, period, at, lease, usd, then),
             None => {
                 let p = at.unwrap_or_else(|| period.index(now_secs()));
                 self.spend.add(key, p, usd);
-                self.spend.spent(key, p)
+                then(self.spend.spent(key, p));
             }
         }
     }
 
-    /// Takes a slot for `key` under `limit`.
-    pub fn admit(&self, key: &str, limit: &RateLimit, on: OnUnavailable) -> Admitted {
+    /// Takes a slot for `key` under `limit` (in a fleet: awaits Redis's answer).
+    pub async fn admit(&self, key: &str, limit: &RateLimit, on: OnUnavailable) -> Admitted {
         let local = |limit: &RateLimit| match self.limiter.admit(key, limit) {
             Ok(()) => Admitted::Granted(RateHold {
                 key: key.to_owned(),
@@ -281,7 +291,7 @@ impl Counters {
         let Some(fleet) = &self.fleet else {
             return local(limit);
         };
-        match fleet.admit(key, limit) {
+        match fleet.admit_async(key, limit).await {
             Ok(Ok(lease)) => Admitted::Granted(RateHold {
                 key: key.to_owned(),
                 lease: Some(lease),
@@ -305,10 +315,11 @@ impl Counters {
         }
     }
 
-    /// Releases a slot and charges the tokens the request used.
+    /// Releases a slot and charges the tokens the request used (in a fleet: handed to an
+    /// I/O thread, not awaited).
     pub fn finish(&self, hold: RateHold, tokens: u64) {
         match (hold.lease, &self.fleet) {
-            (Some(lease), Some(fleet)) => fleet.finish(&hold.key, &lease, tokens),
+            (Some(lease), Some(fleet)) => fleet.finish_later(hold.key, lease, tokens),
             _ => self.limiter.finish(&hold.key, tokens),
         }
     }
@@ -318,48 +329,71 @@ impl Counters {
         self.spend.save_windows(&self.limiter.snapshot());
     }
 
+    /// At shutdown: waits (up to `limit`) for the fleet's settlements and releases handed
+    /// over so far, so the last requests' spend is counted. False when `limit` passed.
+    pub fn drain(&self, limit: std::time::Duration) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.drain(limit))
+    }
+
     /// The shared store, when the fleet has one.
     pub fn fleet(&self) -> Option<&Arc<RedisCounters>> {
         self.fleet.as_ref()
     }
 }
 
+/// [`Counters::settle`], waiting for the spend it reports (tests).
+#[cfg(test)]
+pub(super) fn settled(
+    c: &Counters,
+    hold: Option<BudgetHold>,
+    key: &str,
+    period: Period,
+    usd: f64,
+) -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    c.settle(hold, key, period, usd, move |spent| {
+        let _ = tx.send(spent);
+    });
+    rx.recv().expect("settle reports the spend")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn concurrent_reservations_cannot_overspend_together() {
+    #[tokio::test]
+    async fn concurrent_reservations_cannot_overspend_together() {
         let c = Counters::memory();
         let on = OnUnavailable::Local;
-        let first = c.reserve("team", Period::Day, 1.0, 0.6, on);
+        let first = c.reserve("team", Period::Day, 1.0, 0.6, on).await;
         let Reserved::Granted { hold, .. } = first else {
             panic!("the first fits: {first:?}")
         };
         // A second worst case of 0.6 does not fit beside the first, whatever is spent.
         assert!(matches!(
-            c.reserve("team", Period::Day, 1.0, 0.6, on),
+            c.reserve("team", Period::Day, 1.0, 0.6, on).await,
             Reserved::Exhausted { reserved, .. } if (reserved - 0.6).abs() < 1e-9
         ));
         // Settling the first at its real cost frees the rest of its reservation.
-        let spent = c.settle(Some(hold), "team", Period::Day, 0.1);
+        let spent = settled(&c, Some(hold), "team", Period::Day, 0.1);
         assert!((spent - 0.1).abs() < 1e-9);
         assert!(matches!(
-            c.reserve("team", Period::Day, 1.0, 0.6, on),
+            c.reserve("team", Period::Day, 1.0, 0.6, on).await,
             Reserved::Granted { spent, reserved, .. } if (spent - 0.1).abs() < 1e-9 && reserved == 0.0
         ));
     }
 
-    #[test]
-    fn a_failed_request_releases_its_reservation() {
+    #[tokio::test]
+    async fn a_failed_request_releases_its_reservation() {
         let c = Counters::memory();
         let on = OnUnavailable::Local;
-        let Reserved::Granted { hold, .. } = c.reserve("k", Period::Total, 1.0, 0.9, on) else {
+        let Reserved::Granted { hold, .. } = c.reserve("k", Period::Total, 1.0, 0.9, on).await
+        else {
             panic!("fits")
         };
-        assert_eq!(c.settle(Some(hold), "k", Period::Total, 0.0), 0.0);
+        assert_eq!(settled(&c, Some(hold), "k", Period::Total, 0.0), 0.0);
         assert!(matches!(
-            c.reserve("k", Period::Total, 1.0, 0.9, on),
+            c.reserve("k", Period::Total, 1.0, 0.9, on).await,
             Reserved::Granted { .. }
         ));
     }

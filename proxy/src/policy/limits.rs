@@ -205,7 +205,11 @@ impl Engine {
     /// Step 2: takes a slot in every rate limit that covers `identity`. An enforcing
     /// limit that is full refuses (429 with `Retry-After`, recorded in `v`) and releases
     /// the slots taken so far; a shadow limit that is full is only noted in `v`.
-    pub(super) fn admit(&self, identity: &Identity, v: &mut Verdict) -> Result<Admission, ()> {
+    pub(super) async fn admit(
+        &self,
+        identity: &Identity,
+        v: &mut Verdict,
+    ) -> Result<Admission, ()> {
         let who = limit_key(identity);
         let mut held = Admission::default();
         for c in self.in_scope(identity) {
@@ -215,7 +219,7 @@ impl Engine {
             let id = format!("{}@v{}", c.policy.id, c.policy.version);
             let key = format!("{id}|{who}");
             let on = c.policy.on_counter_store_unavailable;
-            match self.counters.admit(&key, limit, on) {
+            match self.counters.admit(&key, limit, on).await {
                 Admitted::Granted(hold) => held.rates.push(hold),
                 Admitted::Limited(l) if c.policy.mode == Mode::Shadow => {
                     v.shadow_refuse(id, l.reason)

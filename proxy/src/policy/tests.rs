@@ -325,7 +325,7 @@ fn a_body_not_read_whole_is_left_to_be_judged_before_it_is_forwarded() {
         bytes: BODY,
         truncated: false,
     };
-    e.judge_body(&mut g, adapter, Some(&endpoint), whole);
+    futures::executor::block_on(e.judge_body(&mut g, adapter, Some(&endpoint), whole));
     assert!(g.body_read && !g.body_pending);
     assert_eq!(g.verdict.decision, Decision::Block);
     // A body cut at max_inspect_bytes cannot be judged whole: refused (413) unless the
@@ -353,7 +353,7 @@ fn a_body_not_read_whole_is_left_to_be_judged_before_it_is_forwarded() {
             bytes: br#"{"messages":[{"role":"user","content":"hello"#,
             truncated: true,
         };
-        e.judge_body(&mut g, adapter, Some(&endpoint), whole);
+        futures::executor::block_on(e.judge_body(&mut g, adapter, Some(&endpoint), whole));
         assert_eq!(
             g.verdict.refusal.as_ref().map(|r| r.status),
             status,

@@ -224,7 +224,7 @@ impl Interceptor {
     /// bodies: held back chunk by chunk (nothing of it goes upstream), judged once it is
     /// complete or passes `max_inspect_bytes`, then released whole (redacted, if so
     /// decided) — or refused, which aborts the exchange before its first byte leaves.
-    fn hold_and_judge(
+    async fn hold_and_judge(
         &self,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
@@ -249,7 +249,9 @@ impl Interceptor {
             truncated: ctx.request.truncated,
         };
         let engine = self.shared.policy.load_full();
-        engine.judge_body(&mut ctx.governed, conn.adapter, endpoint.as_ref(), whole);
+        engine
+            .judge_body(&mut ctx.governed, conn.adapter, endpoint.as_ref(), whole)
+            .await;
         for cat in &ctx.governed.verdict.triggered {
             metrics::GUARDRAIL_FINDINGS
                 .with_label_values(&[cat.as_str()])
@@ -482,7 +484,7 @@ impl ProxyHttp for Interceptor {
             return Err(body_timeout(ctx, self.shared.body_deadline));
         }
         if ctx.governed.body_pending {
-            self.hold_and_judge(body, end_of_stream, ctx)?;
+            self.hold_and_judge(body, end_of_stream, ctx).await?;
         } else if let Some(chunk) = body {
             ctx.request.push(chunk, self.shared.max_inspect_bytes);
         }
