@@ -231,9 +231,13 @@ pub struct UpstreamConfig {
     pub http2: bool,
 }
 
-/// Client-facing (downstream) deadlines. A client that stalls its request body gets
+/// Client-facing (downstream) limits. A client that stalls its request body gets
 /// `408 Request Timeout` in its provider's error format, and the exchange is recorded
-/// (`body_timeout`).
+/// (`body_timeout`). A request head (HTTP/1.1) that is not complete within
+/// `header_timeout_ms` of its first byte, or grows past `max_header_bytes`, gets `408` /
+/// `431` and the connection is closed, recorded as a refused connection
+/// (`request_head_timeout`, `request_head_too_large`): a client cannot hold a connection
+/// by trickling its head a byte at a time.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamConfig {
@@ -242,6 +246,14 @@ pub struct DownstreamConfig {
     /// Longest time from the request's arrival to the end of its body, however it
     /// trickles in (one byte every few seconds included), milliseconds. Default: 300000.
     pub body_deadline_ms: u64,
+    /// How long a connection may wait for its next request (a new one for its first),
+    /// milliseconds. Default: 60000.
+    pub keepalive_idle_ms: u64,
+    /// Longest time from a request head's first byte to its end, milliseconds.
+    /// Default: 10000.
+    pub header_timeout_ms: u64,
+    /// Largest request head, bytes (1024 to 1048575). Default: 65536.
+    pub max_header_bytes: usize,
 }
 
 impl Default for DownstreamConfig {
@@ -249,7 +261,40 @@ impl Default for DownstreamConfig {
         DownstreamConfig {
             body_idle_timeout_ms: 30_000,
             body_deadline_ms: 300_000,
+            keepalive_idle_ms: 60_000,
+            header_timeout_ms: 10_000,
+            max_header_bytes: 65_536,
         }
+    }
+}
+
+impl DownstreamConfig {
+    /// The largest head Pingora's HTTP/1 parser takes.
+    pub const HEADER_BYTES_CEILING: usize = 1_048_575;
+
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (key, ms) in [
+            ("body_idle_timeout_ms", self.body_idle_timeout_ms),
+            ("body_deadline_ms", self.body_deadline_ms),
+            ("keepalive_idle_ms", self.keepalive_idle_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
+        ] {
+            if ms == 0 {
+                out.push((key, "must be at least 1 (milliseconds)".to_owned()));
+            }
+        }
+        if !(1024..=Self::HEADER_BYTES_CEILING).contains(&self.max_header_bytes) {
+            out.push((
+                "max_header_bytes",
+                format!(
+                    "{} is out of range: use 1024 to {} (default 65536)",
+                    self.max_header_bytes,
+                    Self::HEADER_BYTES_CEILING
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -474,6 +519,9 @@ impl Config {
         }
         if self.fleet.nodes == 0 {
             bad("fleet.nodes".into(), "nodes", "must be at least 1".into());
+        }
+        for (key, message) in self.downstream.problems() {
+            bad(format!("downstream.{key}"), key, message);
         }
         if let Some(c) = &self.ledger.central {
             for (key, message) in c.problems() {
@@ -810,6 +858,24 @@ mod tests {
         assert_eq!(problems[0].location, "c.yaml:2");
         assert_eq!(problems[1].location, "c.yaml:4");
         assert_eq!(problems[2].location, "c.yaml:8");
+    }
+
+    #[test]
+    fn downstream_limits_out_of_range_are_named() {
+        let text = "downstream:\n  header_timeout_ms: 0\n  max_header_bytes: 10\n";
+        let ConfigError::Invalid(problems) = Config::from_yaml(text, "c.yaml").unwrap_err() else {
+            panic!("expected semantic problems");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "downstream.header_timeout_ms",
+                "downstream.max_header_bytes"
+            ]
+        );
+        assert_eq!(problems[1].location, "c.yaml:3");
+        assert!(problems[1].message.contains("1024 to 1048575"));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 mod exchange;
 mod guard;
 mod http;
-mod keepalive;
+pub mod keepalive;
 mod relay;
 pub mod transparent;
 
@@ -199,6 +199,8 @@ pub struct Shared {
     /// Client body deadlines: longest silence, and longest time in all.
     pub body_idle_timeout: Duration,
     pub body_deadline: Duration,
+    /// Waiting for and reading request heads (HTTP/1.1).
+    pub head_limits: keepalive::HeadLimits,
     /// Offer h2 upstream.
     pub upstream_h2: bool,
     /// SO_MARK for upstream sockets, so the redirect probe never loops them back.
@@ -396,12 +398,18 @@ impl ServerApp for InterceptApp {
         } else {
             l4
         };
-        let reused = keepalive::serve(&self.http, stream, shutdown).await;
-        if info.requests.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            // Nothing reached the interceptor: the HTTP layer refused the request head
-            // (oversized or malformed headers, obfuscated Transfer-Encoding, conflicting
-            // Content-Length…) or the client sent none. Either way, on the record.
-            let reason = "no_request_accepted";
+        let served = keepalive::serve(&self.http, stream, shutdown, shared.head_limits).await;
+        let (reused, refused) = match served {
+            keepalive::Served::Ended(reused) => (reused, None),
+            keepalive::Served::HeadRefused(reason) => (None, Some(reason)),
+        };
+        let nothing = info.requests.load(std::sync::atomic::Ordering::Relaxed) == 0;
+        if refused.is_some() || nothing {
+            // A head refused here (late or too large: on the record whichever request of
+            // the connection it was), or nothing reached the interceptor: the HTTP layer
+            // refused the request head (malformed headers, obfuscated Transfer-Encoding,
+            // conflicting Content-Length…) or the client sent none.
+            let reason = refused.unwrap_or("no_request_accepted");
             metrics::REFUSED.with_label_values(&[reason]).inc();
             let record = connection_record(
                 started,
