@@ -97,10 +97,10 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
         .flatten()
         .map_or(evaluated, |s| (s - 1).min(evaluated));
     while at < evaluated {
-        match follow::stored_after(&dir, at, 1000) {
+        match follow::metadata_after(&dir, at, 1000) {
             Ok(rows) if !rows.is_empty() => {
                 for r in rows.iter().take_while(|r| r.seq <= evaluated) {
-                    eng.observe(&r.display(false), true);
+                    eng.observe(&engine::Seen::parse(&r.meta), true);
                     at = r.seq;
                 }
                 if rows.last().is_some_and(|r| r.seq > evaluated) {
@@ -122,7 +122,7 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
     let mut dirty = false;
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        let rows = match follow::stored_after(&dir, eng.state.seq, 500) {
+        let rows = match follow::metadata_after(&dir, eng.state.seq, 500) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "alerts: cannot read the ledger; retrying");
@@ -134,7 +134,7 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
         }
         let mut alerts = Vec::new();
         for r in &rows {
-            alerts.extend(eng.observe(&r.display(false), false));
+            alerts.extend(eng.observe(&engine::Seen::parse(&r.meta), false));
             eng.state.seq = r.seq;
             dirty = true;
         }

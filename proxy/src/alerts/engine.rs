@@ -183,13 +183,78 @@ fn dedup_key(rule: &str, group: &BTreeMap<String, String>) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn ts_ms(r: &Value) -> i64 {
-    r.get("ts")
-        .and_then(Value::as_str)
-        .and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        })
+fn ts_ms(ts: &str) -> i64 {
+    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
         .map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// What the rules read of a record: a few fields of its stored metadata, parsed without
+/// building the rest (and the record's content is not read at all). Before this the
+/// rules' thread read each record whole — its compressed content too — and built a JSON
+/// value of every field, the heaviest work per record after the ledger's own.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Seen {
+    pub kind: String,
+    pub id: String,
+    pub ts: String,
+    pub decision: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub reason_codes: Option<Vec<String>>,
+    pub cost_usd: Option<f64>,
+    pub usage: Option<SeenUsage>,
+    pub identity: Option<Map<String, Value>>,
+}
+
+/// `usage` of a [`Seen`] record.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SeenUsage {
+    pub input_tokens: Option<f64>,
+    pub output_tokens: Option<f64>,
+}
+
+impl Seen {
+    /// From a record's stored metadata (canonical JSON). A record whose fields have
+    /// other types than these (a kind written by a later version) is read field by
+    /// field instead, each field of another type taken as absent.
+    pub fn parse(meta: &str) -> Seen {
+        serde_json::from_str(meta).unwrap_or_else(|_| {
+            serde_json::from_str::<Value>(meta).map_or_else(|_| Seen::default(), |v| Seen::of(&v))
+        })
+    }
+
+    /// Field by field from a record as JSON.
+    pub fn of(r: &Value) -> Seen {
+        let s = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+        let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+        Seen {
+            kind: s("kind").unwrap_or_default(),
+            id: s("id").unwrap_or_default(),
+            ts: s("ts").unwrap_or_default(),
+            decision: s("decision"),
+            provider: s("provider"),
+            model: s("model"),
+            reason_codes: r.get("reason_codes").and_then(Value::as_array).map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            }),
+            cost_usd: n(r, "cost_usd"),
+            usage: r.get("usage").filter(|u| u.is_object()).map(|u| SeenUsage {
+                input_tokens: n(u, "input_tokens"),
+                output_tokens: n(u, "output_tokens"),
+            }),
+            identity: r.get("identity").and_then(Value::as_object).cloned(),
+        }
+    }
+
+    /// The identity as the alert carries it.
+    fn identity_value(&self) -> Option<Value> {
+        self.identity.clone().map(Value::Object)
+    }
 }
 
 impl Engine {
@@ -214,24 +279,21 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// Feeds one record (as displayed); returns the alerts it fires. `replay`: only fill
-    /// the windows (records evaluated before a restart).
-    pub fn observe(&mut self, r: &Value, replay: bool) -> Vec<Alert> {
-        if r.get("kind").and_then(Value::as_str) == Some("alert") {
+    /// Feeds one record; returns the alerts it fires. `replay`: only fill the windows
+    /// (records evaluated before a restart).
+    pub fn observe(&mut self, r: &Seen, replay: bool) -> Vec<Alert> {
+        if r.kind == "alert" {
             return Vec::new();
         }
         let empty = Map::new();
-        let id_map = r
-            .get("identity")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let id_map = r.identity.as_ref().unwrap_or(&empty);
         let sums = Sums {
-            provider: r.get("provider").and_then(Value::as_str).map(str::to_owned),
-            model: r.get("model").and_then(Value::as_str).map(str::to_owned),
+            provider: r.provider.clone(),
+            model: r.model.clone(),
             ..Sums::default()
         };
-        let at = ts_ms(r);
-        let rec_id = r.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
+        let at = ts_ms(&r.ts);
+        let rec_id = r.id.clone();
         let mut out = Vec::new();
         let rules = self.rules.clone();
         for (i, rule) in rules.iter().enumerate() {
@@ -258,7 +320,7 @@ impl Engine {
                         1.0,
                         AlertState::Firing,
                         vec![rec_id.clone()],
-                        r.get("identity").cloned(),
+                        r.identity_value(),
                         at,
                     ));
                 }
@@ -269,11 +331,10 @@ impl Engine {
                 m => m,
             };
             let value = match base {
-                Measure::CostUsd => r.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
-                Measure::Tokens => {
-                    let u = |k: &str| r["usage"][k].as_f64().unwrap_or(0.0);
-                    u("input_tokens") + u("output_tokens")
-                }
+                Measure::CostUsd => r.cost_usd.unwrap_or(0.0),
+                Measure::Tokens => r.usage.as_ref().map_or(0.0, |u| {
+                    u.input_tokens.unwrap_or(0.0) + u.output_tokens.unwrap_or(0.0)
+                }),
                 _ => 1.0,
             };
             let distinct = match &rule.measure {
@@ -313,7 +374,7 @@ impl Engine {
                 measured,
                 AlertState::Firing,
                 records,
-                r.get("identity").cloned(),
+                r.identity_value(),
                 at,
             ));
         }
@@ -493,6 +554,69 @@ mod tests {
             .unwrap()
     }
 
+    /// What the rules read of a stored record is what they read of it displayed whole,
+    /// for every kind the ledger holds; a field of an unexpected type is taken as absent
+    /// and the rest still read.
+    #[test]
+    fn the_metadata_alone_gives_the_rules_what_the_whole_record_does() {
+        use crate::record::{Admin, AdminAction, AdminOutcome, Initiator, Record, Target};
+        let dir = crate::testing::TempDir::new("alerts-seen");
+        let cfg = crate::ledger::LedgerConfig {
+            dir: dir.path().to_path_buf(),
+            ..crate::ledger::LedgerConfig::default()
+        };
+        let ledger = crate::ledger::Ledger::open(&cfg).unwrap();
+        let mut blocked = crate::testing::sample_interaction(1);
+        if let Record::Interaction(x) = &mut blocked {
+            x.decision = "block";
+            x.reason_codes = vec!["secret:aws_key".into(), "pii:email".into()];
+            x.identity.user = Some("alice".into());
+            x.identity.api_key_fingerprint = Some("sha256:abcd".into());
+        }
+        let admin = Record::Admin(Box::new(Admin::new(
+            AdminAction::Update,
+            AdminOutcome::Success,
+            Initiator {
+                id: "ops".into(),
+                role: "admin".into(),
+                ip: None,
+            },
+            Target {
+                kind: "policy".into(),
+                id: "dlp".into(),
+            },
+            json!({"changed": ["dlp"]}),
+        )));
+        for r in [crate::testing::sample_interaction(0), blocked, admin] {
+            ledger.append(&r).unwrap();
+        }
+        ledger.flush();
+        let metas = crate::ledger::follow::metadata_after(dir.path(), 0, 10).unwrap();
+        let whole = crate::ledger::follow::stored_after(dir.path(), 0, 10).unwrap();
+        assert_eq!(metas.len(), 3);
+        for (m, w) in metas.iter().zip(&whole) {
+            assert!(m.content.is_none() && w.content.is_some() == (w.seq <= 2));
+            assert_eq!(
+                Seen::parse(&m.meta),
+                Seen::of(&w.display(true)),
+                "seq {}",
+                m.seq
+            );
+        }
+        let blocked = Seen::parse(&metas[1].meta);
+        assert_eq!(blocked.decision.as_deref(), Some("block"));
+        assert_eq!(blocked.reason_codes.as_ref().map(Vec::len), Some(2));
+        assert!(blocked.cost_usd.is_some() && blocked.usage.is_some());
+        assert_eq!(Seen::parse(&metas[2].meta).kind, "admin");
+        let odd = Seen::parse(
+            r#"{"kind":"interaction","id":"x","reason_codes":"one","cost_usd":"1","identity":{"user":"u"}}"#,
+        );
+        assert_eq!(odd.kind, "interaction");
+        assert_eq!((odd.reason_codes, odd.cost_usd), (None, None));
+        assert_eq!(odd.identity.unwrap()["user"], "u");
+        assert_eq!(Seen::parse("not json"), Seen::default());
+    }
+
     fn rec(ms: i64, user: &str, decision: &str, addr: &str) -> Value {
         let t =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
@@ -509,23 +633,23 @@ mod tests {
         let mut e = Engine::new(vec![r], State::default());
         let t0 = 1_700_000_000_000;
         assert!(e
-            .observe(&rec(t0, "a", "block", "1.1.1.1:1"), false)
+            .observe(&Seen::of(&rec(t0, "a", "block", "1.1.1.1:1")), false)
             .is_empty());
         assert!(e
-            .observe(&rec(t0 + 1, "a", "allow", "1.1.1.1:1"), false)
+            .observe(&Seen::of(&rec(t0 + 1, "a", "allow", "1.1.1.1:1")), false)
             .is_empty());
-        let f = e.observe(&rec(t0 + 2, "a", "block", "1.1.1.1:2"), false);
+        let f = e.observe(&Seen::of(&rec(t0 + 2, "a", "block", "1.1.1.1:2")), false);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].state, AlertState::Firing);
         assert_eq!(f[0].value, 2.0);
         assert_eq!(f[0].group.get("user").map(String::as_str), Some("a"));
         // More blocks while firing: no repeat.
         assert!(e
-            .observe(&rec(t0 + 3, "a", "block", "1.1.1.1:3"), false)
+            .observe(&Seen::of(&rec(t0 + 3, "a", "block", "1.1.1.1:3")), false)
             .is_empty());
         // Another user is another group.
         assert!(e
-            .observe(&rec(t0 + 4, "b", "block", "1.1.1.1:3"), false)
+            .observe(&Seen::of(&rec(t0 + 4, "b", "block", "1.1.1.1:3")), false)
             .is_empty());
         // Not calm yet, or not cooled down: still firing.
         assert!(e.tick(t0 + 5_000).is_empty());
@@ -539,10 +663,10 @@ mod tests {
         assert!(e.windows.is_empty(), "{}", e.windows.len());
         // A new burst after the cooldown fires again.
         assert!(e
-            .observe(&rec(t0 + 30_000, "a", "block", "x:1"), false)
+            .observe(&Seen::of(&rec(t0 + 30_000, "a", "block", "x:1")), false)
             .is_empty());
         assert_eq!(
-            e.observe(&rec(t0 + 30_001, "a", "block", "x:1"), false)
+            e.observe(&Seen::of(&rec(t0 + 30_001, "a", "block", "x:1")), false)
                 .len(),
             1
         );
@@ -557,22 +681,30 @@ mod tests {
         for p in 0..5 {
             assert!(e
                 .observe(
-                    &rec(t0 + p, "a", "allow", &format!("10.0.0.1:{}", 1000 + p)),
+                    &Seen::of(&rec(
+                        t0 + p,
+                        "a",
+                        "allow",
+                        &format!("10.0.0.1:{}", 1000 + p)
+                    )),
                     true
                 )
                 .is_empty());
         }
         assert!(e
-            .observe(&rec(t0 + 10, "a", "allow", "10.0.0.2:5"), true)
+            .observe(&Seen::of(&rec(t0 + 10, "a", "allow", "10.0.0.2:5")), true)
             .is_empty());
         // Replayed: the window holds two workloads; the third, live, fires.
-        let f = e.observe(&rec(t0 + 20, "a", "allow", "10.0.0.3:5"), false);
+        let f = e.observe(&Seen::of(&rec(t0 + 20, "a", "allow", "10.0.0.3:5")), false);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].value, 3.0);
         // A record without a user does not count.
         let mut e2 = Engine::new(e.rules().to_vec(), State::default());
         assert!(e2
-            .observe(&json!({"kind": "interaction", "identity": {}}), false)
+            .observe(
+                &Seen::of(&json!({"kind": "interaction", "identity": {}})),
+                false
+            )
             .is_empty());
     }
 
@@ -620,13 +752,24 @@ mod tests {
         let r = rule("{name: n, measure: first_seen}");
         let mut e = Engine::new(vec![r], State::default());
         let t0 = 1_700_000_000_000;
-        assert_eq!(e.observe(&rec(t0, "a", "allow", "x:1"), false).len(), 1);
+        assert_eq!(
+            e.observe(&Seen::of(&rec(t0, "a", "allow", "x:1")), false)
+                .len(),
+            1
+        );
         assert!(e
-            .observe(&rec(t0 + 1, "a", "allow", "x:2"), false)
+            .observe(&Seen::of(&rec(t0 + 1, "a", "allow", "x:2")), false)
             .is_empty());
-        assert_eq!(e.observe(&rec(t0 + 2, "b", "allow", "x:2"), false).len(), 1);
+        assert_eq!(
+            e.observe(&Seen::of(&rec(t0 + 2, "b", "allow", "x:2")), false)
+                .len(),
+            1
+        );
         assert!(e
-            .observe(&json!({"kind": "alert", "identity": {"user": "c"}}), false)
+            .observe(
+                &Seen::of(&json!({"kind": "alert", "identity": {"user": "c"}})),
+                false
+            )
             .is_empty());
         assert!(e.tick(t0 + 10_000_000).is_empty());
     }
@@ -665,18 +808,21 @@ mod tests {
         for hour in 0..24 {
             for q in 0..4 {
                 assert!(e
-                    .observe(&spend(t0 + hour * h + q * 60_000, "a", 0.25), false)
+                    .observe(
+                        &Seen::of(&spend(t0 + hour * h + q * 60_000, "a", 0.25)),
+                        false
+                    )
                     .is_empty());
             }
         }
         // A new identity's first big hour is not a spike against a baseline it lacks.
         assert!(e
-            .observe(&spend(t0 + 24 * h, "new", 50.0), false)
+            .observe(&Seen::of(&spend(t0 + 24 * h, "new", 50.0)), false)
             .is_empty());
         // Six dollars within the next hour: over 4x the baseline and over the $5 floor.
         let mut fired = Vec::new();
         for q in 0..6 {
-            fired.extend(e.observe(&spend(t0 + 24 * h + q * 60_000, "a", 1.0), false));
+            fired.extend(e.observe(&Seen::of(&spend(t0 + 24 * h + q * 60_000, "a", 1.0)), false));
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert!(fired[0].summary.contains("USD"), "{}", fired[0].summary);
@@ -695,12 +841,15 @@ mod tests {
         // One request every ~3 s (some windows empty), then a burst of 14 in one window.
         for (k, dt) in [1_168, 4_597, 7_380, 10_233, 12_934].iter().enumerate() {
             assert!(e
-                .observe(&rec(t0 + dt, "a", "allow", &format!("x:{k}")), false)
+                .observe(
+                    &Seen::of(&rec(t0 + dt, "a", "allow", &format!("x:{k}"))),
+                    false
+                )
                 .is_empty());
         }
         let fired: usize = (0..14)
             .map(|k| {
-                e.observe(&rec(t0 + 15_720 + k, "a", "allow", "x:9"), false)
+                e.observe(&Seen::of(&rec(t0 + 15_720 + k, "a", "allow", "x:9")), false)
                     .len()
             })
             .sum();

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use super::engine::Seen;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::ledger::By;
 use crate::record::Severity;
@@ -226,21 +226,22 @@ impl RuleConfig {
 }
 
 impl When {
-    /// Whether `r` (a displayed record) is one the rule looks at.
-    pub fn matches(&self, r: &Value) -> bool {
-        let f = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    /// Whether `r` is a record the rule looks at.
+    pub fn matches(&self, r: &Seen) -> bool {
+        fn f(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("")
+        }
         let takes = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
-        if !(takes(&self.kinds, f("kind"))
-            && takes(&self.decisions, f("decision"))
-            && takes(&self.providers, f("provider"))
-            && takes(&self.models, f("model")))
+        if !(takes(&self.kinds, &r.kind)
+            && takes(&self.decisions, f(&r.decision))
+            && takes(&self.providers, f(&r.provider))
+            && takes(&self.models, f(&r.model)))
         {
             return false;
         }
         if !self.reasons.is_empty() {
-            let codes = r.get("reason_codes").and_then(Value::as_array);
-            let hit = codes.is_some_and(|codes| {
-                codes.iter().filter_map(Value::as_str).any(|c| {
+            let hit = r.reason_codes.as_deref().is_some_and(|codes| {
+                codes.iter().any(|c| {
                     self.reasons.iter().any(|p| match p.strip_suffix('*') {
                         Some(prefix) => c.starts_with(prefix),
                         None => c == p,
@@ -252,13 +253,14 @@ impl When {
             }
         }
         self.has.iter().all(|h| {
-            let id = r.get("identity");
             let key = if h == "key" {
                 "api_key_fingerprint"
             } else {
                 h.as_str()
             };
-            id.and_then(|i| i.get(key))
+            r.identity
+                .as_ref()
+                .and_then(|i| i.get(key))
                 .is_some_and(|v| !v.is_null() && v != "")
         })
     }

@@ -44,21 +44,42 @@ impl Stored {
 /// # Errors
 /// The index cannot be opened or read.
 pub fn stored_after(dir: &Path, after: i64, limit: usize) -> Result<Vec<Stored>, LedgerError> {
+    read_after(dir, after, limit, true)
+}
+
+/// [`stored_after`] without the records' content (`content: None`; never read from the
+/// index nor decompressed): for readers of the metadata alone, such as the alert rules.
+///
+/// # Errors
+/// The index cannot be opened or read.
+pub fn metadata_after(dir: &Path, after: i64, limit: usize) -> Result<Vec<Stored>, LedgerError> {
+    read_after(dir, after, limit, false)
+}
+
+fn read_after(
+    dir: &Path,
+    after: i64,
+    limit: usize,
+    content: bool,
+) -> Result<Vec<Stored>, LedgerError> {
     let conn = index::open_ro(dir)?;
     let db = index::db_path(dir);
     let e = index::sql_err(&db);
-    let mut stmt = conn
-        .prepare_cached("SELECT seq, meta, content, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-        .map_err(&e)?;
+    let sql = if content {
+        "SELECT seq, meta, hash, hmac, content FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    } else {
+        "SELECT seq, meta, hash, hmac FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(&e)?;
     let mut u = Unpacker::new(&conn).map_err(&e)?;
     let rows = stmt
         .query_map(rusqlite::params![after, limit as i64], |r| {
             Ok(Stored {
                 seq: r.get(0)?,
                 meta: u.text(r, 1)?.unwrap_or_default(),
-                content: u.text(r, 2)?,
-                hash: r.get(3)?,
-                hmac: r.get(4)?,
+                hash: r.get(2)?,
+                hmac: r.get(3)?,
+                content: if content { u.text(r, 4)? } else { None },
             })
         })
         .map_err(&e)?;
