@@ -67,8 +67,9 @@ const PHASES: &[Phase] = &[
     },
     Phase {
         name: "limits",
-        what: "rate limits admitted",
-        entries: &["sluice::policy::limits::<impl sluice::policy::Engine>::admit"],
+        what: "rate limits admitted (this node's limiter; a fleet's Redis call is made on the \
+               counters' own I/O thread)",
+        entries: &["sluice::policy::limits::Limiter::admit"],
     },
     Phase {
         name: "budget_store",
