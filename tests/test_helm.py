@@ -296,7 +296,8 @@ def test_the_fleets_redis_url_comes_from_a_secret_never_the_configmap(renders):
     cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config"))
     fleet = yaml.safe_load(cm["data"]["sluice.yaml"])["fleet"]
     assert fleet == {"node_id": "${NODE_NAME}", "nodes": 20,
-                     "redis": {"url": "${REDIS_URL}", "timeout_ms": 80, "lease_ttl_ms": 30000}}
+                     "redis": {"url": "${REDIS_URL}", "timeout_ms": 80, "lease_ttl_ms": 30000,
+                               "connections": 16}}
     assert yaml.safe_load(cm["data"]["sluice.yaml"])["ledger"]["central"] == {"url": "${DATABASE_URL}"}
     default = next(d for d in by_kind(renders["default"], "ConfigMap") if d["metadata"]["name"].endswith("-config"))
     assert "fleet" not in yaml.safe_load(default["data"]["sluice.yaml"])

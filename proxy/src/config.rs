@@ -861,8 +861,8 @@ mod tests {
     }
 
     #[test]
-    fn downstream_limits_out_of_range_are_named() {
-        let text = "downstream:\n  header_timeout_ms: 0\n  max_header_bytes: 10\n";
+    fn connection_limits_out_of_range_are_named() {
+        let text = "downstream:\n  header_timeout_ms: 0\n  max_header_bytes: 10\nfleet:\n  redis:\n    url: redis://127.0.0.1:6379\n    connections: 0\n";
         let ConfigError::Invalid(problems) = Config::from_yaml(text, "c.yaml").unwrap_err() else {
             panic!("expected semantic problems");
         };
@@ -871,7 +871,8 @@ mod tests {
             keys,
             [
                 "downstream.header_timeout_ms",
-                "downstream.max_header_bytes"
+                "downstream.max_header_bytes",
+                "fleet.redis.connections"
             ]
         );
         assert_eq!(problems[1].location, "c.yaml:3");

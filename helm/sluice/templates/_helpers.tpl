@@ -81,7 +81,8 @@ app.kubernetes.io/component: {{ .component }}
   "redis" (dict
     "url" "${REDIS_URL}"
     "timeout_ms" (int .Values.fleet.redis.timeoutMs)
-    "lease_ttl_ms" (int .Values.fleet.redis.leaseTtlMs))) -}}
+    "lease_ttl_ms" (int .Values.fleet.redis.leaseTtlMs)
+    "connections" (int .Values.fleet.redis.connections))) -}}
 {{- end -}}
 {{- if .Values.fleet.central.urlSecret -}}
 {{- $_ := set $base.ledger "central" (dict "url" "${DATABASE_URL}") -}}

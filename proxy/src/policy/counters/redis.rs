@@ -14,8 +14,8 @@
 //! requests in flight every third of `lease_ttl_ms` and pushes spend settled while the
 //! store was down.
 //!
-//! Calls are synchronous, on a small pool of connections, made by a few I/O threads of
-//! their own (`sluice-fleet-io`): a request's task hands its call over and awaits the
+//! Calls are synchronous, on a pool of `connections` connections, made by as many I/O
+//! threads of their own (`sluice-fleet-io`): a request's task hands its call over and awaits the
 //! answer, so no runtime worker blocks on Redis (a loopback or in-cluster round trip is
 //! a fraction of a millisecond; the timeout caps the worst case). Settling a budget and
 //! releasing a slot, at the end of an exchange, are handed over without waiting. (They
@@ -66,6 +66,12 @@ pub struct RedisConfig {
     /// Prefix of every key. Default `sluice`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// Connections to Redis, each with an I/O thread making one call at a time: the most
+    /// calls in flight at once (further calls wait their turn). A request makes two on
+    /// its path, so with a round trip of `r` ms a node serves at most about
+    /// `connections × 500 / r` requests a second. Default 16.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
 }
 
 /// `fleet.redis.sentinel:`.
@@ -84,6 +90,10 @@ fn default_timeout() -> u64 {
 fn default_lease() -> u64 {
     30_000
 }
+fn default_connections() -> usize {
+    16
+}
+
 fn default_prefix() -> String {
     "sluice".into()
 }
@@ -141,6 +151,15 @@ impl RedisConfig {
                 format!(
                     "{} is out of range; use 1 to 10000 (default 50)",
                     self.timeout_ms
+                ),
+            ));
+        }
+        if !(1..=256).contains(&self.connections) {
+            out.push((
+                "connections",
+                format!(
+                    "{} is out of range; use 1 to 256 (default 16)",
+                    self.connections
                 ),
             ));
         }
@@ -358,18 +377,14 @@ pub struct RedisCounters {
     /// Calls for the I/O threads ([`RedisCounters::start`]); before they run, calls are
     /// made where they are asked for.
     io: OnceLock<mpsc::Sender<Job>>,
+    /// Connections kept for reuse, and I/O threads (`connections`).
+    connections: usize,
     /// Calls handed to the I/O threads, and how many of them are made
     /// ([`RedisCounters::drain`]).
     handed: AtomicU64,
     made: Mutex<u64>,
     made_cv: Condvar,
 }
-
-/// Connections kept for reuse; more are opened under load and closed after use.
-const POOL: usize = 16;
-/// Threads making the calls of requests in flight, each one call at a time: calls wait
-/// their turn beyond this many at once (a call takes a round trip, `timeout_ms` at worst).
-const IO_THREADS: usize = 4;
 
 /// A call handed to an I/O thread.
 type Job = Box<dyn FnOnce(&RedisCounters) + Send>;
@@ -409,6 +424,7 @@ impl RedisCounters {
             pending: Mutex::new(Vec::new()),
             last_spent: Mutex::new(HashMap::new()),
             io: OnceLock::new(),
+            connections: config.connections.max(1),
             handed: AtomicU64::new(0),
             made: Mutex::new(0),
             made_cv: Condvar::new(),
@@ -430,7 +446,7 @@ impl RedisCounters {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let mut started = 0;
-        for _ in 0..IO_THREADS {
+        for _ in 0..self.connections {
             let (me, queue) = (Arc::downgrade(self), queue.clone());
             match std::thread::Builder::new()
                 .name("sluice-fleet-io".into())
@@ -579,7 +595,7 @@ impl RedisCounters {
             let r = f(conn.like());
             if r.is_ok() {
                 let mut pool = self.pool.lock();
-                if pool.len() < POOL {
+                if pool.len() < self.connections {
                     pool.push(conn);
                 }
             }
@@ -1043,12 +1059,19 @@ impl Conn {
 }
 
 /// An I/O thread: makes the calls handed over, one at a time, until the store is gone.
+/// A call that panics is counted as made and answers nothing (its request sees the store
+/// down and its policy's `on_counter_store_unavailable` applies); the thread goes on.
 fn io_thread(me: &Weak<RedisCounters>, queue: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let next = queue.lock().recv();
         let Ok(job) = next else { return };
         let Some(store) = me.upgrade() else { return };
-        job(&store);
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&store)));
+        if made.is_err() {
+            tracing::error!(
+                "fleet: a Redis call panicked; its request goes on without the shared counters"
+            );
+        }
         store.made_one();
     }
 }
@@ -1109,6 +1132,7 @@ mod tests {
                 timeout_ms: 200,
                 lease_ttl_ms,
                 prefix: "t".into(),
+                connections: 4,
             };
             Arc::new(RedisCounters::new(&config, "n1").expect("store"))
         }
@@ -1170,6 +1194,7 @@ mod tests {
             timeout_ms: 500,
             lease_ttl_ms: 30_000,
             prefix: "c".into(),
+            connections: 16,
         };
         (nodes, config)
     }
@@ -1314,6 +1339,7 @@ mod tests {
             timeout_ms: 3_000,
             lease_ttl_ms: 30_000,
             prefix: "s".into(),
+            connections: 16,
         };
         assert!(config.problems().is_empty(), "{:?}", config.problems());
         let store = Arc::new(RedisCounters::new(&config, "n1").expect("store"));
