@@ -163,7 +163,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         read_timeout: Duration::from_millis(config.upstream.read_timeout_ms),
         body_idle_timeout: Duration::from_millis(config.downstream.body_idle_timeout_ms),
         body_deadline: Duration::from_millis(config.downstream.body_deadline_ms),
-        head_limits: crate::proxy::keepalive::HeadLimits::of(&config.downstream),
+        head_limits: crate::proxy::HeadLimits::of(&config.downstream),
         upstream_h2: config.upstream.http2,
         mark: (config.redirect.enabled || config.original_dst.so_original_dst)
             .then_some(config.redirect.mark),

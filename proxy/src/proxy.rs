@@ -14,7 +14,7 @@
 mod exchange;
 mod guard;
 mod http;
-pub mod keepalive;
+mod keepalive;
 mod relay;
 pub mod transparent;
 
@@ -34,6 +34,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 pub use http::Interceptor;
+pub use keepalive::HeadLimits;
 
 use crate::config::Config;
 use crate::identity;
@@ -200,7 +201,7 @@ pub struct Shared {
     pub body_idle_timeout: Duration,
     pub body_deadline: Duration,
     /// Waiting for and reading request heads (HTTP/1.1).
-    pub head_limits: keepalive::HeadLimits,
+    pub head_limits: HeadLimits,
     /// Offer h2 upstream.
     pub upstream_h2: bool,
     /// SO_MARK for upstream sockets, so the redirect probe never loops them back.

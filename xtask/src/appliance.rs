@@ -52,6 +52,10 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
 ];
 
+/// Runs of mmdebstrap before the build gives up (the Debian mirror is the one thing of
+/// the build not on this machine).
+const ROOTFS_ATTEMPTS: u32 = 3;
+
 /// Host tools the build needs (Debian packages), besides e2fsprogs and util-linux.
 pub const HOST_PACKAGES: &[&str] = &[
     "mmdebstrap",
@@ -121,8 +125,34 @@ impl ApplianceImage<'_> {
         Ok(built)
     }
 
-    /// Debian by mmdebstrap, without docs, man pages or locales.
+    /// Debian by mmdebstrap, without docs, man pages or locales. Every download is retried
+    /// by apt, and the whole run up to [`ROOTFS_ATTEMPTS`] times (a mirror in the middle of
+    /// a sync answers hash mismatches for a minute or two).
     fn rootfs(&self, rootfs: &Path) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.rootfs_once(rootfs) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < ROOTFS_ATTEMPTS => {
+                    let pause = std::time::Duration::from_secs(20 * u64::from(attempt));
+                    eprintln!(
+                        "appliance-image: mmdebstrap failed ({e:#}); attempt {} of {ROOTFS_ATTEMPTS} in {} s",
+                        attempt + 1,
+                        pause.as_secs()
+                    );
+                    std::thread::sleep(pause);
+                    if rootfs.exists() {
+                        fs::remove_dir_all(rootfs)
+                            .with_context(|| format!("removing {}", rootfs.display()))?;
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn rootfs_once(&self, rootfs: &Path) -> Result<()> {
         let fstab = format!(
             "PARTUUID={ROOT_PARTUUID} / ext4 rw,errors=remount-ro 0 1\n\
              PARTUUID={ESP_PARTUUID} /boot/efi vfat umask=0077,nofail 0 2\n"
@@ -130,7 +160,7 @@ impl ApplianceImage<'_> {
         let work = rootfs.parent().context("rootfs has a parent")?;
         fs::write(work.join("fstab"), fstab)?;
         let mut cmd = Command::new("mmdebstrap");
-        cmd.args(["--variant=minbase", "--quiet"])
+        cmd.args(["--variant=minbase", "--quiet", "--aptopt=Acquire::Retries \"3\""])
             .arg(format!("--include={}", PACKAGES.join(",")))
             .args([
                 "--dpkgopt=path-exclude=/usr/share/man/*",

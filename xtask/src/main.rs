@@ -174,13 +174,13 @@ fn build(root: &Path) -> Result<()> {
 /// # Errors
 /// When a stage fails.
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
-    stage("setup", || setup::run(root, Venv::Install))?;
-    stage("build", || build(root))?;
-    stage("cargo test", || {
+    stage(root, "setup", || setup::run(root, Venv::Install))?;
+    stage(root, "build", || build(root))?;
+    stage(root, "cargo test", || {
         run(cargo(root).args(["test", "--workspace"]))
     })?;
     // The image the Kubernetes node test runs (the debug build, stripped: a no-op build).
-    stage("image", || {
+    stage(root, "image", || {
         image::Image {
             root,
             profile: "debug",
@@ -190,7 +190,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .map(drop)
     })?;
     // The appliance's disk image (the debug build, stripped), booted by its test.
-    stage("appliance image", || {
+    stage(root, "appliance image", || {
         appliance::ApplianceImage {
             root,
             profile: "debug",
@@ -198,7 +198,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .build()
         .map(drop)
     })?;
-    stage("pytest", || {
+    stage(root, "pytest", || {
         let mut pytest = Command::new(setup::venv_python(root));
         pytest
             .current_dir(root)
@@ -212,7 +212,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         run(&mut pytest)
     })?;
     // A short run of every fuzz target (the seeds alone ran in `cargo test` already).
-    stage("fuzz", || fuzz(root, TEST_FUZZ_SECONDS, &[]))
+    stage(root, "fuzz", || fuzz(root, TEST_FUZZ_SECONDS, &[]))
 }
 
 /// Runs the dashboards' Prometheus test with more traffic, writing its picture of the
@@ -347,13 +347,12 @@ fn fuzz(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
 /// Prints a header for the stage (with the disk left where the build goes, so a log that
 /// ends in "No space left on device" says how much there was), runs it, and names the
 /// stage in its error.
-fn stage(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
-    let root = repo_root();
-    match disk_free(&root) {
+fn stage(root: &Path, name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    match disk_free(root) {
         Some(bytes) => println!("==> {name} ({:.1} GB free on the build's disk)", gb(bytes)),
         None => println!("==> {name}"),
     }
-    body().with_context(|| match disk_free(&root) {
+    body().with_context(|| match disk_free(root) {
         Some(bytes) if bytes < LOW_DISK => format!(
             "stage `{name}` failed with {:.2} GB left on the build's disk: free some (a whole \
              `cargo xtask test` from a clean clone takes about 7 GB: target/, fuzz/target/, \

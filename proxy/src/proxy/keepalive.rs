@@ -66,12 +66,6 @@ impl HeadLimits {
     }
 }
 
-impl Default for HeadLimits {
-    fn default() -> Self {
-        HeadLimits::of(&crate::config::DownstreamConfig::default())
-    }
-}
-
 /// How a connection's requests ended, for its record.
 pub(super) enum Served {
     /// The connection is done with (closed, idle, shut down, or handed back by Pingora
