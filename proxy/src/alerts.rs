@@ -29,6 +29,7 @@ use crate::record::{Alert, AlertState, Record};
 
 pub mod engine;
 pub mod rules;
+mod seen;
 
 pub use rules::{AlertsConfig, Rule, RuleConfig};
 
@@ -100,7 +101,7 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
         match follow::metadata_after(&dir, at, 1000) {
             Ok(rows) if !rows.is_empty() => {
                 for r in rows.iter().take_while(|r| r.seq <= evaluated) {
-                    eng.observe(&engine::Seen::parse(&r.meta), true);
+                    eng.observe(&seen::Seen::parse(&r.meta), true);
                     at = r.seq;
                 }
                 if rows.last().is_some_and(|r| r.seq > evaluated) {
@@ -134,7 +135,7 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
         }
         let mut alerts = Vec::new();
         for r in &rows {
-            alerts.extend(eng.observe(&engine::Seen::parse(&r.meta), false));
+            alerts.extend(eng.observe(&seen::Seen::parse(&r.meta), false));
             eng.state.seq = r.seq;
             dirty = true;
         }

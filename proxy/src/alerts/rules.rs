@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::engine::Seen;
+use super::seen::Seen;
 use serde::Deserialize;
 
 use crate::ledger::By;
