@@ -428,6 +428,47 @@ downstream:
     assert stack.alive()
 
 
+STALLED_HANDSHAKE = TLS_CLIENT + """
+raw = socket.create_connection(("api.openai.com", 443), timeout=20)
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname="api.openai.com")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+raw.sendall(outgoing.read())  # the ClientHello; then the client never answers
+got = b""
+try:
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            ended = "closed"
+            break
+        got += chunk
+except socket.timeout:
+    ended = "still open after 20 s"
+except OSError:
+    ended = "closed"
+print(json.dumps({"ended": ended, "server_hello": len(got) > 0}))
+"""
+
+
+def test_a_stalled_tls_handshake_is_dropped(topo, tmp_path):
+    """A client that sends its ClientHello and then never finishes the handshake holds the
+    connection no longer than `downstream.tls_handshake_timeout_ms` (Pingora sets no bound
+    on the handshake); clients that do finish are served as usual."""
+    stack = Stack(topo, tmp_path, extra_config=POLICY + """
+downstream:
+  tls_handshake_timeout_ms: 1000
+""")
+    out = stack.python(STALLED_HANDSHAKE, timeout=60)
+    assert out == {"ended": "closed", "server_hello": True}, out
+    assert stack.metric('sluice_tls_handshakes_total{result="timeout"}') == 1
+    r = stack.curl("-w", "\n%{http_code}", "-o", "/dev/null", "https://api.openai.com/v1/models")
+    assert r.stdout.rsplit("\n", 1)[-1] == "200", r.stdout
+    assert stack.alive()
+
+
 def test_connect_is_refused_and_recorded(stack):
     r = stack.curl("--http1.1", "-w", "\n%{http_code}", "-X", "CONNECT",
                    "https://api.openai.com/v1/models", check=False)

@@ -254,6 +254,10 @@ pub struct DownstreamConfig {
     pub header_timeout_ms: u64,
     /// Largest request head, bytes (1024 to 1048575). Default: 65536.
     pub max_header_bytes: usize,
+    /// Longest downstream TLS handshake once its ClientHello is in, milliseconds; a client
+    /// that stalls it is disconnected (`sluice_tls_handshakes_total{result="timeout"}`).
+    /// Default: 10000.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for DownstreamConfig {
@@ -264,6 +268,7 @@ impl Default for DownstreamConfig {
             keepalive_idle_ms: 60_000,
             header_timeout_ms: 10_000,
             max_header_bytes: 65_536,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -279,6 +284,7 @@ impl DownstreamConfig {
             ("body_deadline_ms", self.body_deadline_ms),
             ("keepalive_idle_ms", self.keepalive_idle_ms),
             ("header_timeout_ms", self.header_timeout_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
         ] {
             if ms == 0 {
                 out.push((key, "must be at least 1 (milliseconds)".to_owned()));
@@ -862,7 +868,7 @@ mod tests {
 
     #[test]
     fn connection_limits_out_of_range_are_named() {
-        let text = "downstream:\n  header_timeout_ms: 0\n  max_header_bytes: 10\nfleet:\n  redis:\n    url: redis://127.0.0.1:6379\n    connections: 0\n";
+        let text = "downstream:\n  header_timeout_ms: 0\n  max_header_bytes: 10\n  tls_handshake_timeout_ms: 0\nfleet:\n  redis:\n    url: redis://127.0.0.1:6379\n    connections: 0\n";
         let ConfigError::Invalid(problems) = Config::from_yaml(text, "c.yaml").unwrap_err() else {
             panic!("expected semantic problems");
         };
@@ -871,12 +877,13 @@ mod tests {
             keys,
             [
                 "downstream.header_timeout_ms",
+                "downstream.tls_handshake_timeout_ms",
                 "downstream.max_header_bytes",
                 "fleet.redis.connections"
             ]
         );
-        assert_eq!(problems[1].location, "c.yaml:3");
-        assert!(problems[1].message.contains("1024 to 1048575"));
+        assert_eq!(problems[2].location, "c.yaml:3");
+        assert!(problems[2].message.contains("1024 to 1048575"));
     }
 
     #[test]

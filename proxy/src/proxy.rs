@@ -384,12 +384,22 @@ impl ServerApp for InterceptApp {
         });
         let _guard = shared.conns.insert(info.clone());
         let stream: Stream = if is_tls {
-            match Box::pin(self.acceptor.tls_handshake(*l4)).await {
-                Ok(tls) => {
+            let limit = shared.head_limits.tls_handshake;
+            let handshake = Box::pin(self.acceptor.tls_handshake(*l4));
+            match tokio::time::timeout(limit, handshake).await {
+                Ok(Ok(tls)) => {
                     metrics::TLS_HANDSHAKES.with_label_values(&["ok"]).inc();
                     Box::new(tls)
                 }
-                Err(e) => {
+                Err(_) => {
+                    // A client that sent its ClientHello and stalls: it holds nothing longer.
+                    metrics::TLS_HANDSHAKES
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    tracing::warn!(peer = %accepted.peer, ?limit, "downstream TLS handshake timed out (downstream.tls_handshake_timeout_ms)");
+                    return None;
+                }
+                Ok(Err(e)) => {
                     metrics::TLS_HANDSHAKES.with_label_values(&["failed"]).inc();
                     // Typically the client does not trust the organisation CA yet.
                     tracing::warn!(peer = %accepted.peer, error = %e, "downstream TLS handshake failed (does the client trust the Sluice CA?)");

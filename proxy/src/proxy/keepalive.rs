@@ -44,7 +44,8 @@ const HEADER_BUF: usize = 4096;
 /// How long the `408` / `431` of a refused head may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
-/// Bounds on waiting for and reading a request head (`downstream:` in the config).
+/// Bounds on a client's handshake and on waiting for and reading its request heads
+/// (`downstream:` in the config).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
     /// Longest wait for a request's first byte.
@@ -53,6 +54,9 @@ pub struct HeadLimits {
     pub head: Duration,
     /// Largest head, bytes.
     pub max_bytes: usize,
+    /// Longest TLS handshake (before any head: the connection's first bytes after its
+    /// ClientHello).
+    pub tls_handshake: Duration,
 }
 
 impl HeadLimits {
@@ -62,6 +66,7 @@ impl HeadLimits {
             idle: Duration::from_millis(c.keepalive_idle_ms),
             head: Duration::from_millis(c.header_timeout_ms),
             max_bytes: c.max_header_bytes,
+            tls_handshake: Duration::from_millis(c.tls_handshake_timeout_ms),
         }
     }
 }
