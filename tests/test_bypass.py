@@ -382,7 +382,9 @@ if WHOLE_FIRST:
         reply += s.recv(65536)
     answered.append(reply.split(b"\\r\\n")[0].decode())
 # A head a byte every quarter second, 40 bytes of it: ten seconds if nobody stops it.
-s.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n")
+# LEADING: empty lines before the request line (allowed, and skipped by the parser), which
+# must not pass for the end of a head.
+s.sendall(LEADING + b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: api.openai.com\\r\\n")
 sent = 0
 for b in b"X-Slow: " + b"a" * 32:
     if select.select([s], [], [], 0)[0]:
@@ -407,8 +409,10 @@ print(json.dumps({"answered": answered, "status": reply.split(b"\\r\\n")[0].deco
 """
 
 
-@pytest.mark.parametrize("whole_first", [False, True], ids=["first_request", "kept_alive"])
-def test_a_trickled_request_head_gets_408_and_a_record(topo, tmp_path, whole_first):
+@pytest.mark.parametrize("whole_first,leading", [(False, b""), (True, b""), (False, b"\r\n\r\n"),
+                                                 (False, b"\n\n")],
+                         ids=["first_request", "kept_alive", "after_blank_lines", "after_bare_lf_lines"])
+def test_a_trickled_request_head_gets_408_and_a_record(topo, tmp_path, whole_first, leading):
     """A request head sent a byte at a time holds no connection past
     `downstream.header_timeout_ms` from its first byte, whether it is a connection's first
     request or the next one on a kept-alive connection (Pingora bounds each read, not the
@@ -417,7 +421,8 @@ def test_a_trickled_request_head_gets_408_and_a_record(topo, tmp_path, whole_fir
 downstream:
   header_timeout_ms: 2000
 """)
-    out = stack.python(SLOW_HEAD.replace("WHOLE_FIRST", str(whole_first)), timeout=60)
+    out = stack.python(SLOW_HEAD.replace("WHOLE_FIRST", str(whole_first)).replace("LEADING", repr(leading)),
+                       timeout=60)
     assert out["status"] == "HTTP/1.1 408 Request Timeout", out
     assert out["sent"] < 40, f"answered before the head was complete: {out}"
     assert out["answered"] == (["HTTP/1.1 200 OK"] if whole_first else []), out

@@ -178,11 +178,16 @@ async fn next_head(stream: &mut Stream, shutdown: &ShutdownWatch, limits: HeadLi
     }
 }
 
-/// Whether `buf` holds a whole head: an empty line (CRLF CRLF, or the bare LF LF that
-/// Pingora's parser also takes) at or after `from`.
+/// Whether `buf` holds a whole head: an empty line (`LF LF` or `LF CR LF`, the line ends
+/// Pingora's parser takes) at or after `from`, and after the request line's first byte —
+/// the parser skips empty lines before a request line, so blank lines sent first must not
+/// pass for a head's end (a client would then trickle the real head past the deadline).
 fn head_ends(buf: &[u8], from: usize) -> bool {
-    let tail = &buf[from.min(buf.len())..];
-    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
+    let Some(start) = buf.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+        return false;
+    };
+    let tail = &buf[from.max(start).min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Answer a refused head and close: best effort, within [`REFUSAL_WRITE`].
@@ -217,5 +222,13 @@ mod tests {
             assert!(head_ends(whole, cut.saturating_sub(3)), "cut at {cut}");
         }
         assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\n", 0), "bare LF");
+        assert!(
+            head_ends(b"GET / HTTP/1.1\nHost: a\n\r\n", 0),
+            "LF, then CRLF"
+        );
+        // Blank lines before the request line are skipped by the parser: no head yet.
+        assert!(!head_ends(b"\r\n\r\n", 0));
+        assert!(!head_ends(b"\n\nGET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(head_ends(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
     }
 }
