@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netns import sluice_bin
 from sluice_stack import BAD_CERT, PASSTHROUGH, PLAIN, UNKNOWN, Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -339,6 +340,29 @@ def test_an_idle_kept_alive_connection_is_closed_when_sluice_stops(stack):
     stack.start_proxy()
     (rec,) = stack.wait_records(1, "interaction")
     assert rec["outcome"] == "success" and rec["response"]["output"] == "Mock reply to: then idle"
+
+
+def test_a_taken_listen_address_stops_start_up_with_a_clear_error(stack, tmp_path):
+    """Sluice binds its data-plane listeners itself (its own accept loops): a second
+    instance asked to listen where the first does exits at start-up, naming the address and
+    the likely cause, and leaves the first one serving."""
+    second = tmp_path / "second"
+    second.mkdir()
+    config = stack.config.read_text()
+    config = config.replace(f'state_dir: "{stack.state}"', f'state_dir: "{second / "state"}"')
+    config = config.replace(f'metrics_listen: "127.0.0.1:{stack.metrics_port}"',
+                            'metrics_listen: null')
+    assert str(second) in config, "the second instance has its own state"
+    (second / "sluice.yaml").write_text(config)
+    subprocess.run([sluice_bin(), "ca", "init", "--config", str(second / "sluice.yaml")],
+                   check=True, capture_output=True)
+    r = subprocess.run([sluice_bin(), "run", "--config", str(second / "sluice.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    host, port = stack.listen_addr
+    assert r.returncode != 0, r.stderr
+    assert f"binding listen address {host}:{port}" in r.stderr, r.stderr
+    assert "is the port in use?" in r.stderr, r.stderr
+    assert stack.chat("sk-test", ["still here"]) == ["ok"]
 
 
 CUSTOM_MODEL = """

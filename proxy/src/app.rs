@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
 
 use crate::ca::{Ca, LeafResolver};
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSink};
 use crate::original_dst::{Chain, LoopGuard, OriginalDst, SockoptDst, StaticDst};
+use crate::proxy::listen::Listeners;
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
 use crate::readiness::Readiness;
 use crate::redirect::Redirect;
@@ -187,13 +187,13 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         tls::acceptor(resolver.clone()),
         http.clone(),
     );
-    let mut data = Service::new("sluice data plane".to_string(), app);
-    for addr in &config.listen {
-        // Fail early with a clear message; Pingora would panic on a taken port.
-        StdListener::bind(addr)
-            .with_context(|| format!("binding listen address {addr} (is the port in use?)"))?;
-        data.add_listener(listener_config(addr));
-    }
+    // Sluice's own accept loops (`proxy::listen`): bound here, so a taken port fails
+    // start-up with a clear message.
+    let mut data = background_service(
+        "sluice data plane",
+        Listeners::bind(&config.listen, Arc::new(app))?,
+    );
+    data.threads = Some(config.threads);
     server.add_service(data);
 
     // The appliance: a transparent listener for routed traffic, bound before the kernel
@@ -202,10 +202,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         let app = Arc::new(
             InterceptApp::new(shared.clone(), tls::acceptor(resolver), http).transparent(),
         );
-        let listener = crate::proxy::transparent::TransparentListener::bind(
-            &config.appliance.listeners(),
-            app,
-        )?;
+        let listener = Listeners::bind_transparent(&config.appliance.listeners(), app)?;
         let mut service = background_service("sluice appliance capture", listener);
         service.threads = Some(config.threads);
         server.add_service(service);
@@ -362,17 +359,6 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         s.stop();
     }
     Ok(())
-}
-
-/// A data-plane listener. No L4 read buffer under TLS: Pingora's default is 64 KiB per
-/// connection, allocated at accept and kept (zero-filled, so resident) for the
-/// connection's whole life — 64 of the ~110 KB an idle keep-alive connection cost. rustls
-/// keeps its own 4 KiB receive buffer, so what is lost is a few more, smaller reads on
-/// large uploads (`cargo xtask bench` figures in bench/README.md). The write buffer stays
-/// at Pingora's default (one MSS).
-fn listener_config(addr: &std::net::SocketAddr) -> pingora::listeners::ListenerConfig {
-    use pingora::listeners::{L4BufferSettings, ListenerConfig};
-    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
 }
 
 /// Every address this process accepts connections on: never a destination.

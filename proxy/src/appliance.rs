@@ -12,7 +12,7 @@
 //!   choice for everything else live in the same table, one `nft -f` transaction;
 //! - it works for IPv4 and IPv6 with one rule each;
 //! - the one thing it needs from the listener is `IP_TRANSPARENT`, which this module's
-//!   transparent listener ([`crate::proxy::transparent`]) sets.
+//!   transparent listener ([`crate::proxy::listen`]) sets.
 //!
 //! eBPF `sk_lookup` would steer without the socket option but still needs a local route
 //! per provider prefix and a BPF program and maps to keep in sync; it adds nothing here

@@ -15,8 +15,8 @@ mod exchange;
 mod guard;
 mod http;
 mod keepalive;
+pub mod listen;
 mod relay;
-pub mod transparent;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
