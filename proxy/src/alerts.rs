@@ -88,6 +88,7 @@ fn now_ms() -> i64 {
 #[inline(never)]
 fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
     let dir = ledger.dir().to_path_buf();
+    let mut ledger_rows = follow::Follower::new(&dir);
     let state = load_state(&dir);
     let mut eng = engine::Engine::new(rules, state);
     // Refill the windows from the records already evaluated, without firing.
@@ -98,7 +99,7 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
         .flatten()
         .map_or(evaluated, |s| (s - 1).min(evaluated));
     while at < evaluated {
-        match follow::metadata_after(&dir, at, 1000) {
+        match ledger_rows.metadata_after(at, 1000) {
             Ok(rows) if !rows.is_empty() => {
                 for r in rows.iter().take_while(|r| r.seq <= evaluated) {
                     eng.observe(&seen::Seen::parse(&r.meta), true);
@@ -123,14 +124,14 @@ fn run(ledger: &Ledger, rules: Vec<Rule>, stop: &AtomicBool) {
     let mut dirty = false;
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        let rows = match follow::metadata_after(&dir, eng.state.seq, 500) {
+        let rows = match ledger_rows.metadata_after(eng.state.seq, 500) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "alerts: cannot read the ledger; retrying");
                 Vec::new()
             }
         };
-        if let Ok(head) = follow::head_seq(&dir) {
+        if let Ok(head) = ledger_rows.head_seq() {
             metrics::ALERTS_LAG.set((head - eng.state.seq - rows.len() as i64).max(0));
         }
         let mut alerts = Vec::new();

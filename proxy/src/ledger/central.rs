@@ -293,6 +293,7 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
     let idle = Duration::from_millis(config.interval_ms);
     let mut backoff = Duration::from_millis(200);
     let mut client: Option<(postgres::Client, i64)> = None;
+    let mut local = follow::Follower::new(dir);
     loop {
         let stopping = stop.load(Ordering::Acquire);
         if client.is_none() {
@@ -325,7 +326,7 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
         let Some((c, at)) = client.as_mut() else {
             continue;
         };
-        let rows = match follow::stored_after(dir, *at, config.batch) {
+        let rows = match local.stored_after(*at, config.batch) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "central ledger: cannot read the node's ledger; retrying");
@@ -333,7 +334,7 @@ fn ship(dir: &Path, node: &str, config: &CentralConfig, stop: &AtomicBool) {
                 continue;
             }
         };
-        if let Ok(head) = follow::head_seq(dir) {
+        if let Ok(head) = local.head_seq() {
             let shipped = rows.last().map_or(*at, |r| r.seq);
             metrics::CENTRAL_LAG.set(head - shipped);
         }

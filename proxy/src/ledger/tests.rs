@@ -4,6 +4,7 @@
 mod canonical;
 mod export;
 mod failure;
+mod follow;
 mod lifecycle;
 mod maintenance;
 mod scale;
