@@ -47,6 +47,8 @@ pub(super) fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins
             while (q.is_empty() || inner.paused.load(Ordering::SeqCst))
                 && !inner.stop.load(Ordering::SeqCst)
             {
+                // Idle: the next record wakes us.
+                inner.wake_at.store(1, Ordering::Relaxed);
                 inner.queue_cv.wait_for(&mut q, Duration::from_millis(200));
                 if inner.crashed.load(Ordering::SeqCst) {
                     return;
@@ -58,9 +60,11 @@ pub(super) fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins
             let full = q.len() >= MAX_QUEUE;
             let n = q.len().min(INDEX_BATCH);
             batch.extend(q.drain(..n));
-            // Few records: gather more for a while rather than commit pages for each.
+            // Few records: gather more for a while rather than commit pages for each. They
+            // stay queued meanwhile; the append that makes the batch whole wakes us
+            // (`wake_at`), not every append.
             let until = std::time::Instant::now() + GATHER;
-            while batch.len() < GATHER_ENOUGH
+            while batch.len() + q.len() < GATHER_ENOUGH
                 && inner.flushing.load(Ordering::SeqCst) == 0
                 && !inner.stop.load(Ordering::SeqCst)
                 && !inner.crashed.load(Ordering::SeqCst)
@@ -70,11 +74,17 @@ pub(super) fn indexer(inner: Arc<Inner>, mut conn: rusqlite::Connection, mut ins
                     break;
                 }
                 inner
+                    .wake_at
+                    .store(GATHER_ENOUGH - batch.len(), Ordering::Relaxed);
+                inner
                     .queue_cv
                     .wait_for(&mut q, left.min(Duration::from_millis(100)));
-                let more = q.len().min(INDEX_BATCH - batch.len());
-                batch.extend(q.drain(..more));
             }
+            // Busy from here: an append finding the queue empty may wake us (no futex
+            // call while nobody waits).
+            inner.wake_at.store(1, Ordering::Relaxed);
+            let more = q.len().min(INDEX_BATCH - batch.len());
+            batch.extend(q.drain(..more));
             drop(q);
             if full {
                 // Appenders wait for room (`wait_for_room`): there is some now.
