@@ -11,6 +11,7 @@
 //!
 //! Nothing here parses provider formats or decides policy; it only routes connections.
 
+mod coalesce;
 mod exchange;
 mod guard;
 mod http;
@@ -383,9 +384,11 @@ impl ServerApp for InterceptApp {
             requests: std::sync::atomic::AtomicU64::new(0),
         });
         let _guard = shared.conns.insert(info.clone());
+        // Small writes (a response's head, then its body) leave together (`coalesce`).
+        let l4 = coalesce::Coalesce::new(*l4);
         let stream: Stream = if is_tls {
             let limit = shared.head_limits.tls_handshake;
-            let handshake = Box::pin(self.acceptor.tls_handshake(*l4));
+            let handshake = Box::pin(self.acceptor.tls_handshake(l4));
             match tokio::time::timeout(limit, handshake).await {
                 Ok(Ok(tls)) => {
                     metrics::TLS_HANDSHAKES.with_label_values(&["ok"]).inc();
@@ -407,7 +410,7 @@ impl ServerApp for InterceptApp {
                 }
             }
         } else {
-            l4
+            Box::new(l4)
         };
         let served = keepalive::serve(&self.http, stream, shutdown, shared.head_limits).await;
         let (reused, refused) = match served {
