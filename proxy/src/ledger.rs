@@ -11,7 +11,8 @@
 //! under the writer lock), `fsync: always` syncs inside `append`. A background indexer
 //! inserts the records, in order and in transactions of up to 4,096, into SQLite
 //! (`ledger.sqlite`, WAL journal mode) for queries; `append` waits only when 32k records
-//! are queued for it. On open the segments are replayed into SQLite idempotently (keyed
+//! are queued for it, and wakes it only at the queue length it asked for (its first
+//! record after idling, or the one completing the batch it gathers). On open the segments are replayed into SQLite idempotently (keyed
 //! by `seq`). A third thread checkpoints SQLite's WAL (the indexer finishes one itself
 //! every 16 MiB it writes, so that WAL starts over) and deletes a segment once every
 //! record in it is indexed, a checkpoint covers it and a complete SQLite checkpoint has

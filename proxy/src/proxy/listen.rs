@@ -10,7 +10,7 @@
 //!
 //! What an accepted stream gets: no L4 read buffer (rustls keeps its own 4 KiB receive
 //! buffer; Pingora's default 64 KiB, zero-filled at accept, was most of what an idle
-//! connection cost) and no L4 write buffer (rustls hands each TLS record to one write).
+//! connection cost); its write buffer is Sluice's (`coalesce`, freed between flushes).
 //! Sockets: `SO_REUSEADDR`, a backlog of 65,535 (as Pingora's; the kernel caps it at
 //! `net.core.somaxconn`). On shutdown the loops stop accepting; connections already
 //! accepted go on under the shutdown watch (idle keep-alive ones close, see `keepalive`).
