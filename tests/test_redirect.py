@@ -265,3 +265,40 @@ print(json.dumps({{"res": res}}))
     assert res == "refused"
     r.start_proxy()
     assert r.python(SDKS)["openai"] == "Mock reply to: captured from a pod"
+
+
+ONE_CALL = """
+import json, openai
+r = openai.OpenAI(api_key="sk-pod-key", max_retries=0).chat.completions.create(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "still captured"}])
+print(json.dumps(r.choices[0].message.content))
+"""
+
+
+def test_a_second_instance_on_a_taken_address_leaves_the_redirect_alone(fail_open, tmp_path):
+    """Someone on the node starts `sluice run` again — by mistake, or to knock the running
+    one out: same listen addresses, same cgroup, same bpffs pins, its own state. It must find
+    the address taken and exit before it touches the eBPF redirect: a probe re-attached by an
+    instance that then died would send captured connections where nothing answers the
+    heartbeat, and with `fail_open` they would go to the provider unaudited."""
+    r = fail_open
+    assert r.python(ONE_CALL) == "Mock reply to: still captured"
+    before = len(r.wait_interactions(1))
+    second = tmp_path / "second"
+    second.mkdir()
+    config = r.config.read_text()
+    config = config.replace(f'state_dir: "{r.state}"', f'state_dir: "{second / "state"}"')
+    config = config.replace(f'metrics_listen: "127.0.0.1:{r.metrics_port}"', "metrics_listen: null")
+    assert str(second) in config and "metrics_listen: null" in config
+    (second / "sluice.yaml").write_text(config)
+    run([sluice_bin(), "ca", "init", "--config", str(second / "sluice.yaml")])
+    p = run(r.cg.wrap([sluice_bin(), "run", "--config", str(second / "sluice.yaml")]),
+            check=False, timeout=60)
+    assert p.returncode != 0, p.stderr
+    assert f"binding listen address 127.0.0.1:{r.port}" in p.stderr, p.stderr
+    # Past the heartbeat timeout (1 s): a probe whose proxy is gone would have failed open.
+    time.sleep(1.5)
+    assert r.python(ONE_CALL) == "Mock reply to: still captured"
+    rows = r.wait_interactions(before + 1)
+    assert rows[-1]["response"]["output"] == "Mock reply to: still captured"
+    assert r.proxy.poll() is None, "the first instance still runs"

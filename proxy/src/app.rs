@@ -15,7 +15,7 @@ use crate::ca::{Ca, LeafResolver};
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSink};
 use crate::original_dst::{Chain, LoopGuard, OriginalDst, SockoptDst, StaticDst};
-use crate::proxy::listen::Listeners;
+use crate::proxy::listen::Bound;
 use crate::proxy::{ConnTable, InterceptApp, Interceptor, ProviderTable, Shared};
 use crate::readiness::Readiness;
 use crate::redirect::Redirect;
@@ -187,11 +187,12 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         tls::acceptor(resolver.clone()),
         http.clone(),
     );
-    // Sluice's own accept loops (`proxy::listen`): bound here, so a taken port fails
-    // start-up with a clear message.
+    // Sluice's own accept loops (`proxy::listen`), bound here, once everything they serve
+    // (the redirect's maps included) is ready: tests and operators take an open port for
+    // "serving". A taken address stops start-up with a clear message.
     let mut data = background_service(
         "sluice data plane",
-        Listeners::bind(&config.listen, Arc::new(app))?,
+        Bound::plain(&config.listen)?.serve(Arc::new(app)),
     );
     data.threads = Some(config.threads);
     server.add_service(data);
@@ -202,7 +203,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         let app = Arc::new(
             InterceptApp::new(shared.clone(), tls::acceptor(resolver), http).transparent(),
         );
-        let listener = Listeners::bind_transparent(&config.appliance.listeners(), app)?;
+        let listener = Bound::transparent(&config.appliance.listeners())?.serve(app);
         let mut service = background_service("sluice appliance capture", listener);
         service.threads = Some(config.threads);
         server.add_service(service);

@@ -56,47 +56,45 @@ pub enum ListenError {
     },
 }
 
-/// Bound listening sockets and the application their connections go to; runs as a
-/// background service (one accept loop per socket).
-pub struct Listeners {
+/// Listening sockets, bound and listening but not yet accepting (connections wait in the
+/// backlog until [`Bound::serve`]'s loops start). `sluice run` binds the data plane's once
+/// everything they serve is ready (the redirect's maps included): an open port reads as
+/// "serving" to a health check.
+pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
-    app: Arc<InterceptApp>,
 }
 
 /// Pending connections per socket, as Pingora's listeners ask (the kernel caps it at
 /// `net.core.somaxconn`).
 const BACKLOG: i32 = 65_535;
 
-impl Listeners {
-    /// Bind the data plane's addresses (`listen`).
+impl Bound {
+    /// The data plane's addresses (`listen`).
     ///
     /// # Errors
     /// [`ListenError::Plain`]: the address is taken or not this host's.
-    pub fn bind(addrs: &[SocketAddr], app: Arc<InterceptApp>) -> Result<Listeners, ListenError> {
+    pub fn plain(addrs: &[SocketAddr]) -> Result<Bound, ListenError> {
         let listeners = addrs
             .iter()
             .map(|&addr| socket(addr, false).map_err(|source| ListenError::Plain { addr, source }))
             .collect::<Result<_, _>>()?;
-        Ok(Listeners { listeners, app })
+        Ok(Bound { listeners })
     }
 
-    /// Bind `127.0.0.1:port` and `[::1]:port` with `IP_TRANSPARENT`/`IPV6_TRANSPARENT`
-    /// (TPROXY delivers only to transparent sockets) for the appliance's capture; `app`
-    /// should be [`InterceptApp::transparent`].
+    /// `127.0.0.1:port` and `[::1]:port` with `IP_TRANSPARENT`/`IPV6_TRANSPARENT` (TPROXY
+    /// delivers only to transparent sockets) for the appliance's capture; serve them with
+    /// [`InterceptApp::transparent`].
     ///
     /// # Errors
     /// [`ListenError::Transparent`]: no CAP_NET_ADMIN, or the port is taken.
-    pub fn bind_transparent(
-        addrs: &[SocketAddr],
-        app: Arc<InterceptApp>,
-    ) -> Result<Listeners, ListenError> {
+    pub fn transparent(addrs: &[SocketAddr]) -> Result<Bound, ListenError> {
         let listeners = addrs
             .iter()
             .map(|&addr| {
                 socket(addr, true).map_err(|source| ListenError::Transparent { addr, source })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Listeners { listeners, app })
+        Ok(Bound { listeners })
     }
 
     /// The addresses bound (a port 0 asked for is the one the kernel chose).
@@ -106,6 +104,22 @@ impl Listeners {
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
+
+    /// The accept loops of these sockets, handing connections to `app`: a background
+    /// service.
+    pub fn serve(self, app: Arc<InterceptApp>) -> Listeners {
+        Listeners {
+            listeners: self.listeners,
+            app,
+        }
+    }
+}
+
+/// Bound sockets and the application their connections go to; runs as a background
+/// service (one accept loop per socket).
+pub struct Listeners {
+    listeners: Vec<std::net::TcpListener>,
+    app: Arc<InterceptApp>,
 }
 
 fn socket(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
