@@ -66,15 +66,14 @@ impl Coalesce {
         Poll::Ready(Ok(()))
     }
 
-    /// Gather `bufs` (their total `len` fits the buffer).
-    fn gather(&mut self, bufs: &[IoSlice<'_>], len: usize) {
+    /// Gather `bufs` (the caller made sure they fit the buffer).
+    fn gather(&mut self, bufs: &[IoSlice<'_>]) {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(WRITE_BUF);
         }
         for b in bufs {
             self.buf.extend_from_slice(b);
         }
-        debug_assert!(self.buf.len() <= WRITE_BUF && len <= WRITE_BUF);
     }
 }
 
@@ -113,7 +112,7 @@ impl AsyncWrite for Coalesce {
         if len >= WRITE_BUF {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
-        this.gather(bufs, len);
+        this.gather(bufs);
         Poll::Ready(Ok(len))
     }
 
@@ -254,6 +253,30 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"abcd", "a shutdown writes what is gathered first");
+    }
+
+    /// A client that never reads: writes block on the socket instead of gathering more
+    /// than the buffer holds, so a slow or hostile reader costs at most `WRITE_BUF` here.
+    #[tokio::test]
+    async fn a_client_that_never_reads_cannot_grow_the_buffer() {
+        let (mut s, _client) = pair().await;
+        let chunk = vec![b'z'; 700];
+        let mut sent = 0usize;
+        loop {
+            let w = tokio::time::timeout(Duration::from_millis(200), s.write(&chunk)).await;
+            match w {
+                Ok(Ok(n)) => sent += n,
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => break, // blocked: the kernel's buffers are full
+            }
+            assert!(s.buf.len() <= WRITE_BUF, "gathered {} bytes", s.buf.len());
+            assert!(sent < 1 << 30, "writes never blocked");
+        }
+        assert!(
+            sent > WRITE_BUF,
+            "the socket took data before it blocked: {sent}"
+        );
+        assert!(s.buf.len() <= WRITE_BUF);
     }
 
     #[tokio::test]

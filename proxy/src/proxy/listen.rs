@@ -97,14 +97,6 @@ impl Bound {
         Ok(Bound { listeners })
     }
 
-    /// The addresses bound (a port 0 asked for is the one the kernel chose).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
-    }
-
     /// The accept loops of these sockets, handing connections to `app`: a background
     /// service.
     pub fn serve(self, app: Arc<InterceptApp>) -> Listeners {
